@@ -1,0 +1,55 @@
+"""polyproc: ``multiprocessing``, without the hangs, faster, and able to grow.
+
+``import polyproc as multiprocessing`` works for code written against the
+standard library.  Every name of ``multiprocessing.__all__`` is here with the
+same signature and meaning; polyproc's additions are extra names (below) and
+extra keyword arguments.
+
+This module only re-exports: the machinery lives in the submodules (the
+public ones mirror the stdlib's layout, the private ``_modules`` hold the
+implementation).  See ARCHITECTURE.md.
+"""
+from __future__ import annotations
+
+import sys as _sys
+
+from . import context as _context
+from ._exceptions import (AuthenticationError, BufferTooShort,
+                          InitializerError, MainGuardError, ProcessError,
+                          RemoteError, RemoteTraceback, SerializationError,
+                          StdinUnavailableError, TaskTimeoutError,
+                          TimeoutError, WorkerLostError)
+
+__version__ = "0.1.0"
+
+# The stdlib's names, bound to the default context's methods exactly as
+# ``multiprocessing/__init__.py`` does it.
+_STDLIB_NAMES = [
+    "Array", "AuthenticationError", "Barrier", "BoundedSemaphore",
+    "BufferTooShort", "Condition", "Event", "JoinableQueue", "Lock",
+    "Manager", "Pipe", "Pool", "Process", "ProcessError", "Queue", "RLock",
+    "RawArray", "RawValue", "Semaphore", "SimpleQueue", "TimeoutError",
+    "Value", "active_children", "allow_connection_pickling", "cpu_count",
+    "current_process", "freeze_support", "get_all_start_methods",
+    "get_context", "get_logger", "get_start_method", "log_to_stderr",
+    "parent_process", "reducer", "set_executable", "set_forkserver_preload",
+    "set_start_method",
+]
+globals().update((_name, getattr(_context._default_context, _name))
+                 for _name in _STDLIB_NAMES)
+
+# polyproc's additions.
+_EXTRA_NAMES = [
+    "Executor", "WorkerLostError", "TaskTimeoutError", "InitializerError",
+    "RemoteError", "RemoteTraceback", "SerializationError", "MainGuardError",
+    "StdinUnavailableError",
+]
+Executor = _context._default_context.Executor
+
+__all__ = _STDLIB_NAMES + _EXTRA_NAMES
+
+SUBDEBUG = 5
+SUBWARNING = 25
+
+if "__main__" in _sys.modules:
+    _sys.modules["__mp_main__"] = _sys.modules["__main__"]

@@ -1,0 +1,124 @@
+"""Every exception polyproc raises, in one place.
+
+The stdlib's own types (``ProcessError``, ``TimeoutError``, ...) are re-used
+as they are, so that ``except multiprocessing.TimeoutError`` keeps catching
+what polyproc raises.  polyproc's additions subclass the stdlib type that
+stdlib code would already catch for the same situation: a lost worker is a
+``ProcessError``, a task that ran too long is a ``TimeoutError``.
+
+Messages name what happened, the likely cause and what to do about it.
+"""
+from __future__ import annotations
+
+from multiprocessing import (AuthenticationError, BufferTooShort,
+                             ProcessError, TimeoutError)
+
+__all__ = [
+    "ProcessError", "BufferTooShort", "TimeoutError", "AuthenticationError",
+    "WorkerLostError", "TaskTimeoutError", "InitializerError",
+    "RemoteError", "RemoteTraceback", "SerializationError",
+    "MainGuardError", "StdinUnavailableError",
+]
+
+
+class WorkerLostError(ProcessError):
+    """The worker process running a task died before the task finished.
+
+    Raised for that task only: the pool replaces the worker and goes on.
+    ``pid``, ``exitcode`` (negative signal number when killed by a signal)
+    and ``task`` (a short description of the call) say what was lost.
+    """
+
+    def __init__(self, message: str, pid: int | None = None,
+                 exitcode: int | None = None, task: str | None = None):
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.task = task
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.pid, self.exitcode, self.task))
+
+
+class TaskTimeoutError(TimeoutError):
+    """A task ran longer than its ``timeout=``; its worker was killed and replaced."""
+
+    def __init__(self, message: str, timeout: float | None = None,
+                 task: str | None = None):
+        super().__init__(message)
+        self.timeout = timeout
+        self.task = task
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.timeout, self.task))
+
+
+class InitializerError(ProcessError):
+    """A pool's ``initializer`` raised, so the pool cannot run tasks.
+
+    The original exception is ``__cause__``.  The pool does not respawn
+    workers in a loop (the stdlib does): every pending and later task fails
+    with this error until the pool is closed.
+    """
+
+
+class SerializationError(ProcessError, ValueError):
+    """An object could not be pickled (or unpickled) to cross a process boundary.
+
+    Subclasses ``ValueError`` too, since the stdlib's own pickling failures
+    (``PicklingError``, ``TypeError``, ``AttributeError``) are value problems
+    of the object passed, not of the pool.
+    """
+
+
+class RemoteTraceback(Exception):
+    """Carries the text of a traceback from another process.
+
+    Attached as ``__cause__`` of an exception re-raised in the parent, so the
+    printed traceback shows where the error happened in the worker.
+    """
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class RemoteError(Exception):
+    """An exception from another process that could not be rebuilt here.
+
+    Happens when the original exception cannot be pickled or unpickled (a
+    custom ``__init__`` signature, unpicklable attributes, a class that only
+    exists in the worker).  ``type_name``, ``message`` and
+    ``remote_traceback`` keep everything that was known about it.
+    """
+
+    def __init__(self, type_name: str, message: str,
+                 remote_traceback: str = ""):
+        super().__init__(type_name, message, remote_traceback)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+
+class MainGuardError(RuntimeError):
+    """A child process tried to start processes while importing ``__main__``.
+
+    Under the spawn and forkserver start methods every child imports the
+    main script again.  Code that starts processes at module level, without
+    ``if __name__ == '__main__':``, would then start processes recursively.
+    """
+
+
+class StdinUnavailableError(EOFError):
+    """A child process tried to read standard input, which it does not have.
+
+    Subclasses ``EOFError`` because that is what the stdlib child raises
+    (its stdin is ``/dev/null``), so existing ``except EOFError`` code keeps
+    working.
+    """

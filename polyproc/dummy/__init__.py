@@ -1,0 +1,10 @@
+"""``polyproc.dummy``: the stdlib's ``multiprocessing.dummy`` (threads behind
+the multiprocessing API), reused as it is."""
+import multiprocessing.dummy as _std
+from multiprocessing.dummy import *  # noqa: F401,F403
+
+__all__ = list(_std.__all__)
+
+
+def __getattr__(name: str):
+    return getattr(_std, name)

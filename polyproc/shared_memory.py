@@ -1,0 +1,15 @@
+"""``polyproc.shared_memory``: the stdlib's ``multiprocessing.shared_memory``, reused as it is.
+
+The stdlib's implementation is correct for polyproc's purposes, so this
+module re-exports it (every public name, and any other attribute through
+module ``__getattr__``) rather than copying it.  Code written as
+``from multiprocessing.shared_memory import X`` works as ``from polyproc.shared_memory import X``.
+"""
+import multiprocessing.shared_memory as _std
+from multiprocessing.shared_memory import *  # noqa: F401,F403
+
+__all__ = list(getattr(_std, "__all__", ()))
+
+
+def __getattr__(name: str):
+    return getattr(_std, name)

@@ -1,0 +1,15 @@
+"""``polyproc.spawn``: the stdlib's ``multiprocessing.spawn``, reused as it is.
+
+The stdlib's implementation is correct for polyproc's purposes, so this
+module re-exports it (every public name, and any other attribute through
+module ``__getattr__``) rather than copying it.  Code written as
+``from multiprocessing.spawn import X`` works as ``from polyproc.spawn import X``.
+"""
+import multiprocessing.spawn as _std
+from multiprocessing.spawn import *  # noqa: F401,F403
+
+__all__ = list(getattr(_std, "__all__", ()))
+
+
+def __getattr__(name: str):
+    return getattr(_std, name)
