@@ -21,6 +21,7 @@ died.  ``release`` of a payload that was already loaded is harmless.
 from __future__ import annotations
 
 import pickle
+import sys
 from typing import Any, Callable
 
 from ._exceptions import SerializationError
@@ -99,6 +100,10 @@ def dumps_function(fn: Callable) -> bytes:
         return dumps(fn, "function")
     if cached is not None:
         return cached
+    if _defined_in_interactive_main(fn):
+        # By reference it would pickle fine here and fail in a spawned
+        # worker, which cannot import a ``__main__`` that has no file.
+        return _cloudpickle_dumps(fn)
     try:
         data = pickle.dumps(fn, PROTOCOL)
     except Exception:
@@ -107,3 +112,10 @@ def dumps_function(fn: Callable) -> bytes:
         _function_cache.clear()
     _function_cache[fn] = data
     return data
+
+
+def _defined_in_interactive_main(fn: Callable) -> bool:
+    if getattr(fn, "__module__", None) != "__main__":
+        return False
+    main = sys.modules.get("__main__")
+    return getattr(main, "__file__", None) is None

@@ -1,0 +1,1 @@
+"""polyproc's benchmark harness: ``make bench`` / ``python -m benchmarks``."""
