@@ -1,0 +1,146 @@
+"""polyproc._remote_errors: exceptions that cross a process boundary."""
+from __future__ import annotations
+
+import pickle
+import sys
+import threading
+import types
+
+import pytest
+
+from polyproc import RemoteError, RemoteTraceback
+from polyproc._remote_errors import (ExceptionMessage, exception_payload,
+                                     rebuild_exception, transportable)
+
+
+class TwoArgError(Exception):
+    """Pickles, but does not unpickle: __init__ needs two arguments."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a}/{b}")
+
+
+class CustomError(Exception):
+    def __init__(self, message, code=0):
+        super().__init__(message, code)
+        self.code = code
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+def test_transportable_keeps_a_picklable_exception_and_attaches_the_traceback():
+    exc = _raised(ValueError("bad value 42"))
+    out = transportable(exc)
+    assert out is exc
+    assert isinstance(out.__cause__, RemoteTraceback)
+    assert "bad value 42" in str(out.__cause__)
+    assert "_raised" in str(out.__cause__)  # the sender's frame
+
+
+def test_transportable_replaces_an_exception_that_does_not_unpickle():
+    out = transportable(_raised(TwoArgError("x", "y")))
+    assert isinstance(out, RemoteError)
+    assert out.type_name.endswith("TwoArgError")
+    assert out.message == "x/y"
+    assert "TwoArgError" in out.remote_traceback
+    assert isinstance(out.__cause__, RemoteTraceback)
+    # and the replacement itself survives the trip
+    back = pickle.loads(pickle.dumps(out))
+    assert (back.type_name, back.message) == (out.type_name, out.message)
+
+
+def test_transportable_replaces_an_exception_with_unpicklable_attributes():
+    exc = _raised(KeyError("k"))
+    exc.lock = threading.Lock()
+    out = transportable(exc)
+    assert isinstance(out, RemoteError)
+    assert out.type_name == "KeyError"
+
+
+def test_payload_round_trip_rebuilds_the_original_with_cause():
+    exc = _raised(CustomError("boom", code=7))
+    back = rebuild_exception(exception_payload(exc))
+    assert type(back) is CustomError
+    assert back.code == 7 and back.args == ("boom", 7)
+    assert isinstance(back.__cause__, RemoteTraceback)
+    assert "CustomError: ('boom', 7)" in back.__cause__.tb
+
+
+def test_payload_of_unrebuildable_exception_gives_remote_error():
+    back = rebuild_exception(exception_payload(_raised(TwoArgError(1, 2))))
+    assert isinstance(back, RemoteError)
+    assert back.message == "1/2"
+    assert "Traceback" in back.remote_traceback
+
+
+def test_class_missing_in_receiver_gives_remote_error():
+    module = types.ModuleType("_polyproc_gone_module")
+    exec("class GoneError(Exception):\n    pass\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        payload = exception_payload(_raised(module.GoneError("only here")))
+    finally:
+        del sys.modules[module.__name__]
+    back = rebuild_exception(payload)
+    assert isinstance(back, RemoteError)
+    assert back.type_name == "_polyproc_gone_module.GoneError"
+    assert back.message == "only here"
+    assert "only here" in back.remote_traceback
+
+
+def test_large_exception_is_capped_and_keeps_the_end_of_the_traceback():
+    exc = _raised(ValueError("x" * 200_000))
+    payload = exception_payload(exc, limit=60_000)
+    assert len(payload) <= 60_000
+    back = rebuild_exception(payload)
+    assert isinstance(back, RemoteError)
+    assert back.type_name == "ValueError"
+    assert back.message.startswith("xxx") and len(back.message) <= 2_000
+    assert "cut to fit" in back.remote_traceback
+
+
+def test_traceback_is_cut_from_the_front_when_over_the_limit():
+    def recurse(n):
+        if n == 0:
+            raise RuntimeError("deep")
+        recurse(n - 1)
+    with pytest.raises(RuntimeError) as info:
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 3000))
+        recurse(900)
+    full = exception_payload(info.value)
+    assert type(rebuild_exception(full)) is RuntimeError  # fits: exact
+    limit = len(full) // 2
+    payload = exception_payload(info.value, limit=limit)
+    assert len(payload) <= limit
+    back = rebuild_exception(payload)
+    assert isinstance(back, RemoteError)  # cut: the original could not fit
+    assert back.remote_traceback.rstrip().endswith("RuntimeError: deep")
+
+
+def test_str_that_raises_does_not_break_the_transport():
+    class BadStr(Exception):
+        def __str__(self):
+            raise RuntimeError("no str")
+    back = rebuild_exception(exception_payload(_raised(BadStr())))
+    assert isinstance(back, RemoteError)  # local class: not picklable by name
+    assert back.message.startswith("<str() of") and "BadStr failed" in back.message
+
+
+@pytest.mark.parametrize("payload", [b"", b"garbage", pickle.dumps((1, 2))])
+def test_damaged_payload_gives_remote_error(payload):
+    back = rebuild_exception(payload)
+    assert isinstance(back, RemoteError)
+    assert "could not be read" in back.message
+
+
+def test_message_fields_are_plain_strings_and_bytes():
+    payload = exception_payload(_raised(OSError(2, "missing")))
+    fields = ExceptionMessage(*pickle.loads(payload))
+    assert fields.type_name == "FileNotFoundError"  # OSError(2, ...) picks it
+    assert isinstance(fields.pickled, bytes)
+    assert type(rebuild_exception(payload)) is FileNotFoundError
