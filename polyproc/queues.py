@@ -1,9 +1,278 @@
-"""``polyproc.queues`` (placeholder: the stdlib's until polyproc's own lands)."""
-import multiprocessing.queues as _std
-from multiprocessing.queues import *  # noqa: F401,F403
+"""``polyproc.queues``: ``Queue``, ``JoinableQueue`` and ``SimpleQueue``.
 
-__all__ = list(getattr(_std, "__all__", ()))
+Same names, signatures and meaning as ``multiprocessing.queues``, built on
+a shared-memory ring (``_queue_ring``; the OS pieces are in
+``_queue_shm``) instead of a pipe plus a feeder thread.  What that changes
+for a caller, all of it additions to what stdlib code may rely on:
+
+* a queue can be passed to Pool tasks, Executor submits and processes
+  started after it was made (it pickles to a name that any process can
+  map; the stdlib raises "Queue objects should only be shared between
+  processes through inheritance");
+* ``put()`` pickles in the caller and raises ``SerializationError`` (a
+  ``ValueError``) there, at the call; the stdlib's feeder thread drops the
+  item silently (gh-79423);
+* an item is in the queue when ``put()`` returns, so a process that exits
+  right after putting loses nothing and joining it cannot deadlock;
+* a process SIGKILLed while putting or getting leaves the queue usable for
+  the others (robust locks; commits that a survivor completes);
+* ``put_many(items)`` and ``get_many(max_items)`` move batches for one
+  lock round trip each.
+
+Reused from the stdlib: the exceptions ``queue.Empty`` and ``queue.Full``
+(so ``except queue.Empty`` keeps working), and its resource tracker, which
+removes the shared memory of a queue whose creating process was killed.
+
+Lifetime: the process that creates a queue owns its shared memory and
+removes it when the queue object is garbage-collected there or that
+process exits.  Other processes keep using a queue they already hold; one
+unpickled after its owner dropped it raises ``QueueGoneError``.
+
+``close()``, ``join_thread()`` and ``cancel_join_thread()`` keep their
+stdlib meaning for this process's handle, with no feeder thread behind
+them: ``close()`` makes further ``put``/``get`` on the handle raise
+``ValueError``; ``join_thread()`` has nothing left to flush and returns at
+once; ``cancel_join_thread()`` has nothing that could be lost and does
+nothing.
+
+On platforms without ``/dev/shm`` and futexes (non-Linux) these names are
+the stdlib's classes.
+"""
+from __future__ import annotations
+
+import types
+from queue import Empty, Full
+from typing import Any, Iterable
+
+from . import _queue_shm
+from ._exceptions import QueueGoneError
+from ._serialization import dumps, loads
+
+__all__ = ["Queue", "SimpleQueue", "JoinableQueue"]
+
+# Stdlib code sometimes reads ``q._maxsize``; an unbounded stdlib queue
+# reports the semaphore's limit there.
+try:
+    from multiprocessing.synchronize import SEM_VALUE_MAX as _SEM_VALUE_MAX
+except ImportError:  # pragma: no cover - platforms without sem_open
+    _SEM_VALUE_MAX = 2**31 - 1
+
+_WHAT = "queue item"
 
 
-def __getattr__(name: str):
-    return getattr(_std, name)
+def _attach(name: str):
+    from ._queue_ring import QueueGone, Ring
+    try:
+        return Ring.attach(name)
+    except QueueGone:
+        raise QueueGoneError(
+            f"the queue {name!r} no longer exists: the process that created "
+            "it dropped or closed it, or exited.  Keep the queue object alive "
+            "in the creating process for as long as other processes use it."
+        ) from None
+
+
+class _RingQueue:
+    """What Queue and SimpleQueue share: a handle on a ring, open or closed."""
+
+    def __init__(self, maxsize: int) -> None:
+        from ._queue_ring import Ring
+        self._ring = Ring.create(maxsize if maxsize > 0 else 0)
+        self._closed = False
+
+    def __getstate__(self) -> dict:
+        # Allowed at any time, unlike the stdlib's (see module docstring).
+        return {"name": self._ring.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self._ring = _attach(state["name"])
+        self._closed = False
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"size={self._ring.qsize()}"
+        return f"<{type(self).__module__}.{type(self).__qualname__} {self._ring.name} {state}>"
+
+    # --- extras: batches -------------------------------------------------
+
+    def put_many(self, items: Iterable[Any], block: bool = True,
+                 timeout: float | None = None) -> None:
+        """Put every item of *items*, in order, for one lock round trip.
+
+        Every item is pickled first, so an unpicklable one raises
+        ``SerializationError`` before any of them is put.  On a bounded
+        queue, blocks (at most *timeout* seconds) until all fit; raises
+        ``queue.Full`` when they do not, saying how many were put (those
+        stay in the queue).
+        """
+        self._check_closed()
+        payloads = [dumps(obj, _WHAT) for obj in items]
+        if not payloads:
+            return
+        from ._queue_ring import Timeout
+        try:
+            done = self._ring.put(payloads, block, timeout)
+        except Timeout:
+            done = 0
+        if done < len(payloads):
+            raise Full(f"put_many: {done} of {len(payloads)} items were put "
+                       "before the queue stayed full")
+
+    def get_many(self, max_items: int | None = None, block: bool = True,
+                 timeout: float | None = None) -> list:
+        """Remove and return up to *max_items* items (all available if None).
+
+        Blocks, at most *timeout* seconds, until at least one item is
+        there, then returns at once with what is available; raises
+        ``queue.Empty`` if none came.
+        """
+        self._check_closed()
+        if max_items is None:
+            max_items = 2**62
+        elif max_items < 1:
+            raise ValueError(f"max_items must be at least 1, not {max_items!r}")
+        from ._queue_ring import Timeout
+        try:
+            payloads = self._ring.get(max_items, block, timeout)
+        except Timeout:
+            raise Empty from None
+        return [loads(p, _WHAT) for p in payloads]
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+
+class Queue(_RingQueue):
+    """A process-shared FIFO queue (``multiprocessing.Queue``).
+
+    ``maxsize <= 0`` means unbounded: ``put`` then never blocks.
+    """
+
+    def __init__(self, maxsize: int = 0, *, ctx: Any = None) -> None:
+        super().__init__(maxsize)
+        self._maxsize = maxsize if maxsize > 0 else _SEM_VALUE_MAX
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        maxsize = self._ring.maxsize
+        self._maxsize = maxsize if maxsize > 0 else _SEM_VALUE_MAX
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put *obj* into the queue.
+
+        The object is pickled here and an unpicklable one raises
+        ``SerializationError``.  If the queue is bounded and full, blocks
+        (at most *timeout* seconds) until a slot is free; raises
+        ``queue.Full`` if none became free, or at once when *block* is
+        false.  Raises ``ValueError`` if the queue was closed.
+        """
+        self._check_closed()
+        payload = dumps(obj, _WHAT)
+        from ._queue_ring import Timeout
+        try:
+            self._ring.put((payload,), block, timeout)
+        except Timeout:
+            raise Full from None
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Remove and return an item from the queue.
+
+        Blocks (at most *timeout* seconds) until an item is available;
+        raises ``queue.Empty`` if none came, or at once when *block* is
+        false.  Raises ``ValueError`` if the queue was closed.
+        """
+        self._check_closed()
+        from ._queue_ring import Timeout
+        try:
+            payloads = self._ring.get(1, block, timeout)
+        except Timeout:
+            raise Empty from None
+        return loads(payloads[0], _WHAT)
+
+    def put_nowait(self, obj: Any) -> None:
+        """Equivalent to ``put(obj, False)``."""
+        return self.put(obj, False)
+
+    def get_nowait(self) -> Any:
+        """Equivalent to ``get(False)``."""
+        return self.get(False)
+
+    def qsize(self) -> int:
+        """Return the number of items in the queue (exact when it is quiet)."""
+        return self._ring.qsize()
+
+    def empty(self) -> bool:
+        """Return True if the queue is empty (a snapshot, as in the stdlib)."""
+        return self._ring.qsize() == 0
+
+    def full(self) -> bool:
+        """Return True if the queue is bounded and holds *maxsize* items."""
+        maxsize = self._ring.maxsize
+        return bool(maxsize) and self._ring.qsize() >= maxsize
+
+    def close(self) -> None:
+        """Close this handle: further ``put``/``get`` on it raise ``ValueError``.
+
+        The items stay in the queue for other handles and processes.
+        """
+        self._closed = True
+
+    def join_thread(self) -> None:
+        """Join the feeder thread: there is none, every item is already in
+        shared memory, so this returns at once.  As in the stdlib it may only
+        be called after ``close()``.
+        """
+        if not self._closed:
+            raise AssertionError(f"Queue {self!r} not closed")
+
+    def cancel_join_thread(self) -> None:
+        """Stdlib: do not wait for the feeder thread at exit.  Nothing can be
+        lost here (there is no feeder thread), so this does nothing.
+        """
+
+
+class JoinableQueue(Queue):
+    """A ``Queue`` that also counts unfinished tasks (``task_done``/``join``)."""
+
+    def task_done(self) -> None:
+        """Indicate that a formerly enqueued task is complete.
+
+        Raises ``ValueError`` if called more times than items were put.
+        """
+        self._ring.task_done()
+
+    def join(self) -> None:
+        """Block until every item put has been matched by a ``task_done()``."""
+        self._ring.join()
+
+
+class SimpleQueue(_RingQueue):
+    """A simplified queue (``multiprocessing.SimpleQueue``): put, get, empty, close."""
+
+    def __init__(self, *, ctx: Any = None) -> None:
+        super().__init__(0)
+
+    def put(self, obj: Any) -> None:
+        """Put *obj* into the queue (pickled here: unpicklable raises at once)."""
+        self._check_closed()
+        self._ring.put((dumps(obj, _WHAT),), True, None)
+
+    def get(self) -> Any:
+        """Remove and return an item, blocking until one is available."""
+        self._check_closed()
+        return loads(self._ring.get(1, True, None)[0], _WHAT)
+
+    def empty(self) -> bool:
+        """Return True if the queue is empty."""
+        return self._ring.qsize() == 0
+
+    def close(self) -> None:
+        """Close this handle: further ``put``/``get`` on it raise ``ValueError``."""
+        self._closed = True
+
+
+if not _queue_shm.AVAILABLE:  # pragma: no cover - non-Linux
+    from multiprocessing.queues import (JoinableQueue, Queue,  # noqa: F811
+                                        SimpleQueue)

@@ -1,0 +1,504 @@
+"""The shared-memory ring under every polyproc queue.
+
+A queue is two named shared-memory files (see ``_queue_shm`` for the OS
+pieces and why they were chosen)::
+
+    control  "/ppq_<token>"       4 KiB: counters, three robust mutexes, three futex words
+    data     "/ppq_<token>_data"  the ring of records, a power of two in bytes (grows)
+
+    producer process                          consumer process
+    ----------------                          ----------------
+    put(obj)                                  get()
+      payload = dumps(obj)   (in the caller:    lock GET_LOCK
+        unpicklable -> raises here)               record at HEAD -> bytes
+      lock PUT_LOCK                               commit HEAD += size, NGOT += 1
+      write record at TAIL  -------- ring ------>  NOT_FULL += 1
+      commit TAIL += size, NPUT += 1            unlock, wake producers if any wait
+      NOT_EMPTY += 1                            loads(bytes)    (outside the lock)
+      unlock, wake consumers if any wait
+
+A *record* is an 8-byte length followed by the payload, padded to 8 bytes;
+a payload that runs past the end of the ring continues at its start.
+``HEAD`` and ``TAIL`` are byte offsets that only ever grow; a record's
+place in the ring is ``offset % capacity``.
+
+Design decisions and their trade-offs
+-------------------------------------
+* **No feeder thread.**  ``put`` writes the record into shared memory
+  before it returns.  So an item put is in the queue even if its process
+  exits (or is SIGKILLed) a moment later, joining a process that put items
+  cannot deadlock (the stdlib's feeder-thread trap), and an object that
+  cannot be pickled raises in the caller (the stdlib's feeder thread drops
+  it silently, gh-79423).  ``close``/``join_thread``/``cancel_join_thread``
+  remain valid calls that have nothing left to flush.
+
+* **Two locks, one per side.**  Producers serialise on ``PUT_LOCK`` and
+  consumers on ``GET_LOCK``: a producer only moves ``TAIL`` and a consumer
+  only moves ``HEAD``, so the two sides never wait for each other in the
+  common case.  A third lock, ``DONE_LOCK``, serves ``JoinableQueue``.
+  The only step that takes both is growing the ring (lock order: put, then
+  get).
+
+* **Publish last.**  A record becomes visible when ``TAIL`` moves past it,
+  which happens after the record is completely written: a reader never
+  sees a torn or partial message, and a producer killed mid-write leaves
+  nothing behind but unreachable bytes.  (x86-64 and arm64 Linux: stores
+  from one process become visible in order on x86-64; on arm64 the
+  lock/unlock of the robust mutexes on both sides supply the barriers.)
+
+* **A redo record for every commit.**  A commit changes two counters
+  (``TAIL`` and ``NPUT``, or ``HEAD`` and ``NGOT``).  A process killed
+  between the two stores would leave ``qsize()`` wrong forever, so the new
+  values are first written to the side's redo slots and a flag is raised;
+  whoever next locks that side and is told the owner died
+  (``EOWNERDEAD``) finishes the commit from the redo slots.  An item is
+  therefore either fully taken by a killed consumer or still in the queue
+  for the others.
+
+* **Unbounded means the ring grows.**  With ``maxsize=0`` (and for items
+  bigger than the free space of a bounded queue) ``put`` never waits for a
+  consumer: when a record does not fit, the producer takes both locks and
+  doubles the data file until it does.  Growing is crash-safe without a
+  second file: with capacities that are powers of two, every live byte
+  either stays where it is or is *copied* into the new, unused upper part,
+  so the old layout is intact until the single store that commits the new
+  capacity.  The ring never shrinks; its pages live in ``/dev/shm`` (RAM),
+  as the stdlib's unbounded queue buffers in the producer's memory.
+
+* **Waiting.**  A consumer that finds the queue empty first spins briefly
+  (a put usually follows within microseconds when the queue is busy, and a
+  futex sleep/wake pair costs far more), then registers as a waiter and
+  sleeps on the ``NOT_EMPTY`` futex word.  Producers bump that word on
+  every put and make the wake-up system call only when a waiter is
+  registered.  Producers of a full bounded queue sleep on ``NOT_FULL`` the
+  same way.  Waits are cut into slices of ``WAIT_SLICE`` so Ctrl-C is seen
+  promptly and a waiter counter left high by a killed process costs only
+  spare wake-ups.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import time
+import weakref
+from multiprocessing import resource_tracker, util
+from typing import Iterable, Sequence
+
+from . import _queue_shm as _shm
+from ._queue_shm import WAIT_SLICE
+
+__all__ = ["Ring", "Timeout", "QueueGone"]
+
+# --- control segment layout: u64 slots ------------------------------------
+_MAGIC, _CAP, _MAXSIZE, _HEAD, _TAIL, _NPUT, _NGOT, _TDONE = range(8)
+_GET_WAITERS, _PUT_WAITERS, _JOIN_WAITERS = 8, 9, 10
+_P_FLAG, _P_TAIL, _P_NPUT = 11, 12, 13       # redo record of the put side
+_G_FLAG, _G_HEAD, _G_NGOT = 14, 15, 16       # redo record of the get side
+# u32 futex words (index into a u32 view), then the mutexes (byte offsets).
+_NOT_EMPTY, _NOT_FULL, _ALL_DONE = 64, 65, 66
+_PUT_LOCK, _GET_LOCK, _DONE_LOCK = 512, 512 + _shm.MUTEX_SIZE, 512 + 2 * _shm.MUTEX_SIZE
+_CONTROL_SIZE = 4096
+_MAGIC_VALUE = 0x5050_5155_4555_0001         # "PPQUEU" v1
+
+INITIAL_CAPACITY = 1 << 20
+_SPIN = 400          # emptiness checks before a consumer goes to sleep
+_U32 = 0xFFFF_FFFF
+
+
+class Timeout(Exception):
+    """Internal: a blocking operation ran out of time (mapped to Empty/Full)."""
+
+
+class QueueGone(Exception):
+    """Internal: the queue's shared memory no longer exists (owner gone)."""
+
+
+def _lock(addr: int, deadline: float | None) -> int:
+    got = _shm.mutex_acquire(addr, deadline)
+    if got is None:
+        raise Timeout
+    return got
+
+
+class Ring:
+    """One process's handle on a queue's shared memory.
+
+    Handles are cheap and independent: every unpickling makes a new one
+    that maps the same two files by name.  The handle that created the
+    files owns them and removes them when it is garbage-collected or its
+    process exits.
+    """
+
+    def __init__(self, name: str, control, data_fd: int, owner: bool):
+        self.name = name
+        self._control = control
+        self._h = memoryview(control).cast("Q")
+        self._f = memoryview(control).cast("I")
+        base = _shm.address_of(control)
+        self._put_lock = base + _PUT_LOCK
+        self._get_lock = base + _GET_LOCK
+        self._done_lock = base + _DONE_LOCK
+        self._not_empty = base + _NOT_EMPTY * 4
+        self._not_full = base + _NOT_FULL * 4
+        self._all_done = base + _ALL_DONE * 4
+        self._fd = data_fd
+        self.maxsize = self._h[_MAXSIZE]
+        self._map_data()
+        weakref.finalize(self, os.close, data_fd)
+        if owner:
+            names = (name, name + "_data")
+            util.Finalize(self, _remove_segments, args=(names, os.getpid()),
+                          exitpriority=10)
+
+    # ------------------------------------------------------------ lifetime
+
+    @classmethod
+    def create(cls, maxsize: int) -> "Ring":
+        name = "/ppq_" + secrets.token_hex(8)
+        control_fd, control = _shm.create_segment(name, _CONTROL_SIZE)
+        os.close(control_fd)
+        try:
+            data_fd, _ = _shm.create_segment(name + "_data", INITIAL_CAPACITY)
+        except BaseException:
+            _shm.unlink_segment(name)
+            raise
+        for seg in (name, name + "_data"):
+            resource_tracker.register(seg, "shared_memory")
+        h = memoryview(control).cast("Q")
+        base = _shm.address_of(control)
+        for offset in (_PUT_LOCK, _GET_LOCK, _DONE_LOCK):
+            _shm.mutex_init(base + offset)
+        h[_CAP] = INITIAL_CAPACITY
+        h[_MAXSIZE] = maxsize
+        h[_MAGIC] = _MAGIC_VALUE
+        h.release()
+        return cls(name, control, data_fd, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> "Ring":
+        import mmap
+        try:
+            control_fd = _shm.open_segment(name)
+        except FileNotFoundError:
+            raise QueueGone(name) from None
+        try:
+            control = mmap.mmap(control_fd, _CONTROL_SIZE)
+        finally:
+            os.close(control_fd)
+        try:
+            data_fd = _shm.open_segment(name + "_data")
+        except FileNotFoundError:
+            raise QueueGone(name) from None
+        return cls(name, control, data_fd, owner=False)
+
+    def __reduce__(self):
+        return (Ring.attach, (self.name,))
+
+    def _map_data(self, cap: int | None = None) -> None:
+        """(Re)map the data file at the committed capacity, or at *cap*."""
+        import mmap
+        if cap is None:
+            cap = self._h[_CAP]
+        self._data = mmap.mmap(self._fd, cap)
+        self._dq = memoryview(self._data).cast("Q")
+        self._cap = cap
+
+    # ------------------------------------------------------------ counters
+
+    def qsize(self) -> int:
+        ngot = self._h[_NGOT]
+        return max(0, self._h[_NPUT] - ngot)
+
+    def unfinished(self) -> int:
+        tdone = self._h[_TDONE]
+        return max(0, self._h[_NPUT] - tdone)
+
+    # ------------------------------------------------------------ put side
+
+    def put(self, payloads: Sequence, block: bool, timeout: float | None) -> int:
+        """Append *payloads* in order; return how many were put.
+
+        Blocks (bounded queues only) until there is room, at most *timeout*
+        seconds; raises ``Timeout`` when none could be put in time.
+        """
+        h = self._h
+        done = 0
+        deadline = _deadline(block, timeout)
+        registered = False
+        try:
+            while True:
+                seq = self._f[_NOT_FULL]
+                lock_deadline = deadline if block else time.monotonic() + 1.0
+                if _lock(self._put_lock, lock_deadline):
+                    self._repair_put()
+                try:
+                    if registered:
+                        h[_PUT_WAITERS] -= 1
+                        registered = False
+                    room = len(payloads) - done
+                    if self.maxsize:
+                        room = min(room, self.maxsize - (h[_NPUT] - h[_NGOT]))
+                    if room > 0:
+                        self._write(payloads, done, done + room)
+                        done += room
+                    elif not block or _expired(deadline):
+                        raise Timeout
+                    else:
+                        h[_PUT_WAITERS] += 1
+                        registered = True
+                finally:
+                    _shm.mutex_release(self._put_lock)
+                # The unlock above is a full barrier: reading GET_WAITERS
+                # after it cannot miss a consumer that registered before our
+                # NOT_EMPTY bump became visible (see _wait_not_empty).
+                if room > 0 and h[_GET_WAITERS]:
+                    _shm.futex_wake(self._not_empty)
+                if done == len(payloads):
+                    return done
+                if room <= 0:
+                    _shm.futex_wait(self._not_full, seq, _slice(deadline))
+        except Timeout:
+            if done:
+                return done
+            raise
+        finally:
+            if registered:
+                self._unregister(self._put_lock, _PUT_WAITERS, self._repair_put)
+
+    def _write(self, payloads: Sequence, first: int, stop: int) -> None:
+        """Write records ``payloads[first:stop]`` and commit them (PUT_LOCK held)."""
+        h = self._h
+        tail = h[_TAIL]
+        for i in range(first, stop):
+            payload = payloads[i]
+            n = len(payload)
+            size = 8 + ((n + 7) & ~7)
+            if tail + size - h[_HEAD] > self._cap:
+                self._grow(tail, size)
+            elif self._cap != h[_CAP]:
+                self._map_data()
+            cap = self._cap
+            pos = tail & (cap - 1)
+            self._dq[pos >> 3] = n
+            start = (pos + 8) & (cap - 1)
+            end = start + n
+            if end <= cap:
+                self._data[start:end] = payload
+            else:
+                cut = cap - start
+                view = memoryview(payload)
+                self._data[start:cap] = view[:cut]
+                self._data[0:n - cut] = view[cut:]
+            tail += size
+        nput = h[_NPUT] + (stop - first)
+        # Commit through the redo record (see module docstring).
+        h[_P_TAIL] = tail
+        h[_P_NPUT] = nput
+        h[_P_FLAG] = 1
+        h[_TAIL] = tail
+        h[_NPUT] = nput
+        h[_P_FLAG] = 0
+        self._f[_NOT_EMPTY] = (self._f[_NOT_EMPTY] + 1) & _U32
+
+    def _repair_put(self) -> None:
+        h = self._h
+        if h[_P_FLAG]:
+            h[_TAIL] = h[_P_TAIL]
+            h[_NPUT] = h[_P_NPUT]
+            h[_P_FLAG] = 0
+
+    def _grow(self, tail: int, size: int) -> None:
+        """Enlarge the ring so a *size*-byte record fits at *tail* (PUT_LOCK held)."""
+        h = self._h
+        if _lock(self._get_lock, None):
+            self._repair_get()
+        try:
+            if self._cap != h[_CAP]:
+                self._map_data()
+            head = h[_HEAD]
+            used = tail - head
+            old_cap = self._cap
+            if used + size <= old_cap:      # consumers made room meanwhile
+                return
+            new_cap = old_cap * 2
+            while new_cap < used + size:
+                new_cap *= 2
+            live = self._read(head, used)
+            os.ftruncate(self._fd, new_cap)
+            self._map_data(new_cap)
+            self._put_bytes(head, live)
+            h[_CAP] = new_cap               # the commit point
+        finally:
+            _shm.mutex_release(self._get_lock)
+
+    # ------------------------------------------------------------ get side
+
+    def get(self, max_items: int, block: bool, timeout: float | None) -> list[bytes]:
+        """Take 1 to *max_items* payloads in order; raise ``Timeout`` if none came."""
+        h = self._h
+        deadline = _deadline(block, timeout)
+        registered = False
+        spun = not block
+        try:
+            while True:
+                if not spun and h[_TAIL] == h[_HEAD]:
+                    spun = True
+                    for _ in range(_SPIN):
+                        if h[_TAIL] != h[_HEAD]:
+                            break
+                seq = self._f[_NOT_EMPTY]
+                lock_deadline = deadline if block else time.monotonic() + 1.0
+                if _lock(self._get_lock, lock_deadline):
+                    self._repair_get()
+                items = None
+                try:
+                    if registered:
+                        h[_GET_WAITERS] -= 1
+                        registered = False
+                    if h[_TAIL] != h[_HEAD]:
+                        items = self._take(max_items)
+                    elif not block or _expired(deadline):
+                        raise Timeout
+                    else:
+                        h[_GET_WAITERS] += 1
+                        registered = True
+                finally:
+                    _shm.mutex_release(self._get_lock)
+                if items is not None:
+                    if h[_PUT_WAITERS]:
+                        _shm.futex_wake(self._not_full)
+                    return items
+                _shm.futex_wait(self._not_empty, seq, _slice(deadline))
+        finally:
+            if registered:
+                self._unregister(self._get_lock, _GET_WAITERS, self._repair_get)
+
+    def _take(self, max_items: int) -> list[bytes]:
+        """Copy out and commit up to *max_items* records (GET_LOCK held)."""
+        h = self._h
+        if self._cap != h[_CAP]:
+            self._map_data()
+        head, tail = h[_HEAD], h[_TAIL]
+        items = []
+        while head != tail and len(items) < max_items:
+            pos = head & (self._cap - 1)
+            n = self._dq[pos >> 3]
+            items.append(self._read(head + 8, n))
+            head += 8 + ((n + 7) & ~7)
+        ngot = h[_NGOT] + len(items)
+        h[_G_HEAD] = head
+        h[_G_NGOT] = ngot
+        h[_G_FLAG] = 1
+        h[_HEAD] = head
+        h[_NGOT] = ngot
+        h[_G_FLAG] = 0
+        self._f[_NOT_FULL] = (self._f[_NOT_FULL] + 1) & _U32
+        return items
+
+    def _repair_get(self) -> None:
+        h = self._h
+        if h[_G_FLAG]:
+            h[_HEAD] = h[_G_HEAD]
+            h[_NGOT] = h[_G_NGOT]
+            h[_G_FLAG] = 0
+
+    # ------------------------------------------------------------ joinable
+
+    def task_done(self) -> None:
+        h = self._h
+        _lock(self._done_lock, None)
+        try:
+            if h[_TDONE] >= h[_NPUT]:
+                raise ValueError("task_done() called too many times")
+            h[_TDONE] += 1
+            finished = h[_TDONE] == h[_NPUT]
+            if finished:
+                self._f[_ALL_DONE] = (self._f[_ALL_DONE] + 1) & _U32
+            waiters = h[_JOIN_WAITERS]
+        finally:
+            _shm.mutex_release(self._done_lock)
+        if finished and waiters:
+            _shm.futex_wake(self._all_done)
+
+    def join(self, timeout: float | None = None) -> bool:
+        h = self._h
+        deadline = _deadline(True, timeout)
+        registered = False
+        try:
+            while True:
+                seq = self._f[_ALL_DONE]
+                _lock(self._done_lock, None)
+                try:
+                    if registered:
+                        h[_JOIN_WAITERS] -= 1
+                        registered = False
+                    if h[_TDONE] >= h[_NPUT]:
+                        return True
+                    if _expired(deadline):
+                        return False
+                    h[_JOIN_WAITERS] += 1
+                    registered = True
+                finally:
+                    _shm.mutex_release(self._done_lock)
+                _shm.futex_wait(self._all_done, seq, _slice(deadline))
+        finally:
+            if registered:
+                self._unregister(self._done_lock, _JOIN_WAITERS, lambda: None)
+
+    # ------------------------------------------------------------ helpers
+
+    def _unregister(self, lock: int, slot: int, repair) -> None:
+        # Left a wait by an exception (Ctrl-C): take our waiter mark back.
+        if _lock(lock, None):
+            repair()
+        try:
+            self._h[slot] -= 1
+        finally:
+            _shm.mutex_release(lock)
+
+    def _read(self, offset: int, n: int) -> bytes:
+        cap = self._cap
+        start = offset & (cap - 1)
+        end = start + n
+        if end <= cap:
+            return self._data[start:end]
+        return self._data[start:cap] + self._data[0:end - cap]
+
+    def _put_bytes(self, offset: int, data: bytes) -> None:
+        cap = self._cap
+        start = offset & (cap - 1)
+        end = start + len(data)
+        if end <= cap:
+            self._data[start:end] = data
+        else:
+            cut = cap - start
+            self._data[start:cap] = data[:cut]
+            self._data[0:end - cap] = data[cut:]
+
+
+def _deadline(block: bool, timeout: float | None) -> float | None:
+    if not block or timeout is None:
+        return None
+    return time.monotonic() + max(0.0, timeout)
+
+
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+def _slice(deadline: float | None) -> float:
+    if deadline is None:
+        return WAIT_SLICE
+    return min(WAIT_SLICE, deadline - time.monotonic())
+
+
+def _remove_segments(names: Iterable[str], owner_pid: int) -> None:
+    """Finalizer of the owning handle: unlink the queue's files."""
+    if os.getpid() != owner_pid:   # a forked child inherited the handle
+        return
+    for name in names:
+        _shm.unlink_segment(name)
+        try:
+            resource_tracker.unregister(name, "shared_memory")
+        except Exception:
+            pass
