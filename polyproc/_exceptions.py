@@ -18,6 +18,7 @@ __all__ = [
     "WorkerLostError", "TaskTimeoutError", "InitializerError",
     "RemoteError", "RemoteTraceback", "SerializationError",
     "MainGuardError", "StdinUnavailableError",
+    "QueueGoneError",
 ]
 
 
@@ -121,4 +122,15 @@ class StdinUnavailableError(EOFError):
     Subclasses ``EOFError`` because that is what the stdlib child raises
     (its stdin is ``/dev/null``), so existing ``except EOFError`` code keeps
     working.
+    """
+
+
+# --- queues (polyproc.queues) ----------------------------------------------
+
+class QueueGoneError(ProcessError, FileNotFoundError):
+    """A queue was unpickled after its shared memory was removed.
+
+    The process that creates a queue owns its shared memory and removes it
+    when the queue object is garbage-collected there or that process exits.
+    Subclasses ``FileNotFoundError`` because that is what it is underneath.
     """
