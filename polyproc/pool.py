@@ -1,9 +1,17 @@
-"""``polyproc.pool`` (placeholder: the stdlib's until polyproc's own lands)."""
-import multiprocessing.pool as _std
-from multiprocessing.pool import *  # noqa: F401,F403
+"""``polyproc.pool``: the stdlib's ``multiprocessing.pool`` API on polyproc's scheduler.
 
-__all__ = list(getattr(_std, "__all__", ()))
+``Pool`` is polyproc's own (see _pool.py for the API layer, _scheduler.py
+for the worker processes, ARCHITECTURE.md for the picture); it is not a
+wrapper around ``multiprocessing.pool.Pool``.  The result classes keep the
+stdlib's names.
+"""
+from ._pool import Pool
+from ._results import (ApplyResult, AsyncResult, IMapIterator,
+                       IMapUnorderedIterator, MapResult)
+from ._thread_backend import ThreadPool
 
+__all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult",
+           "IMapIterator", "IMapUnorderedIterator"]
 
-def __getattr__(name: str):
-    return getattr(_std, name)
+# The stdlib's state names, for code that reads them.
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"

@@ -1,0 +1,89 @@
+"""The messages a pool's scheduler and its workers exchange.
+
+One small NamedTuple per kind of message (STYLE.md rule 6): the receiver
+dispatches on the type, never on a position in a bare tuple.  NamedTuples
+because they pickle as compactly as tuples and cost nothing to build on the
+hot path.
+
+Scheduler -> worker, over the worker's own duplex pipe:
+    Dispatch(chunks)          run these chunks, in order
+    Shutdown()                finish and exit
+
+Worker -> scheduler:
+    WorkerReady(pid)          started, initializer done, ready for chunks
+    InitializerFailed(error)  the initializer raised; the worker exits
+    Results(done)             ChunkDone records for chunks that finished
+    Retiring(reason)          exits after this message (maxtasksperchild or
+                              max_memory_per_child reached); everything it
+                              was given and did not report is unstarted
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+# How a chunk's items become calls (the stdlib's mapstar/starmapstar/apply).
+CALL_MAP = 0     # func(item)
+CALL_STAR = 1    # func(*item)
+CALL_APPLY = 2   # func(*args, **kwds) with item == (args, kwds)
+
+
+class ChunkJob(NamedTuple):
+    """One chunk of tasks as the worker sees it."""
+    chunk_id: int
+    func: bytes        # pickled callable (cached per function by the parent)
+    payload: bytes     # serialized list of items (see _serialization)
+    call: int          # CALL_MAP, CALL_STAR or CALL_APPLY
+
+
+class Dispatch(NamedTuple):
+    chunks: list  # list[ChunkJob]
+
+
+class Shutdown(NamedTuple):
+    reason: str = "pool closed"
+
+
+class WorkerReady(NamedTuple):
+    pid: int
+
+
+class InitializerFailed(NamedTuple):
+    error: bytes  # exception payload (see _remote_errors)
+
+
+class ChunkDone(NamedTuple):
+    """The outcome of every task of one chunk.
+
+    ``values[i]`` is task i's return value; where task i raised, ``errors[i]``
+    holds its exception payload and ``values[i]`` is None.  Errors are sparse
+    so that the common case (no errors) costs one empty dict.
+    """
+    chunk_id: int
+    values: list
+    errors: dict
+    seconds: float  # wall time the worker spent running the chunk
+
+
+class Results(NamedTuple):
+    done: list  # list[ChunkDone]
+
+
+class Retiring(NamedTuple):
+    reason: str
+
+
+# Phases a worker records in its slot of the pool's shared progress table,
+# so that when it dies the scheduler knows what it was doing (see
+# _scheduler.py, "Who is to blame when a worker dies").
+PHASE_IDLE = 0.0
+PHASE_LOADING = 1.0   # unpickling a chunk's items
+PHASE_RUNNING = 2.0   # running one task
+PHASE_DUMPING = 3.0   # pickling and sending results
+
+# Layout of one worker's slot in the progress table (a RawArray of doubles).
+SLOT_PHASE = 0
+SLOT_CHUNK = 1    # chunk id being loaded/run, or the last one being dumped
+SLOT_TASK = 2     # index within the chunk of the task running
+SLOT_STARTED = 3  # time.monotonic() when that task started
+SLOT_WIDTH = 4

@@ -1,0 +1,401 @@
+"""The Pool API layer: ``multiprocessing.pool.Pool``'s interface on a backend.
+
+This layer turns calls (``apply_async``, ``map``, ``imap``...) into
+``TaskChunk``s, serializing the arguments in the caller's thread so that an
+argument that cannot be pickled raises *at the call*, and hands the chunks
+to a backend.  It knows nothing of processes: the backend for local worker
+processes is ``_scheduler.ProcessScheduler``; ``ThreadPool`` uses
+``_thread_backend.ThreadBackend``; a cluster backend (Dask) would implement
+the same small interface:
+
+    size                      number of workers
+    submit(chunks)            queue chunks; outcomes go to chunk.sink
+    task_seconds()            measured mean seconds per task, or None
+    add_feeder()/remove_feeder()  an imap feeder is still submitting
+    close() / terminate() / join(timeout)
+
+Results reach the caller through the sinks in _results.py.  The
+``_SinkRegistry`` knows every unfinished result so that terminating the
+pool fails them instead of leaving a ``get()`` blocked forever.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+from multiprocessing import util
+from typing import Any, Callable, Iterable
+
+from . import _messages as m
+from . import _serialization
+from ._exceptions import ProcessError, SerializationError
+from ._results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
+                       MapResult)
+from ._tasks import (TaskChunk, auto_chunksize, function_name, iter_slices,
+                     make_chunk, TARGET_CHUNK_SECONDS)
+
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+
+class _SinkRegistry:
+    """Unfinished results of one pool, so that they can all be failed at once."""
+
+    def __init__(self):
+        self._sinks: set = set()
+        self._lock = threading.Lock()
+        self.backend = None
+        self.terminated = False
+
+    def register_sink(self, sink) -> None:
+        with self._lock:
+            self._sinks.add(sink)
+
+    def unregister_sink(self, sink) -> None:
+        with self._lock:
+            self._sinks.discard(sink)
+
+    def abort_all(self, exc: BaseException) -> None:
+        with self._lock:
+            sinks, self._sinks = list(self._sinks), set()
+        for sink in sinks:
+            sink.abort(exc)
+
+    def terminate(self) -> None:
+        """Stop the pool now: workers killed, unfinished results failed."""
+        self.terminated = True
+        if self.backend is not None:
+            self.backend.terminate()
+        self.abort_all(ProcessError("the pool was terminated before this task finished"))
+
+
+def _terminate_pool(registry: _SinkRegistry) -> None:
+    registry.terminate()
+
+
+def _check_options(timeout: float | None, retries: int) -> None:
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+    if not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, not {retries!r}")
+
+
+def _progress_bar(progress: bool, total: int | None):
+    if not progress:
+        return None
+    from tqdm import tqdm  # imported only when asked for
+    return tqdm(total=total, file=sys.stderr, unit="task")
+
+
+class Pool:
+    """A pool of worker processes to which jobs can be submitted.
+
+    ``Pool(processes=None, initializer=None, initargs=(),
+    maxtasksperchild=None, context=None)`` as in ``multiprocessing``, plus
+    ``max_memory_per_child=`` (bytes of resident memory after which a
+    worker is replaced before its next task).  Every submitting method also
+    takes ``timeout=`` (seconds per task: ``TaskTimeoutError``, the worker
+    is replaced) and ``retries=`` (runs of a task whose worker died before
+    ``WorkerLostError``); ``map``, ``imap``, ``imap_unordered`` and
+    ``starmap`` take ``progress=True`` for a progress bar on stderr.
+    """
+
+    # Whether task arguments are pickled (processes) or passed as they are
+    # (ThreadPool).
+    _serialize = True
+
+    def __init__(self, processes: int | None = None, initializer=None,
+                 initargs: Iterable = (), maxtasksperchild: int | None = None,
+                 context=None, *, max_memory_per_child: int | None = None):
+        from .process import current_process
+        if getattr(current_process(), "_inheriting", False):
+            from ._child import refuse_start_while_importing_main
+            refuse_start_while_importing_main()
+        self._state = RUN  # first: __del__ reads it even if __init__ fails
+        if processes is None:
+            processes = os.cpu_count() or 1
+        if processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if max_memory_per_child is not None and max_memory_per_child <= 0:
+            raise ValueError("max_memory_per_child must be a positive number of bytes or None")
+        if context is None:
+            from .context import _default_context
+            context = _default_context.get_context()
+        self._ctx = context
+        self._processes = processes
+        self._registry = _SinkRegistry()
+        self._backend = self._make_backend(processes, initializer, initargs,
+                                           maxtasksperchild, max_memory_per_child)
+        self._registry.backend = self._backend
+        self._terminate = util.Finalize(self, _terminate_pool, args=(self._registry,),
+                                        exitpriority=15)
+
+    def _make_backend(self, processes, initializer, initargs, maxtasksperchild,
+                      max_memory_per_child):
+        from ._scheduler import ProcessScheduler
+        return ProcessScheduler(self._ctx, processes, initializer, initargs,
+                                maxtasksperchild, max_memory_per_child,
+                                self._registry.abort_all)
+
+    # -- the stdlib's interface --------------------------------------------
+    def __repr__(self) -> str:
+        cls = self.__class__
+        return (f"<{cls.__module__}.{cls.__qualname__} state={self._state} "
+                f"pool_size={self._processes}>")
+
+    def __reduce__(self):
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled")
+
+    def __del__(self, _warn=warnings.warn, RUN=RUN):
+        if getattr(self, "_state", None) == RUN:
+            _warn(f"unclosed running multiprocessing pool {self!r}",
+                  ResourceWarning, source=self)
+
+    def __enter__(self):
+        self._check_running()
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb):
+        self.terminate()
+
+    @property
+    def _pool(self) -> list:
+        """The worker processes (as the stdlib's private ``_pool`` list)."""
+        return [w.process for w in list(getattr(self._backend, "_workers", {}).values())]
+
+    def _check_running(self) -> None:
+        if self._state != RUN:
+            raise ValueError("Pool not running")
+
+    def apply(self, func: Callable, args: Iterable = (), kwds: dict = {}, *,
+              timeout: float | None = None, retries: int = 0) -> Any:
+        """Equivalent of ``func(*args, **kwds)``, run in a worker; blocks for the result."""
+        return self.apply_async(func, args, kwds, timeout=timeout, retries=retries).get()
+
+    def apply_async(self, func: Callable, args: Iterable = (), kwds: dict = {},
+                    callback: Callable | None = None,
+                    error_callback: Callable | None = None, *,
+                    timeout: float | None = None, retries: int = 0) -> ApplyResult:
+        """Asynchronous version of ``apply()``: returns an ``ApplyResult``.
+
+        Raises ``SerializationError`` at once if *func*, *args* or *kwds*
+        cannot be pickled.
+        """
+        self._check_running()
+        _check_options(timeout, retries)
+        fn_blob = self._function_blob(func)
+        result = ApplyResult(self._registry, callback, error_callback)
+        try:
+            chunk = make_chunk(fn_blob, function_name(func), m.CALL_APPLY,
+                               [(tuple(args), dict(kwds))], 0, result, timeout, retries,
+                               self._serialize)
+        except BaseException:
+            self._registry.unregister_sink(result)
+            raise
+        self._backend.submit([chunk])
+        return result
+
+    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+            *, timeout: float | None = None, retries: int = 0,
+            progress: bool = False) -> list:
+        """Apply *func* to each element of *iterable*, collecting the results in a list.
+
+        Blocks until every task has finished; then raises the exception of
+        the first (lowest-index) task that failed, if any.
+        """
+        return self._map_async(func, iterable, m.CALL_MAP, chunksize, None, None,
+                               timeout, retries, progress).get()
+
+    def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+                *, timeout: float | None = None, retries: int = 0,
+                progress: bool = False) -> list:
+        """Like ``map()`` but each element is unpacked as the arguments: ``func(*item)``."""
+        return self._map_async(func, iterable, m.CALL_STAR, chunksize, None, None,
+                               timeout, retries, progress).get()
+
+    def map_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+                  callback: Callable | None = None, error_callback: Callable | None = None,
+                  *, timeout: float | None = None, retries: int = 0,
+                  progress: bool = False) -> MapResult:
+        """Asynchronous version of ``map()``: returns a ``MapResult``."""
+        return self._map_async(func, iterable, m.CALL_MAP, chunksize, callback,
+                               error_callback, timeout, retries, progress)
+
+    def starmap_async(self, func: Callable, iterable: Iterable,
+                      chunksize: int | None = None, callback: Callable | None = None,
+                      error_callback: Callable | None = None, *,
+                      timeout: float | None = None, retries: int = 0,
+                      progress: bool = False) -> MapResult:
+        """Asynchronous version of ``starmap()``: returns a ``MapResult``."""
+        return self._map_async(func, iterable, m.CALL_STAR, chunksize, callback,
+                               error_callback, timeout, retries, progress)
+
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+             *, timeout: float | None = None, retries: int = 0,
+             progress: bool = False) -> IMapIterator:
+        """Like ``map()`` but lazy: an iterator of results, in input order.
+
+        When *chunksize* is not given it is chosen adaptively (the stdlib
+        defaults to 1, which makes imap of many small tasks slow).  A task
+        that failed raises its exception at its position; iteration can go
+        on after it.
+        """
+        return self._imap(func, iterable, chunksize, IMapIterator, timeout,
+                          retries, progress)
+
+    def imap_unordered(self, func: Callable, iterable: Iterable,
+                       chunksize: int | None = None, *, timeout: float | None = None,
+                       retries: int = 0, progress: bool = False) -> IMapIterator:
+        """Like ``imap()`` but results come in the order they complete."""
+        return self._imap(func, iterable, chunksize, IMapUnorderedIterator, timeout,
+                          retries, progress)
+
+    def close(self) -> None:
+        """Prevent further submissions; workers exit once all work is done."""
+        if self._state == RUN:
+            self._state = CLOSE
+            self._backend.close()
+
+    def terminate(self) -> None:
+        """Stop the workers at once; unfinished results fail with ``ProcessError``."""
+        self._state = TERMINATE
+        self._terminate()
+
+    def join(self) -> None:
+        """Wait for the workers to exit; call ``close()`` or ``terminate()`` first."""
+        if self._state == RUN:
+            raise ValueError("Pool is still running")
+        elif self._state not in (CLOSE, TERMINATE):
+            raise ValueError("In unknown state")
+        self._backend.join()
+
+    # -- building chunks ----------------------------------------------------
+    def _function_blob(self, func: Callable):
+        if not callable(func):
+            raise TypeError(f"{func!r} is not callable")
+        return _serialization.dumps_function(func) if self._serialize else func
+
+    def _map_async(self, func, iterable, call, chunksize, callback, error_callback,
+                   timeout, retries, progress) -> MapResult:
+        self._check_running()
+        _check_options(timeout, retries)
+        _check_chunksize(chunksize)
+        if not hasattr(iterable, "__len__"):
+            iterable = list(iterable)
+        items = iterable if isinstance(iterable, list) else list(iterable)
+        fn_blob = self._function_blob(func)
+        if chunksize is None:
+            chunksize = auto_chunksize(len(items), self._processes)
+        result = MapResult(self._registry, len(items), callback, error_callback,
+                           _progress_bar(progress, len(items)))
+        self._submit_slices(fn_blob, function_name(func), call, items, chunksize,
+                            result, timeout, retries)
+        return result
+
+    def _submit_slices(self, fn_blob, fn_name, call, items, chunksize, sink,
+                       timeout, retries) -> None:
+        """Chunk and submit a sized sequence from the caller's thread.
+
+        Raises ``SerializationError`` (and fails *sink*) if an item can't be
+        pickled; chunks already submitted then run for nothing.
+        """
+        try:
+            for start in range(0, len(items), chunksize):
+                piece = items[start:start + chunksize]
+                if not isinstance(piece, list):
+                    piece = list(piece)
+                chunk = make_chunk(fn_blob, fn_name, call, piece, start, sink,
+                                   timeout, retries, self._serialize)
+                self._backend.submit([chunk])
+        except BaseException as exc:
+            sink.abort(exc)
+            raise
+
+    def _imap(self, func, iterable, chunksize, iterator_class, timeout, retries,
+              progress) -> IMapIterator:
+        self._check_running()
+        _check_options(timeout, retries)
+        _check_chunksize(chunksize)
+        fn_blob = self._function_blob(func)
+        fn_name = function_name(func)
+        call = m.CALL_MAP
+        if isinstance(iterable, (list, tuple, range)):
+            # Sized and sliceable: chunk now, in the caller's thread, so that
+            # an unpicklable item raises here.
+            length = len(iterable)
+            if chunksize is None:
+                chunksize = auto_chunksize(length, self._processes)
+            result = iterator_class(self._registry, length, _progress_bar(progress, length))
+            self._submit_slices(fn_blob, fn_name, call, iterable, chunksize, result,
+                                timeout, retries)
+            return result
+        total = len(iterable) if hasattr(iterable, "__len__") else None
+        if chunksize is None and total is not None:
+            chunksize = auto_chunksize(total, self._processes)
+        result = iterator_class(self._registry, None, _progress_bar(progress, total))
+        self._backend.add_feeder()
+        feeder = threading.Thread(
+            target=_feed_chunks, name="PoolFeeder", daemon=True,
+            args=(self._backend, self._registry, iterable, chunksize, fn_blob, fn_name,
+                  call, result, timeout, retries, self._serialize))
+        feeder.start()
+        return result
+
+
+def _check_chunksize(chunksize: int | None) -> None:
+    if chunksize is not None and chunksize < 1:
+        raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
+
+
+def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
+                 sink, timeout, retries, serialize) -> None:
+    """Body of an imap feeder thread: consume the input lazily, submit chunks.
+
+    An item that can't be pickled fails at its own position; an input
+    iterator that raises delivers that exception at the position after the
+    last item it produced, then ends the results (as the stdlib does).
+    """
+    def grow_limit() -> int:
+        seconds = backend.task_seconds()
+        if seconds is None:
+            return 256
+        return max(1, int(TARGET_CHUNK_SECONDS / max(seconds, 1e-7)))
+
+    start = 0
+    try:
+        try:
+            for piece in iter_slices(iterable, chunksize, grow_limit):
+                if registry.terminated:
+                    return
+                backend.submit(_chunks_for_piece(fn_blob, fn_name, call, piece, start,
+                                                 sink, timeout, retries, serialize))
+                start += len(piece)
+        except Exception as exc:  # the input iterable raised
+            sink.deliver(start, [None], {0: exc})
+            start += 1
+        sink.set_length(start)
+    finally:
+        backend.remove_feeder()
+
+
+def _chunks_for_piece(fn_blob, fn_name, call, piece, start, sink, timeout,
+                      retries, serialize) -> list[TaskChunk]:
+    try:
+        return [make_chunk(fn_blob, fn_name, call, piece, start, sink, timeout,
+                           retries, serialize)]
+    except SerializationError:
+        pass
+    chunks = []
+    for offset, item in enumerate(piece):
+        try:
+            chunks.append(make_chunk(fn_blob, fn_name, call, [item], start + offset,
+                                     sink, timeout, retries, serialize))
+        except SerializationError as exc:
+            sink.deliver(start + offset, [None], {0: exc})
+    return chunks

@@ -1,0 +1,298 @@
+"""Result objects handed to the caller: ApplyResult, MapResult, IMapIterator.
+
+They mirror ``multiprocessing.pool`` (same names, methods, blocking and
+error behaviour) and are *sinks* for the scheduler: it calls
+``deliver(start, values, errors)`` from its own thread whenever a chunk of
+tasks has finished, with ``errors`` mapping positions (relative to
+``start``) to the exception each failed task raised.  ``abort(exc)`` says
+nothing more will come (the pool was terminated, or broke): every task not
+yet delivered fails with *exc*, so no ``get()`` ever waits forever.
+
+Differences from the stdlib, all where the stdlib would hang or mislead:
+
+* ``MapResult`` raises the error of the *lowest-index* failed task (the
+  stdlib raises whichever arrived first): the same run gives the same error.
+* Ctrl-C while waiting in ``get``/``wait``/``next`` terminates the pool
+  before re-raising ``KeyboardInterrupt`` (README: no orphans, no hang).
+* A terminated pool fails pending results instead of leaving ``get()``
+  blocked forever.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import sys
+import threading
+import traceback
+from typing import Any, Callable
+
+from ._exceptions import TimeoutError
+
+__all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
+           "IMapUnorderedIterator"]
+
+_job_counter = itertools.count()
+
+
+def _run_callback(callback: Callable, arg: Any) -> None:
+    """Run a user callback in the scheduler thread; never let it kill that thread."""
+    try:
+        callback(arg)
+    except BaseException:
+        print("Exception in polyproc pool callback:", file=sys.stderr)
+        traceback.print_exc()
+
+
+class _Sink:
+    """What every result object shares: registration with the pool core."""
+
+    def __init__(self, core, length: int | None, progress=None):
+        self._core = core
+        self._job = next(_job_counter)
+        self._progress = progress
+        self._pending = length  # tasks not delivered yet (None: not known yet)
+        core.register_sink(self)
+
+    def _count(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.update(n)
+
+    def _finished(self) -> None:
+        self._core.unregister_sink(self)
+        if self._progress is not None:
+            self._progress.close()
+
+    def _interrupted(self) -> None:
+        """Ctrl-C while waiting: stop the pool, then let the interrupt propagate."""
+        self._core.terminate()
+
+
+class ApplyResult(_Sink):
+    """The result of ``apply_async``: one task."""
+
+    def __init__(self, core, callback=None, error_callback=None, length: int = 1,
+                 progress=None):
+        super().__init__(core, length, progress)
+        self._event = threading.Event()
+        self._callback = callback
+        self._error_callback = error_callback
+        self._success = True
+        self._value: Any = None
+
+    def ready(self) -> bool:
+        """Return whether the call has completed."""
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        """Return whether the call completed without raising an exception.
+
+        Raises ``ValueError`` if the result is not ready.
+        """
+        if not self.ready():
+            raise ValueError("{0!r} not ready".format(self))
+        return self._success
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the result is available or until *timeout* seconds pass."""
+        try:
+            self._event.wait(timeout)
+        except KeyboardInterrupt:
+            self._interrupted()
+            raise
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Return the result when it arrives.
+
+        Blocks until then, or raises ``multiprocessing.TimeoutError`` after
+        *timeout* seconds.  If the call raised, that exception is re-raised,
+        with the worker's traceback as its ``__cause__``.
+        """
+        self.wait(timeout)
+        if not self.ready():
+            raise TimeoutError
+        if self._success:
+            return self._value
+        raise self._value
+
+    def deliver(self, start: int, values: list, errors: dict) -> None:
+        self._count(len(values))
+        if errors:
+            self._success = False
+            self._value = errors[min(errors)]
+        else:
+            self._value = values[0]
+        self._complete()
+
+    def abort(self, exc: BaseException) -> None:
+        if not self._event.is_set():
+            self._success = False
+            self._value = exc
+            self._complete()
+
+    def _complete(self) -> None:
+        if self._success:
+            if self._callback is not None:
+                _run_callback(self._callback, self._value)
+        elif self._error_callback is not None:
+            _run_callback(self._error_callback, self._value)
+        self._event.set()
+        self._finished()
+
+
+AsyncResult = ApplyResult
+
+
+class MapResult(ApplyResult):
+    """The result of ``map_async``/``starmap_async``: a list, in input order."""
+
+    def __init__(self, core, length: int, callback=None, error_callback=None,
+                 progress=None):
+        super().__init__(core, callback, error_callback, length, progress)
+        self._value = [None] * length
+        self._first_error: tuple[int, BaseException] | None = None
+        self._lock = threading.Lock()
+        if length == 0:
+            self._complete()
+
+    def deliver(self, start: int, values: list, errors: dict) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            if values:
+                self._value[start:start + len(values)] = values
+            if errors:
+                index = start + min(errors)
+                if self._first_error is None or index < self._first_error[0]:
+                    self._first_error = (index, errors[min(errors)])
+            self._pending -= len(values)
+            self._count(len(values))
+            if self._pending > 0:
+                return
+            if self._first_error is not None:
+                self._success = False
+                self._value = self._first_error[1]
+        self._complete()
+
+    def abort(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._success = False
+            self._value = exc
+        self._complete()
+
+
+class IMapIterator(_Sink):
+    """The iterator ``imap`` returns: results in input order, as they come.
+
+    A task that raised re-raises its exception at its own position; the
+    iteration can go on past it.
+    """
+
+    _ordered = True
+
+    def __init__(self, core, length: int | None = None, progress=None):
+        super().__init__(core, length, progress)
+        self._cond = threading.Condition(threading.Lock())
+        self._items: collections.deque = collections.deque()  # (ok, value) ready to yield
+        self._unordered: dict[int, tuple[bool, Any]] = {}
+        self._next_index = 0        # next position to move into _items (ordered)
+        self._yielded = 0
+        self._length = length       # total tasks, once known
+        self._abort: BaseException | None = None
+
+    def __iter__(self):
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        with self._cond:
+            try:
+                item = self._items.popleft()
+            except IndexError:
+                if self._exhausted():
+                    raise StopIteration from None
+                try:
+                    self._cond.wait(timeout)
+                except KeyboardInterrupt:
+                    self._cond.release()
+                    try:
+                        self._interrupted()
+                    finally:
+                        self._cond.acquire()
+                    raise
+                try:
+                    item = self._items.popleft()
+                except IndexError:
+                    if self._exhausted():
+                        raise StopIteration from None
+                    raise TimeoutError from None
+            self._yielded += 1
+        ok, value = item
+        if ok:
+            return value
+        raise value
+
+    __next__ = next
+
+    def _exhausted(self) -> bool:
+        if self._abort is not None:
+            # Everything not yet yielded fails with the abort error, once.
+            if self._length is None or self._yielded < self._length:
+                self._items.append((False, self._abort))
+                self._length = self._yielded + 1
+                return False
+            return True
+        return self._length is not None and self._yielded >= self._length
+
+    def set_length(self, length: int) -> None:
+        """The feeder has consumed the whole input: *length* tasks in all."""
+        with self._cond:
+            self._length = length
+            self._pending = length - self._delivered_count()
+            if self._pending <= 0:
+                self._cond.notify_all()
+                self._finished_unlocked()
+
+    def _delivered_count(self) -> int:
+        return self._yielded + len(self._items) + len(self._unordered)
+
+    def deliver(self, start: int, values: list, errors: dict) -> None:
+        with self._cond:
+            if self._abort is not None:
+                return
+            for offset, value in enumerate(values):
+                err = errors.get(offset)
+                entry = (True, value) if err is None else (False, err)
+                if self._ordered:
+                    self._unordered[start + offset] = entry
+                else:
+                    self._items.append(entry)
+            if self._ordered:
+                while self._next_index in self._unordered:
+                    self._items.append(self._unordered.pop(self._next_index))
+                    self._next_index += 1
+            self._count(len(values))
+            self._cond.notify_all()
+            if self._length is not None and self._delivered_count() >= self._length:
+                self._finished_unlocked()
+
+    def abort(self, exc: BaseException) -> None:
+        with self._cond:
+            if self._abort is None and not (
+                    self._length is not None and self._delivered_count() >= self._length):
+                self._abort = exc
+                # Results that arrived in order stay available before the error.
+                self._cond.notify_all()
+        self._finished()
+
+    def _finished_unlocked(self) -> None:
+        self._core.unregister_sink(self)
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+
+class IMapUnorderedIterator(IMapIterator):
+    """The iterator ``imap_unordered`` returns: results as they complete."""
+
+    _ordered = False

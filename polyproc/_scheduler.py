@@ -1,0 +1,611 @@
+"""The local process backend of a Pool: worker processes and the thread that runs them.
+
+Data flow of a task (the same diagram is in ARCHITECTURE.md)::
+
+  caller thread            | PoolScheduler thread             | worker processes
+  (Pool API, _pool.py)     | (ProcessScheduler._run)          | (_worker.py)
+                           |                                  |
+  map/apply_async/imap     |                                  |
+   -> TaskChunk(s),        |                                  |
+      args pickled here  --+-> pending deque ---+             |
+      (errors raise in     |   (+ wake-up pipe) |             |
+       the caller)         |                    v             |
+                           |   dispatch_chunks: batches of    |
+                           |   chunks -> Dispatch message ----+-> own duplex pipe
+                           |   to a ready worker              |   run tasks, write
+                           |                                  |   progress slot
+                           |   receive_results <--------------+-- Results(ChunkDone..)
+  result.get()/next() <----+-- sink.deliver(start, values,    |
+  (ApplyResult, MapResult, |      errors)                     |
+   IMapIterator)           |                                  |
+                           |   on_worker_exit (sentinel) -----+-- died / retired
+                           |   -> blame one task, requeue     |
+                           |      the rest, spawn replacement |
+
+One thread does all the bookkeeping (like ``concurrent.futures``' executor
+manager thread, and unlike the stdlib Pool's three handler threads), so the
+state below needs no locks: caller threads only append to ``_pending`` (a
+deque, whose append is atomic) and poke the wake-up pipe.
+
+Why each worker has its *own* pipe (the stdlib shares one queue among all
+workers): a worker that dies while holding a shared queue's lock, or half
+way through writing a message, wedges everyone (gh-66587, pebble #163).
+With a pipe each, a dead worker can only break its own pipe, and the
+scheduler always knows which tasks were on which worker.
+
+Who is to blame when a worker dies.  Every worker writes into its slot of
+a shared progress table what it is doing: loading chunk c, running task i
+of chunk c since time t, dumping results up to chunk c (see _worker.py).
+When its sentinel fires without a ``Retiring`` message:
+
+* RUNNING task i of chunk c: task i fails with ``WorkerLostError`` (or
+  ``TaskTimeoutError`` if the scheduler killed it for its ``timeout``), or
+  runs again if it has ``retries`` left.  Everything else the worker held
+  is requeued, tasks that had finished but whose results were not sent yet
+  included (they run again: results are delivered exactly once, but a task
+  may *run* twice).
+* LOADING or DUMPING a run of several tasks: the culprit is one of them
+  but unknown, so they are requeued as one-task chunks; if it happens
+  again, the one task then on the worker is known.
+* IDLE (killed between tasks): nothing is blamed, everything is requeued;
+  a chunk that sees more than ``MAX_UNBLAMED_DEATHS`` such deaths fails,
+  so that nothing is retried forever.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import signal
+import threading
+import time
+from multiprocessing import connection as mp_connection
+from typing import Callable
+
+from . import _messages as m
+from . import _serialization
+from ._exceptions import (InitializerError, ProcessError, TaskTimeoutError,
+                          WorkerLostError)
+from ._remote_errors import rebuild_exception
+from ._tasks import TaskChunk
+from ._worker import WorkerConfig, worker_main
+
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+TARGET_BATCH_SECONDS = 0.02   # work per Dispatch message once task times are known
+MAX_BATCH_CHUNKS = 256
+PREFETCH_BYTES = 32 * 1024     # a second Dispatch may wait in a busy worker's pipe if smaller
+MAX_UNBLAMED_DEATHS = 3
+MAX_STARTUP_FAILURES = 3
+TIMEOUT_POLL_SECONDS = 0.05
+SHUTDOWN_GRACE_SECONDS = 0.5
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Words for an exit code, naming the likely cause."""
+    if exitcode is None:
+        return "exited (exit code unknown)"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        cause = {
+            "SIGKILL": "killed by SIGKILL: the kernel's OOM killer (out of memory) or kill -9",
+            "SIGSEGV": "segmentation fault: a crash in C code (an extension module or ctypes)",
+            "SIGBUS": "bus error: a crash in C code or a truncated memory-mapped file",
+            "SIGABRT": "aborted: a C library called abort()",
+            "SIGTERM": "terminated by SIGTERM",
+        }.get(name, f"killed by {name}")
+        return f"{cause} (exit code {exitcode})"
+    return (f"exited with code {exitcode}: os._exit() or a C extension called "
+            f"exit() inside the task")
+
+
+class WorkerHandle:
+    """The scheduler's view of one worker process."""
+
+    __slots__ = ("process", "conn", "slot", "ready", "assigned", "dispatch_ends",
+                 "retiring", "shutdown_sent", "timed_out", "chunks_given")
+
+    def __init__(self, process, conn, slot: int):
+        self.process = process
+        self.conn = conn
+        self.slot = slot
+        self.ready = False
+        self.assigned: collections.deque[TaskChunk] = collections.deque()
+        self.dispatch_ends: collections.deque[int] = collections.deque()
+        self.retiring = False
+        self.shutdown_sent = False
+        self.timed_out: tuple[int, int] | None = None  # (chunk_id, task index)
+        self.chunks_given = 0
+
+
+class ProcessScheduler:
+    """Runs TaskChunks on a set of local worker processes.
+
+    The backend interface the Pool API layer uses (_pool.py): ``size``,
+    ``submit(chunks)``, ``task_seconds()``, ``add_feeder()``/
+    ``remove_feeder()``, ``close()``, ``terminate()``, ``join(timeout)``.
+    """
+
+    def __init__(self, ctx, processes: int, initializer, initargs,
+                 maxtasksperchild: int | None, max_memory_per_child: int | None,
+                 abort_all: Callable[[BaseException], None]):
+        self.size = processes
+        self._ctx = ctx
+        self._abort_all = abort_all
+        init_blob = (None if initializer is None
+                     else _serialization.dumps_function(initializer))
+        self._initializer_name = getattr(initializer, "__qualname__", repr(initializer))
+        self._config = WorkerConfig(init_blob,
+                                    _serialization.dumps(tuple(initargs), "initargs"),
+                                    maxtasksperchild, max_memory_per_child)
+        self._maxtasks = maxtasksperchild
+        self._table = ctx.RawArray("d", processes * m.SLOT_WIDTH)
+        self._pending: collections.deque[TaskChunk] = collections.deque()
+        self._requeued: collections.deque[TaskChunk] = collections.deque()
+        self._wakeup_r, self._wakeup_w = os.pipe()
+        os.set_blocking(self._wakeup_w, False)
+        self._wakeup_armed = False
+        self._workers: dict[int, WorkerHandle] = {}
+        self._by_sentinel: dict[int, WorkerHandle] = {}
+        self.state = RUN
+        self.broken: BaseException | None = None
+        self._chunk_seconds: float | None = None  # EWMA of a chunk's run time
+        self._task_seconds: float | None = None   # EWMA of one task's run time
+        self._feeders = 0
+        self._feeders_lock = threading.Lock()
+        self._startup_failures = 0
+        self._worker_counter = 0
+        for slot in range(processes):
+            self._spawn_worker(slot)
+        self._thread = threading.Thread(target=self._run, name="PoolScheduler",
+                                        daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------
+    # Called from caller threads
+    # ------------------------------------------------------------------
+    def submit(self, chunks: list[TaskChunk]) -> None:
+        """Queue chunks for dispatch (never blocks)."""
+        if self.broken is not None:
+            for chunk in chunks:
+                _fail_chunk(chunk, self.broken)
+            return
+        self._pending.extend(chunks)
+        self._wake()
+
+    def task_seconds(self) -> float | None:
+        return self._task_seconds
+
+    def add_feeder(self) -> None:
+        with self._feeders_lock:
+            self._feeders += 1
+
+    def remove_feeder(self) -> None:
+        with self._feeders_lock:
+            self._feeders -= 1
+        self._wake()
+
+    def close(self) -> None:
+        if self.state == RUN:
+            self.state = CLOSE
+        self._wake()
+
+    def terminate(self) -> None:
+        self.state = TERMINATE
+        self._wake(force=True)
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def join(self, timeout: float | None = None) -> None:
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in list(self._workers.values())]
+
+    def _wake(self, force: bool = False) -> None:
+        # One byte per sleep of the scheduler, not one per submission: the
+        # flag is cleared by the scheduler *before* it drains the deque, so
+        # a submission racing with the drain always writes.
+        if self._wakeup_armed and not force:
+            return
+        self._wakeup_armed = True
+        try:
+            os.write(self._wakeup_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full (a wake-up is pending) or closed
+
+    # ------------------------------------------------------------------
+    # The PoolScheduler thread
+    # ------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while self.state != TERMINATE:
+                self._wakeup_armed = False
+                self._dispatch_chunks()
+                if self.state == CLOSE and self._all_done():
+                    self._shutdown_workers()
+                    return
+                self._wait_and_handle_events()
+                self._enforce_timeouts()
+                self._replace_workers()
+        except BaseException as exc:  # a bug here must not hang callers
+            self.broken = ProcessError(f"polyproc pool scheduler crashed: {exc!r}")
+            self.broken.__cause__ = exc
+            self._abort_all(self.broken)
+            raise
+        finally:
+            if self.state == TERMINATE or self.broken is not None:
+                self._kill_workers()
+                self._abort_all(ProcessError("the pool was terminated"))
+            self._close_resources()
+
+    def _all_done(self) -> bool:
+        return (not self._pending and not self._requeued and self._feeders == 0
+                and all(not w.assigned for w in self._workers.values()))
+
+    def _wait_and_handle_events(self) -> None:
+        handles: dict = {self._wakeup_r: None}
+        for w in self._workers.values():
+            handles[w.conn] = w
+            handles[w.process.sentinel] = w
+        ready = mp_connection.wait(list(handles), self._next_timeout())
+        exits = []
+        for obj in ready:
+            if obj == self._wakeup_r and not isinstance(obj, mp_connection.Connection):
+                os.read(self._wakeup_r, 4096)
+            elif isinstance(obj, mp_connection.Connection):
+                self._receive_messages(handles[obj])
+            else:
+                exits.append(handles[obj])
+        for w in exits:
+            self._on_worker_exit(w)
+
+    def _next_timeout(self) -> float | None:
+        for w in self._workers.values():
+            if any(c.timeout is not None for c in w.assigned):
+                return TIMEOUT_POLL_SECONDS
+        return None
+
+    # -- dispatch -------------------------------------------------------
+    def _dispatch_chunks(self) -> None:
+        if self.broken is not None:
+            self._fail_queued(self.broken)
+            return
+        for w in list(self._workers.values()):
+            if not (self._pending or self._requeued):
+                return
+            if not w.ready or w.retiring or w.shutdown_sent:
+                continue
+            while (self._pending or self._requeued) and self._may_send(w):
+                self._send_dispatch(w)
+
+    def _may_send(self, w: WorkerHandle) -> bool:
+        if self._maxtasks is not None and w.chunks_given >= self._maxtasks:
+            return False
+        if not w.assigned:
+            return True
+        if len(w.dispatch_ends) >= 2:
+            return False
+        head = self._requeued[0] if self._requeued else self._pending[0]
+        return len(head.payload) < PREFETCH_BYTES
+
+    def _batch_size(self) -> int:
+        queued = len(self._pending) + len(self._requeued)
+        ready = sum(1 for w in self._workers.values() if w.ready) or 1
+        fair = math.ceil(queued / ready)
+        if self._chunk_seconds is None:
+            return 1
+        by_time = int(TARGET_BATCH_SECONDS / max(self._chunk_seconds, 1e-7))
+        return max(1, min(fair, by_time, MAX_BATCH_CHUNKS))
+
+    def _send_dispatch(self, w: WorkerHandle) -> None:
+        n = self._batch_size()
+        if self._maxtasks is not None:
+            n = min(n, self._maxtasks - w.chunks_given)
+        batch: list[TaskChunk] = []
+        size = 0
+        while len(batch) < n and (self._requeued or self._pending):
+            chunk = self._requeued.popleft() if self._requeued else self._pending.popleft()
+            batch.append(chunk)
+            size += len(chunk.payload)
+            if w.assigned and size >= PREFETCH_BYTES:
+                break
+        w.assigned.extend(batch)
+        w.dispatch_ends.append(batch[-1].chunk_id)
+        w.chunks_given += len(batch)
+        data = _serialization.dumps(m.Dispatch([c.job() for c in batch]), "dispatch")
+        try:
+            w.conn.send_bytes(data)
+        except OSError:
+            pass  # the worker died: its sentinel fires and on_worker_exit requeues
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        while self._requeued:
+            _fail_chunk(self._requeued.popleft(), exc)
+        while self._pending:
+            _fail_chunk(self._pending.popleft(), exc)
+
+    # -- results --------------------------------------------------------
+    def _receive_messages(self, w: WorkerHandle) -> None:
+        conn = w.conn
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                return  # dying: the sentinel will tell
+            self._on_message(w, _serialization.loads(data, "worker message"))
+            try:
+                if not conn.poll(0):
+                    return
+            except (EOFError, OSError):
+                return
+
+    def _on_message(self, w: WorkerHandle, msg) -> None:
+        if isinstance(msg, m.Results):
+            for done in msg.done:
+                self._on_chunk_done(w, done)
+        elif isinstance(msg, m.WorkerReady):
+            w.ready = True
+            self._startup_failures = 0
+        elif isinstance(msg, m.Retiring):
+            w.retiring = True
+        elif isinstance(msg, m.InitializerFailed):
+            cause = rebuild_exception(msg.error)
+            error = InitializerError(
+                f"the pool's initializer {self._initializer_name}() raised "
+                f"{type(cause).__name__}: {cause}; the pool cannot run tasks. "
+                "Fix the initializer, then create a new pool.")
+            error.__cause__ = cause
+            self._break(error)
+
+    def _on_chunk_done(self, w: WorkerHandle, done: m.ChunkDone) -> None:
+        chunk = w.assigned.popleft()
+        assert chunk.chunk_id == done.chunk_id, "results arrive in dispatch order"
+        if w.dispatch_ends and w.dispatch_ends[0] == chunk.chunk_id:
+            w.dispatch_ends.popleft()
+        self._learn_timing(chunk, done)
+        errors = done.errors
+        values = done.values
+        if -1 in errors:  # the chunk could not even be loaded
+            exc = rebuild_exception(errors[-1])
+            _deliver(chunk, 0, [None] * chunk.count, dict.fromkeys(range(chunk.count), exc))
+            chunk.release()
+            return
+        rebuilt = {i: rebuild_exception(p) for i, p in errors.items()} if errors else errors
+        if len(values) < chunk.count:
+            # The worker retired half-way through this chunk: the rest of it
+            # never started.
+            _deliver(chunk, 0, values, rebuilt)
+            self._requeued.appendleft(chunk.subchunk(len(values), chunk.count))
+        else:
+            _deliver(chunk, 0, values, rebuilt)
+        chunk.release()
+
+    def _learn_timing(self, chunk: TaskChunk, done: m.ChunkDone) -> None:
+        seconds = done.seconds
+        per_task = seconds / max(1, len(done.values))
+        if self._chunk_seconds is None:
+            self._chunk_seconds, self._task_seconds = seconds, per_task
+        else:
+            self._chunk_seconds += 0.2 * (seconds - self._chunk_seconds)
+            self._task_seconds += 0.2 * (per_task - self._task_seconds)
+
+    # -- failures -------------------------------------------------------
+    def _on_worker_exit(self, w: WorkerHandle) -> None:
+        self._receive_messages(w)   # results it sent before it died count
+        w.process.join(1.0)
+        exitcode = w.process.exitcode
+        del self._workers[w.slot]
+        w.conn.close()
+        lost = list(w.assigned)
+        w.assigned.clear()
+        if not w.ready and self.broken is None and self.state != TERMINATE:
+            self._startup_failures += 1
+            if self._startup_failures >= MAX_STARTUP_FAILURES:
+                self._break(ProcessError(
+                    f"pool workers keep dying before they are ready: the last one "
+                    f"{describe_exit(exitcode)}. Look at their standard error above; "
+                    f"under the spawn and forkserver start methods, check that the "
+                    f"main module can be imported and guards process creation with "
+                    f"if __name__ == '__main__':"))
+        if not lost:
+            return
+        if w.retiring or w.shutdown_sent:
+            self._requeue([c.subchunk(0, c.count) for c in lost])
+            for c in lost:
+                c.release()
+            return
+        self._recover_lost_chunks(w, lost, exitcode)
+
+    def _recover_lost_chunks(self, w: WorkerHandle, lost: list[TaskChunk],
+                             exitcode: int | None) -> None:
+        base = w.slot * m.SLOT_WIDTH
+        phase = self._table[base + m.SLOT_PHASE]
+        chunk_id = int(self._table[base + m.SLOT_CHUNK])
+        task = int(self._table[base + m.SLOT_TASK])
+        index = next((i for i, c in enumerate(lost) if c.chunk_id == chunk_id), None)
+        requeue: list[TaskChunk] = []
+        if phase == m.PHASE_RUNNING and index is not None:
+            for c in lost[:index]:
+                requeue.append(c.subchunk(0, c.count))
+            requeue += self._blame(w, lost[index], task, exitcode)
+            for c in lost[index + 1:]:
+                requeue.append(c.subchunk(0, c.count))
+        elif phase in (m.PHASE_LOADING, m.PHASE_DUMPING) and index is not None:
+            suspects = [lost[index]] if phase == m.PHASE_LOADING else lost[:index + 1]
+            rest = lost[index + 1:] if phase == m.PHASE_LOADING else lost[index + 1:]
+            before = lost[:index] if phase == m.PHASE_LOADING else []
+            for c in before:
+                requeue.append(c.subchunk(0, c.count))
+            if len(suspects) == 1 and suspects[0].count == 1:
+                requeue += self._blame(w, suspects[0], 0, exitcode)
+            else:
+                for c in suspects:
+                    requeue += [c.subchunk(i, i + 1) for i in range(c.count)]
+            for c in rest:
+                requeue.append(c.subchunk(0, c.count))
+        else:
+            for c in lost:
+                c.deaths += 1
+                if c.deaths > MAX_UNBLAMED_DEATHS:
+                    exc = WorkerLostError(
+                        f"workers died {c.deaths} times while holding tasks "
+                        f"{c.start}..{c.start + c.count - 1} of {c.func_name}(), "
+                        f"the last one {describe_exit(exitcode)}",
+                        w.process.pid, exitcode, c.describe_task(0))
+                    _fail_chunk(c, exc)
+                else:
+                    fresh = c.subchunk(0, c.count)
+                    fresh.deaths = c.deaths
+                    requeue.append(fresh)
+        for c in lost:
+            c.release()
+        self._requeue(requeue)
+
+    def _blame(self, w: WorkerHandle, chunk: TaskChunk, task: int,
+               exitcode: int | None) -> list[TaskChunk]:
+        """Fail (or retry) task *task* of *chunk*; return the rest to requeue."""
+        requeue = []
+        if task > 0:
+            requeue.append(chunk.subchunk(0, task))
+        timed_out = w.timed_out == (chunk.chunk_id, task)
+        if timed_out:
+            exc: BaseException = TaskTimeoutError(
+                f"task {chunk.describe_task(task)} ran longer than its timeout of "
+                f"{chunk.timeout} s; its worker (pid {w.process.pid}) was killed "
+                f"and replaced", chunk.timeout, chunk.describe_task(task))
+            _deliver(chunk, task, [None], {0: exc})
+        elif chunk.retries > 0:
+            requeue.append(chunk.subchunk(task, task + 1, retries=chunk.retries - 1))
+        else:
+            exc = WorkerLostError(
+                f"the worker process (pid {w.process.pid}) running task "
+                f"{chunk.describe_task(task)} {describe_exit(exitcode)}. The pool "
+                f"replaced it and goes on; pass retries=N to run such a task "
+                f"again on another worker.",
+                w.process.pid, exitcode, chunk.describe_task(task))
+            _deliver(chunk, task, [None], {0: exc})
+        if task + 1 < chunk.count:
+            requeue.append(chunk.subchunk(task + 1, chunk.count))
+        return requeue
+
+    def _requeue(self, chunks: list[TaskChunk]) -> None:
+        # Requeued work goes before new work, in its original order.
+        self._requeued.extendleft(reversed(chunks))
+
+    def _break(self, error: BaseException) -> None:
+        if self.broken is None:
+            self.broken = error
+        for w in self._workers.values():
+            for c in w.assigned:
+                _fail_chunk(c, error)
+            w.assigned.clear()
+        self._fail_queued(error)
+        self._abort_all(error)
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        table = self._table
+        for w in self._workers.values():
+            if w.timed_out is not None or not w.assigned:
+                continue
+            base = w.slot * m.SLOT_WIDTH
+            if table[base + m.SLOT_PHASE] != m.PHASE_RUNNING:
+                continue
+            chunk_id = int(table[base + m.SLOT_CHUNK])
+            task = int(table[base + m.SLOT_TASK])
+            started = table[base + m.SLOT_STARTED]
+            chunk = next((c for c in w.assigned if c.chunk_id == chunk_id), None)
+            if chunk is None or chunk.timeout is None:
+                continue
+            if now - started > chunk.timeout:
+                w.timed_out = (chunk_id, task)
+                try:
+                    w.process.kill()
+                except (OSError, ValueError):
+                    pass
+
+    # -- worker processes -------------------------------------------------
+    def _spawn_worker(self, slot: int) -> None:
+        base = slot * m.SLOT_WIDTH
+        for i in range(m.SLOT_WIDTH):
+            self._table[base + i] = 0.0
+        parent_conn, child_conn = mp_connection.Pipe(duplex=True)
+        self._worker_counter += 1
+        process = self._ctx.Process(
+            target=worker_main, args=(child_conn, self._table, slot, self._config),
+            name=f"PolyPoolWorker-{self._worker_counter}", daemon=True)
+        try:
+            process.start()
+        finally:
+            child_conn.close()
+        self._workers[slot] = WorkerHandle(process, parent_conn, slot)
+
+    def _replace_workers(self) -> None:
+        if self.broken is not None or self.state == TERMINATE:
+            return
+        if self.state == CLOSE and not (self._pending or self._requeued or self._feeders):
+            return
+        for slot in range(self.size):
+            if slot not in self._workers:
+                self._spawn_worker(slot)
+
+    def _shutdown_workers(self) -> None:
+        for w in self._workers.values():
+            w.shutdown_sent = True
+            try:
+                w.conn.send_bytes(_serialization.dumps(m.Shutdown(), "message"))
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5.0
+        for w in list(self._workers.values()):
+            w.process.join(max(0.0, deadline - time.monotonic()))
+        self._kill_workers()
+
+    def _kill_workers(self) -> None:
+        workers = list(self._workers.values())
+        for w in workers:
+            if w.process.exitcode is None:
+                try:
+                    w.process.terminate()
+                except (OSError, ValueError):
+                    pass
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.exitcode is None:
+                try:
+                    w.process.kill()
+                except (OSError, ValueError):
+                    pass
+                w.process.join(1.0)
+        for w in workers:
+            for c in w.assigned:
+                c.release()
+            w.assigned.clear()
+            w.conn.close()
+        self._workers.clear()
+
+    def _close_resources(self) -> None:
+        for c in list(self._pending) + list(self._requeued):
+            c.release()
+        for fd in (self._wakeup_r, self._wakeup_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wakeup_r = self._wakeup_w = -1
+
+
+def _deliver(chunk: TaskChunk, offset: int, values: list, errors: dict) -> None:
+    """Hand outcomes of chunk.items[offset:offset+len(values)] to the chunk's sink."""
+    chunk.sink.deliver(chunk.start + offset, values, errors)
+
+
+def _fail_chunk(chunk: TaskChunk, exc: BaseException) -> None:
+    _deliver(chunk, 0, [None] * chunk.count, dict.fromkeys(range(chunk.count), exc))
+    chunk.release()

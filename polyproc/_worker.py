@@ -1,0 +1,232 @@
+"""The loop a pool worker process runs.
+
+A worker owns one end of a duplex pipe to the scheduler (nobody else reads
+or writes it, so a worker that dies mid-message can only ever corrupt its
+own pipe, which the scheduler then discards) and one slot of the pool's
+progress table in shared memory.  Before each step it writes into that slot
+what it is about to do: load a chunk, run task *i* of chunk *c* (and when it
+started), dump results.  Those are plain stores into shared memory, a few
+tens of nanoseconds each; they let the scheduler know, when this process
+dies without a word, exactly which task killed it (see _scheduler.py).
+
+Results are sent in batches: after a chunk finishes, its ``ChunkDone`` is
+held back while more chunks are waiting in this worker's queue and the
+batch is younger than ``FLUSH_SECONDS``.  Many tiny tasks then cost one
+message, not one each, while a slow chunk's result goes out as soon as it
+is done.
+
+SIGINT is ignored here with a no-op handler (not SIG_IGN, which would be
+inherited by programs a task runs): Ctrl-C in a terminal reaches the whole
+process group, and it is the parent's job to stop the pool, not the
+workers' job to print a traceback each.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+from . import _messages as m
+from . import _serialization
+from ._exceptions import SerializationError
+
+FLUSH_SECONDS = 0.005
+
+
+class WorkerConfig(NamedTuple):
+    initializer: bytes | None   # pickled callable, or None
+    initargs: bytes             # pickled tuple
+    maxtasks: int | None        # chunks before the worker retires
+    max_memory: int | None      # bytes of RSS after which it retires
+
+
+def _noop_signal_handler(signum, frame):
+    pass
+
+
+def _exception_payload(exc: BaseException) -> bytes:
+    from ._remote_errors import exception_payload
+    return exception_payload(exc)
+
+
+class _Worker:
+    """State of one worker process; ``run()`` is the whole life of it."""
+
+    def __init__(self, conn, table, slot: int, config: WorkerConfig):
+        self.conn = conn
+        self.table = table
+        self.base = slot * m.SLOT_WIDTH
+        self.config = config
+        self.functions: dict[bytes, Callable] = {}
+        self.chunks_run = 0
+        self.outbox: list[m.ChunkDone] = []
+        self.outbox_since = 0.0
+
+    # -- the slot in the progress table -------------------------------
+    def mark(self, phase: float, chunk_id: float = -1.0) -> None:
+        table, base = self.table, self.base
+        table[base + m.SLOT_CHUNK] = chunk_id
+        table[base + m.SLOT_PHASE] = phase
+
+    # -- messages -------------------------------------------------------
+    def send(self, message: Any) -> None:
+        self.conn.send_bytes(_serialization.dumps(message, "message"))
+
+    def flush(self) -> None:
+        if not self.outbox:
+            return
+        self.mark(m.PHASE_DUMPING, self.outbox[-1].chunk_id)
+        done, self.outbox = self.outbox, []
+        try:
+            data = _serialization.dumps(m.Results(done), "results")
+        except SerializationError:
+            data = _serialization.dumps(m.Results(_replace_unpicklable(done)),
+                                        "results")
+        self.conn.send_bytes(data)
+        self.mark(m.PHASE_IDLE)
+
+    # -- running --------------------------------------------------------
+    def initialize(self) -> bool:
+        cfg = self.config
+        if cfg.initializer is None:
+            return True
+        try:
+            initializer = _serialization.loads(cfg.initializer, "initializer")
+            initializer(*_serialization.loads(cfg.initargs, "initargs"))
+        except BaseException as exc:
+            self.send(m.InitializerFailed(_exception_payload(exc)))
+            return False
+        return True
+
+    def function(self, blob: bytes) -> Callable:
+        fn = self.functions.get(blob)
+        if fn is None:
+            fn = _serialization.loads(blob, "function")
+            if len(self.functions) > 256:
+                self.functions.clear()
+            self.functions[blob] = fn
+        return fn
+
+    def run_chunk(self, job: m.ChunkJob) -> m.ChunkDone:
+        started = time.perf_counter()
+        table, base = self.table, self.base
+        errors: dict[int, bytes] = {}
+        self.mark(m.PHASE_LOADING, job.chunk_id)
+        try:
+            fn = self.function(job.func)
+            items = _serialization.loads(job.payload, "task arguments")
+        except BaseException as exc:
+            # Every task of the chunk fails the same way; the scheduler
+            # knows the chunk's size.
+            return m.ChunkDone(job.chunk_id, [], {-1: _exception_payload(exc)},
+                               time.perf_counter() - started)
+        values: list = [None] * len(items)
+        call = job.call
+        monotonic = time.monotonic
+        # Store order matters: the scheduler reads TASK then STARTED to
+        # enforce timeouts, so STARTED is written first.  A torn read then
+        # can only see a start time that is too recent (a late timeout),
+        # never a stale one (a false timeout).
+        table[base + m.SLOT_STARTED] = monotonic()
+        table[base + m.SLOT_TASK] = 0
+        table[base + m.SLOT_PHASE] = m.PHASE_RUNNING
+        for i, item in enumerate(items):
+            table[base + m.SLOT_STARTED] = monotonic()
+            table[base + m.SLOT_TASK] = i
+            try:
+                if call == m.CALL_MAP:
+                    values[i] = fn(item)
+                elif call == m.CALL_STAR:
+                    values[i] = fn(*item)
+                else:
+                    values[i] = fn(*item[0], **item[1])
+            except BaseException as exc:
+                errors[i] = _exception_payload(exc)
+            if self.config.max_memory is not None and self.over_memory():
+                # Retire now: report what ran, give back the rest.
+                done = m.ChunkDone(job.chunk_id, values[: i + 1], errors,
+                                   time.perf_counter() - started)
+                raise _Retire("max_memory_per_child", done)
+        self.mark(m.PHASE_IDLE)
+        return m.ChunkDone(job.chunk_id, values, errors,
+                           time.perf_counter() - started)
+
+    def over_memory(self) -> bool:
+        import psutil
+        return psutil.Process().memory_info().rss > self.config.max_memory
+
+    def serve(self) -> None:
+        conn = self.conn
+        maxtasks = self.config.maxtasks
+        while True:
+            try:
+                message = _serialization.loads(conn.recv_bytes(), "message")
+            except (EOFError, OSError):
+                return  # the parent is gone or closed our pipe
+            if isinstance(message, m.Shutdown):
+                return
+            for job in message.chunks:
+                try:
+                    done = self.run_chunk(job)
+                except _Retire as retire:
+                    self.outbox.append(retire.done)
+                    self.flush()
+                    self.send(m.Retiring(retire.reason))
+                    return
+                self.outbox.append(done)
+                self.chunks_run += 1
+                if maxtasks is not None and self.chunks_run >= maxtasks:
+                    self.flush()
+                    self.send(m.Retiring("maxtasksperchild"))
+                    return
+                now = time.perf_counter()
+                if len(self.outbox) == 1:
+                    self.outbox_since = now
+                elif now - self.outbox_since >= FLUSH_SECONDS:
+                    self.flush()
+            self.flush()
+
+
+class _Retire(Exception):
+    def __init__(self, reason: str, done: m.ChunkDone):
+        super().__init__(reason)
+        self.reason = reason
+        self.done = done
+
+
+def _replace_unpicklable(done: list) -> list:
+    """Swap each value that can't be pickled for that task's error."""
+    fixed = []
+    for chunk in done:
+        values = list(chunk.values)
+        errors = dict(chunk.errors)
+        for i, value in enumerate(values):
+            try:
+                _serialization.dumps(value, "result")
+            except SerializationError as exc:
+                values[i] = None
+                errors[i] = _exception_payload(exc)
+        for i, payload in list(errors.items()):
+            if not isinstance(payload, bytes):
+                errors[i] = _exception_payload(RuntimeError(repr(payload)))
+        fixed.append(chunk._replace(values=values, errors=errors))
+    return fixed
+
+
+def worker_main(conn, table, slot: int, config: WorkerConfig) -> None:
+    """Entry point of a pool worker process (the Process target)."""
+    signal.signal(signal.SIGINT, _noop_signal_handler)
+    worker = _Worker(conn, table, slot, config)
+    worker.mark(m.PHASE_IDLE)
+    if not worker.initialize():
+        return
+    worker.send(m.WorkerReady(os.getpid()))
+    try:
+        worker.serve()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent went away while we were sending: nothing to do
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
