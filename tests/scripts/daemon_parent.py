@@ -1,0 +1,32 @@
+"""A parent that starts one child and then waits to be SIGKILLed.
+
+Run as ``python daemon_parent.py METHOD daemon|nondaemon``.  Prints
+``child <pid>`` once the child runs, then blocks (bounded) on stdin until
+the test kills it.
+"""
+import sys
+import threading
+
+import polyproc
+
+
+def child_main(conn):
+    conn.send("running")
+    conn.close()
+    threading.Event().wait(30)  # bounded: the test kills it long before
+
+
+if __name__ == "__main__":
+    method, kind = sys.argv[1], sys.argv[2]
+    ctx = polyproc.get_context(method)
+    # A Pipe, not an Event: the test SIGKILLs this process, and an Event's
+    # semaphores would then be reported as leaked by the resource tracker.
+    reader, writer = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=child_main, args=(writer,),
+                        daemon=(kind == "daemon"))
+    child.start()
+    writer.close()
+    if not reader.poll(30):
+        sys.exit("child did not start")
+    print(f"child {child.pid}", flush=True)
+    sys.stdin.readline()  # the test closes stdin or kills us first
