@@ -1,0 +1,139 @@
+"""Shared-memory segments that carry one large buffer from one process to another.
+
+One segment per buffer, used exactly once:
+
+* The sender creates a fresh POSIX shared-memory segment, copies the buffer
+  into it (the only copy on the whole path) and puts a ``SegmentRef`` (name
+  and size) in the payload.
+* The receiver opens the segment, *unlinks it at once* and maps it.  The
+  mapping stays valid after the unlink, so the receiver's objects (a NumPy
+  array built on the buffer, a ``memoryview``) use the memory in place; the
+  kernel frees it when the last mapping goes away.  Nothing is left in
+  ``/dev/shm`` after a payload is received, however long the array lives.
+
+Reused from the stdlib: ``_posixshmem.shm_open``/``shm_unlink``, the
+C functions behind ``multiprocessing.shared_memory``.  ``SharedMemory``
+itself is not used: it registers every segment it creates *or opens* with
+the stdlib's ``resource_tracker``, which then unlinks segments still in
+flight and warns about them (see ``_shm_tracker.py`` for polyproc's tracker).
+
+Why ``os.pwrite`` and not a store through a mapping: when ``/dev/shm`` is
+full, a store into a mapped page that cannot be allocated kills the process
+with SIGBUS; ``pwrite`` fails with ``ENOSPC`` instead, which ``create``
+turns into a clean ``OSError`` so that the caller can fall back to the pipe.
+It is also faster here: the kernel copies straight into freshly allocated
+pages, without a page fault per 4 KiB.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+from typing import NamedTuple
+
+from . import _shm_tracker
+
+try:
+    import _posixshmem
+except ImportError:  # Windows: no POSIX shared memory; callers use the pipe
+    _posixshmem = None  # type: ignore[assignment]
+
+__all__ = ["SegmentRef", "SegmentGoneError", "create", "attach", "unlink",
+           "session_prefix"]
+
+
+class SegmentRef(NamedTuple):
+    """What a payload carries about one segment: enough to find and check it."""
+    name: str   # POSIX name, with its leading "/"
+    size: int   # bytes of data in the segment
+
+
+class SegmentGoneError(FileNotFoundError):
+    """The segment no longer exists (already received, released or cleaned up)."""
+
+
+def session_prefix() -> str:
+    """File names in ``/dev/shm`` of this session's segments start with this."""
+    return _shm_tracker.session().prefix
+
+
+def _new_name() -> str:
+    # pp<session token>_<creator pid>_<random>: at most 27 characters, under
+    # macOS's 31; the session part lets the tracker and tests find them.
+    return f"/{session_prefix()}{os.getpid():x}_{secrets.token_hex(4)}"
+
+
+def _open_new(name: str) -> int:
+    """Create segment *name* (it must not exist); returns a file descriptor."""
+    if _posixshmem is None:
+        raise OSError("POSIX shared memory is not available on this platform")
+    return _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    offset, size = 0, data.nbytes
+    while offset < size:
+        offset += os.pwrite(fd, data[offset:], offset)
+
+
+def create(data: memoryview) -> SegmentRef:
+    """Copy *data* (a C-contiguous byte view) into a new segment.
+
+    The segment is registered with the session's tracker *before* it is
+    created, so that a sender killed at any point leaves nothing the tracker
+    does not know about.  Raises ``OSError`` (``ENOSPC`` when ``/dev/shm``
+    is full or too small, ``EMFILE``, or a tracker that cannot be started),
+    after removing whatever was created.
+    """
+    name = _new_name()
+    _shm_tracker.register(name)
+    try:
+        fd = _open_new(name)
+    except BaseException:
+        _shm_tracker.unregister(name)
+        raise
+    try:
+        _write_all(fd, data)
+    except BaseException:
+        unlink(name)
+        raise
+    finally:
+        os.close(fd)
+    return SegmentRef(name, data.nbytes)
+
+
+def attach(ref: SegmentRef) -> mmap.mmap:
+    """Open, unlink and map the segment *ref*; returns the writable mapping.
+
+    After this call nothing is left in ``/dev/shm``: the memory lives as
+    long as the returned mapping (and every view of it).  Raises
+    ``SegmentGoneError`` when the segment does not exist any more, and
+    ``ValueError`` when it is not the size the payload says.
+    """
+    if _posixshmem is None:
+        raise OSError("POSIX shared memory is not available on this platform")
+    try:
+        fd = _posixshmem.shm_open(ref.name, os.O_RDWR, 0o600)
+    except FileNotFoundError:
+        raise SegmentGoneError(ref.name) from None
+    try:
+        unlink(ref.name)
+        size = os.fstat(fd).st_size
+        if size != ref.size:
+            # Mapping past the end of the file would SIGBUS on access.
+            raise ValueError(f"shared-memory segment {ref.name} holds {size} "
+                             f"bytes, the payload says {ref.size}")
+        return mmap.mmap(fd, ref.size, flags=mmap.MAP_SHARED,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+
+
+def unlink(name: str) -> None:
+    """Remove segment *name* and tell the tracker; a missing segment is fine."""
+    if _posixshmem is not None:
+        try:
+            _posixshmem.shm_unlink(name)
+        except FileNotFoundError:
+            pass
+    _shm_tracker.unregister(name)
