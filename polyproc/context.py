@@ -54,6 +54,15 @@ class _PolyFactories:
         return Pool(processes, initializer, initargs, maxtasksperchild,
                     context=self.get_context(), **extras)
 
+    def Pipe(self, duplex: bool = True):
+        """Returns two connection objects connected by a pipe.
+
+        polyproc's connections: ``send``/``recv`` move large buffers through
+        shared memory (see ``polyproc.connection``).
+        """
+        from .connection import Pipe
+        return Pipe(duplex)
+
     def Queue(self, maxsize: int = 0):
         """Returns a queue object."""
         from .queues import Queue
