@@ -51,7 +51,8 @@ import sys
 import time
 
 __all__ = [
-    "AVAILABLE", "MUTEX_SIZE", "mutex_init", "mutex_acquire", "mutex_release",
+    "AVAILABLE", "MUTEX_SIZE", "mutex_init", "mutex_acquire", "mutex_try",
+    "mutex_release",
     "futex_wait", "futex_wake", "create_segment", "open_segment",
     "unlink_segment", "address_of",
 ]
@@ -162,6 +163,21 @@ def mutex_acquire(addr: int, deadline: float | None) -> int | None:
         rc = _mutex_timedlock(addr, ctypes.byref(_timespec(time.time() + wait)))
         if rc == 0:
             return 0
+
+
+def mutex_try(addr: int) -> int | None:
+    """Lock the mutex at *addr* if that needs no waiting.
+
+    The fast path of every queue operation.  Returns what ``mutex_acquire``
+    returns (0 locked, 1 locked after its owner died), ``None`` when busy.
+    """
+    rc = _mutex_trylock(addr)
+    if rc == 0:
+        return 0
+    if rc == errno.EOWNERDEAD:
+        _mutex_consistent(addr)
+        return 1
+    return None
 
 
 def mutex_release(addr: int) -> None:

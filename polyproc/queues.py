@@ -46,6 +46,7 @@ from typing import Any, Iterable
 
 from . import _queue_shm
 from ._exceptions import QueueGoneError
+from ._queue_ring import QueueGone, Ring, Timeout
 from ._serialization import dumps, loads
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue"]
@@ -60,8 +61,7 @@ except ImportError:  # pragma: no cover - platforms without sem_open
 _WHAT = "queue item"
 
 
-def _attach(name: str):
-    from ._queue_ring import QueueGone, Ring
+def _attach(name: str) -> Ring:
     try:
         return Ring.attach(name)
     except QueueGone:
@@ -76,7 +76,6 @@ class _RingQueue:
     """What Queue and SimpleQueue share: a handle on a ring, open or closed."""
 
     def __init__(self, maxsize: int) -> None:
-        from ._queue_ring import Ring
         self._ring = Ring.create(maxsize if maxsize > 0 else 0)
         self._closed = False
 
@@ -112,7 +111,6 @@ class _RingQueue:
         payloads = [dumps(obj, _WHAT) for obj in items]
         if not payloads:
             return
-        from ._queue_ring import Timeout
         try:
             done = self._ring.put(payloads, block, timeout)
         except Timeout:
@@ -134,7 +132,6 @@ class _RingQueue:
             max_items = 2**62
         elif max_items < 1:
             raise ValueError(f"max_items must be at least 1, not {max_items!r}")
-        from ._queue_ring import Timeout
         try:
             payloads = self._ring.get(max_items, block, timeout)
         except Timeout:
@@ -168,11 +165,11 @@ class Queue(_RingQueue):
         ``queue.Full`` if none became free, or at once when *block* is
         false.  Raises ``ValueError`` if the queue was closed.
         """
-        self._check_closed()
+        if self._closed:
+            self._check_closed()
         payload = dumps(obj, _WHAT)
-        from ._queue_ring import Timeout
         try:
-            self._ring.put((payload,), block, timeout)
+            self._ring.put_one(payload, block, timeout)
         except Timeout:
             raise Full from None
 
@@ -183,13 +180,13 @@ class Queue(_RingQueue):
         raises ``queue.Empty`` if none came, or at once when *block* is
         false.  Raises ``ValueError`` if the queue was closed.
         """
-        self._check_closed()
-        from ._queue_ring import Timeout
+        if self._closed:
+            self._check_closed()
         try:
-            payloads = self._ring.get(1, block, timeout)
+            payload = self._ring.get_one(block, timeout)
         except Timeout:
             raise Empty from None
-        return loads(payloads[0], _WHAT)
+        return loads(payload, _WHAT)
 
     def put_nowait(self, obj: Any) -> None:
         """Equivalent to ``put(obj, False)``."""
@@ -257,12 +254,12 @@ class SimpleQueue(_RingQueue):
     def put(self, obj: Any) -> None:
         """Put *obj* into the queue (pickled here: unpicklable raises at once)."""
         self._check_closed()
-        self._ring.put((dumps(obj, _WHAT),), True, None)
+        self._ring.put_one(dumps(obj, _WHAT), True, None)
 
     def get(self) -> Any:
         """Remove and return an item, blocking until one is available."""
         self._check_closed()
-        return loads(self._ring.get(1, True, None)[0], _WHAT)
+        return loads(self._ring.get_one(True, None), _WHAT)
 
     def empty(self) -> bool:
         """Return True if the queue is empty."""
