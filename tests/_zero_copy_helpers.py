@@ -1,0 +1,98 @@
+"""Spawn-safe helpers for tests/test_zero_copy*.py and tests/test_serialization.py."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+
+from polyproc import _serialization, _shm
+
+MiB = 1 << 20
+
+
+def our_segments(prefix: str | None = None) -> list[str]:
+    """Names in /dev/shm of the given session (this process's by default)."""
+    prefix = prefix or _shm.session_prefix()
+    return sorted(f for f in os.listdir("/dev/shm") if f.startswith(prefix))
+
+
+def pattern(nbytes: int, seed: int = 0) -> np.ndarray:
+    """A uint8 array whose content depends on *seed* (cheap to make and check)."""
+    return (np.arange(nbytes, dtype=np.uint64) * 2654435761 + seed).astype(np.uint8)
+
+
+class Blob:
+    """A user type that supports out-of-band pickling through PickleBuffer."""
+
+    def __init__(self, data: bytearray):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        if protocol >= 5:
+            return type(self)._rebuild, (pickle.PickleBuffer(self.data),)
+        return type(self)._rebuild, (bytes(self.data),)
+
+    @classmethod
+    def _rebuild(cls, obj):
+        view = memoryview(obj)
+        return cls(view if not view.readonly else bytearray(view))
+
+
+# -- Process targets -------------------------------------------------------
+
+def send_array_and_exit(conn, nbytes: int, seed: int) -> None:
+    """Send an array and exit at once: its segment must outlive this process."""
+    conn.send(pattern(nbytes, seed))
+    conn.close()
+    os._exit(0)
+
+
+def receive_and_check(conn, nbytes: int, seed: int) -> None:
+    """Receive an array; reply whether it is the expected one, then whether
+    it stayed unchanged after the sender modified its own copy."""
+    arr = conn.recv()
+    conn.send(bool(np.array_equal(arr, pattern(nbytes, seed))))
+    conn.recv()  # the sender has modified its array now
+    conn.send(bool(np.array_equal(arr, pattern(nbytes, seed))))
+
+
+def echo(conn) -> None:
+    """Send back every object received until None."""
+    while True:
+        obj = conn.recv()
+        if obj is None:
+            return
+        conn.send(obj)
+
+
+def queue_put_and_exit(q, nbytes: int, seed: int) -> None:
+    q.put(pattern(nbytes, seed))
+    os._exit(0)
+
+
+def array_checksum(arr) -> int:
+    return int(np.asarray(arr, dtype=np.uint64).sum())
+
+
+def make_pattern(args) -> np.ndarray:
+    nbytes, seed = args
+    return pattern(nbytes, seed)
+
+
+def receive_then_block(arr, started) -> None:
+    """A pool task that holds its (zero-copy) argument until it is killed."""
+    started.set()
+    import threading
+    threading.Event().wait(60)  # until SIGKILL (bounded all the same)
+
+
+def never_read(conn, ready) -> None:
+    """A consumer that never reads: it is killed with its data unread."""
+    ready.set()
+    import threading
+    threading.Event().wait(60)
+
+
+def dumps_payload(obj) -> bytes:
+    return _serialization.dumps(obj)
