@@ -34,6 +34,7 @@ class ChunkJob(NamedTuple):
     func: bytes        # pickled callable (cached per function by the parent)
     payload: bytes     # serialized list of items (see _serialization)
     call: int          # CALL_MAP, CALL_STAR or CALL_APPLY
+    timed: bool        # has a timeout: record each task's start time
 
 
 class Dispatch(NamedTuple):

@@ -10,7 +10,7 @@ the same small interface:
 
     size                      number of workers
     submit(chunks)            queue chunks; outcomes go to chunk.sink
-    task_seconds()            measured mean seconds per task, or None
+    task_seconds(func)        measured mean seconds per task of func, or None
     add_feeder()/remove_feeder()  an imap feeder is still submitting
     close() / terminate() / join(timeout)
 
@@ -41,24 +41,22 @@ RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 class _SinkRegistry:
     """Unfinished results of one pool, so that they can all be failed at once."""
 
+    # No lock: set.add/discard are atomic under the GIL, and abort_all
+    # swaps the set out in one step.  This runs once per apply_async call.
     def __init__(self):
         self._sinks: set = set()
-        self._lock = threading.Lock()
         self.backend = None
         self.terminated = False
 
     def register_sink(self, sink) -> None:
-        with self._lock:
-            self._sinks.add(sink)
+        self._sinks.add(sink)
 
     def unregister_sink(self, sink) -> None:
-        with self._lock:
-            self._sinks.discard(sink)
+        self._sinks.discard(sink)
 
     def abort_all(self, exc: BaseException) -> None:
-        with self._lock:
-            sinks, self._sinks = list(self._sinks), set()
-        for sink in sinks:
+        sinks, self._sinks = self._sinks, set()
+        for sink in list(sinks):
             sink.abort(exc)
 
     def terminate(self) -> None:
@@ -362,7 +360,7 @@ def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
     last item it produced, then ends the results (as the stdlib does).
     """
     def grow_limit() -> int:
-        seconds = backend.task_seconds()
+        seconds = backend.task_seconds(fn_blob)
         if seconds is None:
             return 256
         return max(1, int(TARGET_CHUNK_SECONDS / max(seconds, 1e-7)))

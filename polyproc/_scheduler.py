@@ -152,8 +152,9 @@ class ProcessScheduler:
         self._by_sentinel: dict[int, WorkerHandle] = {}
         self.state = RUN
         self.broken: BaseException | None = None
-        self._chunk_seconds: float | None = None  # EWMA of a chunk's run time
-        self._task_seconds: float | None = None   # EWMA of one task's run time
+        # Mean seconds per task of each function (keyed by its pickled
+        # bytes), a moving average over its chunks.
+        self._task_seconds_by_func: dict[bytes, float] = {}
         self._feeders = 0
         self._feeders_lock = threading.Lock()
         self._startup_failures = 0
@@ -176,8 +177,8 @@ class ProcessScheduler:
         self._pending.extend(chunks)
         self._wake()
 
-    def task_seconds(self) -> float | None:
-        return self._task_seconds
+    def task_seconds(self, func) -> float | None:
+        return self._task_seconds_by_func.get(func)
 
     def add_feeder(self) -> None:
         with self._feeders_lock:
@@ -293,25 +294,42 @@ class ProcessScheduler:
         head = self._requeued[0] if self._requeued else self._pending[0]
         return len(head.payload) < PREFETCH_BYTES
 
-    def _batch_size(self) -> int:
-        queued = len(self._pending) + len(self._requeued)
-        ready = sum(1 for w in self._workers.values() if w.ready) or 1
-        fair = math.ceil(queued / ready)
-        if self._chunk_seconds is None:
-            return 1
-        by_time = int(TARGET_BATCH_SECONDS / max(self._chunk_seconds, 1e-7))
-        return max(1, min(fair, by_time, MAX_BATCH_CHUNKS))
+    def _estimate(self, chunk: TaskChunk) -> float:
+        """Expected run time of *chunk*, from its function's measured task time.
+
+        Unknown functions count as a full batch, so that a first chunk of a
+        new function is dispatched alone: a cost learnt from one function
+        must not size batches of another (trivial warm-up tasks followed by
+        a map of slow ones would otherwise pile the map onto one worker).
+        """
+        per_task = self._task_seconds_by_func.get(chunk.func)
+        if per_task is None:
+            return TARGET_BATCH_SECONDS
+        return per_task * chunk.count
 
     def _send_dispatch(self, w: WorkerHandle) -> None:
-        n = self._batch_size()
+        """Send *w* the next batch of queued chunks in one ``Dispatch`` message.
+
+        A batch holds about ``TARGET_BATCH_SECONDS`` of estimated work, and
+        never more than a quarter of the queue per ready worker, so that
+        the tail of a call stays balanced across workers.
+        """
+        queued = len(self._pending) + len(self._requeued)
+        ready = sum(1 for x in self._workers.values() if x.ready) or 1
+        limit = min(MAX_BATCH_CHUNKS, max(1, queued // (4 * ready)))
         if self._maxtasks is not None:
-            n = min(n, self._maxtasks - w.chunks_given)
+            limit = min(limit, self._maxtasks - w.chunks_given)
         batch: list[TaskChunk] = []
         size = 0
-        while len(batch) < n and (self._requeued or self._pending):
+        seconds = 0.0
+        while len(batch) < limit and (self._requeued or self._pending):
+            head = self._requeued[0] if self._requeued else self._pending[0]
+            if batch and seconds + self._estimate(head) > TARGET_BATCH_SECONDS:
+                break
             chunk = self._requeued.popleft() if self._requeued else self._pending.popleft()
             batch.append(chunk)
             size += len(chunk.payload)
+            seconds += self._estimate(chunk)
             if w.assigned and size >= PREFETCH_BYTES:
                 break
         w.assigned.extend(batch)
@@ -386,13 +404,16 @@ class ProcessScheduler:
         chunk.release()
 
     def _learn_timing(self, chunk: TaskChunk, done: m.ChunkDone) -> None:
-        seconds = done.seconds
-        per_task = seconds / max(1, len(done.values))
-        if self._chunk_seconds is None:
-            self._chunk_seconds, self._task_seconds = seconds, per_task
+        if not done.values:
+            return
+        per_task = done.seconds / len(done.values)
+        known = self._task_seconds_by_func.get(chunk.func)
+        if known is None:
+            if len(self._task_seconds_by_func) > 1024:
+                self._task_seconds_by_func.clear()
+            self._task_seconds_by_func[chunk.func] = per_task
         else:
-            self._chunk_seconds += 0.2 * (seconds - self._chunk_seconds)
-            self._task_seconds += 0.2 * (per_task - self._task_seconds)
+            self._task_seconds_by_func[chunk.func] = known + 0.3 * (per_task - known)
 
     # -- failures -------------------------------------------------------
     def _on_worker_exit(self, w: WorkerHandle) -> None:

@@ -66,7 +66,8 @@ class TaskChunk:
         return len(self.items)
 
     def job(self) -> m.ChunkJob:
-        return m.ChunkJob(self.chunk_id, self.func, self.payload, self.call)
+        return m.ChunkJob(self.chunk_id, self.func, self.payload, self.call,
+                          self.timeout is not None)
 
     def describe_task(self, index: int) -> str:
         """``func(args)`` of the task at *index* (relative), for error messages."""

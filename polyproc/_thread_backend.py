@@ -50,7 +50,7 @@ class ThreadBackend:
                                  "cannot be stopped; use polyproc.Pool for timeouts")
             self._queue.put(chunk)
 
-    def task_seconds(self) -> float | None:
+    def task_seconds(self, func) -> float | None:
         return self._task_seconds
 
     def add_feeder(self) -> None:

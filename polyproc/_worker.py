@@ -57,6 +57,9 @@ class _Worker:
     def __init__(self, conn, table, slot: int, config: WorkerConfig):
         self.conn = conn
         self.table = table
+        # Stores through a memoryview are about twice as fast as through
+        # the ctypes array.
+        self.slots = memoryview(table).cast("B").cast("d")
         self.base = slot * m.SLOT_WIDTH
         self.config = config
         self.functions: dict[bytes, Callable] = {}
@@ -66,9 +69,9 @@ class _Worker:
 
     # -- the slot in the progress table -------------------------------
     def mark(self, phase: float, chunk_id: float = -1.0) -> None:
-        table, base = self.table, self.base
-        table[base + m.SLOT_CHUNK] = chunk_id
-        table[base + m.SLOT_PHASE] = phase
+        slots, base = self.slots, self.base
+        slots[base + m.SLOT_CHUNK] = chunk_id
+        slots[base + m.SLOT_PHASE] = phase
 
     # -- messages -------------------------------------------------------
     def send(self, message: Any) -> None:
@@ -111,8 +114,6 @@ class _Worker:
 
     def run_chunk(self, job: m.ChunkJob) -> m.ChunkDone:
         started = time.perf_counter()
-        table, base = self.table, self.base
-        errors: dict[int, bytes] = {}
         self.mark(m.PHASE_LOADING, job.chunk_id)
         try:
             fn = self.function(job.func)
@@ -122,36 +123,82 @@ class _Worker:
             # knows the chunk's size.
             return m.ChunkDone(job.chunk_id, [], {-1: _exception_payload(exc)},
                                time.perf_counter() - started)
-        values: list = [None] * len(items)
-        call = job.call
-        monotonic = time.monotonic
+        if job.call == m.CALL_MAP:
+            call_fn = fn
+        elif job.call == m.CALL_STAR:
+            def call_fn(item, fn=fn):
+                return fn(*item)
+        else:
+            def call_fn(item, fn=fn):
+                return fn(*item[0], **item[1])
+        values: list = []
+        errors: dict[int, bytes] = {}
+        slots = self.slots
         # Store order matters: the scheduler reads TASK then STARTED to
         # enforce timeouts, so STARTED is written first.  A torn read then
         # can only see a start time that is too recent (a late timeout),
         # never a stale one (a false timeout).
-        table[base + m.SLOT_STARTED] = monotonic()
-        table[base + m.SLOT_TASK] = 0
-        table[base + m.SLOT_PHASE] = m.PHASE_RUNNING
-        for i, item in enumerate(items):
-            table[base + m.SLOT_STARTED] = monotonic()
-            table[base + m.SLOT_TASK] = i
-            try:
-                if call == m.CALL_MAP:
-                    values[i] = fn(item)
-                elif call == m.CALL_STAR:
-                    values[i] = fn(*item)
-                else:
-                    values[i] = fn(*item[0], **item[1])
-            except BaseException as exc:
-                errors[i] = _exception_payload(exc)
-            if self.config.max_memory is not None and self.over_memory():
-                # Retire now: report what ran, give back the rest.
-                done = m.ChunkDone(job.chunk_id, values[: i + 1], errors,
-                                   time.perf_counter() - started)
-                raise _Retire("max_memory_per_child", done)
+        slots[self.base + m.SLOT_STARTED] = time.monotonic()
+        slots[self.base + m.SLOT_TASK] = 0
+        slots[self.base + m.SLOT_PHASE] = m.PHASE_RUNNING
+        if job.timed or self.config.max_memory is not None:
+            retired = self.run_items_watched(call_fn, items, values, errors)
+            if retired is not None:
+                raise _Retire(retired, m.ChunkDone(job.chunk_id, values, errors,
+                                                   time.perf_counter() - started))
+        else:
+            self.run_items(call_fn, items, values, errors)
         self.mark(m.PHASE_IDLE)
         return m.ChunkDone(job.chunk_id, values, errors,
                            time.perf_counter() - started)
+
+    # The two task loops.  They are the hottest code in polyproc: a map of
+    # trivial tasks spends most of its time here, so each iteration does
+    # the least it can: one store of the task index into the progress slot
+    # (what lets the scheduler blame the right task if this process dies),
+    # the call, an append.  Exceptions leave the inner loop and re-enter it
+    # after the failed item, so the common path sets up no handler per item.
+    def run_items(self, call_fn, items, values: list, errors: dict) -> None:
+        slots, task_at = self.slots, self.base + m.SLOT_TASK
+        append = values.append
+        begin, n = 0, len(items)
+        while begin < n:
+            i = begin
+            try:
+                for i, item in enumerate(items[begin:] if begin else items, begin):
+                    slots[task_at] = i
+                    append(call_fn(item))
+                return
+            except BaseException as exc:
+                errors[i] = _exception_payload(exc)
+                append(None)
+                begin = i + 1
+
+    def run_items_watched(self, call_fn, items, values: list,
+                          errors: dict) -> str | None:
+        """The loop for chunks with a timeout or a memory ceiling.
+
+        Also records each task's start time (for the scheduler's timeout
+        check) and, with ``max_memory_per_child``, checks the resident
+        memory after each task; returns the reason to retire, or None.
+        """
+        slots = self.slots
+        task_at, started_at = self.base + m.SLOT_TASK, self.base + m.SLOT_STARTED
+        monotonic = time.monotonic
+        check_memory = self.config.max_memory is not None
+        for i, item in enumerate(items):
+            slots[started_at] = monotonic()
+            slots[task_at] = i
+            try:
+                values.append(call_fn(item))
+            except BaseException as exc:
+                errors[i] = _exception_payload(exc)
+                values.append(None)
+            if check_memory and i + 1 < len(items) and self.over_memory():
+                return "max_memory_per_child"
+        if check_memory and self.over_memory():
+            return "max_memory_per_child"
+        return None
 
     def over_memory(self) -> bool:
         import psutil
