@@ -96,3 +96,10 @@ def never_read(conn, ready) -> None:
 
 def dumps_payload(obj) -> bytes:
     return _serialization.dumps(obj)
+
+
+def report_pid_then_block(arr, q) -> None:
+    """A pool task: say which worker holds the argument, then wait to be killed."""
+    q.put(os.getpid())
+    import threading
+    threading.Event().wait(60)

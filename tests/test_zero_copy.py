@@ -1,0 +1,352 @@
+"""Zero-copy transport between processes: each carrier, each start method, each fault.
+
+Leak checks look at /dev/shm for the names of one *session* (see
+polyproc/_shm_tracker.py): this test process's own, or that of a separate
+Python program started here when the fault ends the session (a killed
+parent, a program that exits with data unread).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import polyproc
+from polyproc import _serialization as ser
+from polyproc import _shm, _shm_tracker
+from polyproc.connection import Client, Connection, Listener
+
+import _zero_copy_helpers as h
+from _zero_copy_helpers import MiB, our_segments, pattern
+
+N = 4 * MiB  # above the threshold, small enough to keep the tests quick
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    before = our_segments()
+    yield
+    assert our_segments() == before
+
+
+def _join(p, timeout=30):
+    p.join(timeout)
+    assert p.exitcode is not None, "child did not finish"
+
+
+# -- Pipe / Connection --------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_pipe_parent_to_child_round_trip_and_copy_semantics(ctx):
+    parent, child = ctx.Pipe()
+    arr = pattern(N, seed=1)
+    p = ctx.Process(target=h.receive_and_check, args=(child, N, 1))
+    p.start()
+    parent.send(arr)
+    assert parent.poll(30) and parent.recv() is True
+    arr[:] = 0                      # the sender changes its array...
+    parent.send("changed")
+    assert parent.poll(30) and parent.recv() is True  # ...the receiver's is intact
+    _join(p)
+    assert p.exitcode == 0
+
+
+@pytest.mark.timeout(60)
+def test_pipe_child_sends_then_exits_before_parent_reads(ctx):
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=h.send_array_and_exit, args=(child, N, 2))
+    p.start()
+    child.close()
+    _join(p)                        # the sender is gone before we read
+    got = parent.recv()
+    assert np.array_equal(got, pattern(N, 2))
+    assert got.flags.writeable
+
+
+@pytest.mark.timeout(60)
+def test_echo_every_buffer_type_through_a_child(ctx_fs):
+    parent, child = ctx_fs.Pipe()
+    p = ctx_fs.Process(target=h.echo, args=(child,))
+    p.start()
+    base = pattern(N, seed=3)
+    cases = [
+        base, bytes(base), bytearray(base), memoryview(base),
+        h.Blob(bytearray(base)), {"a": base, "b": [pattern(MiB, 4), b"small"]},
+        np.asfortranarray(base.view(np.float64).reshape(1024, -1)),
+    ]
+    for obj in cases:
+        parent.send(obj)
+        assert parent.poll(30)
+        back = parent.recv()
+        if isinstance(obj, np.ndarray):
+            assert np.array_equal(back, obj) and back.dtype == obj.dtype
+        elif isinstance(obj, memoryview):
+            assert isinstance(back, memoryview) and back.tobytes() == obj.tobytes()
+        elif isinstance(obj, h.Blob):
+            assert bytes(back.data) == bytes(obj.data)
+        elif isinstance(obj, dict):
+            assert np.array_equal(back["a"], base)
+            assert np.array_equal(back["b"][0], pattern(MiB, 4))
+            assert back["b"][1] == b"small"
+        else:
+            assert type(back) is type(obj) and back == obj
+    parent.send(None)
+    _join(p)
+    assert p.exitcode == 0
+
+
+@pytest.mark.timeout(30)
+def test_stdlib_methods_keep_their_meaning():
+    a, b = polyproc.Pipe()
+    with a, b:
+        assert isinstance(a, Connection) and a.fileno() >= 0
+        a.send_bytes(b"raw bytes")
+        assert b.poll(5) and b.recv_bytes() == b"raw bytes"
+        a.send([1, "two"])
+        assert b.recv() == [1, "two"]
+        with pytest.raises(polyproc.SerializationError):
+            a.send(threading.Lock())
+        a.send("still usable")     # nothing half-written by the failed send
+        assert b.recv() == "still usable"
+    with pytest.raises(OSError):
+        a.send(1)
+
+
+@pytest.mark.timeout(30)
+def test_listener_and_client_return_zero_copy_connections():
+    with Listener(family="AF_UNIX", authkey=b"secret") as listener:
+        received = {}
+
+        def serve():
+            with listener.accept() as conn:
+                received["type"] = type(conn)
+                received["obj"] = conn.recv()
+                conn.send("ok")
+
+        t = threading.Thread(target=serve)
+        t.start()
+        with Client(listener.address, authkey=b"secret") as conn:
+            assert isinstance(conn, Connection)
+            conn.send(pattern(N, 5))
+            assert conn.poll(30) and conn.recv() == "ok"
+        t.join(30)
+    assert received["type"] is Connection
+    assert np.array_equal(received["obj"], pattern(N, 5))
+
+
+@pytest.mark.timeout(60)
+def test_connection_passed_to_a_child_stays_zero_copy(ctx):
+    r, w = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=h.send_array_and_exit, args=(w, N, 6))
+    p.start()
+    w.close()
+    assert r.poll(30)
+    assert np.array_equal(r.recv(), pattern(N, 6))
+    _join(p)
+
+
+@pytest.mark.timeout(60)
+def test_full_dev_shm_sends_through_the_pipe(ctx_fs, monkeypatch):
+    def enospc(name):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_shm, "_open_new", enospc)
+    monkeypatch.setattr(ser, "_warned_fallback", True)  # silence the warning
+    parent, child = ctx_fs.Pipe()
+    p = ctx_fs.Process(target=h.receive_and_check, args=(child, N, 7))
+    p.start()
+    parent.send(pattern(N, 7))      # in-band: 4 MiB through the socket
+    assert parent.poll(30) and parent.recv() is True
+    parent.send("go on")
+    assert parent.poll(30) and parent.recv() is True
+    _join(p)
+
+
+# -- Queue and Pool (whatever polyproc.Queue / polyproc.Pool are now) -----------------
+
+@pytest.mark.timeout(60)
+def test_queue_item_survives_its_producer(ctx_fs):
+    q = ctx_fs.Queue()
+    p = ctx_fs.Process(target=h.queue_put_and_exit, args=(q, N, 8))
+    p.start()
+    got = q.get(timeout=30)
+    assert np.array_equal(got, pattern(N, 8))
+    _join(p)
+
+
+@pytest.mark.timeout(90)
+def test_pool_map_arguments_and_results(ctx_fs):
+    arrays = [pattern(N, s) for s in range(4)]
+    with ctx_fs.Pool(2) as pool:
+        sums = pool.map(h.array_checksum, arrays)
+        results = pool.map(h.make_pattern, [(N, s) for s in range(4)])
+    assert sums == [h.array_checksum(a) for a in arrays]
+    for s, got in enumerate(results):
+        assert np.array_equal(got, pattern(N, s))
+
+
+@pytest.mark.timeout(60)
+def test_pool_worker_sigkilled_holding_a_zero_copy_argument():
+    ctx = polyproc.get_context("fork")
+    q = ctx.Queue()
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(h.report_pid_then_block, (pattern(N, 9), q))
+        pid = q.get(timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(Exception):
+            result.get(timeout=30)
+        # the pool goes on with a new worker, through shared memory again
+        assert pool.apply(h.array_checksum, (pattern(N, 10),)) == \
+            h.array_checksum(pattern(N, 10))
+    # the no_leaks fixture: the argument's segment went with the receive
+
+
+# -- Faults that end a whole session: a separate program ------------------------------
+
+SESSION_PROGRAM_HEAD = """
+import os, sys, signal
+import numpy as np
+import polyproc
+from polyproc import _shm
+sys.path.insert(0, {tests!r})
+import _zero_copy_helpers as h
+ctx = polyproc.get_context("fork")
+print("SESSION", os.environ["POLYPROC_SHM_SESSION"], _shm.session_prefix(), flush=True)
+"""
+
+
+def _run_session(body: str, **kwargs) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != _shm_tracker.SESSION_ENV}
+    code = (SESSION_PROGRAM_HEAD.format(tests=os.path.dirname(__file__))
+            + textwrap.dedent(body))
+    return subprocess.Popen([sys.executable, "-c", code], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def _read_tag(proc: subprocess.Popen, tag: str) -> list[str]:
+    for line in proc.stdout:
+        words = line.split()
+        if words and words[0] == tag:
+            return words[1:]
+    raise AssertionError(f"program ended without printing {tag}")
+
+
+def _tracker_of(session_text: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if session_text in cmd and any("_shm_tracker" in part for part in cmd):
+            found.append(proc)
+    return found
+
+
+def _wait_dead(proc: psutil.Process, timeout: float) -> None:
+    """Until *proc* has exited (gone, or a zombie its parent has not reaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+            proc.wait(timeout=0.05)
+            return
+        except psutil.TimeoutExpired:
+            continue
+        except psutil.NoSuchProcess:
+            return
+    raise AssertionError(f"process {proc.pid} still running after {timeout} s")
+
+
+def _assert_session_cleaned(session_text: str, prefix: str) -> None:
+    """Wait (bounded) for the session's tracker to finish, then look."""
+    for tracker in _tracker_of(session_text):
+        _wait_dead(tracker, 10)    # it unlinks, then exits
+    assert our_segments(prefix) == []
+
+
+@pytest.mark.timeout(60)
+def test_consumers_killed_before_reading_then_program_exits():
+    proc = _run_session("""
+        r, w = ctx.Pipe()
+        q = ctx.Queue()
+        ready = ctx.Event()
+        consumer = ctx.Process(target=h.never_read, args=(r, ready))
+        consumer.start()
+        assert ready.wait(30)
+        w.send(h.pattern(4 << 20, 1))       # unread, in the pipe
+        q.put(h.pattern(4 << 20, 2))        # unread, in the queue
+        os.kill(consumer.pid, signal.SIGKILL)
+        consumer.join(30)
+        print("LEFT", len(h.our_segments()), flush=True)
+    """)
+    session_text, prefix = _read_tag(proc, "SESSION")
+    (left,) = _read_tag(proc, "LEFT")
+    assert int(left) == 2              # both unread payloads were in /dev/shm
+    assert proc.wait(30) == 0
+    _assert_session_cleaned(session_text, prefix)
+
+
+@pytest.mark.timeout(60)
+def test_parent_sigkilled_with_data_in_flight():
+    proc = _run_session("""
+        r, w = ctx.Pipe()
+        w.send(h.pattern(4 << 20, 3))
+        w.send({"two": [h.pattern(2 << 20, 4), h.pattern(2 << 20, 5)]})
+        print("READY", len(h.our_segments()), flush=True)
+        sys.stdin.read()                   # until killed
+    """)
+    session_text, prefix = _read_tag(proc, "SESSION")
+    (count,) = _read_tag(proc, "READY")
+    assert int(count) == 3 and len(our_segments(prefix)) == 3
+    assert _tracker_of(session_text), "no tracker watches the session"
+    proc.kill()
+    assert proc.wait(30) == -signal.SIGKILL
+    _assert_session_cleaned(session_text, prefix)
+
+
+@pytest.mark.timeout(60)
+def test_sender_killed_after_sending_keeps_data_for_the_reader():
+    proc = _run_session("""
+        r, w = ctx.Pipe(duplex=False)
+        sender = ctx.Process(target=h.send_array_and_exit, args=(w, 4 << 20, 6))
+        sender.start()
+        w.close()
+        sender.join(30)
+        got = r.recv()                     # after the sender is gone
+        print("OK", bool(np.array_equal(got, h.pattern(4 << 20, 6))), flush=True)
+    """)
+    session_text, prefix = _read_tag(proc, "SESSION")
+    assert _read_tag(proc, "OK") == ["True"]
+    assert proc.wait(30) == 0
+    _assert_session_cleaned(session_text, prefix)
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_tracker_is_replaced():
+    proc = _run_session("""
+        from polyproc import _serialization as ser
+        a = ser.loads(ser.dumps(h.pattern(4 << 20, 7)))
+        print("TRACKING", flush=True)
+        sys.stdin.readline()               # the test kills the tracker now
+        payload = ser.dumps(h.pattern(4 << 20, 8))
+        print("AGAIN", payload[:4] == ser.MAGIC,
+              bool(np.array_equal(ser.loads(payload), h.pattern(4 << 20, 8))), flush=True)
+    """)
+    session_text, prefix = _read_tag(proc, "SESSION")
+    _read_tag(proc, "TRACKING")
+    (tracker,) = _tracker_of(session_text)
+    tracker.kill()
+    _wait_dead(tracker, 10)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert _read_tag(proc, "AGAIN") == ["True", "True"]
+    assert proc.wait(30) == 0
+    _assert_session_cleaned(session_text, prefix)
