@@ -218,13 +218,23 @@ class Ring:
 
     # ------------------------------------------------------------ counters
 
+    def _counts(self) -> tuple[int, int]:
+        # Where a commit is under way (or was cut short by a kill that the
+        # next locker will repair), its redo slots hold the values it is
+        # committing: count those, so the answer does not depend on whether
+        # the repair has happened yet.
+        h = self._h
+        ngot = h[_G_NGOT] if h[_G_FLAG] else h[_NGOT]
+        nput = h[_P_NPUT] if h[_P_FLAG] else h[_NPUT]
+        return nput, ngot
+
     def qsize(self) -> int:
-        ngot = self._h[_NGOT]
-        return max(0, self._h[_NPUT] - ngot)
+        nput, ngot = self._counts()
+        return max(0, nput - ngot)
 
     def unfinished(self) -> int:
         tdone = self._h[_TDONE]
-        return max(0, self._h[_NPUT] - tdone)
+        return max(0, self._counts()[0] - tdone)
 
     # ------------------------------------------------------------ fast paths
     #

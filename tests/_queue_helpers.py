@@ -1,0 +1,120 @@
+"""Process targets for tests/test_queues.py (importable, so spawn can run them)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+
+from polyproc import _queue_ring, _queue_shm
+
+
+def item(tag: int, seq: int, size: int = 0) -> tuple:
+    """An item whose body can be checked: a torn message would not verify."""
+    digest = hashlib.sha1(f"{tag}-{seq}".encode()).digest()
+    body = (digest * (size // len(digest) + 1))[:size] if size else digest
+    return (tag, seq, body)
+
+
+def check(value: tuple) -> tuple[int, int]:
+    tag, seq, body = value
+    digest = hashlib.sha1(f"{tag}-{seq}".encode()).digest()
+    expected = (digest * (len(body) // len(digest) + 1))[:len(body)]
+    assert body == expected, f"torn or corrupted item {tag}/{seq}"
+    return tag, seq
+
+
+def put_items(q, tag: int, n: int, size: int = 0) -> None:
+    for seq in range(n):
+        q.put(item(tag, seq, size))
+
+
+def put_items_then_exit(q, n: int, hard: bool) -> None:
+    """Put a backlog and exit at once: normally, or with os._exit."""
+    for seq in range(n):
+        q.put(item(0, seq, 100))
+    q.put(b"x" * (3 * 2**20))      # one large item too (shared-memory path)
+    if hard:
+        os._exit(0)
+
+
+def get_n(q, n: int, out) -> None:
+    out.put([q.get(timeout=20) for _ in range(n)])
+
+
+def collect_until_none(q, out) -> None:
+    got = []
+    while True:
+        value = q.get(timeout=20)
+        if value is None:
+            break
+        got.append(value)
+    out.put(got)
+
+
+def put_square(args) -> int:
+    """Pool task: put into the queue received as an argument."""
+    q, i = args
+    q.put(i * i)
+    return i
+
+
+def work_and_task_done(q, n: int) -> None:
+    for _ in range(n):
+        q.get(timeout=20)
+        q.task_done()
+
+
+def put_forever(q, tag: int, size: int) -> None:
+    seq = 0
+    while True:
+        q.put(item(tag, seq, size))
+        seq += 1
+
+
+def get_forever(q, started) -> None:
+    started.set()
+    while True:
+        q.get(timeout=20)
+
+
+def die_holding_lock(q, side: str) -> None:
+    """SIGKILL ourselves while holding the queue's put or get lock."""
+    ring = q._ring
+    addr = ring._put_lock if side == "put" else ring._get_lock
+    assert _queue_shm.mutex_acquire(addr, None) is not None
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_mid_commit(q) -> None:
+    """SIGKILL ourselves halfway through committing one put.
+
+    The record is written and the redo slots say where TAIL and NPUT go,
+    but only TAIL was stored: exactly the state a kill between the two
+    stores of a commit leaves.
+    """
+    ring = q._ring
+    h = ring._h
+    payload = b"\x80\x05K\x07."          # pickle of 7
+    assert _queue_shm.mutex_acquire(ring._put_lock, None) is not None
+    tail = h[_queue_ring._TAIL]
+    pos = tail & (ring._cap - 1)
+    ring._dq[pos >> 3] = len(payload)
+    ring._put_bytes(tail + 8, payload)
+    new_tail = tail + 8 + ((len(payload) + 7) & ~7)
+    h[_queue_ring._P_TAIL] = new_tail
+    h[_queue_ring._P_NPUT] = h[_queue_ring._NPUT] + 1
+    h[_queue_ring._P_FLAG] = 1
+    h[_queue_ring._TAIL] = new_tail
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def make_queue_and_exit(ctx_name: str, out) -> None:
+    import polyproc
+    q = polyproc.get_context(ctx_name).Queue()
+    q.put("left behind")
+    out.send(q._ring.name)
+
+
+def attach_and_report(q, out) -> None:
+    """Report the queue's size as seen from another process."""
+    out.put(q.qsize())
