@@ -109,7 +109,7 @@ class Pool:
         if getattr(current_process(), "_inheriting", False):
             from ._child import refuse_start_while_importing_main
             refuse_start_while_importing_main()
-        self._state = RUN  # first: __del__ reads it even if __init__ fails
+        self._state = "INIT"  # first: __del__ reads it even if __init__ fails
         if processes is None:
             processes = os.cpu_count() or 1
         if processes < 1:
@@ -132,6 +132,7 @@ class Pool:
         self._registry.backend = self._backend
         self._terminate = util.Finalize(self, _terminate_pool, args=(self._registry,),
                                         exitpriority=15)
+        self._state = RUN
 
     def _make_backend(self, processes, initializer, initargs, maxtasksperchild,
                       max_memory_per_child):

@@ -23,6 +23,7 @@ import collections
 import itertools
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable
 
@@ -229,14 +230,21 @@ class IMapIterator(_Sink):
         return self
 
     def next(self, timeout: float | None = None) -> Any:
+        """Return the next result, waiting at most *timeout* seconds for it.
+
+        Raises ``multiprocessing.TimeoutError`` when it does not come in
+        time, ``StopIteration`` after the last result.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            try:
-                item = self._items.popleft()
-            except IndexError:
+            while not self._items:
                 if self._exhausted():
-                    raise StopIteration from None
+                    raise StopIteration
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError
                 try:
-                    self._cond.wait(timeout)
+                    self._cond.wait(remaining)
                 except KeyboardInterrupt:
                     self._cond.release()
                     try:
@@ -244,14 +252,8 @@ class IMapIterator(_Sink):
                     finally:
                         self._cond.acquire()
                     raise
-                try:
-                    item = self._items.popleft()
-                except IndexError:
-                    if self._exhausted():
-                        raise StopIteration from None
-                    raise TimeoutError from None
+            ok, value = self._items.popleft()
             self._yielded += 1
-        ok, value = item
         if ok:
             return value
         raise value
@@ -273,6 +275,9 @@ class IMapIterator(_Sink):
         with self._cond:
             self._length = length
             self._pending = length - self._delivered_count()
+            if self._progress is not None and self._progress.total is None:
+                self._progress.total = length
+                self._progress.refresh()
             if self._pending <= 0:
                 self._cond.notify_all()
                 self._finished_unlocked()

@@ -1,0 +1,21 @@
+"""Run a long map; the test sends SIGINT once the workers' pids are printed."""
+import os
+import sys
+import time
+
+import polyproc
+
+
+def sleepy(x):
+    time.sleep(30)
+    return x
+
+
+if __name__ == "__main__":
+    pool = polyproc.get_context(sys.argv[1]).Pool(2)
+    print(" ".join(str(p.pid) for p in pool._pool), flush=True)
+    try:
+        pool.map(sleepy, range(4))
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        raise
