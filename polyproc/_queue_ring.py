@@ -279,6 +279,9 @@ class Ring:
                     h[_P_FLAG] = 0
                     self._f[_NOT_EMPTY] = (self._f[_NOT_EMPTY] + 1) & _U32
                     done = True
+        except BaseException:
+            self._repair_put()     # Ctrl-C mid-commit: finish it (see _repair_put)
+            raise
         finally:
             _release(self._put_lock)
         if not done:
@@ -314,6 +317,9 @@ class Ring:
                 h[_NGOT] = ngot
                 h[_G_FLAG] = 0
                 self._f[_NOT_FULL] = (self._f[_NOT_FULL] + 1) & _U32
+        except BaseException:
+            self._repair_get()
+            raise
         finally:
             _release(self._get_lock)
         if payload is None:
@@ -355,6 +361,9 @@ class Ring:
                     else:
                         h[_PUT_WAITERS] += 1
                         registered = True
+                except BaseException:
+                    self._repair_put()
+                    raise
                 finally:
                     _shm.mutex_release(self._put_lock)
                 # The unlock above is a full barrier: reading GET_WAITERS
@@ -412,6 +421,13 @@ class Ring:
         self._f[_NOT_EMPTY] = (self._f[_NOT_EMPTY] + 1) & _U32
 
     def _repair_put(self) -> None:
+        """Finish a commit that was cut short (PUT_LOCK held).
+
+        Called by whoever locks after a holder died (``EOWNERDEAD``), and by
+        a holder whose own commit an exception (Ctrl-C) interrupted.  With
+        the flag down there is nothing to finish: an uncommitted record is
+        simply not in the queue.
+        """
         h = self._h
         if h[_P_FLAG]:
             h[_TAIL] = h[_P_TAIL]
@@ -473,6 +489,9 @@ class Ring:
                     else:
                         h[_GET_WAITERS] += 1
                         registered = True
+                except BaseException:
+                    self._repair_get()
+                    raise
                 finally:
                     _shm.mutex_release(self._get_lock)
                 if items is not None:
