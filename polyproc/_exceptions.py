@@ -134,3 +134,75 @@ class QueueGoneError(ProcessError, FileNotFoundError):
     when the queue object is garbage-collected there or that process exits.
     Subclasses ``FileNotFoundError`` because that is what it is underneath.
     """
+
+
+# --- executor (polyproc.executor) ------------------------------------------
+# stdlib code written for ProcessPoolExecutor catches BrokenProcessPool when
+# a worker dies or the initializer fails.  polyproc's Executor fails only the
+# future whose worker died, but with an exception that is *also* a
+# BrokenProcessPool, so that ``except BrokenProcessPool`` keeps working.
+
+from concurrent.futures.process import BrokenProcessPool  # noqa: E402
+
+__all__ += ["ExecutorWorkerLostError", "ExecutorInitializerError"]
+
+
+class ExecutorWorkerLostError(WorkerLostError, BrokenProcessPool):
+    """``WorkerLostError`` as an Executor's future raises it.
+
+    Only the future of the task that was running in the dead worker gets
+    it (the stdlib fails every pending future with ``BrokenProcessPool``);
+    the executor replaces the worker and goes on.
+    """
+
+
+class ExecutorInitializerError(InitializerError, BrokenProcessPool):
+    """The Executor's ``initializer`` raised: it cannot run tasks.
+
+    Every pending and later future fails with it, and ``submit`` raises it,
+    as the stdlib's ``BrokenProcessPool`` does.  The original exception is
+    ``__cause__``.
+    """
+
+
+# --- managers (polyproc.managers) -----------------------------------------
+
+
+class ManagerConnectionError(ProcessError, ConnectionError, EOFError):
+    """The manager server cannot be reached, or died during a call.
+
+    Subclasses ``ConnectionError`` and ``EOFError`` because those are what
+    the stdlib's proxies raise when their server is gone, so existing
+    ``except`` clauses keep working.  ``address`` names the manager.
+    """
+
+    def __init__(self, message: str, address: object = None):
+        super().__init__(message)
+        self.address = address
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.address))
+
+
+class ManagerProtocolError(ProcessError):
+    """A peer sent bytes that are not a valid manager frame (garbage, a
+    truncated frame, a frame that took too long to arrive)."""
+
+
+class FrameTooLargeError(ManagerProtocolError, ValueError):
+    """A manager message is larger than ``max_frame_size`` allows.
+
+    The limit protects the server from a length header that claims more
+    memory than it should ever allocate; raise it (``max_frame_size=`` of
+    the manager) or send the data in smaller pieces.
+    """
+
+
+class InsecureAddressError(ValueError):
+    """A manager was asked to listen on a non-loopback address without an
+    explicit ``authkey``.
+
+    The default key is the process's own ``authkey``, which other machines
+    neither know nor should; a server reachable from the network must be
+    given its key on purpose.
+    """
