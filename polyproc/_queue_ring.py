@@ -97,6 +97,7 @@ _MAGIC, _CAP, _MAXSIZE = 0, 1, 2                       # read-mostly
 _TAIL, _NPUT, _P_FLAG, _P_TAIL, _P_NPUT = 16, 17, 18, 19, 20   # put side
 _HEAD, _NGOT, _G_FLAG, _G_HEAD, _G_NGOT = 32, 33, 34, 35, 36   # get side
 _GET_WAITERS, _PUT_WAITERS, _JOIN_WAITERS = 48, 49, 50        # rarely written
+_WAITABLE = 51          # someone waits on the queue's FIFO (see QueueReader)
 _TDONE = 64                                            # JoinableQueue
 # u32 futex words (index into a u32 view), each on its side's line.
 _NOT_EMPTY, _NOT_FULL, _ALL_DONE = 2 * 24, 2 * 40, 2 * 72
@@ -156,10 +157,11 @@ class Ring:
         # value only underestimates the free space; the producer re-reads it
         # (a cache miss: consumers write that line) only when short of room.
         self._head_seen = 0
+        self._fifo_fd: int | None = None
         self._map_data()
         weakref.finalize(self, os.close, data_fd)
         if owner:
-            names = (name, name + "_data")
+            names = (name, name + "_data", name + "_fifo")
             util.Finalize(self, _remove_segments, args=(names, os.getpid()),
                           exitpriority=10)
 
@@ -175,7 +177,15 @@ class Ring:
         except BaseException:
             _shm.unlink_segment(name)
             raise
-        for seg in (name, name + "_data"):
+        try:
+            os.mkfifo(_fifo_path(name), 0o600)
+        except BaseException:
+            _shm.unlink_segment(name)
+            _shm.unlink_segment(name + "_data")
+            raise
+        # The tracker removes them if this process dies without doing so
+        # (shm_unlink is an unlink under /dev/shm, so it takes the FIFO too).
+        for seg in (name, name + "_data", name + "_fifo"):
             resource_tracker.register(seg, "shared_memory")
         h = memoryview(control).cast("Q")
         base = _shm.address_of(control)
@@ -279,6 +289,8 @@ class Ring:
                     h[_P_FLAG] = 0
                     self._f[_NOT_EMPTY] = (self._f[_NOT_EMPTY] + 1) & _U32
                     done = True
+                    if h[_WAITABLE]:
+                        self._signal()
         except BaseException:
             self._repair_put()     # Ctrl-C mid-commit: finish it (see _repair_put)
             raise
@@ -419,6 +431,8 @@ class Ring:
         h[_NPUT] = nput
         h[_P_FLAG] = 0
         self._f[_NOT_EMPTY] = (self._f[_NOT_EMPTY] + 1) & _U32
+        if h[_WAITABLE]:
+            self._signal()
 
     def _repair_put(self) -> None:
         """Finish a commit that was cut short (PUT_LOCK held).
@@ -433,6 +447,8 @@ class Ring:
             h[_TAIL] = h[_P_TAIL]
             h[_NPUT] = h[_P_NPUT]
             h[_P_FLAG] = 0
+            if h[_WAITABLE]:
+                self._signal()
 
     def _grow(self, tail: int, size: int) -> None:
         """Enlarge the ring so a *size*-byte record fits at *tail* (PUT_LOCK held)."""
@@ -575,6 +591,81 @@ class Ring:
             if registered:
                 self._unregister(self._done_lock, _JOIN_WAITERS, lambda: None)
 
+    # ------------------------------------------------------------ waitable
+    #
+    # Stdlib code waits on ``q._reader`` with ``multiprocessing.connection.
+    # wait()`` (``concurrent.futures.ProcessPoolExecutor`` does so on its
+    # result queue), which needs a file descriptor that is readable while the
+    # queue holds items.  The queue's FIFO ("/dev/shm/<name>_fifo", opened by
+    # name, so any process can write to it) is that descriptor.  It costs
+    # nothing until a reader asks for it (``make_waitable``): from then on
+    # every commit also writes one byte, under PUT_LOCK.  ``take_for_reader``
+    # takes PUT_LOCK too, so between a commit and its byte no reader can
+    # look, and it leaves exactly one byte in the FIFO when items remain:
+    # the FIFO is readable exactly while the queue is not empty, as long as
+    # items leave through the reader (items taken with plain ``get`` may
+    # leave a stale byte; ``poll`` and ``recv`` tolerate that).
+
+    def make_waitable(self) -> int:
+        """Switch the FIFO on; return this handle's descriptor of it."""
+        h = self._h
+        if not h[_WAITABLE]:
+            if _lock(self._put_lock, None):
+                self._repair_put()
+            try:
+                h[_WAITABLE] = 1
+                if h[_TAIL] != h[_HEAD]:
+                    self._signal()
+            finally:
+                _release(self._put_lock)
+        return self._fifo()
+
+    def take_for_reader(self):
+        """One payload for ``QueueReader.recv``, keeping the FIFO level-true."""
+        payload = self._rearm(take=True)
+        if payload is None:             # a stale byte: wait for a real item
+            payload = self.get_one(True, None)
+            self._rearm(take=False)
+        return payload
+
+    def has_items(self) -> bool:
+        return self._h[_TAIL] != self._h[_HEAD]
+
+    def _rearm(self, take: bool):
+        h = self._h
+        if _lock(self._put_lock, None):
+            self._repair_put()
+        try:
+            try:
+                while os.read(self._fifo(), 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            payload = None
+            if take:
+                try:
+                    payload = self.get_one(False, None)
+                except Timeout:
+                    pass
+            if h[_TAIL] != h[_HEAD]:
+                self._signal()
+            return payload
+        finally:
+            _release(self._put_lock)
+
+    def _fifo(self) -> int:
+        if self._fifo_fd is None:
+            fd = os.open(_fifo_path(self.name), os.O_RDWR | os.O_NONBLOCK)
+            weakref.finalize(self, os.close, fd)
+            self._fifo_fd = fd
+        return self._fifo_fd
+
+    def _signal(self) -> None:
+        try:
+            os.write(self._fifo(), b"\0")
+        except BlockingIOError:         # full: readable already
+            pass
+
     # ------------------------------------------------------------ helpers
 
     def _unregister(self, lock: int, slot: int, repair) -> None:
@@ -604,6 +695,10 @@ class Ring:
             cut = cap - start
             self._data[start:cap] = data[:cut]
             self._data[0:end - cap] = data[cut:]
+
+
+def _fifo_path(name: str) -> str:
+    return "/dev/shm" + name + "_fifo"
 
 
 def _deadline(block: bool, timeout: float | None) -> float | None:

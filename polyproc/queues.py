@@ -49,7 +49,7 @@ from ._exceptions import QueueGoneError
 from ._queue_ring import QueueGone, Ring, Timeout
 from ._serialization import dumps, loads
 
-__all__ = ["Queue", "SimpleQueue", "JoinableQueue"]
+__all__ = ["Queue", "SimpleQueue", "JoinableQueue"]   # as the stdlib's
 
 # Stdlib code sometimes reads ``q._maxsize``; an unbounded stdlib queue
 # reports the semaphore's limit there.
@@ -138,7 +138,59 @@ class _RingQueue:
             raise Empty from None
         return [loads(p, _WHAT) for p in payloads]
 
+    # --- stdlib internals that stdlib code reaches for ----------------------
+
+    @property
+    def _reader(self) -> "QueueReader":
+        """The readable end, as in the stdlib: ``connection.wait([q._reader])``
+        works and ``q._reader.recv()`` takes an item
+        (``concurrent.futures.ProcessPoolExecutor`` uses both)."""
+        reader = self.__dict__.get("_reader_end")
+        if reader is None:
+            reader = self.__dict__["_reader_end"] = QueueReader(self)
+        return reader
+
     __class_getitem__ = classmethod(types.GenericAlias)
+
+
+class QueueReader:
+    """A queue seen as the read end of a pipe (the stdlib's ``q._reader``).
+
+    ``fileno()`` is a FIFO that is readable while the queue holds items;
+    ``recv()`` removes and returns one, blocking until there is one;
+    ``poll(timeout)`` says whether one is there, waiting at most *timeout*.
+    """
+
+    def __init__(self, queue: _RingQueue) -> None:
+        self._queue = queue
+        self._fd = queue._ring.make_waitable()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def recv(self) -> Any:
+        self._queue._check_closed()
+        return loads(self._queue._ring.take_for_reader(), _WHAT)
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        import select
+        import time
+        ring = self._queue._ring
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ring.has_items():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self._fd], [], [], remaining)[0]:
+                return False
+            if not ring.has_items():
+                ring._rearm(take=False)     # a stale byte: clear it, wait again
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+        return True
+
+    def close(self) -> None:
+        """Stdlib code closes the reader when it is done; the queue stays usable."""
+        self.closed = True
 
 
 class Queue(_RingQueue):

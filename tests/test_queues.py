@@ -301,6 +301,38 @@ def test_threads_of_one_process_share_a_queue():
         (t, s) for t in range(3) for s in range(500)]
 
 
+# ------------------------------------------------------------ stdlib internals
+
+@pytest.mark.timeout(30)
+def test_connection_wait_on_reader_and_recv(ctx_fs):
+    from multiprocessing.connection import wait
+    q = ctx_fs.Queue()
+    reader = q._reader
+    assert wait([reader], timeout=0.05) == [] and not reader.poll(0.05)
+    q.put("early")                 # put before anyone waited: still seen
+    assert wait([reader], timeout=5) == [reader] and reader.poll()
+    assert reader.recv() == "early"
+    assert wait([reader], timeout=0.05) == []
+    child = ctx_fs.Process(target=helpers.put_items, args=(q, 5, 3))
+    child.start()
+    got = []
+    while len(got) < 3:
+        assert wait([reader], timeout=10) == [reader]
+        got.append(helpers.check(reader.recv()))
+    assert got == [(5, 0), (5, 1), (5, 2)]
+    child.join(10)
+    assert wait([reader], timeout=0.05) == [] and q.empty()
+
+
+@pytest.mark.timeout(60)
+def test_stdlib_process_pool_executor_on_a_polyproc_context(ctx_fs):
+    # ProcessPoolExecutor makes its result queue with mp_context.SimpleQueue()
+    # and waits on its ``_reader``.
+    import concurrent.futures
+    with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx_fs) as ex:
+        assert list(ex.map(abs, range(-50, 0))) == list(range(50, 0, -1))
+
+
 # ------------------------------------------------------------ nothing lost
 
 @pytest.mark.timeout(40)
@@ -453,7 +485,7 @@ def test_shared_memory_is_removed_with_the_queue():
     q = polyproc.JoinableQueue()
     q.put_many(range(100))
     name = q._ring.name
-    assert len(_shm_files(name)) == 2
+    assert len(_shm_files(name)) == 3       # control, data, FIFO
     del q
     gc.collect()
     assert _shm_files(name) == []
