@@ -467,7 +467,7 @@ class Ring:
             while new_cap < used + size:
                 new_cap *= 2
             live = self._read(head, used)
-            os.ftruncate(self._fd, new_cap)
+            _shm.reserve(self._fd, new_cap)
             self._map_data(new_cap)
             self._put_bytes(head, live)
             h[_CAP] = new_cap               # the commit point

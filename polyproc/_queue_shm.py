@@ -54,7 +54,7 @@ __all__ = [
     "AVAILABLE", "MUTEX_SIZE", "mutex_init", "mutex_acquire", "mutex_try",
     "mutex_release",
     "futex_wait", "futex_wake", "create_segment", "open_segment",
-    "unlink_segment", "address_of",
+    "unlink_segment", "address_of", "reserve",
 ]
 
 # System call numbers of futex(2) per architecture.
@@ -212,12 +212,33 @@ def create_segment(name: str, size: int) -> tuple[int, mmap.mmap]:
     import _posixshmem
     fd = _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
     try:
-        os.ftruncate(fd, size)
+        reserve(fd, size)
         return fd, mmap.mmap(fd, size)
     except BaseException:
         os.close(fd)
         _posixshmem.shm_unlink(name)
         raise
+
+
+def reserve(fd: int, size: int) -> None:
+    """Make the shared-memory file *fd* *size* bytes long, memory included.
+
+    ``posix_fallocate`` takes the pages from ``/dev/shm`` now: when it is
+    full this raises ``OSError(ENOSPC)`` here, at the call that asked for
+    the memory.  With a plain ``ftruncate`` the file would be sparse and
+    the first write into a page that cannot be had kills the process with
+    SIGBUS (the default ``/dev/shm`` of a Docker container is 64 MB).
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.ENOMEM):
+            raise
+        raise OSError(error.errno,
+                      f"not enough shared memory for a {size:,}-byte queue buffer: "
+                      f"/dev/shm is full or too small ({error.strerror}). Consume "
+                      "items sooner, bound the queue (maxsize) or enlarge /dev/shm."
+                      ) from None
 
 
 def open_segment(name: str) -> int:

@@ -491,6 +491,22 @@ def test_shared_memory_is_removed_with_the_queue():
     assert _shm_files(name) == []
 
 
+def test_full_dev_shm_is_a_clear_error_at_the_put(monkeypatch):
+    import errno
+
+    def no_space(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    q = polyproc.Queue()
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    with pytest.raises(OSError, match="not enough shared memory"):
+        q.put_many([b"x" * 1000] * 2000)     # 2 MB: the 1 MiB ring must grow
+    monkeypatch.undo()
+    assert q.qsize() == 0                    # nothing of the batch was committed
+    q.put("still works")
+    assert q.get(timeout=5) == "still works"
+
+
 @pytest.mark.timeout(30)
 def test_queue_made_in_a_child_leaves_nothing_in_dev_shm(ctx_fs):
     reader, writer = ctx_fs.Pipe(duplex=False)
