@@ -34,7 +34,13 @@ class ChunkJob(NamedTuple):
     func: bytes        # pickled callable (cached per function by the parent)
     payload: bytes     # serialized list of items (see _serialization)
     call: int          # CALL_MAP, CALL_STAR or CALL_APPLY
-    timed: bool        # has a timeout: record each task's start time
+    tracking: int      # TRACK_NONE, TRACK_INDEX or TRACK_TIME (see below)
+
+
+# How closely a worker records its progress through a chunk in its slot.
+TRACK_NONE = 0   # not per task: tasks so fast that recording would double their cost
+TRACK_INDEX = 1  # the index of the task running (blame on death is exact)
+TRACK_TIME = 2   # index and start time (the chunk has a timeout)
 
 
 class Dispatch(NamedTuple):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import warnings
 from multiprocessing import util
 from typing import Any, Callable, Iterable
@@ -290,7 +291,8 @@ class Pool:
         items = iterable if isinstance(iterable, list) else list(iterable)
         fn_blob = self._function_blob(func)
         if chunksize is None:
-            chunksize = auto_chunksize(len(items), self._processes)
+            chunksize = auto_chunksize(len(items), self._processes,
+                                       self._backend.task_seconds(fn_blob))
         result = MapResult(self._registry, len(items), callback, error_callback,
                            _progress_bar(progress, len(items)))
         self._submit_slices(fn_blob, function_name(func), call, items, chunksize,
@@ -312,6 +314,11 @@ class Pool:
                 chunk = make_chunk(fn_blob, fn_name, call, piece, start, sink,
                                    timeout, retries, self._serialize)
                 self._backend.submit([chunk])
+                if start == 0 and len(items) > chunksize:
+                    # Let the scheduler thread dispatch the first chunk now,
+                    # while this thread pickles the rest: without this it
+                    # can wait a whole GIL switch interval (5 ms) for its turn.
+                    time.sleep(0)
         except BaseException as exc:
             sink.abort(exc)
             raise
@@ -329,14 +336,16 @@ class Pool:
             # an unpicklable item raises here.
             length = len(iterable)
             if chunksize is None:
-                chunksize = auto_chunksize(length, self._processes)
+                chunksize = auto_chunksize(length, self._processes,
+                                           self._backend.task_seconds(fn_blob))
             result = iterator_class(self._registry, length, _progress_bar(progress, length))
             self._submit_slices(fn_blob, fn_name, call, iterable, chunksize, result,
                                 timeout, retries)
             return result
         total = len(iterable) if hasattr(iterable, "__len__") else None
         if chunksize is None and total is not None:
-            chunksize = auto_chunksize(total, self._processes)
+            chunksize = auto_chunksize(total, self._processes,
+                                       self._backend.task_seconds(fn_blob))
         result = iterator_class(self._registry, None, _progress_bar(progress, total))
         self._backend.add_feeder()
         feeder = threading.Thread(

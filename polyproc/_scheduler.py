@@ -47,6 +47,12 @@ When its sentinel fires without a ``Retiring`` message:
 * LOADING or DUMPING a run of several tasks: the culprit is one of them
   but unknown, so they are requeued as one-task chunks; if it happens
   again, the one task then on the worker is known.
+* RUNNING a chunk of microsecond tasks (``TRACK_NONE``): for functions
+  whose tasks take under ``FAST_TASK_SECONDS``, recording the index would
+  double the cost of each task, so the worker runs the chunk from C without
+  it; a death there is handled like LOADING.  A task that kills its worker
+  every time is still blamed exactly (on its one-task re-run); one killed
+  from outside (the OOM killer) simply runs again.
 * IDLE (killed between tasks): nothing is blamed, everything is requeued;
   a chunk that sees more than ``MAX_UNBLAMED_DEATHS`` such deaths fails,
   so that nothing is retried forever.
@@ -78,6 +84,7 @@ PREFETCH_BYTES = 32 * 1024     # a second Dispatch may wait in a busy worker's p
 MAX_UNBLAMED_DEATHS = 3
 MAX_STARTUP_FAILURES = 3
 TIMEOUT_POLL_SECONDS = 0.05
+FAST_TASK_SECONDS = 20e-6      # below this, a task's progress is not recorded
 SHUTDOWN_GRACE_SECONDS = 0.5
 
 
@@ -307,6 +314,16 @@ class ProcessScheduler:
             return TARGET_BATCH_SECONDS
         return per_task * chunk.count
 
+    def _tracking(self, chunk: TaskChunk) -> int:
+        """How closely the worker must record its progress through *chunk*."""
+        if chunk.timeout is not None:
+            return m.TRACK_TIME
+        per_task = self._task_seconds_by_func.get(chunk.func)
+        if (chunk.call != m.CALL_APPLY and chunk.count > 1 and per_task is not None
+                and per_task < FAST_TASK_SECONDS):
+            return m.TRACK_NONE
+        return m.TRACK_INDEX
+
     def _send_dispatch(self, w: WorkerHandle) -> None:
         """Send *w* the next batch of queued chunks in one ``Dispatch`` message.
 
@@ -332,6 +349,8 @@ class ProcessScheduler:
             seconds += self._estimate(chunk)
             if w.assigned and size >= PREFETCH_BYTES:
                 break
+        for chunk in batch:
+            chunk.tracking = self._tracking(chunk)
         w.assigned.extend(batch)
         w.dispatch_ends.append(batch[-1].chunk_id)
         w.chunks_given += len(batch)
@@ -450,6 +469,9 @@ class ProcessScheduler:
         task = int(self._table[base + m.SLOT_TASK])
         index = next((i for i, c in enumerate(lost) if c.chunk_id == chunk_id), None)
         requeue: list[TaskChunk] = []
+        if (phase == m.PHASE_RUNNING and index is not None
+                and lost[index].tracking == m.TRACK_NONE):
+            phase = m.PHASE_LOADING  # which task is unknown: isolate them all
         if phase == m.PHASE_RUNNING and index is not None:
             for c in lost[:index]:
                 requeue.append(c.subchunk(0, c.count))

@@ -30,6 +30,7 @@ from . import _serialization
 from ._exceptions import SerializationError
 
 CHUNKS_PER_WORKER = 32
+MIN_CHUNK_SECONDS = 0.002
 TARGET_CHUNK_SECONDS = 0.01
 MAX_GROWN_CHUNKSIZE = 65536
 
@@ -44,7 +45,7 @@ class TaskChunk:
     """A run of consecutive tasks of one call, as the scheduler tracks it."""
 
     __slots__ = ("chunk_id", "func", "func_name", "call", "items", "payload",
-                 "start", "sink", "timeout", "retries", "deaths")
+                 "start", "sink", "timeout", "retries", "deaths", "tracking")
 
     def __init__(self, func: bytes, func_name: str, call: int, items: list,
                  payload: bytes, start: int, sink, timeout: float | None,
@@ -60,6 +61,7 @@ class TaskChunk:
         self.timeout = timeout
         self.retries = retries
         self.deaths = 0
+        self.tracking = m.TRACK_INDEX  # set by the scheduler at dispatch
 
     @property
     def count(self) -> int:
@@ -67,7 +69,7 @@ class TaskChunk:
 
     def job(self) -> m.ChunkJob:
         return m.ChunkJob(self.chunk_id, self.func, self.payload, self.call,
-                          self.timeout is not None)
+                          self.tracking)
 
     def describe_task(self, index: int) -> str:
         """``func(args)`` of the task at *index* (relative), for error messages."""
@@ -104,8 +106,20 @@ def _short_repr(obj: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def auto_chunksize(length: int, workers: int) -> int:
-    return max(1, math.ceil(length / (max(1, workers) * CHUNKS_PER_WORKER)))
+def auto_chunksize(length: int, workers: int,
+                   task_seconds: float | None = None) -> int:
+    """The chunk size for a call of *length* tasks when the caller gave none.
+
+    About ``CHUNKS_PER_WORKER`` chunks per worker; but when the function's
+    time per task is known (the scheduler measures it), no chunk shorter
+    than ``MIN_CHUNK_SECONDS``: a map of trivial tasks then travels in a few
+    large chunks, as the stdlib's does, instead of in many small messages.
+    """
+    size = math.ceil(length / (max(1, workers) * CHUNKS_PER_WORKER))
+    if task_seconds is not None:
+        size = max(size, math.ceil(MIN_CHUNK_SECONDS / max(task_seconds, 1e-8)))
+        size = min(size, math.ceil(length / max(1, workers)))
+    return max(1, size)
 
 
 def make_chunk(fn_blob, fn_name: str, call: int, items: list, start: int,

@@ -22,6 +22,7 @@ workers' job to print a traceback each.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -141,11 +142,13 @@ class _Worker:
         slots[self.base + m.SLOT_STARTED] = time.monotonic()
         slots[self.base + m.SLOT_TASK] = 0
         slots[self.base + m.SLOT_PHASE] = m.PHASE_RUNNING
-        if job.timed or self.config.max_memory is not None:
+        if job.tracking == m.TRACK_TIME or self.config.max_memory is not None:
             retired = self.run_items_watched(call_fn, items, values, errors)
             if retired is not None:
                 raise _Retire(retired, m.ChunkDone(job.chunk_id, values, errors,
                                                    time.perf_counter() - started))
+        elif job.tracking == m.TRACK_NONE:
+            self.run_items_untracked(fn, job.call, call_fn, items, values, errors)
         else:
             self.run_items(call_fn, items, values, errors)
         self.mark(m.PHASE_IDLE)
@@ -172,6 +175,31 @@ class _Worker:
             except BaseException as exc:
                 errors[i] = _exception_payload(exc)
                 append(None)
+                begin = i + 1
+
+    def run_items_untracked(self, fn, call, call_fn, items, values: list,
+                            errors: dict) -> None:
+        """The loop for tasks of a few microseconds: no per-task record.
+
+        ``list.extend`` over ``map`` runs the calls from C; on an exception
+        the values so far are kept and ``len(values)`` is the failed index.
+        If the worker dies in such a chunk, the scheduler cannot tell which
+        task killed it and runs the chunk's tasks again one per chunk (see
+        _scheduler.py), where the culprit is then known.
+        """
+        begin, n = 0, len(items)
+        while begin < n:
+            rest = items[begin:] if begin else items
+            try:
+                if call == m.CALL_STAR:
+                    values.extend(itertools.starmap(fn, rest))
+                else:
+                    values.extend(map(call_fn, rest))
+                return
+            except BaseException as exc:
+                i = len(values)
+                errors[i] = _exception_payload(exc)
+                values.append(None)
                 begin = i + 1
 
     def run_items_watched(self, call_fn, items, values: list,

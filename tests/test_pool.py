@@ -174,6 +174,21 @@ def test_worker_death_fails_only_its_task(pool, killer):
     assert pool.map(h.square, range(10)) == [x * x for x in range(10)]
 
 
+def test_death_in_a_chunk_of_microsecond_tasks_blames_the_right_task(pool):
+    """Tasks under 20 us run without a per-task progress record (_scheduler.py):
+    a death there is resolved by re-running the chunk's tasks one by one."""
+    import functools
+    killer = functools.partial(h.kill_on, bad=10_013)
+    assert pool.map(killer, range(2000)) == list(range(2000))  # timing learnt: fast
+    out = list_outcomes(pool.imap(killer, range(10_000, 10_100), chunksize=50))
+    assert len(out) == 100
+    for i, (ok, value) in enumerate(out):
+        if i == 13:
+            assert isinstance(value, WorkerLostError) and "[task 13]" in str(value)
+        else:
+            assert ok and value == 10_000 + i
+
+
 def killer_bound(killer):
     import functools
     return functools.partial(killer, bad=13)
