@@ -1,10 +1,12 @@
 """The shared-memory ring under every polyproc queue.
 
-A queue is two named shared-memory files (see ``_queue_shm`` for the OS
-pieces and why they were chosen)::
+A queue is three named files under ``/dev/shm`` (see ``_queue_shm`` for
+the OS pieces and why they were chosen)::
 
     control  "/ppq_<token>"       4 KiB: counters, three robust mutexes, three futex words
     data     "/ppq_<token>_data"  the ring of records, a power of two in bytes (grows)
+    fifo     "/ppq_<token>_fifo"  a named pipe, only for stdlib code that waits on
+                                  ``q._reader`` (see "waitable" below)
 
     producer process                          consumer process
     ----------------                          ----------------
