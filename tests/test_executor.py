@@ -1,0 +1,370 @@
+"""polyproc.Executor: concurrent.futures semantics on polyproc's scheduler.
+
+Task functions live in tests/_executor_helpers.py (spawned workers import
+them).  Waits are bounded by ``result(timeout=...)``; nothing sleeps to
+synchronise: a task that must stay running blocks until the test creates
+a file.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import os
+import pickle
+import signal
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+import _executor_helpers as h
+import polyproc
+from polyproc import (RemoteError, SerializationError, TaskTimeoutError,
+                      WorkerLostError)
+from polyproc.executor import Executor, ExecutorInitializerError
+
+WAIT = 30  # bound on any single result wait, far above what each takes
+
+
+def _executor(ctx, workers=2, **kwargs) -> Executor:
+    return Executor(max_workers=workers, mp_context=ctx, **kwargs)
+
+
+@pytest.fixture
+def fork_ctx():
+    return polyproc.get_context("fork")
+
+
+# -- drop-in --------------------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_polyproc_executor_is_a_concurrent_futures_executor():
+    with polyproc.Executor(max_workers=2) as ex:
+        assert isinstance(ex, cf.Executor)
+        assert type(ex).__module__ == "polyproc.executor"
+        assert ex.submit(h.square, 6).result(WAIT) == 36
+    spawn_ex = polyproc.get_context("spawn").Executor(1)
+    try:
+        assert spawn_ex._mp_context.get_start_method() == "spawn"
+    finally:
+        spawn_ex.shutdown()
+
+
+@pytest.mark.timeout(30)
+def test_bad_arguments_raise_like_the_stdlib(fork_ctx):
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        Executor(0, mp_context=fork_ctx)
+    with pytest.raises(TypeError, match="initializer must be a callable"):
+        Executor(1, mp_context=fork_ctx, initializer=3)
+    with pytest.raises(TypeError, match="max_tasks_per_child must be an integer"):
+        Executor(1, mp_context=fork_ctx, max_tasks_per_child="2")
+    with pytest.raises(ValueError, match="max_tasks_per_child must be >= 1"):
+        Executor(1, mp_context=fork_ctx, max_tasks_per_child=0)
+    with _executor(fork_ctx, 1) as ex:
+        with pytest.raises(ValueError, match="chunksize must be >= 1"):
+            ex.map(h.square, [1], chunksize=0)
+        with pytest.raises(ValueError, match="timeout must be a positive"):
+            ex.submit(h.square, 1, timeout=-1)
+        with pytest.raises(ValueError, match="retries must be an int"):
+            ex.submit(h.square, 1, retries=-1)
+        with pytest.raises(TypeError, match="not callable"):
+            ex.submit(42)
+        with pytest.raises(TypeError, match="cannot be passed between processes"):
+            pickle.dumps(ex)
+
+
+# -- happy paths ------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_submit_map_and_errors(ctx_fs):
+    with _executor(ctx_fs) as ex:
+        assert ex.submit(h.add, 1, 2, c=3).result(WAIT) == 6
+        futures = [ex.submit(h.square, i) for i in range(50)]
+        assert [f.result(WAIT) for f in futures] == [i * i for i in range(50)]
+        error = ex.submit(h.fail_with, "boom").exception(WAIT)
+        assert isinstance(error, ValueError) and str(error) == "boom"
+        assert "fail_with" in str(error.__cause__)  # the worker's traceback
+        assert list(ex.map(h.square, range(20))) == [i * i for i in range(20)]
+        assert list(ex.map(h.add, range(23), range(23), chunksize=7)) == \
+            [2 * i for i in range(23)]
+        assert list(ex.map(h.square, [], chunksize=3)) == []
+
+
+@pytest.mark.timeout(30)
+def test_map_raises_at_the_failed_position(fork_ctx):
+    with _executor(fork_ctx) as ex:
+        for chunksize in (1, 4):
+            it = ex.map(h.add, [1, 2, "x", 4], [1, 1, 1, 1], chunksize=chunksize)
+            if chunksize == 1:
+                assert next(it) == 2 and next(it) == 3
+            with pytest.raises(TypeError):
+                list(it)
+
+
+@pytest.mark.timeout(30)
+def test_wait_and_as_completed(fork_ctx):
+    with _executor(fork_ctx) as ex:
+        futures = [ex.submit(h.square, i) for i in range(10)]
+        assert sorted(f.result() for f in cf.as_completed(futures, timeout=WAIT)) == \
+            [i * i for i in range(10)]
+        bad = ex.submit(h.fail_with, "first")
+        done, _ = cf.wait([bad], timeout=WAIT, return_when=cf.FIRST_EXCEPTION)
+        assert bad in done
+
+
+@pytest.mark.timeout(30)
+def test_done_callbacks_run(fork_ctx):
+    seen = []
+    called = threading.Event()
+    with _executor(fork_ctx) as ex:
+        future = ex.submit(h.square, 9)
+        future.add_done_callback(lambda f: (seen.append(f.result()), called.set()))
+        assert called.wait(WAIT)
+    assert seen == [81]
+
+
+@pytest.mark.timeout(60)
+def test_asyncio_run_in_executor(ctx_fs):
+    async def main(ex):
+        loop = asyncio.get_running_loop()
+        one = await loop.run_in_executor(ex, h.square, 7)
+        many = await asyncio.wait_for(
+            asyncio.gather(*(loop.run_in_executor(ex, h.square, i) for i in range(20))),
+            WAIT)
+        with pytest.raises(WorkerLostError):
+            await asyncio.wait_for(loop.run_in_executor(ex, h.kill_self), WAIT)
+        after = await loop.run_in_executor(ex, h.add, 1, 2)
+        return one, many, after
+
+    with _executor(ctx_fs) as ex:
+        one, many, after = asyncio.run(main(ex))
+    assert one == 49 and many == [i * i for i in range(20)] and after == 3
+
+
+@pytest.mark.timeout(60)
+def test_lambdas_and_closures_via_cloudpickle(ctx_fs):
+    offset = 10
+    with _executor(ctx_fs) as ex:
+        assert ex.submit(lambda x: x + 1, 1).result(WAIT) == 2
+        assert ex.submit(lambda: offset * 2).result(WAIT) == 20
+        assert list(ex.map(lambda a, b: a * b + offset, [1, 2], [3, 4])) == [13, 18]
+
+
+@pytest.mark.timeout(60)
+def test_initializer_runs_in_every_worker(ctx_fs):
+    with _executor(ctx_fs, initializer=h.set_global, initargs=("ready",)) as ex:
+        assert set(ex.map(h.get_global, range(8))) == {"ready"}
+
+
+@pytest.mark.timeout(30)
+def test_failing_initializer_breaks_the_executor_clearly(fork_ctx):
+    with _executor(fork_ctx, initializer=h.failing_initializer) as ex:
+        error = ex.submit(h.square, 2).exception(WAIT)
+        assert isinstance(error, ExecutorInitializerError)
+        assert isinstance(error, (polyproc.InitializerError, BrokenProcessPool))
+        assert isinstance(error.__cause__, RuntimeError)
+        assert "initializer broke" in str(error.__cause__)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(h.square, 3)
+
+
+@pytest.mark.timeout(30)
+def test_max_tasks_per_child_replaces_workers(fork_ctx):
+    with _executor(fork_ctx, 1, max_tasks_per_child=2) as ex:
+        pids = [ex.submit(h.pid_of_worker).result(WAIT) for _ in range(6)]
+    assert len(set(pids)) == 3
+    assert pids[0] == pids[1] and pids[2] == pids[3] and pids[4] == pids[5]
+
+
+# -- a worker dies --------------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_sigkill_fails_only_its_own_future(ctx_fs):
+    with _executor(ctx_fs) as ex:
+        ex.submit(h.square, 0).result(WAIT)  # workers up
+        before = [ex.submit(h.square, i) for i in range(20)]
+        started = time.monotonic()
+        doomed = ex.submit(h.kill_self)
+        after = [ex.submit(h.square, i) for i in range(20, 40)]
+        error = doomed.exception(WAIT)
+        took = time.monotonic() - started
+        assert isinstance(error, WorkerLostError)
+        assert isinstance(error, BrokenProcessPool)  # what stdlib code catches
+        assert error.exitcode == -signal.SIGKILL
+        assert "SIGKILL" in str(error) and "kill_self" in str(error)
+        assert took < 5, f"the lost worker was reported after {took:.1f} s"
+        assert [f.result(WAIT) for f in before + after] == [i * i for i in range(40)]
+        assert ex.submit(h.add, 2, 3).result(WAIT) == 5
+
+
+@pytest.mark.timeout(60)
+def test_os_exit_fails_only_its_own_future(ctx_fs):
+    with _executor(ctx_fs) as ex:
+        others = [ex.submit(h.square, i) for i in range(10)]
+        error = ex.submit(h.exit_now, 3).exception(WAIT)
+        assert isinstance(error, WorkerLostError) and error.exitcode == 3
+        assert "os._exit" in str(error)
+        assert [f.result(WAIT) for f in others] == [i * i for i in range(10)]
+        assert ex.submit(h.square, 5).result(WAIT) == 25
+
+
+@pytest.mark.timeout(30)
+def test_sigkill_inside_map_fails_only_that_position(fork_ctx):
+    with _executor(fork_ctx) as ex:
+        results = []
+        it = ex.map(h.square_or_kill, range(10), [6] * 10)
+        for _ in range(6):
+            results.append(next(it))
+        with pytest.raises(WorkerLostError):
+            next(it)
+        assert results == [i * i for i in range(6)]
+        assert list(ex.map(h.square, range(4))) == [0, 1, 4, 9]
+
+
+@pytest.mark.timeout(60)
+def test_retries_run_a_killed_task_again(ctx_fs, tmp_path):
+    with _executor(ctx_fs) as ex:
+        marker = str(tmp_path / "killed-once")
+        assert ex.submit(h.kill_once, marker, retries=1).result(WAIT) == "survived"
+        again = str(tmp_path / "killed-again")
+        with pytest.raises(WorkerLostError):
+            ex.submit(h.kill_once, again).result(WAIT)  # retries=0: fails
+        assert os.path.exists(again)
+
+
+@pytest.mark.timeout(60)
+def test_workers_killed_from_outside_lose_no_work(ctx_fs):
+    """SIGKILL from outside at three points of a run: every task still completes."""
+    with _executor(ctx_fs) as ex:
+        futures = [ex.submit(h.sleep_then_return, 0.002, i, retries=3) for i in range(150)]
+        for k in (10, 60, 110):
+            futures[k].result(WAIT)
+            pids = list(ex._processes)
+            assert pids
+            os.kill(pids[k % len(pids)], signal.SIGKILL)
+        assert [f.result(WAIT) for f in futures] == list(range(150))
+
+
+@pytest.mark.timeout(30)
+def test_timeout_kills_the_task_not_the_executor(fork_ctx):
+    with _executor(fork_ctx) as ex:
+        started = time.monotonic()
+        slow = ex.submit(h.sleep_then_return, 60, timeout=0.5)
+        quick = [ex.submit(h.square, i) for i in range(5)]
+        error = slow.exception(WAIT)
+        assert isinstance(error, TaskTimeoutError)
+        assert isinstance(error, polyproc.TimeoutError)
+        assert time.monotonic() - started < 10
+        assert [f.result(WAIT) for f in quick] == [0, 1, 4, 9, 16]
+        assert ex.submit(h.square, 3, timeout=5).result(WAIT) == 9
+
+
+# -- pickling failures, both directions -------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_unpicklable_argument_raises_at_submit(ctx_fs):
+    with _executor(ctx_fs) as ex:
+        with pytest.raises(SerializationError, match="lock"):
+            ex.submit(h.square, threading.Lock())
+        with pytest.raises(SerializationError, match="task 2"):
+            ex.map(h.square, [1, 2, threading.Lock()])
+        assert ex.submit(h.square, 4).result(WAIT) == 16
+
+
+@pytest.mark.timeout(60)
+def test_unpicklable_result_fails_that_future(ctx_fs):
+    with _executor(ctx_fs) as ex:
+        error = ex.submit(h.return_unpicklable).exception(WAIT)
+        assert isinstance(error, SerializationError)
+        assert "lock" in str(error).lower()
+        assert ex.submit(h.square, 4).result(WAIT) == 16
+
+
+@pytest.mark.timeout(60)
+def test_exception_that_cannot_be_rebuilt_comes_back(ctx_fs):
+    with _executor(ctx_fs) as ex:
+        error = ex.submit(h.raise_bad_init).exception(WAIT)
+        assert isinstance(error, (RemoteError, h.BadInitError))
+        assert "BadInitError" in str(error) or isinstance(error, h.BadInitError)
+        assert "needs two arguments" in str(error)
+        assert ex.submit(h.square, 4).result(WAIT) == 16
+
+
+# -- cancel, shutdown, map timeout -------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_cancelled_futures_never_run(fork_ctx, tmp_path):
+    release = str(tmp_path / "release")
+    with _executor(fork_ctx, 1) as ex:
+        try:
+            blocker = ex.submit(h.block_until, release, 20, "done")
+            paths = [str(tmp_path / f"ran-{i}") for i in range(8)]
+            futures = [ex.submit(h.touch, p, i) for i, p in enumerate(paths)]
+            assert not blocker.cancel() and blocker.running()
+            cancelled = [f.cancel() for f in futures]
+            assert cancelled[-1], "the last of 8 queued calls must still be cancellable"
+        finally:
+            h.touch(release)
+        assert blocker.result(WAIT) == "done"
+    # shutdown(wait=True) has returned: everything that runs has run.
+    for i, (f, path, was_cancelled) in enumerate(zip(futures, paths, cancelled)):
+        assert f.cancelled() == was_cancelled
+        assert os.path.exists(path) == (not was_cancelled), f"call {i}"
+        if not was_cancelled:
+            assert f.result(0) == i
+    with pytest.raises(cf.CancelledError):
+        futures[-1].result(0)
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_cancel_futures(fork_ctx, tmp_path):
+    release = str(tmp_path / "release")
+    ex = _executor(fork_ctx, 1)
+    try:
+        blocker = ex.submit(h.block_until, release, 20, "done")
+        paths = [str(tmp_path / f"ran-{i}") for i in range(8)]
+        futures = [ex.submit(h.touch, p, i) for i, p in enumerate(paths)]
+        ex.shutdown(wait=False, cancel_futures=True)
+        with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+            ex.submit(h.square, 1)
+        # Cancelled futures are done at once: wait() sees them.
+        done, _ = cf.wait(futures[-1:], timeout=WAIT)
+        assert futures[-1].cancelled() and futures[-1] in done
+    finally:
+        h.touch(release)
+    ex.shutdown(wait=True)
+    assert blocker.result(0) == "done"
+    assert any(f.cancelled() for f in futures)
+    for i, (f, path) in enumerate(zip(futures, paths)):
+        assert f.done()
+        assert os.path.exists(path) == (not f.cancelled()), f"call {i}"
+    assert not ex._processes  # workers gone after shutdown(wait=True)
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_waits_for_pending_work(fork_ctx):
+    ex = _executor(fork_ctx)
+    futures = [ex.submit(h.sleep_then_return, 0.01, i) for i in range(20)]
+    ex.shutdown(wait=True)
+    assert all(f.done() for f in futures)
+    assert [f.result(0) for f in futures] == list(range(20))
+    with pytest.raises(RuntimeError):
+        list(ex.map(h.square, [1]))
+
+
+@pytest.mark.timeout(30)
+def test_map_timeout_raises_and_cancels_the_rest(fork_ctx, tmp_path):
+    release = str(tmp_path / "release")
+    with _executor(fork_ctx, 1) as ex:
+        try:
+            started = time.monotonic()
+            it = ex.map(h.block_until, [release] * 10, [20] * 10, timeout=0.5)
+            with pytest.raises(cf.TimeoutError):
+                next(it)
+            took = time.monotonic() - started
+            assert 0.4 < took < 10
+        finally:
+            h.touch(release)
+        it.close()
+        assert ex.submit(h.square, 3).result(WAIT) == 9
