@@ -121,6 +121,9 @@ class QueueGone(Exception):
     """Internal: the queue's shared memory no longer exists (owner gone)."""
 
 
+# name -> this process's live handle on that queue (see Ring.attach).
+_handles: "weakref.WeakValueDictionary[str, Ring]" = weakref.WeakValueDictionary()
+
 _try = _shm.mutex_try
 _release = _shm.mutex_release
 
@@ -197,10 +200,19 @@ class Ring:
         h[_MAXSIZE] = maxsize
         h[_MAGIC] = _MAGIC_VALUE
         h.release()
-        return cls(name, control, data_fd, owner=True)
+        ring = _handles[name] = cls(name, control, data_fd, owner=True)
+        return ring
 
     @classmethod
     def attach(cls, name: str) -> "Ring":
+        """This process's handle on the queue *name*, mapping it if needed.
+
+        One handle per process and queue: a Pool worker that receives the
+        same queue in every task maps it once, not once per task.
+        """
+        ring = _handles.get(name)
+        if ring is not None:
+            return ring
         import mmap
         try:
             control_fd = _shm.open_segment(name)
@@ -214,7 +226,8 @@ class Ring:
             data_fd = _shm.open_segment(name + "_data")
         except FileNotFoundError:
             raise QueueGone(name) from None
-        return cls(name, control, data_fd, owner=False)
+        ring = _handles[name] = cls(name, control, data_fd, owner=False)
+        return ring
 
     def __reduce__(self):
         return (Ring.attach, (self.name,))
@@ -224,9 +237,11 @@ class Ring:
         import mmap
         if cap is None:
             cap = self._h[_CAP]
-        self._data = mmap.mmap(self._fd, cap)
-        self._dq = memoryview(self._data).cast("Q")
-        self._cap = cap
+        data = mmap.mmap(self._fd, cap)
+        # One tuple, replaced whole: a thread that took it keeps a mapping
+        # and a capacity that belong together even if another thread of
+        # this process remaps meanwhile.
+        self._m = (cap, data, memoryview(data).cast("Q"))
 
     # ------------------------------------------------------------ counters
 
@@ -265,7 +280,7 @@ class Ring:
         try:
             if got:
                 self._repair_put()
-            cap = self._cap
+            cap, data, dq = self._m
             maxsize = self.maxsize
             if h[_CAP] == cap and not (maxsize and h[_NPUT] - h[_NGOT] >= maxsize):
                 tail = h[_TAIL]
@@ -275,10 +290,10 @@ class Ring:
                     self._head_seen = h[_HEAD]
                 if tail + size - self._head_seen <= cap:
                     pos = tail & (cap - 1)
-                    self._dq[pos >> 3] = n
+                    dq[pos >> 3] = n
                     start = (pos + 8) & (cap - 1)
                     if start + n <= cap:
-                        self._data[start:start + n] = payload
+                        data[start:start + n] = payload
                     else:
                         self._put_bytes(tail + 8, payload)
                     tail += size
@@ -313,13 +328,13 @@ class Ring:
             if got:
                 self._repair_get()
             head = h[_HEAD]
-            cap = self._cap
+            cap, data, dq = self._m
             if head != h[_TAIL] and h[_CAP] == cap:
                 pos = head & (cap - 1)
-                n = self._dq[pos >> 3]
+                n = dq[pos >> 3]
                 start = (pos + 8) & (cap - 1)
                 if start + n <= cap:
-                    payload = self._data[start:start + n]
+                    payload = data[start:start + n]
                 else:
                     payload = self._read(head + 8, n)
                 head += 8 + ((n + 7) & ~7)
@@ -405,24 +420,24 @@ class Ring:
             payload = payloads[i]
             n = len(payload)
             size = 8 + ((n + 7) & ~7)
-            if tail + size - self._head_seen > self._cap:
-                self._head_seen = h[_HEAD]
-            if tail + size - self._head_seen > self._cap:
-                self._grow(tail, size)
-            elif self._cap != h[_CAP]:
+            if self._m[0] != h[_CAP]:
                 self._map_data()
-            cap = self._cap
+            if tail + size - self._head_seen > self._m[0]:
+                self._head_seen = h[_HEAD]
+            if tail + size - self._head_seen > self._m[0]:
+                self._grow(tail, size)
+            cap, data, dq = self._m
             pos = tail & (cap - 1)
-            self._dq[pos >> 3] = n
+            dq[pos >> 3] = n
             start = (pos + 8) & (cap - 1)
             end = start + n
             if end <= cap:
-                self._data[start:end] = payload
+                data[start:end] = payload
             else:
                 cut = cap - start
                 view = memoryview(payload)
-                self._data[start:cap] = view[:cut]
-                self._data[0:n - cut] = view[cut:]
+                data[start:cap] = view[:cut]
+                data[0:n - cut] = view[cut:]
             tail += size
         nput = h[_NPUT] + (stop - first)
         # Commit through the redo record (see module docstring).
@@ -458,11 +473,11 @@ class Ring:
         if _lock(self._get_lock, None):
             self._repair_get()
         try:
-            if self._cap != h[_CAP]:
+            if self._m[0] != h[_CAP]:
                 self._map_data()
             head = h[_HEAD]
             used = tail - head
-            old_cap = self._cap
+            old_cap = self._m[0]
             if used + size <= old_cap:      # consumers made room meanwhile
                 return
             new_cap = old_cap * 2
@@ -524,13 +539,14 @@ class Ring:
     def _take(self, max_items: int) -> list[bytes]:
         """Copy out and commit up to *max_items* records (GET_LOCK held)."""
         h = self._h
-        if self._cap != h[_CAP]:
+        if self._m[0] != h[_CAP]:
             self._map_data()
+        cap, data, dq = self._m
         head, tail = h[_HEAD], h[_TAIL]
         items = []
         while head != tail and len(items) < max_items:
-            pos = head & (self._cap - 1)
-            n = self._dq[pos >> 3]
+            pos = head & (cap - 1)
+            n = dq[pos >> 3]
             items.append(self._read(head + 8, n))
             head += 8 + ((n + 7) & ~7)
         ngot = h[_NGOT] + len(items)
@@ -680,23 +696,23 @@ class Ring:
             _shm.mutex_release(lock)
 
     def _read(self, offset: int, n: int) -> bytes:
-        cap = self._cap
+        cap, data, _ = self._m
         start = offset & (cap - 1)
         end = start + n
         if end <= cap:
-            return self._data[start:end]
-        return self._data[start:cap] + self._data[0:end - cap]
+            return data[start:end]
+        return data[start:cap] + data[0:end - cap]
 
     def _put_bytes(self, offset: int, data: bytes) -> None:
-        cap = self._cap
+        cap, ring, _ = self._m
         start = offset & (cap - 1)
         end = start + len(data)
         if end <= cap:
-            self._data[start:end] = data
+            ring[start:end] = data
         else:
             cut = cap - start
-            self._data[start:cap] = data[:cut]
-            self._data[0:end - cap] = data[cut:]
+            ring[start:cap] = data[:cut]
+            ring[0:end - cap] = data[cut:]
 
 
 def _fifo_path(name: str) -> str:

@@ -97,8 +97,9 @@ def die_mid_commit(q) -> None:
     payload = b"\x80\x05K\x07."          # pickle of 7
     assert _queue_shm.mutex_acquire(ring._put_lock, None) is not None
     tail = h[_queue_ring._TAIL]
-    pos = tail & (ring._cap - 1)
-    ring._dq[pos >> 3] = len(payload)
+    cap, _, dq = ring._m
+    pos = tail & (cap - 1)
+    dq[pos >> 3] = len(payload)
     ring._put_bytes(tail + 8, payload)
     new_tail = tail + 8 + ((len(payload) + 7) & ~7)
     h[_queue_ring._P_TAIL] = new_tail
