@@ -165,6 +165,7 @@ class ProcessScheduler:
         self._feeders = 0
         self._feeders_lock = threading.Lock()
         self._startup_failures = 0
+        self._ever_ready = False
         self._worker_counter = 0
         for slot in range(processes):
             self._spawn_worker(slot)
@@ -301,60 +302,57 @@ class ProcessScheduler:
         head = self._requeued[0] if self._requeued else self._pending[0]
         return len(head.payload) < PREFETCH_BYTES
 
-    def _estimate(self, chunk: TaskChunk) -> float:
-        """Expected run time of *chunk*, from its function's measured task time.
-
-        Unknown functions count as a full batch, so that a first chunk of a
-        new function is dispatched alone: a cost learnt from one function
-        must not size batches of another (trivial warm-up tasks followed by
-        a map of slow ones would otherwise pile the map onto one worker).
-        """
-        per_task = self._task_seconds_by_func.get(chunk.func)
-        if per_task is None:
-            return TARGET_BATCH_SECONDS
-        return per_task * chunk.count
-
-    def _tracking(self, chunk: TaskChunk) -> int:
-        """How closely the worker must record its progress through *chunk*."""
-        if chunk.timeout is not None:
-            return m.TRACK_TIME
-        per_task = self._task_seconds_by_func.get(chunk.func)
-        if (chunk.call != m.CALL_APPLY and chunk.count > 1 and per_task is not None
-                and per_task < FAST_TASK_SECONDS):
-            return m.TRACK_NONE
-        return m.TRACK_INDEX
-
     def _send_dispatch(self, w: WorkerHandle) -> None:
         """Send *w* the next batch of queued chunks in one ``Dispatch`` message.
 
-        A batch holds about ``TARGET_BATCH_SECONDS`` of estimated work, and
-        never more than a quarter of the queue per ready worker, so that
-        the tail of a call stays balanced across workers.
+        A batch holds about ``TARGET_BATCH_SECONDS`` of estimated work (from
+        the measured time per task of each chunk's function), and never
+        more than a quarter of the queue per ready worker, so that the tail
+        of a call stays balanced across workers.  A function not measured
+        yet counts as a full batch, so its first chunk goes alone: a cost
+        learnt from one function must not size batches of another (trivial
+        warm-up tasks followed by a map of slow ones would otherwise pile
+        the map onto one worker).
+
+        Each chunk's ``tracking`` is chosen here too: how closely the
+        worker records its progress (see ``_messages.TRACK_*``).
         """
         queued = len(self._pending) + len(self._requeued)
         ready = sum(1 for x in self._workers.values() if x.ready) or 1
         limit = min(MAX_BATCH_CHUNKS, max(1, queued // (4 * ready)))
         if self._maxtasks is not None:
             limit = min(limit, self._maxtasks - w.chunks_given)
+        timings = self._task_seconds_by_func
+        requeued, pending = self._requeued, self._pending
         batch: list[TaskChunk] = []
+        jobs = []
         size = 0
         seconds = 0.0
-        while len(batch) < limit and (self._requeued or self._pending):
-            head = self._requeued[0] if self._requeued else self._pending[0]
-            if batch and seconds + self._estimate(head) > TARGET_BATCH_SECONDS:
+        while len(batch) < limit and (requeued or pending):
+            head = requeued[0] if requeued else pending[0]
+            per_task = timings.get(head.func)
+            estimate = TARGET_BATCH_SECONDS if per_task is None else per_task * head.count
+            if batch and seconds + estimate > TARGET_BATCH_SECONDS:
                 break
-            chunk = self._requeued.popleft() if self._requeued else self._pending.popleft()
+            chunk = requeued.popleft() if requeued else pending.popleft()
+            if chunk.timeout is not None:
+                chunk.tracking = m.TRACK_TIME
+            elif (per_task is not None and per_task < FAST_TASK_SECONDS
+                  and chunk.count > 1 and chunk.call != m.CALL_APPLY):
+                chunk.tracking = m.TRACK_NONE
+            else:
+                chunk.tracking = m.TRACK_INDEX
             batch.append(chunk)
+            jobs.append(m.ChunkJob(chunk.chunk_id, chunk.func, chunk.payload,
+                                   chunk.call, chunk.tracking))
             size += len(chunk.payload)
-            seconds += self._estimate(chunk)
+            seconds += estimate
             if w.assigned and size >= PREFETCH_BYTES:
                 break
-        for chunk in batch:
-            chunk.tracking = self._tracking(chunk)
         w.assigned.extend(batch)
         w.dispatch_ends.append(batch[-1].chunk_id)
         w.chunks_given += len(batch)
-        data = _serialization.dumps(m.Dispatch([c.job() for c in batch]), "dispatch")
+        data = _serialization.dumps(m.Dispatch(jobs), "dispatch")
         try:
             w.conn.send_bytes(data)
         except OSError:
@@ -383,10 +381,10 @@ class ProcessScheduler:
 
     def _on_message(self, w: WorkerHandle, msg) -> None:
         if isinstance(msg, m.Results):
-            for done in msg.done:
-                self._on_chunk_done(w, done)
+            self._on_results(w, msg.done)
         elif isinstance(msg, m.WorkerReady):
             w.ready = True
+            self._ever_ready = True
             self._startup_failures = 0
         elif isinstance(msg, m.Retiring):
             w.retiring = True
@@ -399,40 +397,51 @@ class ProcessScheduler:
             error.__cause__ = cause
             self._break(error)
 
-    def _on_chunk_done(self, w: WorkerHandle, done: m.ChunkDone) -> None:
-        chunk = w.assigned.popleft()
-        assert chunk.chunk_id == done.chunk_id, "results arrive in dispatch order"
-        if w.dispatch_ends and w.dispatch_ends[0] == chunk.chunk_id:
-            w.dispatch_ends.popleft()
-        self._learn_timing(chunk, done)
-        errors = done.errors
-        values = done.values
-        if -1 in errors:  # the chunk could not even be loaded
-            exc = rebuild_exception(errors[-1])
-            _deliver(chunk, 0, [None] * chunk.count, dict.fromkeys(range(chunk.count), exc))
+    def _on_results(self, w: WorkerHandle, done_list: list) -> None:
+        """Deliver each finished chunk's outcomes; results come in dispatch order."""
+        assigned, dispatch_ends = w.assigned, w.dispatch_ends
+        timing_func = None
+        timing_seconds = 0.0
+        timing_tasks = 0
+        for done in done_list:
+            chunk = assigned.popleft()
+            assert chunk.chunk_id == done.chunk_id, "results arrive in dispatch order"
+            if dispatch_ends and dispatch_ends[0] == chunk.chunk_id:
+                dispatch_ends.popleft()
+            values, errors = done.values, done.errors
+            if chunk.func is not timing_func:
+                if timing_tasks:
+                    self._learn_timing(timing_func, timing_seconds, timing_tasks)
+                timing_func, timing_seconds, timing_tasks = chunk.func, 0.0, 0
+            timing_seconds += done.seconds
+            timing_tasks += len(values)
+            if errors:
+                if -1 in errors:  # the chunk could not even be loaded
+                    exc = rebuild_exception(errors[-1])
+                    values = [None] * chunk.count
+                    errors = dict.fromkeys(range(chunk.count), exc)
+                else:
+                    errors = {i: rebuild_exception(p) for i, p in errors.items()}
+            chunk.sink.deliver(chunk.start, values, errors)
+            if len(values) < chunk.count:
+                # The worker retired half-way through this chunk: the rest
+                # of it never started.
+                self._requeued.appendleft(chunk.subchunk(len(values), chunk.count))
             chunk.release()
-            return
-        rebuilt = {i: rebuild_exception(p) for i, p in errors.items()} if errors else errors
-        if len(values) < chunk.count:
-            # The worker retired half-way through this chunk: the rest of it
-            # never started.
-            _deliver(chunk, 0, values, rebuilt)
-            self._requeued.appendleft(chunk.subchunk(len(values), chunk.count))
-        else:
-            _deliver(chunk, 0, values, rebuilt)
-        chunk.release()
+        if timing_tasks:
+            self._learn_timing(timing_func, timing_seconds, timing_tasks)
 
-    def _learn_timing(self, chunk: TaskChunk, done: m.ChunkDone) -> None:
-        if not done.values:
-            return
-        per_task = done.seconds / len(done.values)
-        known = self._task_seconds_by_func.get(chunk.func)
+    def _learn_timing(self, func: bytes, seconds: float, tasks: int) -> None:
+        """Fold a measurement into *func*'s moving average of seconds per task."""
+        per_task = seconds / tasks
+        timings = self._task_seconds_by_func
+        known = timings.get(func)
         if known is None:
-            if len(self._task_seconds_by_func) > 1024:
-                self._task_seconds_by_func.clear()
-            self._task_seconds_by_func[chunk.func] = per_task
+            if len(timings) > 1024:
+                timings.clear()
+            timings[func] = per_task
         else:
-            self._task_seconds_by_func[chunk.func] = known + 0.3 * (per_task - known)
+            timings[func] = known + 0.3 * (per_task - known)
 
     # -- failures -------------------------------------------------------
     def _on_worker_exit(self, w: WorkerHandle) -> None:
@@ -444,13 +453,20 @@ class ProcessScheduler:
         lost = list(w.assigned)
         w.assigned.clear()
         if not w.ready and self.broken is None and self.state != TERMINATE:
+            # A worker that dies before it is ready ran none of our code: its
+            # start-up failed (the main module could not be imported, or
+            # starts processes without the __main__ guard).  Respawning it
+            # would fail the same way forever (the stdlib's loop), so the
+            # pool breaks at once if no worker ever started, or after a few
+            # failures in a row if some did.
             self._startup_failures += 1
-            if self._startup_failures >= MAX_STARTUP_FAILURES:
+            if not self._ever_ready or self._startup_failures >= MAX_STARTUP_FAILURES:
                 self._break(ProcessError(
-                    f"pool workers keep dying before they are ready: the last one "
-                    f"{describe_exit(exitcode)}. Look at their standard error above; "
-                    f"under the spawn and forkserver start methods, check that the "
-                    f"main module can be imported and guards process creation with "
+                    f"a pool worker died while starting, before it could run any "
+                    f"task (exit code {exitcode}); its standard error above says "
+                    f"why.  Under the spawn and forkserver start methods each "
+                    f"worker imports the main module: it must be importable, and "
+                    f"code that creates pools or processes must be under "
                     f"if __name__ == '__main__':"))
         if not lost:
             return

@@ -45,7 +45,8 @@ class TaskChunk:
     """A run of consecutive tasks of one call, as the scheduler tracks it."""
 
     __slots__ = ("chunk_id", "func", "func_name", "call", "items", "payload",
-                 "start", "sink", "timeout", "retries", "deaths", "tracking")
+                 "start", "sink", "timeout", "retries", "deaths", "tracking",
+                 "count")
 
     def __init__(self, func: bytes, func_name: str, call: int, items: list,
                  payload: bytes, start: int, sink, timeout: float | None,
@@ -55,6 +56,7 @@ class TaskChunk:
         self.func_name = func_name
         self.call = call
         self.items = items
+        self.count = len(items)
         self.payload = payload
         self.start = start
         self.sink = sink
@@ -62,10 +64,6 @@ class TaskChunk:
         self.retries = retries
         self.deaths = 0
         self.tracking = m.TRACK_INDEX  # set by the scheduler at dispatch
-
-    @property
-    def count(self) -> int:
-        return len(self.items)
 
     def job(self) -> m.ChunkJob:
         return m.ChunkJob(self.chunk_id, self.func, self.payload, self.call,
