@@ -119,3 +119,9 @@ def make_queue_and_exit(ctx_name: str, out) -> None:
 def attach_and_report(q, out) -> None:
     """Report the queue's size as seen from another process."""
     out.put(q.qsize())
+
+
+def block_on_pipe(conn, started) -> None:
+    """Hold a pipe end and block reading it until killed."""
+    started.set()
+    conn.recv()

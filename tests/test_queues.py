@@ -517,3 +517,59 @@ def test_queue_made_in_a_child_leaves_nothing_in_dev_shm(ctx_fs):
     child.join(20)
     assert child.exitcode == 0
     assert _shm_files(name) == []
+
+
+# ------------------------------------------------------------ Pipe (stdlib semantics)
+
+def test_pipe_one_way_ends_refuse_the_wrong_direction():
+    r, w = polyproc.Pipe(duplex=False)
+    with r, w:
+        w.send({"k": 1})
+        assert r.recv() == {"k": 1}
+        with pytest.raises(OSError):
+            r.send(1)
+        with pytest.raises(OSError):
+            w.recv()
+
+
+@pytest.mark.timeout(10)
+def test_pipe_poll_timeout_and_eof_after_close():
+    a, b = polyproc.Pipe()
+    start = time.monotonic()
+    assert b.poll(0.1) is False
+    assert 0.1 <= time.monotonic() - start < 0.1 + LATE
+    a.send("last")
+    a.close()
+    assert b.recv() == "last"
+    with pytest.raises(EOFError):
+        b.recv()
+    b.close()
+
+
+def test_pipe_recv_bytes_into_buffer_too_short():
+    a, b = polyproc.Pipe()
+    with a, b:
+        a.send_bytes(b"0123456789", 2, 5)          # offset, size
+        buf = bytearray(8)
+        assert b.recv_bytes_into(buf, 1) == 5 and buf[1:6] == b"23456"
+        a.send_bytes(b"x" * 100)
+        with pytest.raises(polyproc.BufferTooShort) as info:
+            b.recv_bytes_into(bytearray(10))
+        assert info.value.args[0] == b"x" * 100   # the stdlib hands the message over
+
+
+@pytest.mark.timeout(30)
+def test_pipe_peer_sigkilled_is_eof_not_a_hang(ctx_fs):
+    mine, theirs = ctx_fs.Pipe()
+    started = ctx_fs.Event()
+    child = ctx_fs.Process(target=helpers.block_on_pipe, args=(theirs, started))
+    child.start()
+    theirs.close()
+    assert started.wait(20)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    start = time.monotonic()
+    with pytest.raises(EOFError):
+        mine.recv()
+    assert time.monotonic() - start < 1.0
+    mine.close()
