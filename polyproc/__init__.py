@@ -48,6 +48,15 @@ Executor = _context._default_context.Executor
 
 __all__ = _STDLIB_NAMES + _EXTRA_NAMES
 
+# Public names report their public module (``polyproc.WorkerLostError``,
+# not ``polyproc._exceptions.WorkerLostError``) in reprs, tracebacks and
+# pickles.
+from ._public import fixup_module_metadata as _fixup
+
+_fixup(__name__, {name: globals()[name] for name in _EXTRA_NAMES
+                  if isinstance(globals()[name], type)})
+del _fixup
+
 SUBDEBUG = 5
 SUBWARNING = 25
 

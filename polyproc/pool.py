@@ -15,3 +15,8 @@ __all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult",
 
 # The stdlib's state names, for code that reads them.
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+from ._public import fixup_module_metadata as _fixup
+
+_fixup(__name__, globals())
+del _fixup
