@@ -220,6 +220,20 @@ class _ExecutorCore:
             if send:
                 self.backend.submit(send)
 
+    def enqueue_one(self, chunk: TaskChunk) -> None:
+        """``enqueue([chunk])``, without the lists (the path of ``submit``)."""
+        with self.lock:
+            if self.backend.broken is not None:
+                raise _for_executor(self.backend.broken)
+            if self.shut_down:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self.waiting or len(self.in_flight) >= self.window(chunk):
+                self.waiting.append(chunk)
+                return
+            chunk.sink.future.set_running_or_notify_cancel()
+            self.in_flight.add(chunk.sink)
+            self.backend.submit([chunk])
+
     def shutdown(self, cancel_futures: bool) -> None:
         with self.lock:
             self.shut_down = True
@@ -249,15 +263,21 @@ class _ExecutorCore:
             except KeyError:
                 return
             if self.waiting:
-                self._top_up()
+                # Refill in steps of a quarter window, not one chunk per
+                # settle: one hand-over (and one wake-up of the scheduler)
+                # then moves hundreds of tiny tasks.  Small windows refill
+                # at every settle, so slow tasks keep every worker busy.
+                window = self.window(self.waiting[0])
+                if (len(self.in_flight) <= window - max(1, window // 4)
+                        or self.backend.broken is not None):
+                    self._top_up(window)
         _set_outcome(sink.future, value, exc)
 
-    def _top_up(self) -> None:
+    def _top_up(self, window: int) -> None:
         """Move chunks from ``waiting`` into the window (holding ``lock``)."""
         broken = self.backend.broken
         send = []
-        while self.waiting and (broken is not None or
-                                len(self.in_flight) < self.window(self.waiting[0])):
+        while self.waiting and (broken is not None or len(self.in_flight) < window):
             chunk = self.waiting.popleft()
             if not chunk.sink.future.set_running_or_notify_cancel():
                 chunk.release()  # cancelled while it waited: it never runs
@@ -370,7 +390,24 @@ class Executor(_StdExecutor):
         ``functools.partial`` for a function that takes arguments of those
         names.
         """
-        return self._submit_chunks(fn, m.CALL_APPLY, [[(args, kwargs)]], 1, timeout, retries)[0]
+        # The hot path of "10,000 submits": _submit_chunks inlined for one call.
+        core = self._core
+        if core.shut_down:  # checked again under the lock by enqueue()
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if timeout is not None or retries:
+            _check_options(timeout, retries)
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        future: Future = Future()
+        chunk = make_chunk(_serialization.dumps_function(fn), function_name(fn),
+                           m.CALL_APPLY, [(args, kwargs)], 0, _FutureSink(core, future),
+                           timeout, retries)
+        try:
+            core.enqueue_one(chunk)
+        except BaseException:
+            chunk.release()
+            raise
+        return future
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int = 1, retries: int = 0) -> Iterator:
