@@ -76,6 +76,15 @@ Design decisions and their trade-offs
   same way.  Waits are cut into slices of ``WAIT_SLICE`` so Ctrl-C is seen
   promptly and a waiter counter left high by a killed process costs only
   spare wake-ups.
+
+* **No lost wake-up.**  A consumer reads the ``NOT_EMPTY`` word *before* it
+  finds the ring empty, registers as a waiter under ``GET_LOCK`` and
+  sleeps only while the word still has the value it read (the kernel
+  compares it after a full barrier).  A producer bumps the word under
+  ``PUT_LOCK`` after moving ``TAIL`` and reads the waiter count only after
+  unlocking, which is an atomic exchange (a full barrier).  So either the
+  producer sees the waiter and wakes it, or the consumer's futex sees the
+  new word and does not sleep.  The slices above are the safety net.
 """
 from __future__ import annotations
 
@@ -138,10 +147,10 @@ def _lock(addr: int, deadline: float | None) -> int:
 class Ring:
     """One process's handle on a queue's shared memory.
 
-    Handles are cheap and independent: every unpickling makes a new one
-    that maps the same two files by name.  The handle that created the
-    files owns them and removes them when it is garbage-collected or its
-    process exits.
+    A process has one handle per queue (``attach`` reuses a live one); it
+    maps the queue's files by name.  The handle that created the files
+    owns them and removes them when it is garbage-collected or its process
+    exits (``_remove_segments``).
     """
 
     def __init__(self, name: str, control, data_fd: int, owner: bool):
@@ -222,6 +231,8 @@ class Ring:
             control = mmap.mmap(control_fd, _CONTROL_SIZE)
         finally:
             os.close(control_fd)
+        if memoryview(control).cast("Q")[_MAGIC] != _MAGIC_VALUE:
+            raise QueueGone(name)       # not (or no longer) one of our queues
         try:
             data_fd = _shm.open_segment(name + "_data")
         except FileNotFoundError:
@@ -258,10 +269,6 @@ class Ring:
     def qsize(self) -> int:
         nput, ngot = self._counts()
         return max(0, nput - ngot)
-
-    def unfinished(self) -> int:
-        tdone = self._h[_TDONE]
-        return max(0, self._counts()[0] - tdone)
 
     # ------------------------------------------------------------ fast paths
     #
@@ -395,9 +402,8 @@ class Ring:
                     raise
                 finally:
                     _shm.mutex_release(self._put_lock)
-                # The unlock above is a full barrier: reading GET_WAITERS
-                # after it cannot miss a consumer that registered before our
-                # NOT_EMPTY bump became visible (see _wait_not_empty).
+                # Read GET_WAITERS only after the unlock, a full barrier: see
+                # "no lost wake-up" in the module docstring.
                 if room > 0 and h[_GET_WAITERS]:
                     _shm.futex_wake(self._not_empty)
                 if done == len(payloads):
