@@ -1,27 +1,36 @@
 # Two commands on a fresh machine: `make demo` and `make test`.  Each one
-# creates .venv and installs what it needs by itself.
+# creates .venv and installs what it needs by itself (only python3 >= 3.10
+# and make are assumed).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.polyproc-installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml
+$(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
-	touch $(STAMP)
+	touch $@
 
-venv: $(STAMP)
+$(VENV)/.installed-base: $(VENV)/.created pyproject.toml
+	$(PY) -m pip install -q -e .
+	touch $@
 
-demo: $(STAMP)
+$(VENV)/.installed-test: $(VENV)/.installed-base
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed-base
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $@
+
+demo: $(VENV)/.installed-base
 	$(PY) -m polyproc demo
 
-test: $(STAMP)
+test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-bench
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
