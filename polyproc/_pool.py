@@ -122,9 +122,14 @@ class Pool:
             raise TypeError("initializer must be a callable")
         if max_memory_per_child is not None and max_memory_per_child <= 0:
             raise ValueError("max_memory_per_child must be a positive number of bytes or None")
+        from .context import _default_context, _PolyFactories as _PolyContext
         if context is None:
-            from .context import _default_context
             context = _default_context.get_context()
+        elif not isinstance(context, _PolyContext):
+            # A stdlib context (multiprocessing.get_context("spawn")): use
+            # polyproc's context of the same start method, whose Process
+            # class gives workers the daemon watchdog.
+            context = _default_context.get_context(context.get_start_method())
         self._ctx = context
         self._processes = processes
         self._registry = _SinkRegistry()
