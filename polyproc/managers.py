@@ -1,9 +1,45 @@
-"""``polyproc.managers`` (placeholder: the stdlib's until polyproc's own lands)."""
-import multiprocessing.managers as _std
-from multiprocessing.managers import *  # noqa: F401,F403
+"""``polyproc.managers``: shared objects in a server process, local or remote.
 
-__all__ = list(getattr(_std, "__all__", ()))
+The public face of the managers; the machinery lives in private modules,
+one job each (see docs/managers.md):
 
+* ``_manager_wire``: sockets, the HMAC-SHA256 handshake, bounded frames,
+  the typed messages;
+* ``_manager_server``: the server that keeps the objects and runs calls;
+* ``_manager_client``: a process's connections to a server;
+* ``_manager_proxy``: ``BaseProxy`` and the stdlib's proxy types;
+* ``_manager``: ``BaseManager``, ``SyncManager``, ``SharedMemoryManager``.
 
-def __getattr__(name: str):
-    return getattr(_std, name)
+Everything in ``multiprocessing.managers.__all__`` is here with the same
+meaning, plus the other names stdlib code reaches for (``AutoProxy``,
+``NamespaceProxy``, ``Server``, ``RemoteError``, ...).
+"""
+from __future__ import annotations
+
+from ._exceptions import RemoteError
+from ._manager import (Array, BaseManager, Namespace, SharedMemoryManager,
+                       SharedMemoryServer, State, SyncManager, Value)
+from ._manager_proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
+                             BarrierProxy, BaseListProxy, BasePoolProxy,
+                             BaseProxy, ConditionProxy, DictProxy, EventProxy,
+                             IteratorProxy, ListProxy, MakeProxyType,
+                             NamespaceProxy, PoolProxy, RebuildProxy, Token,
+                             ValueProxy)
+from ._manager_server import Server
+from ._public import fixup_module_metadata
+
+__all__ = ["BaseManager", "SyncManager", "BaseProxy", "Token",
+           "SharedMemoryManager"]
+
+# Other public names of ``multiprocessing.managers``, not in its __all__.
+_MORE = [
+    "AcquirerProxy", "Array", "ArrayProxy", "AutoProxy", "BarrierProxy",
+    "BaseListProxy", "BasePoolProxy", "ConditionProxy", "DictProxy",
+    "EventProxy", "IteratorProxy", "ListProxy", "MakeProxyType", "Namespace",
+    "NamespaceProxy", "PoolProxy", "RebuildProxy", "RemoteError", "Server",
+    "SharedMemoryServer", "State", "Value", "ValueProxy",
+]
+
+fixup_module_metadata(__name__, {name: globals()[name]
+                                 for name in __all__ + _MORE
+                                 if globals()[name].__module__.startswith("polyproc._manager")})

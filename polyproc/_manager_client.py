@@ -1,0 +1,259 @@
+"""Client side of the managers: the connections one process keeps to a server.
+
+One ``ManagerClient`` per (process, manager address, key).  It owns:
+
+* a **lifeline** connection, opened once and never written to after its
+  ``Hello``: the server counts this process's references against the
+  lifeline's session and drops them all when it closes, so a process
+  killed in the middle of a call cannot leak objects;
+* one **call connection per thread** (as the stdlib's proxies do), so a
+  call that blocks in the server (``Queue.get``) blocks only its thread;
+* a queue of pending ``DecRef``s.
+
+Why releases are queued: a proxy is released by a ``weakref.finalize``
+callback, which the garbage collector may run in any thread at any moment,
+including in the middle of a call on that thread's own connection.
+Writing a frame there would corrupt the stream, so the callback only
+appends the id; it is sent at once when the thread's connection is idle,
+or else in front of the next request (``DecRef`` needs no reply, so this
+costs no round trip).
+
+After ``fork`` the child closes its copies of the parent's sockets and
+starts with no clients: a connection is never shared by two processes.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import ssl
+import threading
+from typing import Any
+
+from ._exceptions import (AuthenticationError, FrameTooLargeError,
+                          ManagerConnectionError, ManagerProtocolError)
+from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+                            DEFAULT_MAX_FRAME_SIZE, Address, Channel, DecRef,
+                            Hello, client_handshake, connect,
+                            describe_address)
+from ._serialization import dumps, loads, release
+
+__all__ = ["ManagerClient", "get_client", "drop_client", "queue_decref",
+           "register_client_options"]
+
+
+class ManagerClient:
+    """This process's connections to the manager at *address*."""
+
+    def __init__(self, address: Address, authkey: bytes,
+                 ssl_context: ssl.SSLContext | None = None,
+                 connect_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE):
+        self.address = address
+        self.authkey = bytes(authkey)
+        self.ssl_context = ssl_context
+        self.connect_timeout = connect_timeout
+        self.max_frame_size = max_frame_size
+        self.session = os.urandom(16)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._lifeline_lock = threading.Lock()
+        self._lifeline: Channel | None = None
+        self._channels: list[Channel] = []
+        self.pending_decrefs: collections.deque = collections.deque()
+
+    def _connect(self, lifeline: bool) -> Channel:
+        where = describe_address(self.address)
+        sock = None
+        try:
+            sock = connect(self.address, self.connect_timeout, self.ssl_context)
+            sock.settimeout(self.connect_timeout)
+            client_handshake(sock, self.authkey, self.address)
+            chan = Channel(sock, self.max_frame_size, DEFAULT_FRAME_TIMEOUT)
+            chan.send(dumps(Hello(self.session, lifeline)))
+        except AuthenticationError:
+            if sock is not None:
+                sock.close()
+            raise
+        except (OSError, EOFError) as exc:
+            if sock is not None:
+                sock.close()
+            raise ManagerConnectionError(
+                f"cannot connect to the manager at {where}: {exc!r}. The "
+                "manager server is not running (it was shut down or died), "
+                "or the address is wrong.", self.address) from exc
+        with self._lock:
+            self._channels.append(chan)
+        return chan
+
+    def channel(self) -> Channel:
+        """This thread's call connection (opened on first use)."""
+        chan = getattr(self._local, "chan", None)
+        if chan is None:
+            if self._lifeline is None:
+                # One lifeline per session, ever: closing a second one would
+                # make the server drop the whole session's references.
+                with self._lifeline_lock:
+                    if self._lifeline is None:
+                        self._lifeline = self._connect(True)
+            chan = self._local.chan = self._connect(False)
+        return chan
+
+    def request(self, msg: Any, what: str) -> Any:
+        """Send *msg*, wait for its reply, return the reply message.
+
+        Raises ``SerializationError`` when *msg* cannot be pickled (nothing
+        was sent), ``ManagerConnectionError`` when the server is gone.  A
+        call interrupted while it waits (``KeyboardInterrupt``) abandons
+        this thread's connection, whose next frame would be a stale reply.
+        """
+        chan = self.channel()
+        payload = chan.dumps(msg, what)
+        chan.busy = True
+        try:
+            if self.pending_decrefs:
+                self._flush(chan)
+            chan.send(payload)
+        except FrameTooLargeError:
+            release(payload)
+            chan.busy = False
+            raise               # refused before anything was written
+        except BaseException as exc:
+            release(payload)
+            chan.busy = False
+            self._discard(chan)
+            if isinstance(exc, OSError):
+                raise ManagerConnectionError(
+                    f"lost the connection to the manager at "
+                    f"{describe_address(self.address)} during {what}: "
+                    f"{exc!r}. The manager server died or was shut down.",
+                    self.address) from exc
+            raise
+        try:
+            frame = chan.recv()
+        except (OSError, EOFError, ManagerProtocolError) as exc:
+            self._discard(chan)
+            raise ManagerConnectionError(
+                f"lost the connection to the manager at "
+                f"{describe_address(self.address)} during {what}: {exc!r}. "
+                "The manager server died or was shut down.",
+                self.address) from exc
+        except BaseException:
+            self._discard(chan)
+            raise
+        finally:
+            chan.busy = False
+        return loads(frame, "manager reply")
+
+    def _flush(self, chan: Channel) -> None:
+        idents = []
+        pending = self.pending_decrefs
+        while pending:
+            try:
+                idents.append(pending.popleft())
+            except IndexError:
+                break
+        if idents:
+            chan.send(dumps(DecRef(tuple(idents))))
+
+    def flush_if_idle(self) -> None:
+        """Send queued releases now if this thread's connection is idle."""
+        chan = getattr(self._local, "chan", None)
+        if chan is None or chan.busy:
+            return
+        chan.busy = True
+        try:
+            self._flush(chan)
+        except Exception:
+            self._discard(chan)
+        finally:
+            chan.busy = False
+
+    def _discard(self, chan: Channel) -> None:
+        if getattr(self._local, "chan", None) is chan:
+            self._local.chan = None
+        with self._lock:
+            if chan in self._channels:
+                self._channels.remove(chan)
+        chan.close()
+
+    def close(self) -> None:
+        """Close every connection (the server then drops our references)."""
+        with self._lock:
+            channels, self._channels = self._channels, []
+            self._lifeline = None
+        for chan in channels:
+            chan.close()
+        self._local = threading.local()
+
+
+# --- the process's clients ---------------------------------------------------
+
+_clients: dict[tuple, ManagerClient] = {}
+_clients_lock = threading.Lock()
+# Per-address options a process learns from its managers (a client SSL
+# context, the key); fork children inherit them, so proxies passed to
+# forked workers reach a TLS or explicit-key manager too.
+_options: dict[Any, dict] = {}
+
+
+def register_client_options(address: Address, **options: Any) -> None:
+    _options.setdefault(_key_address(address), {}).update(options)
+
+
+def known_authkey(address: Address) -> bytes | None:
+    return _options.get(_key_address(address), {}).get("authkey")
+
+
+def _key_address(address: Address) -> Any:
+    return tuple(address) if isinstance(address, list) else address
+
+
+def get_client(address: Address, authkey: bytes) -> ManagerClient:
+    key = (_key_address(address), bytes(authkey))
+    client = _clients.get(key)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                opts = _options.get(key[0], {})
+                client = ManagerClient(
+                    key[0], key[1], opts.get("ssl_context"),
+                    opts.get("connect_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
+                    opts.get("max_frame_size", DEFAULT_MAX_FRAME_SIZE))
+                _clients[key] = client
+    return client
+
+
+def drop_client(address: Address) -> None:
+    """Close and forget every client of *address* (the manager shut down)."""
+    with _clients_lock:
+        keys = [k for k in _clients if k[0] == _key_address(address)]
+        clients = [_clients.pop(k) for k in keys]
+    for client in clients:
+        client.close()
+
+
+def queue_decref(key: tuple, ident: int, pid: int) -> None:
+    """``weakref.finalize`` callback of a proxy: release its reference."""
+    if os.getpid() != pid:
+        return                  # a fork child's copy: the parent holds it
+    client = _clients.get(key)
+    if client is None:
+        return                  # the manager was shut down meanwhile
+    client.pending_decrefs.append(ident)
+    try:
+        client.flush_if_idle()
+    except Exception:           # may run during interpreter shutdown
+        pass
+
+
+def _after_fork_in_child() -> None:
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    for client in list(_clients.values()):
+        for chan in list(client._channels):
+            chan.close()        # only this process's copy of the socket
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,432 @@
+"""The manager server: keeps the shared objects and runs the calls on them.
+
+::
+
+    client process                          server process
+    ---------------                         ----------------------------------
+    proxy._callmethod ──Call──▶ Channel ──▶ _serve_connection thread (one per
+                      ◀──Ok/NewProxy/Failed──   connection) ──▶ Server._call
+    lifeline Channel ────────── (idle) ───▶ _serve_connection: on EOF drop the
+                                            session's references
+    manager.shutdown ── control pipe ─────▶ _watch_control (in _manager.py)
+
+Threads, as in the stdlib's ``Server``: the accept loop runs in a daemon
+thread, each authenticated connection gets its own thread, and the main
+thread waits for ``stop_event``.  One thread per connection is what lets a
+call block in the server (``Queue.get``, ``Lock.acquire``,
+``Barrier.wait``) without blocking anyone else; a selector loop could not
+run those calls at all.
+
+What the server protects itself against (every case is in
+tests/test_managers_security.py):
+
+* a peer that connects and never speaks, or stalls mid-handshake: dropped
+  after ``handshake_timeout``;
+* a wrong key: ``AuthenticationError`` logged, the connection closed, the
+  others untouched;
+* a flood of unauthenticated connections: at most ``max_pending`` are in
+  the handshake at once, the others are closed on accept;
+* garbage, a length header of 2**62, a half-sent frame: the connection is
+  closed (``Channel`` never allocates more than what arrived);
+* a request that cannot be unpickled, a result that cannot be pickled: a
+  ``Failed`` reply, the connection goes on.
+
+References: every object has a reference count, and every count is
+attributed to a *session* (one client process).  When a session's lifeline
+connection closes (the process exited, or was SIGKILLed in the middle of a
+call), its references are dropped, so a dead client never leaks objects.
+
+Reused from the stdlib: the registry format of ``BaseManager.register``
+(``typeid -> (callable, exposed, method_to_typeid, proxytype)``),
+``multiprocessing.managers.public_methods`` and ``Token``.
+"""
+from __future__ import annotations
+
+import itertools
+import pickle
+import socket
+import ssl
+import sys
+import threading
+import traceback
+from collections import Counter
+from multiprocessing import util
+from multiprocessing.managers import Token, public_methods
+from multiprocessing.process import current_process
+from typing import Any, NamedTuple
+
+from ._exceptions import (AuthenticationError, FrameTooLargeError,
+                          ManagerProtocolError, SerializationError)
+from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+                            DEFAULT_MAX_FRAME_SIZE, Address, Call, Channel,
+                            Control, Create, DecRef, Failed, FailedText,
+                            Hello, IncRef, NewProxy, Ok, default_address,
+                            listen, server_handshake)
+from ._serialization import loads, release
+
+__all__ = ["Server"]
+
+_SERVER_SESSION = b"<server>"     # references held by proxies inside the server
+
+
+class _Managed(NamedTuple):
+    obj: Any
+    exposed: frozenset
+    method_to_typeid: dict | None
+
+
+class Server:
+    """Serves the objects of one manager.  ``serve_forever()`` runs it.
+
+    Extra keyword arguments (polyproc): ``ssl_context`` (a server-side
+    ``ssl.SSLContext``: every connection is wrapped in TLS before the key
+    handshake), ``max_frame_size``, ``handshake_timeout``,
+    ``frame_timeout`` (seconds) and ``max_pending`` (connections in the
+    handshake at once).
+    """
+
+    def __init__(self, registry: dict, address: Address | None,
+                 authkey: bytes, serializer: str = "pickle", *,
+                 ssl_context: ssl.SSLContext | None = None,
+                 max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+                 frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+                 max_pending: int = 256):
+        if not isinstance(authkey, bytes):
+            raise TypeError(f"authkey should be a byte string, not "
+                            f"{type(authkey).__name__}")
+        self.registry = registry
+        self.authkey = bytes(authkey)
+        self.serializer = serializer
+        self.ssl_context = ssl_context
+        self.max_frame_size = max_frame_size
+        self.handshake_timeout = handshake_timeout
+        self.frame_timeout = frame_timeout
+        self.listener, self.address = listen(address or default_address())
+        self.id_to_obj: dict[int, _Managed] = {}
+        self.id_to_refcount: dict[int, int] = {}
+        self.sessions: dict[bytes, Counter] = {_SERVER_SESSION: Counter()}
+        self.mutex = threading.Lock()
+        self.stop_event = threading.Event()
+        self._ids = itertools.count(1)
+        self._pending = threading.BoundedSemaphore(max_pending)
+
+    # --- life cycle -------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Run the server until it is shut down, then exit the process.
+
+        Like the stdlib's, it ends with ``sys.exit(0)``: the server process
+        is meant to do nothing else.
+        """
+        current_process()._manager_server = self
+        try:
+            accepter = threading.Thread(target=self._accept_loop, daemon=True,
+                                        name="polyproc-manager-accept")
+            accepter.start()
+            try:
+                while not self.stop_event.is_set():
+                    self.stop_event.wait(1)
+            except (KeyboardInterrupt, SystemExit):
+                pass
+        finally:
+            self.close()
+            sys.exit(0)
+
+    def stop(self) -> None:
+        """Ask ``serve_forever`` to return (from any thread)."""
+        self.stop_event.set()
+
+    def close(self) -> None:
+        """Stop listening and run the shutdown hook; idempotent."""
+        self.stop_event.set()
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+        if isinstance(self.address, str):
+            try:
+                import os
+                os.unlink(self.address)
+            except OSError:
+                pass
+        self.on_shutdown()
+
+    def on_shutdown(self) -> None:
+        """Hook for subclasses (``SharedMemoryManager`` unlinks segments)."""
+
+    # --- connections --------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                if self.stop_event.is_set():
+                    return
+                # EMFILE and friends: back off instead of spinning.
+                self.stop_event.wait(0.05)
+                continue
+            if not self._pending.acquire(blocking=False):
+                util.debug("manager: too many connections in the handshake; "
+                           "dropping one")
+                sock.close()
+                continue
+            threading.Thread(target=self._serve_connection, args=(sock,),
+                             daemon=True,
+                             name="polyproc-manager-conn").start()
+
+    def _open(self, sock: socket.socket) -> tuple[Channel, Hello]:
+        """Handshake (TLS, key, ``Hello``) under ``handshake_timeout``."""
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.handshake_timeout)
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True)
+        server_handshake(sock, self.authkey)
+        chan = Channel(sock, self.max_frame_size, self.frame_timeout)
+        sock.settimeout(self.handshake_timeout)
+        hello = loads(chan.recv(), "manager hello")
+        sock.settimeout(None)
+        if type(hello) is not Hello:
+            raise ManagerProtocolError(f"expected Hello, got {type(hello).__name__}")
+        return chan, hello
+
+    def _serve_connection(self, sock: socket.socket) -> None:
+        try:
+            try:
+                chan, hello = self._open(sock)
+            finally:
+                self._pending.release()
+        except (OSError, EOFError, AuthenticationError, ManagerProtocolError,
+                SerializationError) as exc:
+            util.debug("manager: dropped a connection in the handshake: %r", exc)
+            sock.close()
+            return
+        try:
+            with self.mutex:
+                session = self.sessions.setdefault(hello.session, Counter())
+            if hello.lifeline:
+                self._wait_for_close(chan)
+                self._release_session(hello.session)
+            else:
+                self._serve_requests(chan, session)
+        finally:
+            chan.close()
+
+    @staticmethod
+    def _wait_for_close(chan: Channel) -> None:
+        """Block until the lifeline's peer is gone (it never sends)."""
+        try:
+            while chan.sock.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def _serve_requests(self, chan: Channel, session: Counter) -> None:
+        recv, send, encode = chan.recv, chan.send, chan.dumps
+        while True:
+            try:
+                frame = recv()
+            except (EOFError, OSError, ManagerProtocolError) as exc:
+                if not isinstance(exc, EOFError):
+                    util.debug("manager: closing a connection: %r", exc)
+                return
+            try:
+                msg = loads(frame, "manager request")
+            except SerializationError as exc:
+                reply: Any = self._failure(exc)
+            else:
+                reply = self._dispatch(msg, session)
+            if reply is None:
+                continue
+            try:
+                payload = encode(reply, "manager reply")
+            except SerializationError as exc:
+                payload = encode(self._failure(exc))
+            try:
+                try:
+                    send(payload)
+                except FrameTooLargeError as exc:
+                    release(payload)
+                    send(encode(self._failure(exc)))
+            except OSError:
+                release(payload)     # its shared memory, if any
+                return
+
+    # --- requests -------------------------------------------------------------
+
+    def _dispatch(self, msg: Any, session: Counter) -> Any:
+        kind = type(msg)
+        try:
+            if kind is Call:
+                return self._call(msg, session)
+            if kind is DecRef:
+                self._decref(session, msg.idents)
+                return None
+            if kind is Create:
+                return self._create(msg, session)
+            if kind is IncRef:
+                self._incref(session, msg.ident)
+                return Ok(None)
+            if kind is Control:
+                return self._control(msg)
+            raise ManagerProtocolError(f"unexpected message {kind.__name__}")
+        except Exception as exc:
+            return self._failure(exc)
+
+    def _call(self, msg: Call, session: Counter) -> Any:
+        try:
+            entry = self.id_to_obj[msg.ident]
+        except KeyError:
+            raise ReferenceError(
+                f"managed object {msg.ident} no longer exists: every proxy "
+                "to it was released") from None
+        method = msg.method
+        obj = entry.obj
+        if method in entry.exposed:
+            function = getattr(obj, method)
+        elif method in _FALLBACKS:
+            function = _FALLBACKS[method].__get__(obj)
+        else:
+            raise AttributeError(
+                f"method {method!r} of {type(obj).__name__!r} object is not "
+                f"in exposed={tuple(sorted(entry.exposed))!r}")
+        try:
+            result = function(*msg.args, **msg.kwds)
+        except Exception as exc:
+            return self._failure(exc)
+        if entry.method_to_typeid:
+            typeid = entry.method_to_typeid.get(method)
+            if typeid is not None:
+                return self._new_proxy(typeid, result, session, True)
+        return Ok(result)
+
+    def _create(self, msg: Create, session: Counter) -> NewProxy:
+        try:
+            callable_ = self.registry[msg.typeid][0]
+        except KeyError:
+            raise ValueError(f"unknown typeid {msg.typeid!r}") from None
+        if callable_ is None:
+            if msg.kwds or len(msg.args) != 1:
+                raise ValueError(f"typeid {msg.typeid!r} has no callable: pass "
+                                 "exactly one object to manage")
+            obj = msg.args[0]
+        else:
+            obj = callable_(*msg.args, **msg.kwds)
+        return self._new_proxy(msg.typeid, obj, session, False)
+
+    def _new_proxy(self, typeid: str, obj: Any, session: Counter,
+                   with_proxytype: bool) -> NewProxy:
+        _, exposed, method_to_typeid, proxytype = self.registry[typeid]
+        if exposed is None:
+            exposed = public_methods(obj)
+        if method_to_typeid is not None:
+            exposed = list(exposed) + [m for m in method_to_typeid
+                                       if m not in exposed]
+        ident = next(self._ids)
+        with self.mutex:
+            self.id_to_obj[ident] = _Managed(obj, frozenset(exposed),
+                                             method_to_typeid)
+            self.id_to_refcount[ident] = 1
+            session[ident] += 1
+        token = Token(typeid, self.address, ident)
+        return NewProxy(token, tuple(exposed),
+                        proxytype if with_proxytype else None)
+
+    def _control(self, msg: Control) -> Ok:
+        command = msg.command
+        if command == "dummy":
+            return Ok(None)
+        if command == "shutdown":
+            self.stop_event.set()
+            return Ok(None)
+        if command == "number_of_objects":
+            with self.mutex:
+                return Ok(len(self.id_to_obj))
+        if command == "debug_info":
+            with self.mutex:
+                lines = [f"  {ident}:       refcount={self.id_to_refcount[ident]}"
+                         f"\n    {str(entry.obj)[:75]}"
+                         for ident, entry in sorted(self.id_to_obj.items())]
+            return Ok("\n".join(lines))
+        if command == "get_methods":
+            return Ok(tuple(self.id_to_obj[msg.args[0]].exposed))
+        raise ValueError(f"unknown manager command {command!r}")
+
+    # --- references -------------------------------------------------------------
+
+    def _incref(self, session: Counter, ident: int) -> None:
+        with self.mutex:
+            if ident not in self.id_to_refcount:
+                raise ReferenceError(
+                    f"managed object {ident} no longer exists: every proxy "
+                    "to it was released before this one was unpickled")
+            self.id_to_refcount[ident] += 1
+            session[ident] += 1
+
+    def _decref(self, session: Counter, idents: tuple) -> None:
+        dropped = []
+        with self.mutex:
+            for ident in idents:
+                if session.get(ident, 0) <= 0:
+                    continue            # not ours to release: ignore
+                session[ident] -= 1
+                if not session[ident]:
+                    del session[ident]
+                dropped.append(self._drop_one(ident, 1))
+        del dropped   # the objects die here, outside the mutex
+
+    def _drop_one(self, ident: int, count: int) -> Any:
+        left = self.id_to_refcount.get(ident, 0) - count
+        if left > 0:
+            self.id_to_refcount[ident] = left
+            return None
+        self.id_to_refcount.pop(ident, None)
+        return self.id_to_obj.pop(ident, None)
+
+    def _release_session(self, session_id: bytes) -> None:
+        with self.mutex:
+            session = self.sessions.pop(session_id, None) or Counter()
+            dropped = [self._drop_one(ident, count)
+                       for ident, count in session.items()]
+        if dropped:
+            util.debug("manager: released %d objects of a closed session",
+                       len(dropped))
+        del dropped
+
+    # References held by proxies rebuilt inside the server (nested proxies).
+    def local_incref(self, ident: int) -> None:
+        self._incref(self.sessions[_SERVER_SESSION], ident)
+
+    def local_decref(self, ident: int) -> None:
+        self._decref(self.sessions[_SERVER_SESSION], (ident,))
+
+    # --- errors -------------------------------------------------------------------
+
+    @staticmethod
+    def _failure(exc: BaseException) -> Failed | FailedText:
+        text = "".join(traceback.format_exception(exc))
+        try:
+            pickle.loads(pickle.dumps(exc, 5))
+        except Exception:
+            return FailedText(type(exc).__qualname__, str(exc), text)
+        return Failed(exc, text)
+
+
+def _fallback_getvalue(obj: Any) -> Any:
+    return obj
+
+
+def _fallback_str(obj: Any) -> str:
+    return str(obj)
+
+
+def _fallback_repr(obj: Any) -> str:
+    return repr(obj)
+
+
+# What the stdlib's ``Server.fallback_mapping`` provides for objects that do
+# not expose these names.
+_FALLBACKS = {"#GETVALUE": _fallback_getvalue, "__str__": _fallback_str,
+              "__repr__": _fallback_repr}
