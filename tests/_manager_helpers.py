@@ -1,0 +1,142 @@
+"""Spawn targets and servers for the managers tests (importable by children).
+
+Run as a script it serves a queue and a dict on loopback, for the remote
+tests: ``python _manager_helpers.py serve AUTHKEY_HEX`` prints the port on
+its first line, then serves until killed.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import socket
+import sys
+import time
+
+from polyproc.managers import BaseManager, DictProxy
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
+    """Poll *predicate* until it is true or *timeout* seconds passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+# --- targets for Process / Pool / Executor --------------------------------------
+
+def set_item(d, key, value) -> None:
+    d[key] = value
+
+
+def set_item_task(args) -> int:
+    d, key, value = args
+    d[key] = value
+    return key
+
+
+def append_and_put(lst, q, value) -> None:
+    lst.append(value)
+    q.put(("done", value))
+
+
+def echo_queue(inq, outq, n: int) -> None:
+    for _ in range(n):
+        outq.put(inq.get())
+
+
+def hold_objects_then_block(manager_address, authkey: bytes, q, ready) -> None:
+    """Create objects in the manager, then block inside a call (``q.get``)."""
+    from polyproc.managers import SyncManager
+    m = SyncManager(address=manager_address, authkey=authkey)
+    m.connect()
+    held = [m.list(range(3)) for _ in range(5)]    # noqa: F841 (kept alive)
+    ready.set()
+    q.get()                                          # killed while in here
+    time.sleep(60)
+
+
+def lock_then_block(lock, q, ready) -> None:
+    lock.acquire()
+    ready.set()
+    q.get()
+
+
+def start_manager_and_report(outq) -> None:
+    """A process that starts a manager and reports its server's pid."""
+    import polyproc
+    m = polyproc.Manager()
+    outq.put(m._process.pid)
+    time.sleep(60)      # killed by the test
+
+
+def incr_namespace(ns, lock, n: int) -> None:
+    for _ in range(n):
+        with lock:
+            ns.count = ns.count + 1
+
+
+# --- the remote pattern ------------------------------------------------------------
+
+_queue: queue.Queue = queue.Queue()
+_dict: dict = {}
+
+
+def get_queue() -> queue.Queue:
+    return _queue
+
+
+def get_dict() -> dict:
+    return _dict
+
+
+class QueueManager(BaseManager):
+    """Server side of the stdlib's "Using a remote manager" example."""
+
+
+QueueManager.register("get_queue", callable=get_queue)
+QueueManager.register("get_dict", callable=get_dict, proxytype=DictProxy)
+
+
+class RemoteClient(BaseManager):
+    """Client side: registers the names only, as the stdlib example does."""
+
+
+RemoteClient.register("get_queue")
+RemoteClient.register("get_dict", proxytype=DictProxy)
+
+
+def remote_producer(port: int, authkey: bytes, n: int) -> None:
+    m = RemoteClient(address=("127.0.0.1", port), authkey=authkey)
+    m.connect()
+    q = m.get_queue()
+    d = m.get_dict()
+    for i in range(n):
+        q.put(i)
+    d["producer_pid"] = os.getpid()
+
+
+def serve(authkey: bytes, host: str = "127.0.0.1") -> None:
+    m = QueueManager(address=(host, 0), authkey=authkey)
+    server = m.get_server()
+    print(server.address[1], flush=True)
+    server.serve_forever()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.argv[1] == "serve":
+        serve(bytes.fromhex(sys.argv[2]))
+    elif sys.argv[1] == "produce":
+        remote_producer(int(sys.argv[2]), bytes.fromhex(sys.argv[3]),
+                        int(sys.argv[4]))
