@@ -322,6 +322,16 @@ class SimpleQueue(_RingQueue):
         self._closed = True
 
 
+def __getattr__(name: str) -> Any:
+    # Other names of the stdlib module (``_ForkingPickler``, ``is_exiting``...)
+    # that stdlib code may import from here.
+    import multiprocessing.queues as _std
+    try:
+        return getattr(_std, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
 if not _queue_shm.AVAILABLE:  # pragma: no cover - non-Linux
     from multiprocessing.queues import (JoinableQueue, Queue,  # noqa: F811
                                         SimpleQueue)

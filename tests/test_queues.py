@@ -172,6 +172,15 @@ def test_joinable_join_waits_for_task_done_in_another_process(ctx_fs):
     assert worker.exitcode == 0 and q.qsize() == 0
 
 
+def test_module_mirrors_the_stdlib_module():
+    import multiprocessing.queues as std
+    assert queues.Empty is queue.Empty and queues.Full is queue.Full
+    assert queues.__all__ == std.__all__
+    assert queues._ForkingPickler is std._ForkingPickler   # other names forwarded
+    with pytest.raises(AttributeError):
+        queues.no_such_name
+
+
 def test_exceptions_are_the_stdlib_ones():
     assert queues.Queue.__module__ == "polyproc.queues"
     assert issubclass(QueueGoneError, FileNotFoundError)
