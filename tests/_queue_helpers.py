@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import time
 
 from polyproc import _queue_ring, _queue_shm
 
@@ -125,3 +126,18 @@ def block_on_pipe(conn, started) -> None:
     """Hold a pipe end and block reading it until killed."""
     started.set()
     conn.recv()
+
+
+def get_until_interrupted(q, ready, out) -> None:
+    """Block in get() until SIGINT; report what happened and that q still works."""
+    ready.set()
+    start = None
+    try:
+        q.get(timeout=30)
+        out.put(("got an item", 0.0, -1))
+    except KeyboardInterrupt:
+        start = time.monotonic()
+        q.put("after Ctrl-C")
+        value = q.get(timeout=5)
+        waiters = q._ring._h[_queue_ring._GET_WAITERS]
+        out.put((value, time.monotonic() - start, waiters))

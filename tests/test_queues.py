@@ -474,6 +474,32 @@ def test_consumer_sigkilled_mid_get_while_others_go_on(ctx_fs):
         assert q.get(timeout=5) == "still works"
 
 
+@pytest.mark.timeout(30)
+def test_ctrl_c_interrupts_a_blocked_get_and_leaves_the_queue_clean(ctx_fs):
+    q = ctx_fs.Queue()
+    out = ctx_fs.Queue()
+    ready = ctx_fs.Event()
+    child = ctx_fs.Process(target=helpers.get_until_interrupted, args=(q, ready, out))
+    child.start()
+    assert ready.wait(20)
+    # Wait (bounded) until the child sleeps in get(): it registers as a waiter.
+    deadline = time.monotonic() + 10
+    while _waiters(q) == 0:
+        assert time.monotonic() < deadline, "child never blocked in get()"
+    sent = time.monotonic()
+    os.kill(child.pid, signal.SIGINT)
+    value, _, waiters = out.get(timeout=10)
+    assert time.monotonic() - sent < 1.0 + LATE
+    assert value == "after Ctrl-C" and waiters == 0
+    child.join(10)
+    assert child.exitcode == 0
+
+
+def _waiters(q) -> int:
+    from polyproc import _queue_ring
+    return q._ring._h[_queue_ring._GET_WAITERS]
+
+
 # ------------------------------------------------------------ growth, files
 
 @pytest.mark.timeout(30)
