@@ -79,7 +79,7 @@ import sys
 import warnings
 from typing import Any, Callable, NamedTuple
 
-from . import _shm
+from . import _shm, _shm_pool
 from ._exceptions import SerializationError
 
 __all__ = ["dumps", "loads", "release", "dumps_function", "describe",
@@ -89,9 +89,10 @@ PROTOCOL = 5
 
 # Buffers (and whole pickle streams) of this many bytes or more travel
 # through shared memory.  Measured with benchmarks/bench_zero_copy.py
-# (scenario "zero-copy threshold"): through a Pipe, shared memory wins from
-# about 256 KiB on; 1 MiB leaves the segment's fixed cost (a tracker message,
-# shm_open, mmap: ~50 us) under 10% of the transfer.
+# (scenarios zero_copy_threshold_*, arrays through a Pipe): shared memory
+# loses at 64 KiB (0.24x the in-band path) and 256 KiB (0.7x), and wins
+# from 1 MiB on (1.9x; 3.6x at 4 MiB): a segment's fixed cost (tracker
+# message, shm_open, mmap, page faults: ~100 us) stops mattering there.
 ZERO_COPY_THRESHOLD = 1 << 20
 
 # First bytes of a zero-copy payload.  0xff is no pickle opcode, so a plain
@@ -264,19 +265,36 @@ def _to_shared_memory(stream: bytes, large: list[pickle.PickleBuffer],
     created: list[_shm.SegmentRef] = []
     try:
         for buffer in large:
-            created.append(_shm.create(buffer.raw()))
+            created.append(_new_segment(buffer.raw()))
         if len(stream) >= ZERO_COPY_THRESHOLD:
-            body: bytes | _shm.SegmentRef = _shm.create(memoryview(stream))
+            body: bytes | _shm.SegmentRef = _new_segment(memoryview(stream))
             created.append(body)
         else:
             body = stream
     except OSError as error:
         for ref in created:
-            _shm.unlink(ref.name)
+            _release_segment(ref)
         return _in_band_fallback(obj, what, dumps_with, stream, large, error)
     buffers = tuple(created[:len(large)])
     header = pickle.dumps(ZeroCopyPayload(body, buffers), PROTOCOL)
     return MAGIC + header
+
+
+def _new_segment(data: memoryview) -> _shm.SegmentRef:
+    # A recycled segment when the pool has room (see _shm_pool.py), else
+    # a one-shot one.
+    return _shm_pool.acquire(data) or _shm.create(data)
+
+
+def _attach_segment(ref: _shm.SegmentRef) -> memoryview:
+    return _shm_pool.attach(ref) if ref.recycled else _shm.attach(ref)
+
+
+def _release_segment(ref: _shm.SegmentRef) -> None:
+    if ref.recycled:
+        _shm_pool.release(ref)
+    else:
+        _shm.unlink(ref.name)
 
 
 _warned_fallback = False
@@ -342,9 +360,9 @@ def _attach_all(header: ZeroCopyPayload, what: str):
     mappings, failure = [], None
     for ref in refs:
         try:
-            mappings.append(_shm.attach(ref))
+            mappings.append(_attach_segment(ref))
         except (OSError, ValueError) as error:
-            _shm.unlink(ref.name)
+            _release_segment(ref)
             failure = failure or (ref, error)
     if failure is not None:
         ref, error = failure
@@ -377,10 +395,7 @@ def _loads_zero_copy(payload, what: str) -> Any:
         ) from error
     finally:
         if stream_mapping is not None:
-            try:
-                stream_mapping.close()  # its data was copied into objects
-            except BufferError:
-                pass  # still exported somewhere: freed when that goes
+            stream_mapping.release()  # its data was copied into objects
 
 
 def release(payload: bytes | bytearray | memoryview) -> None:
@@ -396,9 +411,9 @@ def release(payload: bytes | bytearray | memoryview) -> None:
     except Exception:
         return
     for ref in header.buffers:
-        _shm.unlink(ref.name)
+        _release_segment(ref)
     if isinstance(header.stream, _shm.SegmentRef):
-        _shm.unlink(header.stream.name)
+        _release_segment(header.stream)
 
 
 # -- Functions ----------------------------------------------------------------------

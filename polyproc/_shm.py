@@ -38,14 +38,19 @@ try:
 except ImportError:  # Windows: no POSIX shared memory; callers use the pipe
     _posixshmem = None  # type: ignore[assignment]
 
-__all__ = ["SegmentRef", "SegmentGoneError", "create", "attach", "unlink",
-           "session_prefix"]
+__all__ = ["SegmentRef", "SegmentGoneError", "create", "create_recyclable",
+           "open_existing", "attach", "unlink", "session_prefix"]
 
 
 class SegmentRef(NamedTuple):
     """What a payload carries about one segment: enough to find and check it."""
     name: str   # POSIX name, with its leading "/"
     size: int   # bytes of data in the segment
+    # A one-shot segment (False) holds just the data and is unlinked by its
+    # receiver; a recycled one (True, see _shm_pool.py) starts with a
+    # header page and goes back to its sender when the receiver is done.
+    recycled: bool = False
+    generation: int = 0  # which filling of a recycled segment this payload is
 
 
 class SegmentGoneError(FileNotFoundError):
@@ -57,10 +62,25 @@ def session_prefix() -> str:
     return _shm_tracker.session().prefix
 
 
-def _new_name() -> str:
-    # pp<session token>_<creator pid>_<random>: at most 27 characters, under
-    # macOS's 31; the session part lets the tracker and tests find them.
-    return f"/{session_prefix()}{os.getpid():x}_{secrets.token_hex(4)}"
+def _new_name(recycled: bool = False) -> str:
+    # pp<session token>_<creator pid>_[r]<random>: at most 28 characters,
+    # under macOS's 31.  The session part lets the tracker and tests find
+    # them; the creator pid and the "r" of recycled segments let the
+    # tracker deal with segments whose creator died (_shm_pool.sweep).
+    kind = "r" if recycled else ""
+    return f"/{session_prefix()}{os.getpid():x}_{kind}{secrets.token_hex(4)}"
+
+
+def creator_pid(name: str) -> int | None:
+    """The pid of the process that created segment *name* (None if not ours)."""
+    try:
+        return int(name.rsplit("_", 2)[1], 16)
+    except (IndexError, ValueError):
+        return None
+
+
+def is_recyclable_name(name: str) -> bool:
+    return name.rsplit("_", 1)[-1].startswith("r")
 
 
 def _open_new(name: str) -> int:
@@ -70,10 +90,10 @@ def _open_new(name: str) -> int:
     return _posixshmem.shm_open(name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    offset, size = 0, data.nbytes
-    while offset < size:
-        offset += os.pwrite(fd, data[offset:], offset)
+def _write_all(fd: int, data: memoryview, at: int = 0) -> None:
+    done, size = 0, data.nbytes
+    while done < size:
+        done += os.pwrite(fd, data[done:], at + done)
 
 
 def create(data: memoryview) -> SegmentRef:
@@ -102,20 +122,52 @@ def create(data: memoryview) -> SegmentRef:
     return SegmentRef(name, data.nbytes)
 
 
-def attach(ref: SegmentRef) -> mmap.mmap:
-    """Open, unlink and map the segment *ref*; returns the writable mapping.
+def create_recyclable(data: memoryview, header: int) -> tuple[SegmentRef, mmap.mmap]:
+    """Like ``create``, with *header* zero bytes before the data.
 
-    After this call nothing is left in ``/dev/shm``: the memory lives as
-    long as the returned mapping (and every view of it).  Raises
-    ``SegmentGoneError`` when the segment does not exist any more, and
-    ``ValueError`` when it is not the size the payload says.
+    Returns the reference and the sender's own shared mapping of the whole
+    segment, through which ``_shm_pool`` refills it later.
     """
+    name = _new_name(recycled=True)
+    _shm_tracker.register(name)
+    try:
+        fd = _open_new(name)
+    except BaseException:
+        _shm_tracker.unregister(name)
+        raise
+    try:
+        _write_all(fd, memoryview(bytes(header)), 0)
+        _write_all(fd, data, header)
+        m = mmap.mmap(fd, header + data.nbytes, flags=mmap.MAP_SHARED)
+    except BaseException:
+        unlink(name)
+        raise
+    finally:
+        os.close(fd)
+    return SegmentRef(name, data.nbytes, True), m
+
+
+def open_existing(name: str) -> int:
+    """Open segment *name* read-write; raises ``SegmentGoneError`` if missing."""
     if _posixshmem is None:
         raise OSError("POSIX shared memory is not available on this platform")
     try:
-        fd = _posixshmem.shm_open(ref.name, os.O_RDWR, 0o600)
+        return _posixshmem.shm_open(name, os.O_RDWR, 0o600)
     except FileNotFoundError:
-        raise SegmentGoneError(ref.name) from None
+        raise SegmentGoneError(name) from None
+
+
+def attach(ref: SegmentRef) -> memoryview:
+    """Open, unlink and map the one-shot segment *ref*; returns a writable view.
+
+    After this call nothing is left in ``/dev/shm``: the memory lives as
+    long as the returned view (and every object built on it).  The mapping
+    is private (``MAP_PRIVATE``), so it behaves like memory the receiver
+    owns: after a fork, parent and child each see their own writes only.
+    Raises ``SegmentGoneError`` when the segment does not exist any more,
+    and ``ValueError`` when it is not the size the payload says.
+    """
+    fd = open_existing(ref.name)
     try:
         unlink(ref.name)
         size = os.fstat(fd).st_size
@@ -123,8 +175,8 @@ def attach(ref: SegmentRef) -> mmap.mmap:
             # Mapping past the end of the file would SIGBUS on access.
             raise ValueError(f"shared-memory segment {ref.name} holds {size} "
                              f"bytes, the payload says {ref.size}")
-        return mmap.mmap(fd, ref.size, flags=mmap.MAP_SHARED,
-                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        return memoryview(mmap.mmap(fd, ref.size, flags=mmap.MAP_PRIVATE,
+                                    prot=mmap.PROT_READ | mmap.PROT_WRITE))
     finally:
         os.close(fd)
 

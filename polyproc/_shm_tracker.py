@@ -80,6 +80,9 @@ SESSION_ENV = "POLYPROC_SHM_SESSION"
 # After the session looks over, wait this long for a late connection (a
 # spawned child that was handed a segment and has not connected yet).
 GRACE_S = 0.3
+# How often the tracker looks for recycled segments of senders that died
+# (see _shm_pool.sweep), while it holds any names.
+SWEEP_S = 1.0
 _CONNECT_TIMEOUT_S = 5.0
 
 
@@ -162,7 +165,10 @@ def session() -> Session:
 # -- Client side: this process's connection to its session's tracker ---------
 
 _lock = threading.Lock()
-_sock: socket.socket | None = None
+# The connection, as a bare file descriptor: it lives as long as the process
+# (its closing is what tells the tracker the process is gone), so there is
+# no socket object to close, and nothing to warn about at exit.
+_fd: int | None = None
 
 
 def _after_fork_in_child() -> None:
@@ -176,14 +182,14 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _connect_once(address) -> socket.socket:
+def _connect_once(address) -> int:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         s.connect(address)
     except BaseException:
         s.close()
         raise
-    return s
+    return s.detach()
 
 
 def _start_tracker(sess: Session) -> None:
@@ -199,30 +205,30 @@ def _start_tracker(sess: Session) -> None:
         env={**os.environ, SESSION_ENV: sess.encode()})
 
 
-def _connected() -> socket.socket:
+def _connected() -> int:
     """This process's tracker connection; starts the tracker if needed.
 
     Blocks at most about ``_CONNECT_TIMEOUT_S`` (only when the tracker has to
     be started); raises ``OSError`` if no tracker can be reached.
     """
-    global _sock
-    if _sock is not None:
-        return _sock
+    global _fd
+    if _fd is not None:
+        return _fd
     with _lock:
-        if _sock is not None:
-            return _sock
+        if _fd is not None:
+            return _fd
         address = _session.address
         try:
-            _sock = _connect_once(address)
-            return _sock
+            _fd = _connect_once(address)
+            return _fd
         except (ConnectionRefusedError, FileNotFoundError):
             pass
         _start_tracker(_session)
         deadline = time.monotonic() + _CONNECT_TIMEOUT_S
         while True:
             try:
-                _sock = _connect_once(address)
-                return _sock
+                _fd = _connect_once(address)
+                return _fd
             except (ConnectionRefusedError, FileNotFoundError):
                 if time.monotonic() > deadline:
                     raise OSError(errno.ETIMEDOUT,
@@ -231,20 +237,21 @@ def _connected() -> socket.socket:
 
 
 def _send(message: Register | Unregister) -> None:
-    global _sock
+    global _fd
     data = message.encode()
     for attempt in (1, 2):
-        sock = _connected()
+        fd = _connected()
         try:
-            sock.sendall(data, getattr(socket, "MSG_NOSIGNAL", 0))
+            os.write(fd, data)  # one datagram: never interleaved with others'
             return
         except OSError:
             # The tracker died (killed by someone): connect to, or start,
-            # a new one once, then give up.
+            # a new one once, then give up.  (Python ignores SIGPIPE, so a
+            # dead peer is an EPIPE here, not a signal.)
             with _lock:
-                if _sock is sock:
-                    _sock = None
-            sock.close()
+                if _fd == fd:
+                    _fd = None
+                    os.close(fd)
             if attempt == 2:
                 raise
 
@@ -315,6 +322,8 @@ def main() -> None:
     names: set[str] = set()
     clients = 0
     over_since: float | None = None
+    last_sweep = time.monotonic()
+    from . import _shm_pool
     while True:
         over = not root_alive and clients == 0
         if over:
@@ -325,6 +334,8 @@ def main() -> None:
         else:
             over_since = None
             timeout = 0.5 if root == "poll" else None
+            if names:
+                timeout = min(timeout or SWEEP_S, SWEEP_S)
         for key, _ in sel.select(timeout):
             if key.data == "listener":
                 conn, _ = listener.accept()
@@ -350,6 +361,9 @@ def main() -> None:
                     names.add(message.name)
                 else:
                     names.discard(message.name)
+        if names and time.monotonic() - last_sweep >= SWEEP_S:
+            last_sweep = time.monotonic()
+            names.difference_update(_shm_pool.sweep(list(names)))
         if root == "poll" and root_alive:
             try:
                 os.kill(sess.root_pid, 0)

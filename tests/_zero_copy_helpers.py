@@ -17,6 +17,21 @@ def our_segments(prefix: str | None = None) -> list[str]:
     return sorted(f for f in os.listdir("/dev/shm") if f.startswith(prefix))
 
 
+def wait_for_segments(expected: list[str], timeout: float,
+                      prefix: str | None = None) -> None:
+    """Wait until this session's segments are *expected*; bounded.
+
+    Segments of senders that died are the tracker's to unlink, on its next
+    sweep (every second): there is no event to wait on, so this polls.
+    """
+    import time
+    deadline = time.monotonic() + timeout
+    while our_segments(prefix) != expected:
+        if time.monotonic() > deadline:
+            assert our_segments(prefix) == expected
+        time.sleep(0.05)
+
+
 def pattern(nbytes: int, seed: int = 0) -> np.ndarray:
     """A uint8 array whose content depends on *seed* (cheap to make and check)."""
     return (np.arange(nbytes, dtype=np.uint64) * 2654435761 + seed).astype(np.uint8)
@@ -103,3 +118,16 @@ def report_pid_then_block(arr, q) -> None:
     q.put(os.getpid())
     import threading
     threading.Event().wait(60)
+
+
+def check_inherited(arr, conn, nbytes: int, seed: int) -> None:
+    """A fork child: is the array inherited from the parent still intact
+    after the parent dropped its own and sent again?"""
+    conn.recv()
+    conn.send(bool(np.array_equal(arr, pattern(nbytes, seed))))
+
+
+def send_array_then_block(conn, nbytes: int, seed: int) -> None:
+    """Send an array, then wait to be killed (the sender dies uncleanly)."""
+    conn.send(pattern(nbytes, seed))
+    conn.recv()  # never comes: SIGKILL

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import pickle
 import socket
 import warnings
@@ -11,7 +12,7 @@ import pytest
 
 import polyproc
 from polyproc import _serialization as ser
-from polyproc import _shm, _shm_tracker
+from polyproc import _shm, _shm_pool, _shm_tracker
 from polyproc._exceptions import SerializationError
 
 from _zero_copy_helpers import Blob, MiB, our_segments, pattern
@@ -28,6 +29,8 @@ def no_leaks():
     """Every test here must leave /dev/shm as it found it."""
     before = our_segments()
     yield
+    gc.collect()        # received objects die: their segments become FREE
+    _shm_pool.trim()    # and recycled FREE segments are unlinked
     assert our_segments() == before
 
 
@@ -83,7 +86,6 @@ def test_numpy_array_round_trip(nbytes):
     assert back.dtype == arr.dtype and back.shape == arr.shape
     assert np.array_equal(back, arr)
     assert back.flags.writeable
-    assert our_segments() == []
 
 
 @pytest.mark.parametrize("nbytes", SIZES)
@@ -207,32 +209,93 @@ def test_receiver_changes_do_not_show_in_sender():
     assert np.array_equal(arr, pattern(2 * T, seed=9))
 
 
-def test_received_array_outlives_everything_but_itself():
-    back = ser.loads(ser.dumps(pattern(2 * T, seed=10)))
-    assert our_segments() == []  # unlinked at once; the mapping lives on
-    import gc
+@pytest.fixture(params=["one-shot", "recycled"])
+def segment_kind(request, monkeypatch):
+    """Run a test with one-shot segments (pool limit 0) and with recycled ones."""
+    if request.param == "one-shot":
+        monkeypatch.setattr(_shm_pool, "POOL_LIMIT", 0)
+    return request.param
+
+
+def test_received_array_outlives_everything_but_itself(segment_kind):
+    payload = ser.dumps(pattern(2 * T, seed=10))
+    back = ser.loads(payload)
+    assert ser._read_header(payload).buffers[0].recycled == (segment_kind == "recycled")
+    if segment_kind == "one-shot":
+        assert our_segments() == []  # unlinked at once; the mapping lives on
     gc.collect()
+    _shm_pool.trim()
     assert np.array_equal(back, pattern(2 * T, seed=10))
+
+
+# -- Recycled segments --------------------------------------------------------------
+
+def test_a_segment_is_refilled_once_its_receiver_is_done():
+    first = ser.dumps(pattern(2 * T, seed=1))
+    back = ser.loads(first)
+    held = ser.dumps(pattern(2 * T, seed=2))    # `back` is alive: a new segment
+    ref1, ref2 = (ser._read_header(p).buffers[0] for p in (first, held))
+    assert ref1.name != ref2.name
+    del back
+    gc.collect()
+    again = ser.dumps(pattern(2 * T, seed=3))   # refills the first one
+    ref3 = ser._read_header(again).buffers[0]
+    assert (ref3.name, ref3.generation) == (ref1.name, ref1.generation + 1)
+    assert np.array_equal(ser.loads(again), pattern(2 * T, seed=3))
+    assert np.array_equal(ser.loads(held), pattern(2 * T, seed=2))
+    with pytest.raises(SerializationError, match="no longer exists"):
+        ser.loads(first)                        # a stale payload is refused
+
+
+def test_a_held_array_never_changes_when_the_sender_sends_again():
+    back = ser.loads(ser.dumps(pattern(2 * T, seed=4)))
+    for seed in range(5, 9):
+        other = ser.loads(ser.dumps(pattern(2 * T, seed=seed)))
+        assert np.array_equal(other, pattern(2 * T, seed=seed))
+        del other
+        gc.collect()
+    assert np.array_equal(back, pattern(2 * T, seed=4))
+
+
+def test_sizes_that_do_not_fit_get_their_own_segment():
+    small = ser.dumps(pattern(T, 1))
+    ser.loads(small)                            # done at once: FREE
+    gc.collect()
+    big = ser.dumps(pattern(3 * T, 2))          # too big for the free one
+    assert ser._read_header(big).buffers[0].name != ser._read_header(small).buffers[0].name
+    assert np.array_equal(ser.loads(big), pattern(3 * T, 2))
+
+
+def test_pool_limit_falls_back_to_one_shot(monkeypatch):
+    monkeypatch.setattr(_shm_pool, "POOL_LIMIT", 3 * T)
+    payloads = [ser.dumps(pattern(2 * T, i)) for i in range(3)]
+    kinds = [ser._read_header(p).buffers[0].recycled for p in payloads]
+    assert kinds == [True, False, False]
+    for i, p in enumerate(payloads):
+        assert np.array_equal(ser.loads(p), pattern(2 * T, i))
 
 
 # -- Exactly once: loads, release -----------------------------------------------
 
-def test_release_unlinks_and_a_later_loads_says_why():
+def test_release_frees_and_a_later_loads_says_why(segment_kind):
     payload = ser.dumps(pattern(2 * T))
     assert len(our_segments()) == 1
     ser.release(payload)
+    _shm_pool.trim()
     assert our_segments() == []
     ser.release(payload)  # twice: harmless
     with pytest.raises(SerializationError, match="no longer exists"):
         ser.loads(payload)
 
 
-def test_loading_twice_fails_clearly():
+def test_loading_twice_fails_clearly(segment_kind):
     payload = ser.dumps([pattern(T), pattern(T, 1)])
-    ser.loads(payload)
+    back = ser.loads(payload)
     with pytest.raises(SerializationError, match="loads exactly once"):
         ser.loads(payload)
-    ser.release(payload)  # after loads: harmless
+    ser.release(payload)  # after loads: harmless...
+    _shm_pool.trim()
+    assert np.array_equal(back[1], pattern(T, 1))  # ...and `back` is intact
 
 
 def test_release_of_plain_payloads_is_a_no_op():
@@ -241,12 +304,14 @@ def test_release_of_plain_payloads_is_a_no_op():
     ser.release(ser.MAGIC + b"garbage")
 
 
-def test_a_missing_segment_unlinks_the_others():
+def test_a_missing_segment_fails_clearly_and_frees_the_others(segment_kind):
     payload = ser.dumps([pattern(T, 1), pattern(T, 2)])
     first = ser._read_header(payload).buffers[0]
     _shm.unlink(first.name)
     with pytest.raises(SerializationError, match=first.name):
         ser.loads(payload)
+    gc.collect()
+    _shm_pool.trim()
     assert our_segments() == []
 
 
@@ -257,7 +322,6 @@ def test_a_segment_of_the_wrong_size_is_refused():
         buffers=(header.buffers[0]._replace(size=T + 4096),)), 5)
     with pytest.raises(SerializationError, match="cannot be mapped"):
         ser.loads(lying)
-    assert our_segments() == []
 
 
 # -- /dev/shm full, tracker unreachable: fall back to the pipe --------------------
@@ -287,8 +351,8 @@ def test_full_dev_shm_falls_back_to_in_band(monkeypatch, fresh_warning):
 def test_dev_shm_too_small_mid_write_cleans_up_and_falls_back(monkeypatch, fresh_warning):
     real_write = _shm._write_all
 
-    def half_then_enospc(fd, data):
-        real_write(fd, data[: data.nbytes // 2])
+    def half_then_enospc(fd, data, at=0):
+        real_write(fd, data[: data.nbytes // 2], at)
         _enospc()
 
     monkeypatch.setattr(_shm, "_write_all", half_then_enospc)

@@ -7,6 +7,7 @@ parent, a program that exits with data unread).
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 
 import polyproc
 from polyproc import _serialization as ser
-from polyproc import _shm, _shm_tracker
+from polyproc import _shm, _shm_pool, _shm_tracker
 from polyproc.connection import Client, Connection, Listener
 
 import _zero_copy_helpers as h
@@ -34,7 +35,9 @@ N = 4 * MiB  # above the threshold, small enough to keep the tests quick
 def no_leaks():
     before = our_segments()
     yield
-    assert our_segments() == before
+    gc.collect()        # received objects die: their segments become FREE
+    _shm_pool.trim()    # recycled FREE segments are unlinked
+    h.wait_for_segments(before, timeout=5)  # and the tracker's sweep (1 s)
 
 
 def _join(p, timeout=30):
@@ -350,3 +353,44 @@ def test_a_killed_tracker_is_replaced():
     assert _read_tag(proc, "AGAIN") == ["True", "True"]
     assert proc.wait(30) == 0
     _assert_session_cleaned(session_text, prefix)
+
+
+# -- Recycled segments across processes -------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_fork_child_keeps_its_copy_when_the_parent_drops_its_own():
+    ctx = polyproc.get_context("fork")
+    n = 2 * ser.ZERO_COPY_THRESHOLD
+    payload = ser.dumps(pattern(n, 1))
+    ref = ser._read_header(payload).buffers[0]
+    assert ref.recycled
+    back = ser.loads(payload)
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=h.check_inherited, args=(back, child, n, 1))
+    p.start()                   # the child inherits `back`'s mapping
+    del back
+    gc.collect()                # FREE here, but pinned by the fork
+    again = ser.dumps(pattern(n, 2))
+    assert ser._read_header(again).buffers[0].name != ref.name  # not refilled
+    assert np.array_equal(ser.loads(again), pattern(n, 2))
+    parent.send("check")
+    assert parent.poll(30) and parent.recv() is True
+    _join(p)
+
+
+@pytest.mark.timeout(60)
+def test_segments_of_a_sigkilled_sender_are_swept():
+    ctx = polyproc.get_context("fork")
+    before = our_segments()
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=h.send_array_then_block, args=(child, N, 11))
+    p.start()
+    assert parent.poll(30)
+    got = parent.recv()
+    assert np.array_equal(got, pattern(N, 11))
+    del got
+    gc.collect()                # FREE, in the (live) sender's pool
+    assert len(our_segments()) == len(before) + 1
+    os.kill(p.pid, signal.SIGKILL)
+    _join(p)
+    h.wait_for_segments(before, timeout=5)   # the tracker's sweep
