@@ -40,7 +40,8 @@ from multiprocessing.process import AuthenticationString, current_process
 from typing import Any, Callable
 
 from ._exceptions import InsecureAddressError, ProcessError
-from ._manager_client import drop_client, get_client, register_client_options
+from ._manager_client import (drop_client, get_client, register_authkey,
+                              register_client_options)
 from ._manager_proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
                              BarrierProxy, ConditionProxy, DictProxy,
                              EventProxy, IteratorProxy, ListProxy,
@@ -148,15 +149,14 @@ class BaseManager:
             raise ValueError("connect() needs the address of a running manager")
         self._remember_client_options()
         _unwrap(self._client().request(Control("dummy"), "connect"), None)
+        register_authkey(self._address, self._authkey)
         self._state.value = State.STARTED
 
     def _remember_client_options(self) -> None:
-        opts: dict[str, Any] = {"authkey": bytes(self._authkey),
-                                "max_frame_size": self._options["max_frame_size"],
-                                "connect_timeout": self._options["handshake_timeout"]}
-        if self._ssl_context is not None:
-            opts["ssl_context"] = self._ssl_context
-        register_client_options(self._address, **opts)
+        register_client_options(
+            self._address, self._authkey, ssl_context=self._ssl_context,
+            max_frame_size=self._options["max_frame_size"],
+            connect_timeout=self._options["handshake_timeout"])
 
     def _client(self):
         return get_client(self._address, self._authkey)
@@ -198,6 +198,7 @@ class BaseManager:
         finally:
             reader.close()
         self._remember_client_options()
+        register_authkey(self._address, self._authkey)
         self._state.value = State.STARTED
         self._finalizer = util.Finalize(
             self, type(self)._finalize_manager,

@@ -38,7 +38,7 @@ from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
 from ._serialization import dumps, loads, release
 
 __all__ = ["ManagerClient", "get_client", "drop_client", "queue_decref",
-           "register_client_options"]
+           "register_client_options", "register_authkey", "known_authkey"]
 
 
 class ManagerClient:
@@ -190,18 +190,25 @@ class ManagerClient:
 
 _clients: dict[tuple, ManagerClient] = {}
 _clients_lock = threading.Lock()
-# Per-address options a process learns from its managers (a client SSL
-# context, the key); fork children inherit them, so proxies passed to
-# forked workers reach a TLS or explicit-key manager too.
-_options: dict[Any, dict] = {}
+# Options a process learns from its managers, per (address, key): a client
+# SSL context, the frame limit.  And the key of each address, for proxies
+# that arrive without one.  Fork children inherit both, so proxies passed
+# to forked workers reach a TLS or explicit-key manager too.
+_options: dict[tuple, dict] = {}
+_authkeys: dict[Any, bytes] = {}
 
 
-def register_client_options(address: Address, **options: Any) -> None:
-    _options.setdefault(_key_address(address), {}).update(options)
+def register_client_options(address: Address, authkey: bytes,
+                            **options: Any) -> None:
+    _options[(_key_address(address), bytes(authkey))] = options
+
+
+def register_authkey(address: Address, authkey: bytes) -> None:
+    _authkeys[_key_address(address)] = bytes(authkey)
 
 
 def known_authkey(address: Address) -> bytes | None:
-    return _options.get(_key_address(address), {}).get("authkey")
+    return _authkeys.get(_key_address(address))
 
 
 def _key_address(address: Address) -> Any:
@@ -215,7 +222,7 @@ def get_client(address: Address, authkey: bytes) -> ManagerClient:
         with _clients_lock:
             client = _clients.get(key)
             if client is None:
-                opts = _options.get(key[0], {})
+                opts = _options.get(key, {})
                 client = ManagerClient(
                     key[0], key[1], opts.get("ssl_context"),
                     opts.get("connect_timeout", DEFAULT_HANDSHAKE_TIMEOUT),

@@ -140,3 +140,18 @@ if __name__ == "__main__":
     elif sys.argv[1] == "produce":
         remote_producer(int(sys.argv[2]), bytes.fromhex(sys.argv[3]),
                         int(sys.argv[4]))
+
+
+def serve_tls(authkey: bytes, certfile: str, keyfile: str) -> None:
+    import ssl
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    m = QueueManager(address=("127.0.0.1", 0), authkey=authkey,
+                     ssl_context=context)
+    server = m.get_server()
+    print(server.address[1], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__" and sys.argv[1] == "serve-tls":
+    serve_tls(bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4])
