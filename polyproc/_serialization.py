@@ -19,26 +19,34 @@ Pickle protocol 5 hands every buffer it meets (a NumPy array's data, a
 ``PickleBuffer`` of a user type) to a ``buffer_callback``.  Buffers smaller
 than ``ZERO_COPY_THRESHOLD`` stay in the pickle (in-band), exactly as with
 ``pickle.dumps(obj, 5)``.  Larger ones are copied once into a shared-memory
-segment each (``_shm.py``) and only their names travel::
+segment each and only their names travel::
 
     sender                                           receiver
     ------                                           --------
     pickle.dumps(obj, 5, buffer_callback)
       small buffers --> in the pickle stream --+
-      large buffers --> _shm.create (1 copy)   |
-                              |                |
+      large buffers --> _shm_pool.acquire      |
+                        (refill a FREE segment,|
+                         or a new one: 1 copy) |
     payload = MAGIC + ZeroCopyPayload(stream, (SegmentRef, ...))
                               |      pipe / queue / socket
                               +--------------------------------> loads()
-                                                      _shm.attach: open,
-                                                      unlink, mmap (0 copies)
-                                                      pickle.loads(stream,
-                                                          buffers=mappings)
+                                                  _shm_pool.attach: map
+                                                  privately (0 copies)
+                                                  pickle.loads(stream,
+                                                      buffers=views)
+                                                  ... the array dies:
+                    segment FREE again  <-------- finalizer marks it FREE
 
 NumPy arrays come back *backed by the mapping*: no copy on the receiving
-side, and nothing left in ``/dev/shm`` once ``loads`` returns.  The receiver
-gets a private copy all the same, because the sender copied: later changes
-by the sender never show through.
+side.  The receiver gets a private copy all the same, because the sender
+copied and refills a segment only after the receiver's objects are gone:
+later changes by the sender never show through.  Segments are *recycled*
+(``_shm_pool.py``) because a fresh segment costs more than the copy: the
+kernel allocates and zeroes each page, and frees it again.  Where the
+sender's pool is full, a *one-shot* segment (``_shm.py``) is used, which
+the receiver unlinks as it opens it.  The session's tracker
+(``_shm_tracker.py``) removes whatever a crash leaves behind.
 
 The cost for small objects is one extra C-level check: ``dumps`` passes a
 module-level ``buffer_callback`` that keeps small buffers in-band and raises

@@ -36,9 +36,10 @@ sender never refills a pinned segment, it only unlinks it once FREE.
 
 What stays in /dev/shm, and for how long
 ----------------------------------------
-The sender keeps at most ``POOL_LIMIT`` bytes of recycled segments (a
-quarter of /dev/shm, at most 1 GiB; past that it uses one-shot segments,
-which the receiver unlinks on open).  FREE segments unused for
+The sender keeps at most ``POOL_LIMIT`` bytes of recycled segments (1 GiB,
+or less where a quarter of /dev/shm shared by one process per core is
+less; past that it uses one-shot segments, which the receiver unlinks on
+open).  FREE segments unused for
 ``IDLE_S`` seconds, and segments whose receiver died holding them, are
 unlinked at the next send; all FREE ones are unlinked when the sender exits.
 A segment still in flight or in use when its sender exits is marked
@@ -67,9 +68,12 @@ IDLE_S = 5.0
 
 
 def _pool_limit() -> int:
+    # Every process of a pool may hold this much: with one per core, a
+    # quarter of /dev/shm at most in all.
     try:
         st = os.statvfs("/dev/shm")
-        return min(1 << 30, st.f_blocks * st.f_frsize // 4)
+        share = st.f_blocks * st.f_frsize // (4 * (os.cpu_count() or 1))
+        return min(1 << 30, share)
     except OSError:
         return 256 << 20
 
@@ -176,7 +180,13 @@ class _Pool:
                 self.reap(everything_free=True)
                 if self.total() + HEADER + n > POOL_LIMIT:
                     return None  # the caller makes a one-shot segment
-            ref, m = _shm.create_recyclable(data, HEADER)
+            try:
+                ref, m = _shm.create_recyclable(data, HEADER)
+            except OSError:
+                # /dev/shm full: give back what this process keeps idle,
+                # then try once more (the caller falls back to the pipe).
+                self.reap(everything_free=True)
+                ref, m = _shm.create_recyclable(data, HEADER)
             self.entries.append(_Entry(ref.name, HEADER + n, m))
             return ref
 
