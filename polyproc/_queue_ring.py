@@ -184,8 +184,11 @@ class Ring:
         weakref.finalize(self, os.close, data_fd)
         if owner:
             names = (name, name + "_data", name + "_fifo")
+            # A negative exit priority: at exit, multiprocessing runs it only
+            # after it has joined the non-daemonic children, which may still
+            # be using the queue (or just be about to unpickle it).
             util.Finalize(self, _remove_segments, args=(names, os.getpid()),
-                          exitpriority=10)
+                          exitpriority=-1)
 
     # ------------------------------------------------------------ lifetime
 

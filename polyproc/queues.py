@@ -25,8 +25,12 @@ removes the shared memory of a queue whose creating process was killed.
 
 Lifetime: the process that creates a queue owns its shared memory and
 removes it when the queue object is garbage-collected there or that
-process exits.  Other processes keep using a queue they already hold; one
-unpickled after its owner dropped it raises ``QueueGoneError``.
+process exits, but never before the children it was passed to at
+``start()`` have been joined (as the stdlib's queue, it survives a parent
+that drops it right after starting them).  Other processes keep using a
+queue they already hold; one unpickled after its owner dropped it (a Pool
+task still queued when the creator let go of the queue) raises
+``QueueGoneError``.
 
 ``close()``, ``join_thread()`` and ``cancel_join_thread()`` keep their
 stdlib meaning for this process's handle, with no feeder thread behind
@@ -41,6 +45,7 @@ the stdlib's classes.
 from __future__ import annotations
 
 import types
+from multiprocessing.context import get_spawning_popen
 from queue import Empty, Full
 from typing import Any, Iterable
 
@@ -81,6 +86,15 @@ class _RingQueue:
 
     def __getstate__(self) -> dict:
         # Allowed at any time, unlike the stdlib's (see module docstring).
+        popen = get_spawning_popen()
+        if popen is not None:
+            # Pickled to start a child (spawn, forkserver), which maps the
+            # queue only once it runs.  The stdlib's queue survives its
+            # parent dropping it right after start() (the child got the
+            # pipes' descriptors): so must ours.  Pin the handle, and so the
+            # files, to the child's Popen object, which lives until the
+            # child has been joined.
+            popen.__dict__.setdefault("_polyproc_queue_pins", []).append(self._ring)
         return {"name": self._ring.name}
 
     def __setstate__(self, state: dict) -> None:

@@ -141,3 +141,17 @@ def get_until_interrupted(q, ready, out) -> None:
         value = q.get(timeout=5)
         waiters = q._ring._h[_queue_ring._GET_WAITERS]
         out.put((value, time.monotonic() - start, waiters))
+
+
+def write_items(q, n: int, path: str) -> None:
+    with open(path, "w") as f:
+        f.write(repr([q.get(timeout=20) for _ in range(n)]))
+
+
+def main_that_exits_right_after_start(method: str, path: str) -> None:
+    """A main program that starts a non-daemonic child and ends at once."""
+    import polyproc
+    ctx = polyproc.get_context(method)
+    q = ctx.Queue()
+    ctx.Process(target=write_items, args=(q, 3, path)).start()
+    q.put_many(["a", "b", "c"])

@@ -526,6 +526,25 @@ def test_shared_memory_is_removed_with_the_queue():
     assert _shm_files(name) == []
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_queue_outlives_the_main_program_until_its_children_are_done(tmp_path, method):
+    # The child may unpickle the queue after the main program has finished:
+    # the queue's files are removed only after multiprocessing has joined it.
+    import subprocess
+    import sys
+    path = tmp_path / "items"
+    code = ("import _queue_helpers as h; "
+            f"h.main_that_exits_right_after_start({method!r}, {str(path)!r})")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=tests_dir + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run = subprocess.run([sys.executable, "-c", code], env=env, timeout=50,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert path.read_text() == "['a', 'b', 'c']"
+    assert "leaked" not in run.stderr
+
+
 def test_full_dev_shm_is_a_clear_error_at_the_put(monkeypatch):
     import errno
 
