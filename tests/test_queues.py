@@ -273,6 +273,15 @@ def test_queues_passed_into_pool_tasks(ctx_fs):
     jq.join()
 
 
+@pytest.mark.timeout(40)
+def test_queue_passed_into_executor_submits(ctx_fs):
+    q = ctx_fs.Queue()
+    with ctx_fs.Executor(2) as ex:
+        futures = [ex.submit(helpers.put_square, (q, i)) for i in range(4)]
+        assert [f.result(timeout=20) for f in futures] == [0, 1, 2, 3]
+    assert sorted(q.get(timeout=10) for _ in range(4)) == [0, 1, 4, 9]
+
+
 def test_queue_unpickled_after_its_owner_dropped_it():
     q = polyproc.Queue()
     data = pickle.dumps(q)
