@@ -40,12 +40,20 @@ The reader is set only afterwards, so it never travels to the child.
 from __future__ import annotations
 
 import os
+import sys
+import time
+from functools import partial
 from multiprocessing.connection import Pipe
 from multiprocessing.process import (BaseProcess, active_children,
                                      current_process, parent_process)
 from typing import Any
 
+# Imported here, not in the child: a forked child then finds _child (and
+# _remote_errors) already loaded; importing them in every child cost ~4 ms
+# per process start under fork (see benchmarks/bench_process.py).
+from . import _child
 from ._exceptions import MainGuardError
+from ._remote_errors import rebuild_exception
 
 __all__ = [
     "BaseProcess", "PolyProcess", "Process", "ForkProcess", "SpawnProcess",
@@ -76,8 +84,7 @@ class PolyProcess(BaseProcess):
         message that explains the ``if __name__ == '__main__':`` guard.
         """
         if getattr(current_process(), "_inheriting", False):
-            from ._child import refuse_start_while_importing_main
-            refuse_start_while_importing_main()
+            _child.refuse_start_while_importing_main()
         reader, writer = Pipe(duplex=False)
         self._exc_writer = writer
         try:
@@ -93,10 +100,7 @@ class PolyProcess(BaseProcess):
     def _bootstrap(self, parent_sentinel: Any = None) -> int:
         # In the child.  Wrap run() on the instance, so that subclasses that
         # override run() are covered too; the stdlib does everything else.
-        from functools import partial
-
-        from ._child import run_child
-        self.run = partial(run_child, self, self.run)  # type: ignore[method-assign]
+        self.run = partial(_child.run_child, self, self.run)  # type: ignore[method-assign]
         return super()._bootstrap(parent_sentinel)
 
     @property
@@ -127,7 +131,6 @@ class PolyProcess(BaseProcess):
         try:
             os.set_blocking(reader.fileno(), False)
             if reader.poll(0):
-                from ._remote_errors import rebuild_exception
                 self._exception = rebuild_exception(reader.recv_bytes())
         except (EOFError, OSError):
             pass  # nothing was sent: the child succeeded or was killed
@@ -198,18 +201,16 @@ class ForkServerProcess(PolyProcess):
             return Popen(process_obj)
         except (EOFError, OSError) as error:
             if _fork_server_refused_main():
-                from ._child import main_guard_message
                 raise MainGuardError(
                     "the fork server stopped while importing the main module "
                     "(it imports it to preload it), because that module starts "
                     "processes at import time.\n"
-                    + main_guard_message(_main_module_path())
+                    + _child.main_guard_message(_main_module_path())
                 ) from error
             raise
 
 
 def _main_module_path() -> str | None:
-    import sys
     return getattr(sys.modules.get("__main__"), "__file__", None)
 
 
@@ -221,10 +222,8 @@ def _fork_server_refused_main(wait_s: float = 1.0) -> bool:
     The connection to the server broke, so it is exiting; wait a bounded
     time for it to be a zombie.
     """
-    import time
     from multiprocessing import forkserver
 
-    from ._child import MAIN_GUARD_EXIT_CODE
     pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
     if pid is None or not hasattr(os, "waitid"):
         return False
@@ -237,7 +236,7 @@ def _fork_server_refused_main(wait_s: float = 1.0) -> bool:
             return False
         if info is not None:
             return (info.si_code == os.CLD_EXITED
-                    and info.si_status == MAIN_GUARD_EXIT_CODE)
+                    and info.si_status == _child.MAIN_GUARD_EXIT_CODE)
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
