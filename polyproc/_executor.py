@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import threading
 import time
 import weakref
@@ -306,15 +307,27 @@ class _ExecutorCore:
             _set_outcome(sink.future, None, exc)
 
 
-# Cores of executors not shut down yet, for the interpreter-exit hook.
+# Every executor's core, for the interpreter-exit hook: weak, so that a core
+# goes once its executor was dropped and its PoolScheduler thread has ended.
 _live_cores: "weakref.WeakSet[_ExecutorCore]" = weakref.WeakSet()
 
 
 def _python_exit() -> None:
-    """Let submitted work finish before the interpreter exits (as the stdlib does)."""
+    """Let submitted work finish before the interpreter exits (as the stdlib does).
+
+    Except when the program is exiting because of Ctrl-C (an uncaught
+    ``KeyboardInterrupt``, which the interpreter has stored in
+    ``sys.last_value`` by the time this hook runs): then waiting for the
+    pending work is what makes the stdlib's executor hang on Ctrl-C, so
+    calls that have not started are cancelled and the workers are killed;
+    running calls fail with ``ProcessError``.
+    """
+    interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
     cores = list(_live_cores)
     for core in cores:
-        core.shutdown(cancel_futures=False)
+        core.shutdown(cancel_futures=interrupted)
+        if interrupted:
+            core.backend.terminate()
     for core in cores:
         core.backend.join()
 
@@ -439,7 +452,6 @@ class Executor(_StdExecutor):
         and the workers have exited.
         """
         self._core.shutdown(cancel_futures)
-        _live_cores.discard(self._core)
         if wait:
             self._core.backend.join()
 

@@ -101,3 +101,9 @@ def get_global(_=None):
 
 def failing_initializer():
     raise RuntimeError("initializer broke")
+
+
+def touch_after(seconds, path):
+    """Leaves *path* behind, *seconds* after the task started."""
+    time.sleep(seconds)
+    touch(path)

@@ -368,3 +368,60 @@ def test_map_timeout_raises_and_cancels_the_rest(fork_ctx, tmp_path):
             h.touch(release)
         it.close()
         assert ex.submit(h.square, 3).result(WAIT) == 9
+
+
+# -- interpreter exit and Ctrl-C -----------------------------------------------------
+
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+_SCRIPT_HEAD = f"""
+import sys
+sys.path.insert(0, {_TESTS_DIR!r})
+import _executor_helpers as h
+import polyproc
+ex = polyproc.Executor(1, mp_context=polyproc.get_context(sys.argv[1]))
+"""
+
+
+def _run_script(body: str, *args: str) -> "subprocess.Popen":
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-c", _SCRIPT_HEAD + body, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.timeout(60)
+def test_work_submitted_without_shutdown_completes_at_exit(ctx_fs, tmp_path):
+    path = str(tmp_path / "done")
+    proc = _run_script("ex.submit(h.touch_after, 0.3, sys.argv[2])\n",
+                       ctx_fs.get_start_method(), path)
+    out, err = proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0, err
+    assert os.path.exists(path), "the interpreter exited before the submitted call ran"
+
+
+@pytest.mark.timeout(40)
+def test_ctrl_c_while_waiting_exits_promptly_and_kills_workers(ctx_fs, tmp_path):
+    import psutil
+    never = str(tmp_path / "never")
+    proc = _run_script(
+        "ex.submit(h.square, 1).result(30)\n"  # the worker is up
+        "fs = [ex.submit(h.block_until, sys.argv[2], 50) for _ in range(5)]\n"
+        "print(*ex._processes, flush=True)\n"
+        "fs[0].result()\n",
+        ctx_fs.get_start_method(), never)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert pids, proc.stderr.read()
+        workers = [psutil.Process(pid) for pid in pids]
+        started = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=WAIT)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "KeyboardInterrupt" in proc.stderr.read()
+    assert took < 5, f"exit took {took:.1f} s after Ctrl-C"
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, "a worker outlived its interrupted parent"
