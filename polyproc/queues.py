@@ -52,7 +52,7 @@ from typing import Any, Iterable
 from . import _queue_shm
 from ._exceptions import QueueGoneError
 from ._queue_ring import QueueGone, Ring, Timeout
-from ._serialization import dumps, loads
+from ._serialization import dumps, loads, release
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue"]   # as the stdlib's
 
@@ -130,6 +130,8 @@ class _RingQueue:
         except Timeout:
             done = 0
         if done < len(payloads):
+            for payload in payloads[done:]:
+                release(payload)
             raise Full(f"put_many: {done} of {len(payloads)} items were put "
                        "before the queue stayed full")
 
@@ -237,7 +239,11 @@ class Queue(_RingQueue):
         try:
             self._ring.put_one(payload, block, timeout)
         except Timeout:
+            release(payload)        # free its shared-memory segments, if any
             raise Full from None
+        except OSError:             # no memory to grow the ring: not put
+            release(payload)
+            raise
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return an item from the queue.
