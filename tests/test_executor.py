@@ -425,3 +425,41 @@ def test_ctrl_c_while_waiting_exits_promptly_and_kills_workers(ctx_fs, tmp_path)
     assert took < 5, f"exit took {took:.1f} s after Ctrl-C"
     _, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, "a worker outlived its interrupted parent"
+
+
+@pytest.mark.timeout(40)
+def test_workers_exit_when_the_parent_is_sigkilled(ctx_fs):
+    import psutil
+    proc = _run_script(
+        "ex.submit(h.square, 1).result(30)\n"
+        "print(*ex._processes, flush=True)\n"
+        "h.block_until('/nonexistent/never', 30)\n",
+        ctx_fs.get_start_method())
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert pids, proc.stderr.read()
+        workers = [psutil.Process(pid) for pid in pids]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    for p in alive:
+        p.kill()
+    assert not alive, "workers outlived their SIGKILLed parent"
+
+
+@pytest.mark.timeout(30)
+def test_dropped_executor_stops_its_workers(fork_ctx):
+    import gc
+
+    import psutil
+    ex = _executor(fork_ctx)
+    assert ex.submit(h.square, 3).result(WAIT) == 9
+    workers = [psutil.Process(pid) for pid in ex._processes]
+    del ex
+    gc.collect()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, "an executor dropped without shutdown() kept its workers"
