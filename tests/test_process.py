@@ -318,7 +318,8 @@ def _start_parent(method: str, kind: str):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = parent.stdout.readline()  # bounded by the script's own 30 s waits
     assert line.startswith("child "), f"parent said {line!r}"
-    return parent, int(line.split()[1])
+    pids = [int(pid) for pid in line.split()[1:]]
+    return parent, (pids if kind == "pool" else pids[0])
 
 
 @pytest.mark.timeout(60)
@@ -334,6 +335,23 @@ def test_daemon_child_dies_within_a_second_of_a_sigkilled_parent(ctx):
         os.kill(child_pid, signal.SIGKILL)
     assert gone and elapsed < 1.0, \
         f"daemon child outlived its parent by {elapsed:.2f} s"
+
+
+@pytest.mark.timeout(60)
+def test_pool_workers_die_within_a_second_of_a_sigkilled_parent(ctx_fs):
+    # Pool workers are daemon PolyProcesses: the watchdog covers them too.
+    parent, worker_pids = _start_parent(ctx_fs.get_start_method(), "pool")
+    assert len(worker_pids) >= 2 and not any(map(_gone, worker_pids))
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait(JOIN_S)
+    killed = time.monotonic()
+    gone = [_wait_gone(pid, 5.0) for pid in worker_pids]
+    elapsed = time.monotonic() - killed
+    for pid, ended in zip(worker_pids, gone):
+        if not ended:
+            os.kill(pid, signal.SIGKILL)
+    assert all(gone) and elapsed < 1.0, \
+        f"pool workers outlived their parent by {elapsed:.2f} s"
 
 
 @pytest.mark.timeout(60)

@@ -1,8 +1,8 @@
 """A parent that starts one child and then waits to be SIGKILLed.
 
-Run as ``python daemon_parent.py METHOD daemon|nondaemon``.  Prints
-``child <pid>`` once the child runs, then blocks (bounded) on stdin until
-the test kills it.
+Run as ``python daemon_parent.py METHOD daemon|nondaemon|pool``.  Prints
+``child <pid> [<pid>...]`` once the child (or every worker of a
+``polyproc.Pool``) runs, then blocks on stdin until the test kills it.
 """
 import sys
 import threading
@@ -19,6 +19,13 @@ def child_main(conn):
 if __name__ == "__main__":
     method, kind = sys.argv[1], sys.argv[2]
     ctx = polyproc.get_context(method)
+    if kind == "pool":
+        pool = ctx.Pool(2)
+        pool.map(abs, range(4))  # the workers are up and running
+        pids = " ".join(str(p.pid) for p in polyproc.active_children())
+        print(f"child {pids}", flush=True)
+        sys.stdin.readline()
+        sys.exit(0)
     # A Pipe, not an Event: the test SIGKILLs this process, and an Event's
     # semaphores would then be reported as leaked by the resource tracker.
     reader, writer = ctx.Pipe(duplex=False)
