@@ -21,6 +21,9 @@ Reused unchanged: ``State``, the server-side ``Namespace``, ``Value`` and
   ``polyproc._serialization``, so ``register`` accepts lambdas and
   closures under every start method.
 * ``SyncManager.Pool`` makes a ``polyproc.pool.Pool``.
+* ``Queue``, ``JoinableQueue``, ``Lock`` and ``RLock`` live in the server
+  as the types of ``_manager_types``: the stdlib's, plus care for callers
+  that die mid-call (no lost item, no lock held by the dead).
 
 Extra keyword arguments (polyproc): ``ssl_context`` (server side for
 ``start``/``get_server``, client side for ``connect``; one context can
@@ -30,7 +33,6 @@ serve both when it is set up for both), ``max_frame_size``,
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import ssl
 import threading
@@ -47,6 +49,7 @@ from ._manager_proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
                              EventProxy, IteratorProxy, ListProxy,
                              NamespaceProxy, PoolProxy, ValueProxy, _unwrap)
 from ._manager_server import Server
+from ._manager_types import ServerLock, ServerQueue, ServerRLock
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Control, Create,
                             describe_address, is_loopback)
@@ -375,11 +378,11 @@ class SyncManager(BaseManager):
     """
 
 
-SyncManager.register("Queue", queue.Queue)
-SyncManager.register("JoinableQueue", queue.Queue)
+SyncManager.register("Queue", ServerQueue)
+SyncManager.register("JoinableQueue", ServerQueue)
 SyncManager.register("Event", threading.Event, EventProxy)
-SyncManager.register("Lock", threading.Lock, AcquirerProxy)
-SyncManager.register("RLock", threading.RLock, AcquirerProxy)
+SyncManager.register("Lock", ServerLock, AcquirerProxy)
+SyncManager.register("RLock", ServerRLock, AcquirerProxy)
 SyncManager.register("Semaphore", threading.Semaphore, AcquirerProxy)
 SyncManager.register("BoundedSemaphore", threading.BoundedSemaphore,
                      AcquirerProxy)

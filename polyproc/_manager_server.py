@@ -43,7 +43,9 @@ Reused from the stdlib: the registry format of ``BaseManager.register``
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
+import select
 import socket
 import ssl
 import sys
@@ -56,7 +58,8 @@ from multiprocessing.process import current_process
 from typing import Any, NamedTuple
 
 from ._exceptions import (AuthenticationError, FrameTooLargeError,
-                          ManagerProtocolError, SerializationError)
+                          ManagerClientGone, ManagerProtocolError,
+                          SerializationError)
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Address, Call, Channel,
                             Control, Create, DecRef, Failed, FailedText,
@@ -64,9 +67,60 @@ from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             listen, server_handshake)
 from ._serialization import loads, release
 
-__all__ = ["Server"]
+__all__ = ["Server", "ClientGone", "current_connection", "ConnectionState"]
+
+ClientGone = ManagerClientGone
 
 _SERVER_SESSION = b"<server>"     # references held by proxies inside the server
+
+
+class ConnectionState:
+    """What the server knows about the connection a call came from.
+
+    ``undo``: callbacks run (newest first) when the reply of the current
+    call cannot be delivered; ``cleanups``: run when the connection closes.
+    Server-side types use them (``_manager_types``) so that a dead client
+    neither loses a queue item nor keeps a lock.
+    """
+
+    __slots__ = ("chan", "undo", "cleanups")
+
+    def __init__(self, chan: Channel):
+        self.chan = chan
+        self.undo: list = []
+        self.cleanups: dict = {}
+
+    def peer_alive(self) -> bool:
+        """False once the client has closed its end (EOF or reset)."""
+        sock = self.chan.sock
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return True
+            # Peek through a duplicate of the raw descriptor: works under
+            # TLS too, and consumes nothing.
+            with socket.socket(sock.family, sock.type,
+                               fileno=os.dup(sock.fileno())) as raw:
+                return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except BlockingIOError:
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def run(self, callbacks: list) -> None:
+        for callback in reversed(callbacks):
+            try:
+                callback()
+            except Exception as exc:
+                util.debug("manager: cleanup failed: %r", exc)
+
+
+_current = threading.local()
+
+
+def current_connection() -> ConnectionState | None:
+    """The connection whose call this server thread is running, if any."""
+    return getattr(_current, "conn", None)
 
 
 class _Managed(NamedTuple):
@@ -224,6 +278,15 @@ class Server:
             pass
 
     def _serve_requests(self, chan: Channel, session: Counter) -> None:
+        conn = _current.conn = ConnectionState(chan)
+        try:
+            self._request_loop(conn, session)
+        finally:
+            _current.conn = None
+            conn.run(list(conn.cleanups.values()))
+
+    def _request_loop(self, conn: ConnectionState, session: Counter) -> None:
+        chan = conn.chan
         recv, send, encode = chan.recv, chan.send, chan.dumps
         while True:
             try:
@@ -232,6 +295,7 @@ class Server:
                 if not isinstance(exc, EOFError):
                     util.debug("manager: closing a connection: %r", exc)
                 return
+            conn.undo.clear()
             try:
                 msg = loads(frame, "manager request")
             except SerializationError as exc:
@@ -243,15 +307,18 @@ class Server:
             try:
                 payload = encode(reply, "manager reply")
             except SerializationError as exc:
+                conn.run(conn.undo)
                 payload = encode(self._failure(exc))
             try:
                 try:
                     send(payload)
                 except FrameTooLargeError as exc:
                     release(payload)
+                    conn.run(conn.undo)
                     send(encode(self._failure(exc)))
             except OSError:
                 release(payload)     # its shared memory, if any
+                conn.run(conn.undo)  # give back what the call took
                 return
 
     # --- requests -------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""polyproc.managers: dead clients, dead servers, interrupted calls."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+import _manager_helpers as helpers
+import polyproc
+from polyproc._exceptions import ManagerConnectionError
+
+pytestmark = pytest.mark.timeout(40)
+
+
+def test_client_killed_mid_call_releases_objects_and_loses_no_item(ctx_fs):
+    with ctx_fs.Manager() as m:
+        q = m.Queue()
+        baseline = m._number_of_objects()
+        ready = ctx_fs.Event()
+        child = ctx_fs.Process(target=helpers.hold_objects_then_block,
+                               args=(m.address, bytes(m._authkey), q, ready))
+        child.start()
+        assert ready.wait(20)
+        assert m._number_of_objects() == baseline + 5
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        assert child.exitcode == -signal.SIGKILL
+        # Its five lists are released when its lifeline closes.
+        assert helpers.wait_until(lambda: m._number_of_objects() == baseline, 5)
+        # The server thread that was blocked in q.get() for the dead child
+        # must not swallow the next item.
+        q.put("for the living")
+        assert q.get(timeout=5) == "for the living"
+        d = m.dict()
+        d["other clients"] = "still served"
+        assert d["other clients"] == "still served"
+
+
+def test_lock_held_by_killed_client_is_released(ctx_fs):
+    with ctx_fs.Manager() as m:
+        lock, q, ready = m.Lock(), m.Queue(), ctx_fs.Event()
+        child = ctx_fs.Process(target=helpers.lock_then_block,
+                               args=(lock, q, ready))
+        child.start()
+        assert ready.wait(20)
+        assert not lock.acquire(False)          # the child holds it
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        assert lock.acquire(timeout=5)          # released for the dead holder
+        lock.release()
+
+
+def test_interrupted_call_gives_its_item_back():
+    with polyproc.Manager() as m:
+        q = m.Queue()
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                q.get(timeout=10)
+        finally:
+            timer.cancel()
+        q.put(1)
+        assert q.get(timeout=5) == 1            # not taken by the abandoned call
+
+
+@pytest.mark.timeout(20)
+def test_server_killed_clients_get_clear_error_quickly():
+    m = polyproc.Manager()
+    d, q = m.dict(), m.Queue()
+    d["x"] = 1
+    errors = []
+
+    def blocked_get():
+        try:
+            q.get()
+        except Exception as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=blocked_get)
+    t.start()
+    os.kill(m._process.pid, signal.SIGKILL)
+    start = time.monotonic()
+    t.join(5)
+    assert not t.is_alive(), "a call blocked in the server hung after it died"
+    assert isinstance(errors[0], ManagerConnectionError)
+    with pytest.raises(ManagerConnectionError) as info:
+        d["x"] = 2
+    assert time.monotonic() - start < 5
+    assert isinstance(info.value, ConnectionError)
+    assert str(m.address) in str(info.value)
+    m.shutdown()                                # no hang, no error
+
+
+@pytest.mark.timeout(30)
+def test_server_exits_when_its_parent_is_killed(ctx_fs):
+    outq = ctx_fs.Queue()
+    parent = ctx_fs.Process(target=helpers.start_manager_and_report, args=(outq,))
+    parent.start()
+    server_pid = outq.get(timeout=20)
+    server = psutil.Process(server_pid)
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.join(10)
+
+    def server_gone() -> bool:
+        try:
+            return server.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert helpers.wait_until(server_gone, 10)
