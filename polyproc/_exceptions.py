@@ -167,6 +167,9 @@ class ExecutorInitializerError(InitializerError, BrokenProcessPool):
 
 # --- managers (polyproc.managers) -----------------------------------------
 
+__all__ += ["ManagerConnectionError", "ManagerProtocolError",
+            "FrameTooLargeError", "ManagerClientGone", "InsecureAddressError"]
+
 
 class ManagerConnectionError(ProcessError, ConnectionError, EOFError):
     """The manager server cannot be reached, or died during a call.
@@ -196,6 +199,12 @@ class FrameTooLargeError(ManagerProtocolError, ValueError):
     memory than it should ever allocate; raise it (``max_frame_size=`` of
     the manager) or send the data in smaller pieces.
     """
+
+
+class ManagerClientGone(ManagerConnectionError):
+    """Server side only: the client a blocking call waited for has gone
+    (its connection closed), so the call gives up instead of taking an item
+    or a lock on behalf of a dead process."""
 
 
 class InsecureAddressError(ValueError):
