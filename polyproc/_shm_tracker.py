@@ -256,9 +256,15 @@ def _send(message: Register | Unregister) -> None:
                 raise
 
 
+# True in the tracker process itself: what it unlinks needs no message, and
+# connecting to itself would keep its own session open forever.
+_in_tracker = False
+
+
 def register(name: str) -> None:
     """Tell the tracker that segment *name* exists; raises ``OSError`` if unreachable."""
-    _send(Register(name))
+    if not _in_tracker:
+        _send(Register(name))
 
 
 def unregister(name: str) -> None:
@@ -267,7 +273,7 @@ def unregister(name: str) -> None:
     Names of another session (a peer reached through ``Listener``/``Client``)
     are left to that session's tracker, which tolerates names that are gone.
     """
-    if not name.lstrip("/").startswith(_session.prefix):
+    if _in_tracker or not name.lstrip("/").startswith(_session.prefix):
         return
     try:
         _send(Unregister(name))
@@ -308,6 +314,8 @@ def _watch_root(sel: selectors.BaseSelector, root_pid: int) -> object | None:
 
 def main() -> None:
     """Run the tracker of the session named on the command line."""
+    global _in_tracker
+    _in_tracker = True
     sess = Session.parse(sys.argv[-1])
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:

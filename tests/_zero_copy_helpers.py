@@ -131,3 +131,10 @@ def send_array_then_block(conn, nbytes: int, seed: int) -> None:
     """Send an array, then wait to be killed (the sender dies uncleanly)."""
     conn.send(pattern(nbytes, seed))
     conn.recv()  # never comes: SIGKILL
+
+
+def send_own_type_and_array(conn, nbytes: int, seed: int) -> None:
+    """Report the class of the connection this child got, then send an array."""
+    conn.send(f"{type(conn).__module__}.{type(conn).__qualname__}")
+    conn.send(pattern(nbytes, seed))
+    conn.close()

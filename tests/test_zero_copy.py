@@ -148,11 +148,14 @@ def test_listener_and_client_return_zero_copy_connections():
 @pytest.mark.timeout(60)
 def test_connection_passed_to_a_child_stays_zero_copy(ctx):
     r, w = ctx.Pipe(duplex=False)
-    p = ctx.Process(target=h.send_array_and_exit, args=(w, N, 6))
+    p = ctx.Process(target=h.send_own_type_and_array, args=(w, N, 6))
     p.start()
     w.close()
     assert r.poll(30)
-    assert np.array_equal(r.recv(), pattern(N, 6))
+    assert r.recv() == "polyproc.connection.Connection"
+    payload = r.recv_bytes()    # the raw message: a zero-copy payload
+    assert payload[:4] == ser.MAGIC
+    assert np.array_equal(ser.loads(payload), pattern(N, 6))
     _join(p)
 
 
@@ -394,3 +397,28 @@ def test_segments_of_a_sigkilled_sender_are_swept():
     os.kill(p.pid, signal.SIGKILL)
     _join(p)
     h.wait_for_segments(before, timeout=5)   # the tracker's sweep
+
+
+@pytest.mark.timeout(60)
+def test_tracker_exits_after_sweeping_a_killed_sender():
+    proc = _run_session("""
+        import gc
+        r, w = ctx.Pipe()
+        p = ctx.Process(target=h.send_array_then_block, args=(w, 4 << 20, 1))
+        p.start()
+        got = r.recv()
+        del got
+        gc.collect()
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(30)
+        h.wait_for_segments([], timeout=10)    # the tracker's sweep
+        print("SWEPT", flush=True)
+        sys.stdin.readline()
+    """)
+    session_text, prefix = _read_tag(proc, "SESSION")
+    _read_tag(proc, "SWEPT")
+    assert _tracker_of(session_text), "no tracker watches the session"
+    proc.stdin.write("exit\n")
+    proc.stdin.flush()
+    assert proc.wait(30) == 0
+    _assert_session_cleaned(session_text, prefix)   # it exits with the session
