@@ -148,3 +148,14 @@ SubSpawnProcess = _subclass_of(polyproc.get_context("spawn").Process)
 SubForkServerProcess = _subclass_of(polyproc.get_context("forkserver").Process)
 _SUBCLASSES = {"fork": SubForkProcess, "spawn": SubSpawnProcess,
                "forkserver": SubForkServerProcess}
+
+
+def segfault() -> None:
+    import ctypes
+    import faulthandler
+    faulthandler.disable()  # pytest enables it; its dump is noise here
+    ctypes.string_at(0)
+
+
+def hard_exit(code: int) -> None:
+    os._exit(code)

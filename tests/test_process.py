@@ -124,6 +124,29 @@ def test_exit_code_is_minus_the_signal(ctx, how, signum):
     assert p.exception is None  # killed: it could not say anything
 
 
+@pytest.mark.parametrize("target,args,code", [
+    (helpers.segfault, (), -signal.SIGSEGV),
+    (helpers.hard_exit, (7,), 7),
+])
+def test_exit_code_of_a_crash_and_os_exit(ctx_fs, target, args, code):
+    p = _joined(ctx_fs, target, *args)
+    assert p.exitcode == code
+    assert p.exception is None  # nothing was raised in Python
+
+
+def test_unpicklable_target_fails_at_start_under_spawn():
+    ctx = polyproc.get_context("spawn")
+    p = ctx.Process(target=lambda: None)
+    std = multiprocessing.get_context("spawn").Process(target=lambda: None)
+    with pytest.raises(Exception) as ours:
+        p.start()
+    with pytest.raises(Exception) as theirs:
+        std.start()
+    assert type(ours.value) is type(theirs.value)  # the stdlib's error, unchanged
+    assert "lambda" in str(ours.value)
+    assert p.pid is None and p.exitcode is None and p.exception is None
+
+
 def _misuse_errors(make):
     """The exception type each misuse raises, for one Process factory."""
     out = {}
