@@ -103,6 +103,19 @@ class PolyProcess(BaseProcess):
         self.run = partial(_child.run_child, self, self.run)  # type: ignore[method-assign]
         return super()._bootstrap(parent_sentinel)
 
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the child process terminates, or *timeout* seconds.
+
+        Raises ``AssertionError`` (like the stdlib) when the process was
+        not started or is not a child of this process.  Once the child has
+        exited, its exception channel is read and closed here, so that a
+        joined Process object holds no more descriptors than the stdlib's.
+        """
+        super().join(timeout)
+        if not self._exception_read and self._popen is not None \
+                and self._popen.returncode is not None:
+            self._read_exception()
+
     @property
     def exception(self) -> BaseException | None:
         """The exception ``run()`` raised in the child, or ``None``.
@@ -124,9 +137,9 @@ class PolyProcess(BaseProcess):
         # Only called once the child has exited, so whatever it sent is
         # complete in the pipe.  Non-blocking anyway: a sibling forked while
         # this process was starting may still hold a copy of the writer.
-        self._exception_read = True
         reader, self._exc_reader = self._exc_reader, None
-        if reader is None:
+        if reader is None:  # read already, or never started
+            self._exception_read = True
             return
         try:
             os.set_blocking(reader.fileno(), False)
@@ -136,6 +149,7 @@ class PolyProcess(BaseProcess):
             pass  # nothing was sent: the child succeeded or was killed
         finally:
             reader.close()
+            self._exception_read = True
 
     def close(self) -> None:
         """Close the Process object, releasing its resources.

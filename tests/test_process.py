@@ -428,3 +428,21 @@ def test_fork_server_dying_on_the_main_guard_raises_main_guard_error(server_exit
     assert f"raised {expected}\n" in result.stdout
     if expected == "MainGuardError":
         assert "if __name__ == '__main__':" in result.stdout
+
+
+def _fds_held_by_joined(ctx, target, n=5):
+    before = len(os.listdir("/proc/self/fd"))
+    procs = [_started(ctx, target, str(i)) for i in range(n)]
+    for p in procs:
+        p.join(JOIN_S)
+    return len(os.listdir("/proc/self/fd")) - before, procs
+
+
+def test_join_releases_the_exception_channel():
+    ours, procs = _fds_held_by_joined(polyproc.get_context("fork"),
+                                      helpers.raise_value_error)
+    theirs, _ = _fds_held_by_joined(multiprocessing.get_context("fork"),
+                                    helpers.raise_value_error)
+    # A joined Process object holds what the stdlib's holds, no more.
+    assert ours == theirs
+    assert [str(p.exception) for p in procs] == [str(i) for i in range(5)]
