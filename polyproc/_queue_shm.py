@@ -72,6 +72,8 @@ _PTHREAD_MUTEX_ROBUST = 1
 # A blocked lock or futex wait is cut into slices this long, so that Ctrl-C
 # is seen promptly and a wake-up lost to a dead process costs at most this.
 WAIT_SLICE = 0.1
+LOCK_YIELDS = 10
+_yield = os.sched_yield
 
 
 class _Timespec(ctypes.Structure):
@@ -140,6 +142,16 @@ def mutex_acquire(addr: int, deadline: float | None) -> int | None:
     rc = _mutex_trylock(addr)
     if rc == 0:
         return 0
+    # Busy: the holder keeps it for microseconds, unless it was preempted
+    # while holding it (more processes than cores).  Giving our CPU away a
+    # few times lets it finish, for far less than a futex sleep and wake-up.
+    for _ in range(LOCK_YIELDS):
+        if rc != errno.EBUSY:
+            break
+        _yield()
+        rc = _mutex_trylock(addr)
+        if rc == 0:
+            return 0
     while True:
         if rc == errno.EOWNERDEAD:
             _mutex_consistent(addr)
