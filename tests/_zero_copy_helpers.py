@@ -138,3 +138,48 @@ def send_own_type_and_array(conn, nbytes: int, seed: int) -> None:
     conn.send(f"{type(conn).__module__}.{type(conn).__qualname__}")
     conn.send(pattern(nbytes, seed))
     conn.close()
+
+
+def buffer_cases(nbytes: int, seed: int) -> list:
+    """One object of each buffer type the issue names, all above the threshold."""
+    base = pattern(nbytes, seed)
+    return [base, bytes(base), bytearray(base), memoryview(base),
+            Blob(bytearray(base)), {"nested": [base, b"small"]}]
+
+
+def same_case(a, b) -> bool:
+    """Equality for the objects of buffer_cases, type included."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and bool(np.array_equal(a, b))
+    if isinstance(a, memoryview):
+        return a.format == b.format and a.tobytes() == b.tobytes()
+    if isinstance(a, Blob):
+        return bytes(a.data) == bytes(b.data)
+    if isinstance(a, dict):
+        return (bool(np.array_equal(a["nested"][0], b["nested"][0]))
+                and a["nested"][1] == b["nested"][1])
+    return a == b
+
+
+def identity(obj):
+    return obj
+
+
+def queue_echo(q_in, q_out, count: int) -> None:
+    for _ in range(count):
+        q_out.put(q_in.get(timeout=30))
+
+
+_filled: np.ndarray | None = None
+
+
+def refill_and_return(value: int) -> np.ndarray:
+    """A pool task that returns the same array object each time, refilled:
+    earlier results the parent holds must not change."""
+    global _filled
+    if _filled is None:
+        _filled = np.empty(4 * MiB, dtype=np.uint8)
+    _filled[:] = value
+    return _filled

@@ -422,3 +422,63 @@ def test_tracker_exits_after_sweeping_a_killed_sender():
     proc.stdin.flush()
     assert proc.wait(30) == 0
     _assert_session_cleaned(session_text, prefix)   # it exits with the session
+
+
+# -- Each carrier, each buffer type ------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_every_buffer_type_through_a_queue(ctx_fs):
+    cases = h.buffer_cases(N, 12)
+    q_in, q_out = ctx_fs.Queue(), ctx_fs.Queue()
+    p = ctx_fs.Process(target=h.queue_echo, args=(q_in, q_out, len(cases)))
+    p.start()
+    for obj in cases:
+        q_in.put(obj)
+    cases[0][:] = 0                 # after put: must not show through
+    back = [q_out.get(timeout=30) for _ in cases]
+    expected = h.buffer_cases(N, 12)
+    assert [h.same_case(a, b) for a, b in zip(expected, back)] == [True] * len(cases)
+    _join(p)
+
+
+@pytest.mark.timeout(90)
+def test_every_buffer_type_through_a_pool(ctx_fs):
+    cases = h.buffer_cases(N, 13)
+    with ctx_fs.Pool(2) as pool:
+        back = pool.map(h.identity, cases, chunksize=1)
+    assert [h.same_case(a, b) for a, b in zip(cases, back)] == [True] * len(cases)
+
+
+@pytest.mark.timeout(60)
+def test_pool_results_keep_their_values_when_the_worker_reuses_its_array():
+    ctx = polyproc.get_context("fork")
+    with ctx.Pool(1) as pool:
+        results = [pool.apply(h.refill_and_return, (v,)) for v in (1, 2, 3)]
+        first = results[0]
+        del results[1:]
+        gc.collect()                # the worker may now refill those segments
+        more = pool.map(h.refill_and_return, [4, 5, 6], chunksize=1)
+    assert (first == 1).all()
+    assert [int(r[0]) for r in more] == [4, 5, 6] and all((r == r[0]).all() for r in more)
+
+
+@pytest.mark.timeout(60)
+def test_every_buffer_type_through_a_manager():
+    ctx = polyproc.get_context("fork")
+    cases = h.buffer_cases(N, 14)
+    with ctx.Manager() as manager:
+        shared = manager.dict()
+        for i, obj in enumerate(cases):
+            shared[i] = obj
+        back = [shared[i] for i in range(len(cases))]
+    assert [h.same_case(a, b) for a, b in zip(cases, back)] == [True] * len(cases)
+
+
+@pytest.mark.timeout(60)
+def test_executor_arguments_and_results():
+    arr = pattern(N, 15)
+    with polyproc.get_context("fork").Executor(2) as executor:
+        total = executor.submit(h.array_checksum, arr).result(timeout=30)
+        back = executor.submit(h.identity, arr).result(timeout=30)
+    assert total == h.array_checksum(arr)
+    assert np.array_equal(back, arr)
