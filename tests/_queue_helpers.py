@@ -155,3 +155,22 @@ def main_that_exits_right_after_start(method: str, path: str) -> None:
     q = ctx.Queue()
     ctx.Process(target=write_items, args=(q, 3, path)).start()
     q.put_many(["a", "b", "c"])
+
+
+def die_mid_grow(q) -> None:
+    """SIGKILL ourselves halfway through growing the ring.
+
+    Both locks held, the data file already enlarged and the live records
+    copied into the new upper part, the new capacity not yet committed.
+    """
+    ring = q._ring
+    h = ring._h
+    assert _queue_shm.mutex_acquire(ring._put_lock, None) is not None
+    assert _queue_shm.mutex_acquire(ring._get_lock, None) is not None
+    head, tail = h[_queue_ring._HEAD], h[_queue_ring._TAIL]
+    live = ring._read(head, tail - head)
+    new_cap = ring._m[0] * 4
+    _queue_shm.reserve(ring._fd, new_cap)
+    ring._map_data(new_cap)
+    ring._put_bytes(head, live)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -150,8 +150,10 @@ def test_simple_queue_api():
 def test_joinable_task_done_too_many_times():
     q = polyproc.JoinableQueue()
     q.put(1)
-    q.get()
-    q.task_done()
+    q.put_many([2, 3])             # a batch counts one task per item
+    assert q.get_many() == [1, 2, 3]
+    for _ in range(3):
+        q.task_done()
     with pytest.raises(ValueError, match="too many times"):
         q.task_done()
     q.join()                       # nothing unfinished: returns at once
@@ -449,6 +451,22 @@ def test_commit_interrupted_by_sigkill_is_completed_by_the_next_producer(ctx_fs)
     assert q.qsize() == 2
     assert [q.get(timeout=5), q.get(timeout=5)] == [7, 8]
     assert q.qsize() == 0 and q.empty()
+
+
+@pytest.mark.timeout(30)
+def test_growth_interrupted_by_sigkill_leaves_the_queue_intact(ctx_fs):
+    q = ctx_fs.Queue()
+    q.put_many(helpers.item(3, s, 100) for s in range(5000))    # ~0.7 MiB, wrapped below
+    assert q.get_many(4000)
+    q.put_many(helpers.item(3, s, 100) for s in range(5000, 9000))
+    victim = ctx_fs.Process(target=helpers.die_mid_grow, args=(q,))
+    victim.start()
+    victim.join(20)
+    assert victim.exitcode == -signal.SIGKILL
+    q.put_many(helpers.item(3, s, 100) for s in range(9000, 20000))   # grows for real
+    got = [helpers.check(v) for v in q.get_many(timeout=5)]
+    assert got == [(3, s) for s in range(4000, 20000)]
+    assert q.qsize() == 0
 
 
 @pytest.mark.timeout(60)
