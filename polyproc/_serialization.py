@@ -283,6 +283,10 @@ def _to_shared_memory(stream: bytes, large: list[pickle.PickleBuffer],
         for ref in created:
             _release_segment(ref)
         return _in_band_fallback(obj, what, dumps_with, stream, large, error)
+    except BaseException:  # Ctrl-C in the middle of a copy: nothing leaks
+        for ref in created:
+            _release_segment(ref)
+        raise
     buffers = tuple(created[:len(large)])
     header = pickle.dumps(ZeroCopyPayload(body, buffers), PROTOCOL)
     return MAGIC + header

@@ -434,3 +434,20 @@ def test_polyproc_connection_pickles_as_a_connection():
         w2.send(pattern(T, 13))
         assert np.array_equal(r.recv(), pattern(T, 13))
         w2.close()
+
+
+def test_ctrl_c_during_the_copy_leaves_nothing(monkeypatch):
+    real_acquire = _shm_pool.acquire
+    calls = []
+
+    def interrupted_on_second(data):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_acquire(data)
+
+    monkeypatch.setattr(_shm_pool, "acquire", interrupted_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        ser.dumps([pattern(T, 1), pattern(T, 2)])
+    assert len(calls) == 2
+    # no_leaks: the first segment went back to the pool (FREE) and is trimmed
