@@ -176,6 +176,12 @@ class BaseManager:
         self._check_bind_address()
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
+        if self._ssl_context is not None and \
+                self._ctx.get_start_method() != "fork":
+            raise ValueError(
+                "an ssl.SSLContext cannot be sent to a server process started "
+                f"with {self._ctx.get_start_method()!r}: use a fork context, "
+                "or run get_server().serve_forever() in the serving process")
         reader, writer = connection.Pipe(duplex=False)      # address
         control_r, control_w = connection.Pipe(duplex=False)  # shutdown
         setup = dumps((self._registry, initializer, initargs),

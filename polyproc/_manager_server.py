@@ -160,7 +160,9 @@ class Server:
         self.id_to_obj: dict[int, _Managed] = {}
         self.id_to_refcount: dict[int, int] = {}
         self.sessions: dict[bytes, Counter] = {_SERVER_SESSION: Counter()}
-        self.mutex = threading.Lock()
+        # Re-entrant: a proxy living in the server (a nested one) may be
+        # released by the garbage collector while this thread holds it.
+        self.mutex = threading.RLock()
         self.stop_event = threading.Event()
         self._ids = itertools.count(1)
         self._pending = threading.BoundedSemaphore(max_pending)
