@@ -5,7 +5,8 @@ fails the project's bar in three places: one worker that dies (SIGKILL, the
 OOM killer, a segfault, ``os._exit``) breaks the whole executor, failing
 every pending future with ``BrokenProcessPool``; all workers share one call
 queue, so a worker dying while holding its lock can wedge the rest; and a
-task costs about 240 µs with ``chunksize=1`` on this machine.  The Pool's
+trivial task costs 75 to 240 µs with ``chunksize=1`` on the 2-core
+development machine (polyproc: about 20 µs, benchmarks/bench_executor.py).  The Pool's
 ``ProcessScheduler`` (_scheduler.py) already solves all three: a pipe per
 worker, blame on exactly the task that was running when a worker died,
 ``timeout=``/``retries=`` per task, and batching that makes tiny tasks
