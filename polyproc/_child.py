@@ -197,20 +197,48 @@ def _parent_sentinel() -> int | None:
     return sentinel if isinstance(sentinel, int) else None
 
 
-def _parent_is_gone(sentinel: int | None, ppid: int, timeout: float) -> bool:
-    """Block up to *timeout* s; True as soon as the parent is known gone."""
-    if sentinel is not None:
+def _fd_identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class _ParentWatch:
+    """The two checks of the watchdog, and the trust it puts in the sentinel.
+
+    User code may close the sentinel descriptor (``os.closerange``...) and
+    the number may then be reused by a file that is always readable.  The
+    sentinel is trusted only while its descriptor is still the same pipe
+    (device and inode as at start); otherwise only ``getppid`` is used.
+    """
+
+    def __init__(self, sentinel: int | None, ppid: int):
+        self.ppid = ppid
+        self.identity = _fd_identity(sentinel) if sentinel is not None else None
+        self.sentinel = sentinel if self.identity is not None else None
+
+    def _sentinel_says_gone(self, timeout: float) -> bool:
         from multiprocessing.connection import wait
         try:
-            if wait([sentinel], timeout):
-                return True
+            ready = bool(wait([self.sentinel], timeout))
         except (OSError, ValueError):
-            # The descriptor was closed or reused by user code: fall back
-            # to the getppid check alone.
+            ready = True  # closed under us: the identity check decides
+        if not ready:
+            return False
+        if _fd_identity(self.sentinel) == self.identity:
+            return True  # EOF: the parent, the only writer, is gone
+        self.sentinel = None
+        return False
+
+    def parent_is_gone(self, timeout: float) -> bool:
+        """Block up to *timeout* s; True as soon as the parent is known gone."""
+        if self.sentinel is None:
             time.sleep(timeout)
-    else:
-        time.sleep(timeout)
-    return os.getppid() != ppid
+        elif self._sentinel_says_gone(timeout):
+            return True
+        return os.getppid() != self.ppid
 
 
 def _end_this_process() -> NoReturn:
@@ -222,7 +250,8 @@ def _end_this_process() -> NoReturn:
 
 
 def _watch_parent(sentinel: int | None, ppid: int, interval: float) -> None:
-    while not _parent_is_gone(sentinel, ppid, interval):
+    watch = _ParentWatch(sentinel, ppid)
+    while not watch.parent_is_gone(interval):
         pass
     _end_this_process()
 

@@ -446,3 +446,15 @@ def test_join_releases_the_exception_channel():
     # A joined Process object holds what the stdlib's holds, no more.
     assert ours == theirs
     assert [str(p.exception) for p in procs] == [str(i) for i in range(5)]
+
+
+def test_watchdog_is_not_fooled_by_a_reused_sentinel_descriptor():
+    ctx = polyproc.get_context("fork")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    # 0.5 s: five watchdog rounds; the child reports only if it survives.
+    p = _started(ctx, helpers.reuse_parent_sentinel_fd, child_conn, 0.5,
+                 daemon=True)
+    child_conn.close()
+    assert _recv(parent_conn) == ("alive", True)
+    p.join(JOIN_S)
+    assert p.exitcode == 0
