@@ -399,6 +399,7 @@ def test_ctrl_c_interrupts_map_and_terminates_workers(method):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pids = [int(x) for x in proc.stdout.readline().split()]
     assert len(pids) == 2
+    assert proc.stdout.readline().strip() == "task started"  # the parent waits in map
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)

@@ -1,5 +1,4 @@
-"""Run a long map; the test sends SIGINT once the workers' pids are printed."""
-import os
+"""Block in Pool.map; the test sends SIGINT once a task says it started."""
 import sys
 import time
 
@@ -7,6 +6,7 @@ import polyproc
 
 
 def sleepy(x):
+    print("task started", flush=True)
     time.sleep(30)
     return x
 
