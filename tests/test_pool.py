@@ -395,13 +395,16 @@ def test_progress_bar(ctx_fs, capfd):
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_ctrl_c_interrupts_map_and_terminates_workers(method):
+    # Its own process group, which the test interrupts as a terminal's Ctrl-C
+    # does: the parent and every worker receive SIGINT.
     proc = subprocess.Popen([sys.executable, str(SCRIPTS / "pool_sigint.py"), method],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     pids = [int(x) for x in proc.stdout.readline().split()]
     assert len(pids) == 2
     assert proc.stdout.readline().strip() == "task started"  # the parent waits in map
     sent = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=10)
     elapsed = time.monotonic() - sent
     assert "interrupted" in out
