@@ -138,6 +138,7 @@ class _Pool:
         self.entries: list[_Entry] = []
         self.lock = threading.Lock()
         self.pid = os.getpid()
+        self.receivers_checked = 0.0
         from multiprocessing import util
         # Runs at exit in the main process and in multiprocessing children
         # (which leave through os._exit after running these finalizers).
@@ -148,12 +149,17 @@ class _Pool:
 
     def reap(self, everything_free: bool = False) -> None:
         now = time.monotonic()
+        # Asking whether receivers are alive costs a system call or two per
+        # segment in use: at most once a second on the sending path.
+        check_receivers = everything_free or now - self.receivers_checked > 1.0
+        if check_receivers:
+            self.receivers_checked = now
         keep = []
         for e in self.entries:
             state = e.state()
             stale = state == FREE and (everything_free or _get(e.map, _PINNED)
                                        or now - e.last_used > IDLE_S)
-            if stale or e.dead_receiver():
+            if stale or (check_receivers and e.dead_receiver()):
                 e.drop()
             else:
                 keep.append(e)
