@@ -107,3 +107,27 @@ def touch_after(seconds, path):
     """Leaves *path* behind, *seconds* after the task started."""
     time.sleep(seconds)
     touch(path)
+
+
+def _refuse_to_load(where):
+    raise RuntimeError(f"this object refuses to be unpickled ({where})")
+
+
+class FailsToUnpickle:
+    """Pickles fine; unpickling it raises (the receiving side's failure)."""
+
+    def __init__(self, where="receiver"):
+        self.where = where
+
+    def __reduce__(self):
+        return (_refuse_to_load, (self.where,))
+
+
+def return_fails_to_unpickle():
+    return FailsToUnpickle("parent")
+
+
+def raise_unpicklable_exception():
+    error = ValueError("carries a lock")
+    error.lock = threading.Lock()
+    raise error

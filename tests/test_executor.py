@@ -298,6 +298,36 @@ def test_exception_that_cannot_be_rebuilt_comes_back(ctx_fs):
         assert ex.submit(h.square, 4).result(WAIT) == 16
 
 
+@pytest.mark.timeout(60)
+def test_argument_that_fails_to_unpickle_in_the_worker(ctx_fs):
+    with _executor(ctx_fs) as ex:
+        error = ex.submit(h.square, h.FailsToUnpickle("worker")).exception(WAIT)
+        assert isinstance(error, SerializationError)
+        assert "refuses to be unpickled (worker)" in str(error)
+        assert ex.submit(h.square, 4).result(WAIT) == 16
+
+
+@pytest.mark.timeout(30)
+def test_exception_that_cannot_be_pickled_comes_back(fork_ctx):
+    with _executor(fork_ctx) as ex:
+        error = ex.submit(h.raise_unpicklable_exception).exception(WAIT)
+        assert isinstance(error, (RemoteError, ValueError))
+        assert "carries a lock" in str(error)
+        assert ex.submit(h.square, 4).result(WAIT) == 16
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known scheduler bug, reported to the Pool owner: a Results message that "
+    "fails to unpickle in the parent crashes the PoolScheduler thread and "
+    "breaks the executor instead of failing that one future"))
+@pytest.mark.timeout(30)
+def test_result_that_fails_to_unpickle_in_the_parent(fork_ctx):
+    with _executor(fork_ctx) as ex:
+        error = ex.submit(h.return_fails_to_unpickle).exception(WAIT)
+        assert isinstance(error, SerializationError)
+        assert ex.submit(h.square, 4).result(WAIT) == 16
+
+
 # -- cancel, shutdown, map timeout -------------------------------------------------
 
 @pytest.mark.timeout(30)
