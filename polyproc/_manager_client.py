@@ -254,8 +254,14 @@ def queue_decref(key: tuple, ident: int, pid: int) -> None:
         pass
 
 
+# This process's pid, kept current by the fork hook below: proxies compare
+# it on every call, and os.getpid() is a system call.
+pid = os.getpid()
+
+
 def _after_fork_in_child() -> None:
-    global _clients_lock
+    global _clients_lock, pid
+    pid = os.getpid()
     _clients_lock = threading.Lock()
     for client in list(_clients.values()):
         for chan in list(client._channels):

@@ -34,6 +34,7 @@ from multiprocessing.process import AuthenticationString, current_process
 from typing import Any
 
 from ._exceptions import RemoteError, RemoteTraceback
+from . import _manager_client
 from ._manager_client import get_client, known_authkey, queue_decref
 from ._manager_wire import Call, Control, Failed, FailedText, IncRef, NewProxy, Ok
 
@@ -115,10 +116,10 @@ class BaseProxy:
     def _callmethod(self, methodname: str, args: tuple = (),
                     kwds: dict = {}) -> Any:
         """Call *methodname* of the referent and return (or raise) the result."""
-        if self._pid != _getpid():
+        if self._pid != _manager_client.pid:
             self._attach()
         reply = self._client.request(Call(self._id, methodname, args, kwds),
-                                     f"a call of {methodname}()")
+                                     "the arguments of a manager call")
         if type(reply) is Ok:
             return reply.value
         return _unwrap(reply, self)
