@@ -364,14 +364,20 @@ def main() -> None:
                     conn.close()
                     clients -= 1
                     continue
-                message = decode(data)
+                try:
+                    message = decode(data)
+                except (ValueError, UnicodeDecodeError):
+                    continue  # not from polyproc: ignore it, keep serving
                 if isinstance(message, Register):
                     names.add(message.name)
                 else:
                     names.discard(message.name)
         if names and time.monotonic() - last_sweep >= SWEEP_S:
             last_sweep = time.monotonic()
-            names.difference_update(_shm_pool.sweep(list(names)))
+            try:
+                names.difference_update(_shm_pool.sweep(list(names)))
+            except Exception:  # a sweep must never take the tracker down
+                pass
         if root == "poll" and root_alive:
             try:
                 os.kill(sess.root_pid, 0)
