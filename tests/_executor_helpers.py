@@ -131,3 +131,11 @@ def raise_unpicklable_exception():
     error = ValueError("carries a lock")
     error.lock = threading.Lock()
     raise error
+
+
+def segfault():
+    """A real segmentation fault (a NULL read in C), without a core file."""
+    import ctypes
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    ctypes.string_at(0)

@@ -211,6 +211,17 @@ def test_os_exit_fails_only_its_own_future(ctx_fs):
 
 
 @pytest.mark.timeout(30)
+def test_segfault_fails_only_its_own_future(fork_ctx):
+    with _executor(fork_ctx) as ex:
+        others = [ex.submit(h.square, i) for i in range(10)]
+        error = ex.submit(h.segfault).exception(WAIT)
+        assert isinstance(error, WorkerLostError)
+        assert error.exitcode == -signal.SIGSEGV and "segmentation fault" in str(error)
+        assert [f.result(WAIT) for f in others] == [i * i for i in range(10)]
+        assert ex.submit(h.square, 5).result(WAIT) == 25
+
+
+@pytest.mark.timeout(30)
 def test_sigkill_inside_map_fails_only_that_position(fork_ctx):
     with _executor(fork_ctx) as ex:
         results = []
