@@ -139,3 +139,13 @@ def segfault():
     import resource
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     ctypes.string_at(0)
+
+
+class HoldsALock:
+    """Its bound methods cannot be pickled, even by cloudpickle."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def method(self):
+        return 1

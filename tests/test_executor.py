@@ -243,6 +243,8 @@ def test_retries_run_a_killed_task_again(ctx_fs, tmp_path):
         with pytest.raises(WorkerLostError):
             ex.submit(h.kill_once, again).result(WAIT)  # retries=0: fails
         assert os.path.exists(again)
+        in_map = str(tmp_path / "killed-in-map")
+        assert list(ex.map(h.kill_once, [in_map], retries=1)) == ["survived"]
 
 
 @pytest.mark.timeout(60)
@@ -287,6 +289,8 @@ def test_unpicklable_argument_raises_at_submit(ctx_fs):
             ex.submit(h.square, threading.Lock())
         with pytest.raises(SerializationError, match="task 2"):
             ex.map(h.square, [1, 2, threading.Lock()])
+        with pytest.raises(SerializationError):
+            ex.submit(h.HoldsALock().method)  # the function itself
         assert ex.submit(h.square, 4).result(WAIT) == 16
 
 
