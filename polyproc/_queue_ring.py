@@ -110,6 +110,12 @@ _TAIL, _NPUT, _P_FLAG, _P_TAIL, _P_NPUT = 16, 17, 18, 19, 20   # put side
 _HEAD, _NGOT, _G_FLAG, _G_HEAD, _G_NGOT = 32, 33, 34, 35, 36   # get side
 _GET_WAITERS, _PUT_WAITERS, _JOIN_WAITERS = 48, 49, 50        # rarely written
 _WAITABLE = 51          # someone waits on the queue's FIFO (see QueueReader)
+# Waiter registry (see Ring._add_waiter): _SLOTS pids per waiter kind, in
+# the order GET_, PUT_, JOIN_WAITERS, then one overflow count per kind.
+_SLOTS = 16
+_SLOTS_BASE = 160
+_OVERFLOW = _SLOTS_BASE + 3 * _SLOTS
+_IDLE_WAKES_BEFORE_RECOUNT = 64
 _TDONE = 64                                            # JoinableQueue
 # u32 futex words (index into a u32 view), each on its side's line.
 _NOT_EMPTY, _NOT_FULL, _ALL_DONE = 2 * 24, 2 * 40, 2 * 72
@@ -180,6 +186,7 @@ class Ring:
         # (a cache miss: consumers write that line) only when short of room.
         self._head_seen = 0
         self._fifo_fd: int | None = None
+        self._idle_wakes = 0
         self._map_data()
         weakref.finalize(self, os.close, data_fd)
         if owner:
@@ -334,7 +341,7 @@ class Ring:
         if not done:
             self.put((payload,), block, timeout)
         elif h[_GET_WAITERS]:
-            _shm.futex_wake(self._not_empty)
+            self._wake(self._not_empty, self._get_lock, _GET_WAITERS)
 
     def get_one(self, block: bool, timeout: float | None):
         got = _try(self._get_lock)
@@ -372,7 +379,7 @@ class Ring:
         if payload is None:
             return self.get(1, block, timeout)[0]
         if h[_PUT_WAITERS]:
-            _shm.futex_wake(self._not_full)
+            self._wake(self._not_full, self._put_lock, _PUT_WAITERS)
         return payload
 
     # ------------------------------------------------------------ put side
@@ -386,7 +393,7 @@ class Ring:
         h = self._h
         done = 0
         deadline = _deadline(block, timeout)
-        registered = False
+        registered: int | None = None
         try:
             while True:
                 seq = self._f[_NOT_FULL]
@@ -394,9 +401,9 @@ class Ring:
                 if _lock(self._put_lock, lock_deadline):
                     self._repair_put()
                 try:
-                    if registered:
-                        h[_PUT_WAITERS] -= 1
-                        registered = False
+                    if registered is not None:
+                        self._drop_waiter(_PUT_WAITERS, registered)
+                        registered = None
                     room = len(payloads) - done
                     if self.maxsize:
                         room = min(room, self.maxsize - (h[_NPUT] - h[_NGOT]))
@@ -406,8 +413,7 @@ class Ring:
                     elif not block or _expired(deadline):
                         raise Timeout
                     else:
-                        h[_PUT_WAITERS] += 1
-                        registered = True
+                        registered = self._add_waiter(_PUT_WAITERS)
                 except BaseException:
                     self._repair_put()
                     raise
@@ -416,7 +422,7 @@ class Ring:
                 # Read GET_WAITERS only after the unlock, a full barrier: see
                 # "no lost wake-up" in the module docstring.
                 if room > 0 and h[_GET_WAITERS]:
-                    _shm.futex_wake(self._not_empty)
+                    self._wake(self._not_empty, self._get_lock, _GET_WAITERS)
                 if done == len(payloads):
                     return done
                 if room <= 0:
@@ -426,8 +432,8 @@ class Ring:
                 return done
             raise
         finally:
-            if registered:
-                self._unregister(self._put_lock, _PUT_WAITERS, self._repair_put)
+            if registered is not None:
+                self._unregister(self._put_lock, _PUT_WAITERS, registered, self._repair_put)
 
     def _write(self, payloads: Sequence, first: int, stop: int) -> None:
         """Write records ``payloads[first:stop]`` and commit them (PUT_LOCK held)."""
@@ -514,7 +520,7 @@ class Ring:
         """Take 1 to *max_items* payloads in order; raise ``Timeout`` if none came."""
         h = self._h
         deadline = _deadline(block, timeout)
-        registered = False
+        registered: int | None = None
         spun = not block
         try:
             while True:
@@ -531,16 +537,15 @@ class Ring:
                     self._repair_get()
                 items = None
                 try:
-                    if registered:
-                        h[_GET_WAITERS] -= 1
-                        registered = False
+                    if registered is not None:
+                        self._drop_waiter(_GET_WAITERS, registered)
+                        registered = None
                     if h[_TAIL] != h[_HEAD]:
                         items = self._take(max_items)
                     elif not block or _expired(deadline):
                         raise Timeout
                     else:
-                        h[_GET_WAITERS] += 1
-                        registered = True
+                        registered = self._add_waiter(_GET_WAITERS)
                 except BaseException:
                     self._repair_get()
                     raise
@@ -548,12 +553,12 @@ class Ring:
                     _shm.mutex_release(self._get_lock)
                 if items is not None:
                     if h[_PUT_WAITERS]:
-                        _shm.futex_wake(self._not_full)
+                        self._wake(self._not_full, self._put_lock, _PUT_WAITERS)
                     return items
                 _shm.futex_wait(self._not_empty, seq, _slice(deadline))
         finally:
-            if registered:
-                self._unregister(self._get_lock, _GET_WAITERS, self._repair_get)
+            if registered is not None:
+                self._unregister(self._get_lock, _GET_WAITERS, registered, self._repair_get)
 
     def _take(self, max_items: int) -> list[bytes]:
         """Copy out and commit up to *max_items* records (GET_LOCK held)."""
@@ -606,27 +611,26 @@ class Ring:
     def join(self, timeout: float | None = None) -> bool:
         h = self._h
         deadline = _deadline(True, timeout)
-        registered = False
+        registered: int | None = None
         try:
             while True:
                 seq = self._f[_ALL_DONE]
                 _lock(self._done_lock, None)
                 try:
-                    if registered:
-                        h[_JOIN_WAITERS] -= 1
-                        registered = False
+                    if registered is not None:
+                        self._drop_waiter(_JOIN_WAITERS, registered)
+                        registered = None
                     if h[_TDONE] >= h[_NPUT]:
                         return True
                     if _expired(deadline):
                         return False
-                    h[_JOIN_WAITERS] += 1
-                    registered = True
+                    registered = self._add_waiter(_JOIN_WAITERS)
                 finally:
                     _shm.mutex_release(self._done_lock)
                 _shm.futex_wait(self._all_done, seq, _slice(deadline))
         finally:
-            if registered:
-                self._unregister(self._done_lock, _JOIN_WAITERS, lambda: None)
+            if registered is not None:
+                self._unregister(self._done_lock, _JOIN_WAITERS, registered, lambda: None)
 
     # ------------------------------------------------------------ waitable
     #
@@ -705,14 +709,85 @@ class Ring:
 
     # ------------------------------------------------------------ helpers
 
-    def _unregister(self, lock: int, slot: int, repair) -> None:
+    def _unregister(self, lock: int, kind: int, token: int, repair) -> None:
         # Left a wait by an exception (Ctrl-C): take our waiter mark back.
         if _lock(lock, None):
             repair()
         try:
-            self._h[slot] -= 1
+            self._drop_waiter(kind, token)
         finally:
             _shm.mutex_release(lock)
+
+    # Waiter registry.  Notifiers read only the count (``kind``: GET_, PUT_
+    # or JOIN_WAITERS), to skip the wake-up system call when nobody sleeps.
+    # A count kept by increments would stay high forever after a waiter is
+    # SIGKILLed, and every put would then pay a useless system call (+1 µs,
+    # 60% of a put).  So each waiter writes its pid into a slot, and the
+    # count is recomputed from the slots, dropping dead pids, every time a
+    # waiter comes or goes (under the side's lock, off the fast path).  More
+    # than _SLOTS waiters of one kind are counted in an overflow word
+    # without that healing.
+
+    def _wake(self, futex: int, lock: int, kind: int) -> None:
+        """Wake the waiters of *kind*; now and then heal a count nobody answers.
+
+        A registered waiter may be between two slices of its wait, so one
+        wake-up that finds nobody proves nothing; many in a row, with no
+        waiter coming or going meanwhile, mean the count is probably stale
+        (its waiter was killed): recount, if the lock is free right now.
+        """
+        if _shm.futex_wake(futex):
+            self._idle_wakes = 0
+            return
+        self._idle_wakes += 1
+        if self._idle_wakes >= _IDLE_WAKES_BEFORE_RECOUNT:
+            self._idle_wakes = 0
+            got = _try(lock)
+            if got is not None:
+                try:
+                    if got:             # its holder died: repair first
+                        (self._repair_get if lock == self._get_lock
+                         else self._repair_put)()
+                    self._recount(kind)
+                finally:
+                    _release(lock)
+
+    def _add_waiter(self, kind: int) -> int:
+        """Register this thread as a waiter (lock of that side held); return its slot."""
+        h = self._h
+        base = _SLOTS_BASE + _SLOTS * (kind - _GET_WAITERS)
+        me = os.getpid()
+        token = -1
+        for slot in range(base, base + _SLOTS):
+            if h[slot] == 0:
+                h[slot] = me
+                token = slot
+                break
+        if token < 0:
+            h[_OVERFLOW + kind - _GET_WAITERS] += 1
+        self._recount(kind)
+        return token
+
+    def _drop_waiter(self, kind: int, token: int) -> None:
+        h = self._h
+        if token >= 0:
+            h[token] = 0
+        else:
+            overflow = _OVERFLOW + kind - _GET_WAITERS
+            h[overflow] = max(0, h[overflow] - 1)
+        self._recount(kind)
+
+    def _recount(self, kind: int) -> None:
+        h = self._h
+        base = _SLOTS_BASE + _SLOTS * (kind - _GET_WAITERS)
+        me = os.getpid()
+        count = h[_OVERFLOW + kind - _GET_WAITERS]
+        for slot in range(base, base + _SLOTS):
+            pid = h[slot]
+            if pid and pid != me and not _alive(pid):
+                h[slot] = pid = 0
+            count += pid != 0
+        h[kind] = count
 
     def _read(self, offset: int, n: int) -> bytes:
         cap, data, _ = self._m
@@ -732,6 +807,16 @@ class Ring:
             cut = cap - start
             ring[start:cap] = data[:cut]
             ring[0:end - cap] = data[cut:]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # exists, belongs to someone else
+        return True
+    return True
 
 
 def _fifo_path(name: str) -> str:

@@ -212,9 +212,9 @@ def futex_wait(addr: int, expected: int, timeout: float) -> None:
                  ctypes.byref(_timespec(timeout)), None, 0)
 
 
-def futex_wake(addr: int) -> None:
-    """Wake every process sleeping in ``futex_wait`` on *addr*."""
-    _futex_poke(_SYS_FUTEX, addr, _FUTEX_WAKE, _INT_MAX, None, None, 0)
+def futex_wake(addr: int) -> int:
+    """Wake every process sleeping in ``futex_wait`` on *addr*; return how many."""
+    return max(0, _futex_poke(_SYS_FUTEX, addr, _FUTEX_WAKE, _INT_MAX, None, None, 0))
 
 
 # ---------------------------------------------------------------- segments

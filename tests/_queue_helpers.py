@@ -174,3 +174,8 @@ def die_mid_grow(q) -> None:
     ring._map_data(new_cap)
     ring._put_bytes(head, live)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_in_get(q, ready) -> None:
+    ready.set()
+    q.get(timeout=60)

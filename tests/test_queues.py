@@ -454,6 +454,29 @@ def test_commit_interrupted_by_sigkill_is_completed_by_the_next_producer(ctx_fs)
 
 
 @pytest.mark.timeout(30)
+def test_waiter_killed_in_its_sleep_stops_costing_the_producers(ctx_fs):
+    # Producers skip the wake-up system call when no consumer sleeps; a
+    # consumer SIGKILLed asleep must not leave them paying it forever.
+    q = ctx_fs.Queue()
+    ready = ctx_fs.Event()
+    sleepers = [ctx_fs.Process(target=helpers.sleep_in_get, args=(q, ready))
+                for _ in range(2)]
+    for p in sleepers:
+        p.start()
+    deadline = time.monotonic() + 20
+    while _waiters(q) < 2:
+        assert time.monotonic() < deadline, "consumers never went to sleep"
+    for p in sleepers:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(10)
+    assert _waiters(q) == 2          # what they left behind
+    for i in range(200):
+        q.put(i)                     # nobody answers the wake-ups: recount
+    assert _waiters(q) == 0
+    assert q.get_many() == list(range(200))
+
+
+@pytest.mark.timeout(30)
 def test_growth_interrupted_by_sigkill_leaves_the_queue_intact(ctx_fs):
     q = ctx_fs.Queue()
     q.put_many(helpers.item(3, s, 100) for s in range(5000))    # ~0.7 MiB, wrapped below
