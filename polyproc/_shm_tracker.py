@@ -169,6 +169,9 @@ _lock = threading.Lock()
 # (its closing is what tells the tracker the process is gone), so there is
 # no socket object to close, and nothing to warn about at exit.
 _fd: int | None = None
+# (st_dev, st_ino) of that socket: a process that closed its inherited
+# descriptors and reused the number for a file must not get our messages.
+_fd_identity: tuple[int, int] | None = None
 
 
 def _after_fork_in_child() -> None:
@@ -205,21 +208,32 @@ def _start_tracker(sess: Session) -> None:
         env={**os.environ, SESSION_ENV: sess.encode()})
 
 
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _connected() -> int:
     """This process's tracker connection; starts the tracker if needed.
 
     Blocks at most about ``_CONNECT_TIMEOUT_S`` (only when the tracker has to
     be started); raises ``OSError`` if no tracker can be reached.
     """
-    global _fd
-    if _fd is not None:
-        return _fd
+    global _fd, _fd_identity
+    fd = _fd
+    if fd is not None and _identity(fd) == _fd_identity:
+        return fd
     with _lock:
-        if _fd is not None:
+        if _fd is not None and _identity(_fd) == _fd_identity:
             return _fd
+        _fd = None  # closed or reused behind our back: not ours any more
         address = _session.address
         try:
             _fd = _connect_once(address)
+            _fd_identity = _identity(_fd)
             return _fd
         except (ConnectionRefusedError, FileNotFoundError):
             pass
@@ -228,6 +242,7 @@ def _connected() -> int:
         while True:
             try:
                 _fd = _connect_once(address)
+                _fd_identity = _identity(_fd)
                 return _fd
             except (ConnectionRefusedError, FileNotFoundError):
                 if time.monotonic() > deadline:

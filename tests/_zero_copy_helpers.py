@@ -183,3 +183,17 @@ def refill_and_return(value: int) -> np.ndarray:
         _filled = np.empty(4 * MiB, dtype=np.uint8)
     _filled[:] = value
     return _filled
+
+
+def reuse_tracker_fd_then_send(path: str, conn) -> None:
+    """Close the inherited tracker connection, put a file on its number,
+    then send: the message must go to a new connection, not the file."""
+    from polyproc import _shm_tracker
+    fd = _shm_tracker._fd
+    os.close(fd)
+    f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if f != fd:
+        os.dup2(f, fd)
+        os.close(f)
+    conn.send(pattern(2 * MiB, 16))
+    conn.send(os.fstat(fd).st_size)

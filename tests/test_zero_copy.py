@@ -482,3 +482,18 @@ def test_executor_arguments_and_results():
         back = executor.submit(h.identity, arr).result(timeout=30)
     assert total == h.array_checksum(arr)
     assert np.array_equal(back, arr)
+
+
+@pytest.mark.timeout(60)
+def test_a_reused_tracker_descriptor_gets_no_messages(tmp_path):
+    ctx = polyproc.get_context("fork")
+    ser.loads(ser.dumps(pattern(N)))   # this process is connected: children inherit it
+    assert _shm_tracker._fd is not None
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=h.reuse_tracker_fd_then_send,
+                    args=(str(tmp_path / "victim"), child))
+    p.start()
+    assert parent.poll(30)
+    assert np.array_equal(parent.recv(), pattern(2 * MiB, 16))
+    assert parent.recv() == 0          # nothing was written into the file
+    _join(p)
