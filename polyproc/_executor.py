@@ -184,6 +184,7 @@ class _ExecutorCore:
         self.in_flight: set[_FutureSink] = set()  # handed to the scheduler, not settled
         self.shut_down = False
         self.backend = None  # the ProcessScheduler, set right after construction
+        self.pid = os.getpid()  # forked children inherit a copy; it is not theirs
 
     def window(self, chunk: TaskChunk) -> int:
         """How many chunks like *chunk* may be in the scheduler's hands."""
@@ -324,7 +325,10 @@ def _python_exit() -> None:
     running calls fail with ``ProcessError``.
     """
     interrupted = isinstance(getattr(sys, "last_value", None), KeyboardInterrupt)
-    cores = list(_live_cores)
+    # A forked child (a worker, a Process) runs this hook too when it exits
+    # (``BaseProcess._bootstrap`` calls ``threading._shutdown``), with a copy
+    # of its parent's cores: those are the parent's to shut down, not its own.
+    cores = [core for core in list(_live_cores) if core.pid == os.getpid()]
     for core in cores:
         core.shutdown(cancel_futures=interrupted)
         if interrupted:
