@@ -497,3 +497,56 @@ def test_a_reused_tracker_descriptor_gets_no_messages(tmp_path):
     assert np.array_equal(parent.recv(), pattern(2 * MiB, 16))
     assert parent.recv() == 0          # nothing was written into the file
     _join(p)
+
+
+# -- A real, tiny /dev/shm -----------------------------------------------------------------
+
+def _tiny_dev_shm_available() -> bool:
+    import shutil
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /dev/shm"],
+        capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_real_full_dev_shm_falls_back_to_the_pipe():
+    if not _tiny_dev_shm_available():
+        pytest.skip("needs root and unshare to mount a 2 MiB /dev/shm in a private namespace")
+    body = """
+        import warnings
+        from polyproc import _shm_pool
+        r, w = ctx.Pipe()
+        p = ctx.Process(target=h.echo, args=(w,))
+        p.start()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for size in (1536 << 10, 4 << 20, 1536 << 10, 3 << 20):
+                arr = h.pattern(size, size % 251)
+                r.send(arr)
+                back = r.recv()
+                print("SIZE", size, bool(np.array_equal(back, arr)), flush=True)
+                del back
+        r.send(None)
+        p.join(30)
+        print("WARNED", any("shared memory unavailable" in str(x.message) for x in caught))
+        import gc; gc.collect(); _shm_pool.trim()
+        print("LEFT", len(os.listdir("/dev/shm")), flush=True)
+    """
+    code = (SESSION_PROGRAM_HEAD.format(tests=os.path.dirname(__file__))
+            + textwrap.dedent(body))
+    env = {k: v for k, v in os.environ.items() if k != _shm_tracker.SESSION_ENV}
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         'mount -t tmpfs -o size=2m tmpfs /dev/shm && exec "$0" -c "$1"',
+         sys.executable, code],
+        env=env, capture_output=True, text=True, timeout=80)
+    lines = [line.split() for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sizes = [words[1:] for words in lines if words[0] == "SIZE"]
+    assert sizes == [[str(1536 << 10), "True"], [str(4 << 20), "True"],
+                     [str(1536 << 10), "True"], [str(3 << 20), "True"]]
+    assert ["WARNED", "True"] in lines     # 4 MiB and 3 MiB went in-band
+    assert ["LEFT", "0"] in lines
