@@ -7,7 +7,10 @@ Three scenarios from issue 5, each with both libraries in the same run:
 * ``managers queue round trip``: 2,000 items sent to an echo process
   through one managed queue and back through another (4 proxy calls per
   round trip, two of them blocking in the server);
-* ``managers start+shutdown``: ``Manager()`` then ``shutdown()``.
+* ``managers start+shutdown``: ``Manager()`` then ``shutdown()``;
+* ``managers create+use+drop``: ``m.list()``, one call, release: the
+  stdlib opens three connections per proxy (create, incref, decref), polyproc
+  none.
 
 Both managers run with the default start method (fork on Linux).  What
 bounds the first two is the round trip between client and server (two
@@ -27,6 +30,7 @@ from ._harness import Scenario
 
 N_DICT = 5_000
 N_ROUND_TRIPS = 2_000
+N_CREATE = 500
 
 
 def echo(inq, outq) -> None:
@@ -85,6 +89,18 @@ def _queue_contender(lazy: _Lazy):
     return run
 
 
+def _create_contender(lazy: _Lazy):
+    def run() -> float:
+        m = lazy.get().manager
+        start = time.perf_counter()
+        for i in range(N_CREATE):
+            lst = m.list([i])
+            lst.append(i)
+            del lst
+        return time.perf_counter() - start
+    return run
+
+
 def _start_shutdown(lib):
     def run() -> float:
         start = time.perf_counter()
@@ -106,6 +122,11 @@ def scenarios() -> list[Scenario]:
                              "polyproc": _queue_contender(poly)},
                  work=(N_ROUND_TRIPS, "round trips"),
                  target=">= 3x stdlib (issue 5)"),
+        Scenario(name="managers create+use+drop 500 proxies",
+                 contenders={"stdlib": _create_contender(std),
+                             "polyproc": _create_contender(poly)},
+                 work=(N_CREATE, "proxies"),
+                 target="(not in the issue) proxy creation"),
         Scenario(name="managers start+shutdown",
                  contenders={"stdlib": _start_shutdown(multiprocessing),
                              "polyproc": _start_shutdown(polyproc)},
