@@ -47,7 +47,6 @@ import io
 import os
 import signal
 import sys
-import threading
 import time
 from typing import Any, Callable, NoReturn
 
