@@ -60,6 +60,7 @@ When its sentinel fires without a ``Retiring`` message:
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import os
 import signal
@@ -598,10 +599,11 @@ class ProcessScheduler:
         process = self._ctx.Process(
             target=worker_main, args=(child_conn, self._table, slot, self._config),
             name=f"PolyPoolWorker-{self._worker_counter}", daemon=True)
-        try:
-            process.start()
-        finally:
-            child_conn.close()
+        with _sigint_shielded_start():
+            try:
+                process.start()
+            finally:
+                child_conn.close()
         self._workers[slot] = WorkerHandle(process, parent_conn, slot)
 
     def _replace_workers(self) -> None:
@@ -658,6 +660,33 @@ class ProcessScheduler:
             except OSError:
                 pass
         self._wakeup_r = self._wakeup_w = -1
+
+
+@contextlib.contextmanager
+def _sigint_shielded_start():
+    """Start a worker so that it is born deaf to SIGINT.
+
+    A Ctrl-C reaches the whole process group; a worker still starting up
+    would print a KeyboardInterrupt traceback before worker_main installs
+    its own handler.  A forked child inherits the signal mask of the thread
+    that forks it, so SIGINT is blocked here (worker_main unblocks it).  A
+    spawned child (fork + exec) starts with an empty mask but inherits
+    SIG_IGN, which only the main thread can set: it is set too when this
+    runs there, the initial workers' case.  SIGINT stays blocked while it
+    is ignored, so a Ctrl-C in this window is kept pending, not lost, and
+    reaches the caller once the handler is back.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = None
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if in_main and previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _deliver(chunk: TaskChunk, offset: int, values: list, errors: dict) -> None:

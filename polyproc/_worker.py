@@ -293,6 +293,8 @@ def _replace_unpicklable(done: list) -> list:
 def worker_main(conn, table, slot: int, config: WorkerConfig) -> None:
     """Entry point of a pool worker process (the Process target)."""
     signal.signal(signal.SIGINT, _noop_signal_handler)
+    # Born with SIGINT blocked (see ProcessScheduler._spawn_worker).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     worker = _Worker(conn, table, slot, config)
     worker.mark(m.PHASE_IDLE)
     if not worker.initialize():

@@ -6,7 +6,8 @@ import polyproc
 
 
 def sleepy(x):
-    print("task started", flush=True)
+    sys.stdout.write("task started\n")  # one write: workers share the pipe
+    sys.stdout.flush()
     time.sleep(30)
     return x
 
