@@ -248,8 +248,7 @@ def _end_this_process() -> NoReturn:
         os._exit(1)
 
 
-def _watch_parent(sentinel: int | None, ppid: int, interval: float) -> None:
-    watch = _ParentWatch(sentinel, ppid)
+def _watch_parent(watch: _ParentWatch, interval: float) -> None:
     while not watch.parent_is_gone(interval):
         pass
     _end_this_process()
@@ -261,11 +260,13 @@ def start_parent_watchdog(interval: float = WATCHDOG_INTERVAL) -> None:
     A bare ``_thread`` thread: ``threading.Thread.start()`` waits until the
     new thread runs, which cost half a millisecond per daemon start on a
     busy machine; nothing here needs that handshake.  Bare threads are not
-    joined at exit, like daemon threads.
+    joined at exit, like daemon threads.  The sentinel's identity is taken
+    here, before ``run()`` starts, not in the thread: by the time the thread
+    runs, ``run()`` may already have closed and reused the descriptor.
     """
     import _thread
-    sentinel, ppid = _parent_sentinel(), os.getppid()
-    _thread.start_new_thread(_watch_parent, (sentinel, ppid, interval))
+    watch = _ParentWatch(_parent_sentinel(), os.getppid())
+    _thread.start_new_thread(_watch_parent, (watch, interval))
 
 
 # --- the exception channel -------------------------------------------------
