@@ -42,6 +42,7 @@ Reused from the stdlib: the registry format of ``BaseManager.register``
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import pickle
@@ -51,6 +52,7 @@ import ssl
 import sys
 import threading
 import traceback
+import weakref
 from collections import Counter
 from multiprocessing import util
 from multiprocessing.managers import Token, public_methods
@@ -166,6 +168,7 @@ class Server:
         self.stop_event = threading.Event()
         self._ids = itertools.count(1)
         self._pending = threading.BoundedSemaphore(max_pending)
+        self._socks: set = set()          # every connection's socket
 
     # --- life cycle -------------------------------------------------------
 
@@ -176,6 +179,11 @@ class Server:
         is meant to do nothing else.
         """
         current_process()._manager_server = self
+        # A process forked from the server (a SyncManager.Pool's workers)
+        # must not keep the clients' sockets open: a client would then never
+        # see the server die, and would wait forever for a reply.
+        os.register_at_fork(after_in_child=functools.partial(
+            _close_in_child, weakref.ref(self)))
         try:
             accepter = threading.Thread(target=self._accept_loop, daemon=True,
                                         name="polyproc-manager-accept")
@@ -239,6 +247,8 @@ class Server:
         sock.settimeout(self.handshake_timeout)
         if self.ssl_context is not None:
             sock = self.ssl_context.wrap_socket(sock, server_side=True)
+            with self.mutex:
+                self._socks.add(sock)       # the same descriptor, now TLS
         server_handshake(sock, self.authkey)
         chan = Channel(sock, self.max_frame_size, self.frame_timeout)
         sock.settimeout(self.handshake_timeout)
@@ -249,6 +259,15 @@ class Server:
         return chan, hello
 
     def _serve_connection(self, sock: socket.socket) -> None:
+        with self.mutex:
+            self._socks.add(sock)
+        try:
+            self._serve_connection_inner(sock)
+        finally:
+            with self.mutex:
+                self._socks.discard(sock)
+
+    def _serve_connection_inner(self, sock: socket.socket) -> None:
         try:
             try:
                 chan, hello = self._open(sock)
@@ -269,6 +288,8 @@ class Server:
                 self._serve_requests(chan, session)
         finally:
             chan.close()
+            with self.mutex:
+                self._socks.discard(chan.sock)
 
     @staticmethod
     def _wait_for_close(chan: Channel) -> None:
@@ -481,6 +502,17 @@ class Server:
         except Exception:
             return FailedText(type(exc).__qualname__, str(exc), text)
         return Failed(exc, text)
+
+
+def _close_in_child(server_ref: Any) -> None:
+    server = server_ref()
+    if server is None:
+        return
+    for sock in [server.listener, *server._socks]:
+        try:
+            sock.close()        # this process's copy only
+        except OSError:
+            pass
 
 
 def _fallback_getvalue(obj: Any) -> Any:

@@ -155,3 +155,23 @@ def serve_tls(authkey: bytes, certfile: str, keyfile: str) -> None:
 
 if __name__ == "__main__" and sys.argv[1] == "serve-tls":
     serve_tls(bytes.fromhex(sys.argv[2]), sys.argv[3], sys.argv[4])
+
+
+class Forker:
+    """Server-side object that forks a child which outlives the server."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        self.child = multiprocessing.get_context("fork").Process(
+            target=time.sleep, args=(30,))
+        self.child.start()
+
+    def pid(self) -> int:
+        return self.child.pid
+
+
+class ForkingManager(BaseManager):
+    pass
+
+
+ForkingManager.register("Forker", Forker)

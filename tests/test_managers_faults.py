@@ -113,3 +113,23 @@ def test_server_exits_when_its_parent_is_killed(ctx_fs):
             return True
 
     assert helpers.wait_until(server_gone, 10)
+
+
+@pytest.mark.timeout(30)
+def test_server_killed_while_a_process_it_forked_lives():
+    # A process forked by the server (a Pool's workers, say) must not keep
+    # the clients' sockets open, or clients would wait forever for a reply.
+    m = helpers.ForkingManager(ctx=polyproc.get_context("fork"))
+    m.start()
+    forker = m.Forker()
+    lingering = psutil.Process(forker.pid())
+    try:
+        os.kill(m._process.pid, signal.SIGKILL)
+        # (not join(): the lingering child holds the server's sentinel pipe)
+        assert helpers.wait_until(lambda: m._process.exitcode is not None, 10)
+        assert lingering.is_running()
+        with pytest.raises(ManagerConnectionError):
+            forker.pid()
+    finally:
+        lingering.kill()
+        m.shutdown()
