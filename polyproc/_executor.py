@@ -70,7 +70,7 @@ import time
 import weakref
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future, InvalidStateError
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from . import _messages as m
 from . import _serialization
@@ -78,6 +78,9 @@ from ._exceptions import (ExecutorInitializerError, ExecutorWorkerLostError,
                           InitializerError, WorkerLostError)
 from ._pool import _check_options
 from ._tasks import TaskChunk, function_name, make_chunk
+
+if TYPE_CHECKING:
+    from ._scheduler import ProcessScheduler
 
 __all__ = ["Executor"]
 
@@ -183,7 +186,9 @@ class _ExecutorCore:
         self.waiting: collections.deque[TaskChunk] = collections.deque()
         self.in_flight: set[_FutureSink] = set()  # handed to the scheduler, not settled
         self.shut_down = False
-        self.backend = None  # the ProcessScheduler, set right after construction
+        # Set by Executor right after this core exists (the scheduler needs
+        # the core's abort_all to be built).
+        self.backend: ProcessScheduler = None  # type: ignore[assignment]
         self.pid = os.getpid()  # forked children inherit a copy; it is not theirs
 
     def window(self, chunk: TaskChunk) -> int:
