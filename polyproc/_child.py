@@ -349,19 +349,24 @@ def _main_path_being_imported() -> str | None:
     return None
 
 
-def main_guard_message(main_path: str | None = None) -> str:
-    """What to tell a script that starts processes at import time."""
+def main_guard_message(main_path: str | None = None,
+                       what: str = "a process was started") -> str:
+    """What to tell a script that starts processes at import time.
+
+    *what* names the call that was made at import time.
+    """
     if main_path is None:
         main_path = _main_path_being_imported()
     where = f" ({main_path})" if main_path else ""
     text = (
-        "polyproc: a process was started while the main module"
+        f"polyproc: {what} while the main module"
         f"{where} was being imported by a new process.\n"
         "Under the 'spawn' and 'forkserver' start methods each new process "
         "imports the main module again, so code at its top level runs again "
         "there; starting processes at the top level would start them "
         "recursively.\n"
-        "Fix: start processes only from code under the main guard:\n\n"
+        "Fix: start processes (and call set_start_method) only from code "
+        "under the main guard:\n\n"
         "    if __name__ == '__main__':\n"
         "        main()   # the code that starts processes or pools\n"
     )
@@ -371,8 +376,11 @@ def main_guard_message(main_path: str | None = None) -> str:
     return text
 
 
-def refuse_start_while_importing_main() -> NoReturn:
+def refuse_start_while_importing_main(what: str = "a process was started") -> NoReturn:
     """Called by ``start()`` in a process that is importing ``__main__``.
+
+    (Also by ``Pool()``, and by ``set_start_method()`` where the stdlib
+    would raise "context has already been set"; *what* names the call.)
 
     In a child (spawn, or forked by the fork server): writes the message to
     stderr and exits with code 1, without a traceback.  (Not
@@ -385,7 +393,7 @@ def refuse_start_while_importing_main() -> NoReturn:
     if _in_fork_server_preload():
         raise SystemExit(MAIN_GUARD_EXIT_CODE)
     try:
-        sys.stderr.write(main_guard_message())
+        sys.stderr.write(main_guard_message(what=what))
         sys.stderr.flush()
     except Exception:
         pass

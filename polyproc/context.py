@@ -147,6 +147,13 @@ class DefaultContext(BaseContext):
     def set_start_method(self, method: str | None, force: bool = False) -> None:
         if method is not None and method not in _concrete_contexts:
             raise ValueError("cannot find context for %r" % method)
+        if (not force and _std_context._default_context._actual_context is not None
+                and getattr(_process.current_process(), "_inheriting", False)):
+            # A child importing a script that calls set_start_method() without
+            # the __main__ guard: the stdlib raises "context has already been
+            # set"; say what the real problem is (see process.py).
+            from ._child import refuse_start_while_importing_main
+            refuse_start_while_importing_main("set_start_method() was called")
         _std_context._default_context.set_start_method(method, force)
 
     def get_start_method(self, allow_none: bool = False):

@@ -458,3 +458,15 @@ def test_watchdog_is_not_fooled_by_a_reused_sentinel_descriptor():
     assert _recv(parent_conn) == ("alive", True)
     p.join(JOIN_S)
     assert p.exitcode == 0
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_unguarded_set_start_method_gives_the_main_guard_message(method):
+    result = _run_script("unguarded_set_start_method.py",
+                         {"POLYPROC_TEST_METHOD": method})
+    err = result.stderr
+    assert "set_start_method() was called while the main module" in err
+    assert err.count("if __name__ == '__main__':") == 1, err
+    assert "context has already been set" not in err and "Traceback" not in err
+    assert result.returncode == 0
+    assert "parent done exitcode=1" in result.stdout
