@@ -470,3 +470,23 @@ def test_unguarded_set_start_method_gives_the_main_guard_message(method):
     assert "context has already been set" not in err and "Traceback" not in err
     assert result.returncode == 0
     assert "parent done exitcode=1" in result.stdout
+
+
+@pytest.mark.timeout(20)
+def test_send_exception_never_blocks_on_a_small_pipe():
+    import fcntl
+
+    from polyproc._child import send_exception
+    from polyproc._remote_errors import rebuild_exception
+    reader, writer = polyproc.Pipe(duplex=False)
+    try:
+        fcntl.fcntl(writer.fileno(), 1031, 4096)  # F_SETPIPE_SZ: one page
+        # Nobody reads until send_exception has returned: a payload over
+        # 4 KiB would block here for ever.
+        send_exception(writer, ValueError("y" * 100_000))
+        exc = rebuild_exception(reader.recv_bytes())
+    finally:
+        reader.close()
+        writer.close()
+    assert isinstance(exc, RemoteError) and exc.type_name == "ValueError"
+    assert exc.message.startswith("yyy")
