@@ -451,3 +451,19 @@ def test_ctrl_c_during_the_copy_leaves_nothing(monkeypatch):
         ser.dumps([pattern(T, 1), pattern(T, 2)])
     assert len(calls) == 2
     # no_leaks: the first segment went back to the pool (FREE) and is trimmed
+
+
+@pytest.mark.timeout(60)
+def test_threads_sending_and_receiving_at_once_never_mix_data():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def round_trips(seed):
+        ok = True
+        for i in range(8):
+            arr = pattern(T + 4096 * (seed % 3), seed * 100 + i)
+            back = ser.loads(ser.dumps(arr))
+            ok &= bool(np.array_equal(back, arr))
+        return ok
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(round_trips, range(8))) == [True] * 8
