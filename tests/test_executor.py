@@ -181,6 +181,16 @@ def test_max_tasks_per_child_replaces_workers(fork_ctx):
     assert pids[0] == pids[1] and pids[2] == pids[3] and pids[4] == pids[5]
 
 
+@pytest.mark.timeout(30)
+def test_max_memory_per_child_replaces_workers(fork_ctx):
+    # Any worker is over a 1-byte ceiling: each is replaced after one task.
+    with _executor(fork_ctx, 1, max_memory_per_child=1) as ex:
+        pids = [ex.submit(h.pid_of_worker).result(WAIT) for _ in range(3)]
+    assert len(set(pids)) == 3
+    with pytest.raises(ValueError, match="max_memory_per_child"):
+        Executor(1, mp_context=fork_ctx, max_memory_per_child=0)
+
+
 # -- a worker dies --------------------------------------------------------------
 
 @pytest.mark.timeout(60)
