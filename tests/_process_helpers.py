@@ -172,3 +172,12 @@ def reuse_parent_sentinel_fd(conn, seconds: float) -> None:
     threading.Event().wait(seconds)
     conn.send(("alive", reused == fd))
     conn.close()
+
+
+def start_failing_grandchild(method: str) -> None:
+    """Start a grandchild that raises; raise what its p.exception says."""
+    p = polyproc.get_context(method).Process(target=raise_value_error,
+                                             args=("from the grandchild",))
+    p.start()
+    p.join(30)
+    raise RuntimeError(f"grandchild: {type(p.exception).__name__}: {p.exception}")

@@ -490,3 +490,10 @@ def test_send_exception_never_blocks_on_a_small_pipe():
         writer.close()
     assert isinstance(exc, RemoteError) and exc.type_name == "ValueError"
     assert exc.message.startswith("yyy")
+
+
+def test_exception_of_a_grandchild_reaches_the_child(ctx):
+    p = _joined(ctx, helpers.start_failing_grandchild, ctx.get_start_method())
+    assert p.exitcode == 1
+    assert type(p.exception) is RuntimeError
+    assert str(p.exception) == "grandchild: ValueError: from the grandchild"
