@@ -33,9 +33,9 @@ from ._exceptions import (AuthenticationError, FrameTooLargeError,
                           ManagerConnectionError, ManagerProtocolError)
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Address, Channel, DecRef,
-                            Hello, client_handshake, connect,
+                            Hello, client_handshake, connect, decode,
                             describe_address)
-from ._serialization import dumps, loads, release
+from ._serialization import release
 
 __all__ = ["ManagerClient", "get_client", "drop_client", "queue_decref",
            "register_client_options", "register_authkey", "known_authkey"]
@@ -69,7 +69,7 @@ class ManagerClient:
             sock.settimeout(self.connect_timeout)
             client_handshake(sock, self.authkey, self.address)
             chan = Channel(sock, self.max_frame_size, DEFAULT_FRAME_TIMEOUT)
-            chan.send(dumps(Hello(self.session, lifeline)))
+            chan.send(chan.encode(Hello(self.session, lifeline)))
         except AuthenticationError:
             if sock is not None:
                 sock.close()
@@ -107,7 +107,7 @@ class ManagerClient:
         this thread's connection, whose next frame would be a stale reply.
         """
         chan = self.channel()
-        payload = chan.dumps(msg, what)
+        payload = chan.encode(msg, what)
         chan.busy = True
         try:
             if self.pending_decrefs:
@@ -142,7 +142,7 @@ class ManagerClient:
             raise
         finally:
             chan.busy = False
-        return loads(frame, "manager reply")
+        return decode(frame, "manager reply")
 
     def _flush(self, chan: Channel) -> None:
         idents = []
@@ -153,7 +153,7 @@ class ManagerClient:
             except IndexError:
                 break
         if idents:
-            chan.send(dumps(DecRef(tuple(idents))))
+            chan.send(chan.encode(DecRef(tuple(idents))))
 
     def flush_if_idle(self) -> None:
         """Send queued releases now if this thread's connection is idle."""

@@ -65,9 +65,9 @@ from ._exceptions import (AuthenticationError, FrameTooLargeError,
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Address, Call, Channel,
                             Control, Create, DecRef, Failed, FailedText,
-                            Hello, IncRef, NewProxy, Ok, default_address,
-                            listen, server_handshake)
-from ._serialization import loads, release
+                            Hello, IncRef, NewProxy, Ok, decode,
+                            default_address, listen, server_handshake)
+from ._serialization import release
 
 __all__ = ["Server", "ClientGone", "current_connection", "ConnectionState"]
 
@@ -252,7 +252,7 @@ class Server:
         server_handshake(sock, self.authkey)
         chan = Channel(sock, self.max_frame_size, self.frame_timeout)
         sock.settimeout(self.handshake_timeout)
-        hello = loads(chan.recv(), "manager hello")
+        hello = decode(chan.recv(), "manager hello")
         sock.settimeout(None)
         if type(hello) is not Hello:
             raise ManagerProtocolError(f"expected Hello, got {type(hello).__name__}")
@@ -310,7 +310,7 @@ class Server:
 
     def _request_loop(self, conn: ConnectionState, session: Counter) -> None:
         chan = conn.chan
-        recv, send, encode = chan.recv, chan.send, chan.dumps
+        recv, send, encode = chan.recv, chan.send, chan.encode
         while True:
             try:
                 frame = recv()
@@ -320,8 +320,8 @@ class Server:
                 return
             conn.undo.clear()
             try:
-                msg = loads(frame, "manager request")
-            except SerializationError as exc:
+                msg = decode(frame, "manager request")
+            except (SerializationError, ManagerProtocolError) as exc:
                 reply: Any = self._failure(exc)
             else:
                 reply = self._dispatch(msg, session)

@@ -68,20 +68,31 @@ class ServerQueue(queue.Queue):
     whose undelivered items go back to the front of the queue."""
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        conn = current_connection()
+        try:
+            # Fast path, no slicing machinery: an item is there already.
+            item = queue.Queue.get(self, False)
+        except queue.Empty:
+            if not block:
+                raise
+            item = self._wait_for_item(timeout)
+        if conn is not None:
+            conn.undo.append(lambda: self._unget(item))
+        return item
+
+    def _wait_for_item(self, timeout: float | None) -> Any:
         def once(step: float):
             try:
                 return True, queue.Queue.get(self, True, step)
             except queue.Empty:
                 return False, None
 
-        outcome = _sliced_wait(once, block, timeout)
+        outcome = _sliced_wait(once, True, timeout)
         if outcome is None:
-            item = queue.Queue.get(self, block, timeout)
-        elif outcome[0]:
-            item = outcome[1]
-        else:
-            raise queue.Empty
-        conn = current_connection()
+            return queue.Queue.get(self, True, timeout)
+        if outcome[0]:
+            return outcome[1]
+        raise queue.Empty
         if conn is not None:
             conn.undo.append(lambda: self._unget(item))
         return item

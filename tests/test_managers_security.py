@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import pickle
 import socket
 import ssl
 import struct
@@ -20,9 +21,8 @@ import polyproc
 from polyproc import managers
 from polyproc._exceptions import (AuthenticationError, FrameTooLargeError,
                                   InsecureAddressError)
-from polyproc._manager_wire import (MAGIC, Channel, Control, Hello, Ok,
-                                    client_handshake)
-from polyproc._serialization import dumps, loads
+from polyproc._manager_wire import (MAGIC, Channel, Control, Failed, Hello,
+                                    Ok, client_handshake, decode, encode)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -60,7 +60,7 @@ def authenticated(address, key=KEY) -> tuple[socket.socket, Channel]:
     sock = socket.create_connection(address, timeout=5)
     client_handshake(sock, key, address)
     chan = Channel(sock, 1 << 20, 5.0)
-    chan.send(dumps(Hello(os.urandom(16), False)))
+    chan.send(encode(Hello(os.urandom(16), False)))
     sock.settimeout(5)
     return sock, chan
 
@@ -177,11 +177,15 @@ def test_half_sent_frame_is_timed_out(manager):
 def test_garbage_frame_after_authentication_gets_an_error_reply(manager):
     sock, chan = authenticated(manager.address)
     chan.send(b"\x80\x05garbage that is no pickle")
-    reply = loads(chan.recv())
-    assert type(reply).__name__ == "Failed"
+    reply = decode(chan.recv())
+    assert type(reply) is Failed
     assert "cannot unpickle" in str(reply.exception)
-    chan.send(dumps(Control("dummy")))           # the connection goes on
-    assert type(loads(chan.recv())) is Ok
+    chan.send(pickle.dumps(("a tuple", "but no message")))
+    reply = decode(chan.recv())
+    assert type(reply) is Failed
+    assert "not a manager message" in str(reply.exception)
+    chan.send(encode(Control("dummy")))          # the connection goes on
+    assert type(decode(chan.recv())) is Ok
     sock.close()
 
 
