@@ -194,8 +194,8 @@ def test_max_memory_per_child_replaces_workers(fork_ctx):
 # -- a worker dies --------------------------------------------------------------
 
 @pytest.mark.timeout(60)
-def test_sigkill_fails_only_its_own_future(ctx_fs):
-    with _executor(ctx_fs) as ex:
+def test_sigkill_fails_only_its_own_future(ctx):
+    with _executor(ctx) as ex:
         ex.submit(h.square, 0).result(WAIT)  # workers up
         before = [ex.submit(h.square, i) for i in range(20)]
         started = time.monotonic()
@@ -344,15 +344,12 @@ def test_exception_that_cannot_be_pickled_comes_back(fork_ctx):
         assert ex.submit(h.square, 4).result(WAIT) == 16
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known scheduler bug, reported to the Pool owner: a Results message that "
-    "fails to unpickle in the parent crashes the PoolScheduler thread and "
-    "breaks the executor instead of failing that one future"))
 @pytest.mark.timeout(30)
 def test_result_that_fails_to_unpickle_in_the_parent(fork_ctx):
     with _executor(fork_ctx) as ex:
         error = ex.submit(h.return_fails_to_unpickle).exception(WAIT)
         assert isinstance(error, SerializationError)
+        assert "refuses to be unpickled (parent)" in str(error)
         assert ex.submit(h.square, 4).result(WAIT) == 16
 
 
