@@ -49,6 +49,7 @@ that (a receiver killed before reading) is the session tracker's job
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -188,7 +189,9 @@ class _Pool:
                     return None  # the caller makes a one-shot segment
             try:
                 ref, m = _shm.create_recyclable(data, HEADER)
-            except OSError:
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.ENOMEM):
+                    raise
                 # /dev/shm full: give back what this process keeps idle,
                 # then try once more (the caller falls back to the pipe).
                 self.reap(everything_free=True)

@@ -84,6 +84,7 @@ GRACE_S = 0.3
 # (see _shm_pool.sweep), while it holds any names.
 SWEEP_S = 1.0
 _CONNECT_TIMEOUT_S = 5.0
+_SEND_TIMEOUT_S = 1.0
 
 
 # -- Messages ---------------------------------------------------------------
@@ -189,6 +190,7 @@ def _connect_once(address) -> int:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         s.connect(address)
+        s.setblocking(False)  # see _write_bounded
     except BaseException:
         s.close()
         raise
@@ -251,14 +253,37 @@ def _connected() -> int:
                 time.sleep(0.005)
 
 
+class TrackerBusyError(OSError):
+    """The tracker has not read its messages for a while (stopped, swamped)."""
+
+
+def _write_bounded(fd: int, data: bytes) -> None:
+    # The connection is non-blocking: a tracker that stopped reading (a
+    # SIGSTOP, a debugger) must not hang a sender.  Wait a bounded time for
+    # room, then give up; the caller sends through the pipe instead.
+    try:
+        os.write(fd, data)  # one datagram: never interleaved with others'
+        return
+    except BlockingIOError:
+        pass
+    import select
+    _, writable, _ = select.select([], [fd], [], _SEND_TIMEOUT_S)
+    if not writable:
+        raise TrackerBusyError(errno.ETIMEDOUT, "polyproc's shared-memory "
+                               "tracker is not reading its messages")
+    os.write(fd, data)
+
+
 def _send(message: Register | Unregister) -> None:
     global _fd
     data = message.encode()
     for attempt in (1, 2):
         fd = _connected()
         try:
-            os.write(fd, data)  # one datagram: never interleaved with others'
+            _write_bounded(fd, data)
             return
+        except (TrackerBusyError, BlockingIOError):
+            raise
         except OSError:
             # The tracker died (killed by someone): connect to, or start,
             # a new one once, then give up.  (Python ignores SIGPIPE, so a

@@ -550,3 +550,43 @@ def test_a_real_full_dev_shm_falls_back_to_the_pipe():
                      [str(1536 << 10), "True"], [str(3 << 20), "True"]]
     assert ["WARNED", "True"] in lines     # 4 MiB and 3 MiB went in-band
     assert ["LEFT", "0"] in lines
+
+
+@pytest.mark.timeout(60)
+def test_a_stopped_tracker_never_hangs_a_sender():
+    proc = _run_session("""
+        import warnings
+        from polyproc import _serialization as ser, _shm_tracker
+        ser.loads(ser.dumps(h.pattern(2 << 20, 1)))    # tracker up, connected
+        print("STOP_IT", flush=True)
+        sys.stdin.readline()
+        n = 0
+        try:
+            while n < 200000:                           # fill its socket
+                _shm_tracker.register(f"/{_shm.session_prefix()}fake{n}")
+                n += 1
+            print("BUSY never", flush=True)
+        except _shm_tracker.TrackerBusyError:
+            print("BUSY", n, flush=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            payload = ser.dumps(h.pattern(4 << 20, 2))  # needs a new segment
+        print("FALLBACK", payload[:4] != ser.MAGIC,
+              any("not reading" in str(x.message) for x in caught), flush=True)
+        print("SAME", bool(np.array_equal(ser.loads(payload), h.pattern(4 << 20, 2))), flush=True)
+    """)
+    session_text, prefix = _read_tag(proc, "SESSION")
+    _read_tag(proc, "STOP_IT")
+    (tracker,) = _tracker_of(session_text)
+    tracker.suspend()
+    try:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        busy = _read_tag(proc, "BUSY")
+        assert busy != ["never"] and int(busy[0]) > 0
+        assert _read_tag(proc, "FALLBACK") == ["True", "True"]
+        assert _read_tag(proc, "SAME") == ["True"]
+    finally:
+        tracker.resume()
+    assert proc.wait(30) == 0
+    _assert_session_cleaned(session_text, prefix)
