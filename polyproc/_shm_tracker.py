@@ -58,7 +58,9 @@ data through the pipe instead.
 
 Messages to the tracker are typed (``Register``, ``Unregister``) and travel
 as one ``SOCK_SEQPACKET`` datagram each, so writes from several processes
-sharing one connection never interleave.
+sharing one connection never interleave.  The connection is non-blocking:
+a tracker that stops reading costs a sender at most ``_SEND_TIMEOUT_S``
+before it falls back to the pipe, never a hang.
 """
 from __future__ import annotations
 
