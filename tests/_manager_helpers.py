@@ -175,3 +175,11 @@ class ForkingManager(BaseManager):
 
 
 ForkingManager.register("Forker", Forker)
+
+
+def set_env(name: str, value: str) -> None:
+    os.environ[name] = value
+
+
+def snapshot_env() -> dict:
+    return dict(os.environ)

@@ -47,6 +47,12 @@ class CustomManager(managers.BaseManager):
 CustomManager.register("Thing", MakesUnpicklable)
 CustomManager.register("lambda_list", lambda: [1, 2, 3],
                        proxytype=managers.ListProxy)
+CustomManager.register("env", helpers.snapshot_env, managers.DictProxy)
+CustomManager.register("make_list", list, managers.ListProxy,
+                       method_to_typeid=None, create_method=True)
+CustomManager.register("Thing2", MakesUnpicklable, exposed=("boom",),
+                       method_to_typeid={"boom": "Thing2"})
+CustomManager.register("no_method", list, create_method=False)
 
 
 def test_public_names_mirror_stdlib():
@@ -192,6 +198,20 @@ def test_register_custom_type_autoproxy_and_lambda():
         assert m.lambda_list()[:] == [1, 2, 3]    # registry via cloudpickle
         with pytest.raises(AttributeError, match="not in exposed"):
             thing._callmethod("__init__")
+
+
+def test_start_initializer_runs_in_server(ctx_fs):
+    m = CustomManager(ctx=ctx_fs)
+    m.start(initializer=helpers.set_env, initargs=("POLYPROC_MGR_INIT", "yes"))
+    try:
+        assert m.env()["POLYPROC_MGR_INIT"] == "yes"
+        assert m.lambda_list()[:] == [1, 2, 3]   # registry crossed by value
+        assert not hasattr(m, "no_method")       # create_method=False
+        assert type(m.Thing2())._exposed_ == ("boom",)
+        m.join(0.01)                             # still running: returns
+        assert m._process.is_alive()
+    finally:
+        m.shutdown()
 
 
 def test_unpicklable_argument_raises_in_caller(manager):

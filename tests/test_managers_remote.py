@@ -14,7 +14,6 @@ import sys
 import pytest
 
 import _manager_helpers as helpers
-import polyproc
 from polyproc._exceptions import AuthenticationError, ManagerConnectionError
 
 pytestmark = pytest.mark.timeout(40)

@@ -1,7 +1,6 @@
 """polyproc.managers: nobody gets in without the key, and bad input is survived."""
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import pickle
