@@ -215,3 +215,25 @@ class InsecureAddressError(ValueError):
     neither know nor should; a server reachable from the network must be
     given its key on purpose.
     """
+
+
+# --- zero-copy transport (polyproc._shm, _shm_pool, _shm_tracker) ------------
+# Internal: callers never see these raised.  They make ``_serialization``
+# fall back to the pipe, or appear as the ``__cause__`` of the
+# ``SerializationError`` that ``loads`` raises.
+
+class SegmentGoneError(FileNotFoundError):
+    """A payload's shared-memory segment no longer exists, or was refilled:
+    the payload was loaded or released before (a payload loads exactly
+    once), or its session's tracker removed it after the session ended."""
+
+
+class TrackerBusyError(OSError):
+    """The shared-memory tracker has not read its messages for a while (it
+    was stopped, or is swamped); the sender uses the pipe instead."""
+
+
+class LargeBufferSignal(Exception):
+    """Control flow inside ``_serialization.dumps``, never raised out of it:
+    its fast path's ``buffer_callback`` raises this on the first buffer
+    large enough for shared memory, and ``dumps`` takes the zero-copy path."""

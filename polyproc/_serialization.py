@@ -88,6 +88,7 @@ import warnings
 from typing import Any, Callable, NamedTuple
 
 from . import _shm, _shm_pool
+from ._exceptions import LargeBufferSignal as _LargeBuffer
 from ._exceptions import SerializationError
 
 __all__ = ["dumps", "loads", "release", "dumps_function", "describe",
@@ -181,10 +182,6 @@ _PICKLERS = (_plain_dumps, _extended_dumps, _cloudpickle_dumps)
 
 
 # -- dumps ----------------------------------------------------------------------
-
-class _LargeBuffer(Exception):
-    """Raised by the fast path's buffer_callback: take the zero-copy path."""
-
 
 def _keep_small_in_band(buffer: pickle.PickleBuffer) -> bool:
     # Returning True keeps the buffer in the stream, as plain pickle does.

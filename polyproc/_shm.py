@@ -32,6 +32,7 @@ import secrets
 from typing import NamedTuple
 
 from . import _shm_tracker
+from ._exceptions import SegmentGoneError
 
 try:
     import _posixshmem
@@ -51,10 +52,6 @@ class SegmentRef(NamedTuple):
     # header page and goes back to its sender when the receiver is done.
     recycled: bool = False
     generation: int = 0  # which filling of a recycled segment this payload is
-
-
-class SegmentGoneError(FileNotFoundError):
-    """The segment no longer exists (already received, released or cleaned up)."""
 
 
 def session_prefix() -> str:

@@ -75,6 +75,8 @@ import threading
 import time
 from typing import NamedTuple
 
+from ._exceptions import TrackerBusyError
+
 __all__ = ["Register", "Unregister", "session", "Session", "register",
            "unregister", "main"]
 
@@ -253,10 +255,6 @@ def _connected() -> int:
                     raise OSError(errno.ETIMEDOUT,
                                   "polyproc's shared-memory tracker did not start")
                 time.sleep(0.005)
-
-
-class TrackerBusyError(OSError):
-    """The tracker has not read its messages for a while (stopped, swamped)."""
 
 
 def _write_bounded(fd: int, data: bytes) -> None:
