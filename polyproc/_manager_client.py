@@ -27,6 +27,7 @@ import collections
 import os
 import ssl
 import threading
+import weakref
 from typing import Any
 
 from ._exceptions import (AuthenticationError, FrameTooLargeError,
@@ -58,7 +59,10 @@ class ManagerClient:
         self._lock = threading.Lock()
         self._lifeline_lock = threading.Lock()
         self._lifeline: Channel | None = None
-        self._channels: list[Channel] = []
+        # Weak: a thread's channel dies with the thread (its threading.local
+        # goes, the socket closes, the server's thread for it ends); this set
+        # only lets close() and the fork hook reach the live ones.
+        self._channels: weakref.WeakSet[Channel] = weakref.WeakSet()
         self.pending_decrefs: collections.deque = collections.deque()
 
     def _connect(self, lifeline: bool) -> Channel:
@@ -82,7 +86,7 @@ class ManagerClient:
                 "manager server is not running (it was shut down or died), "
                 "or the address is wrong.", self.address) from exc
         with self._lock:
-            self._channels.append(chan)
+            self._channels.add(chan)
         return chan
 
     def channel(self) -> Channel:
@@ -172,14 +176,14 @@ class ManagerClient:
         if getattr(self._local, "chan", None) is chan:
             self._local.chan = None
         with self._lock:
-            if chan in self._channels:
-                self._channels.remove(chan)
+            self._channels.discard(chan)
         chan.close()
 
     def close(self) -> None:
         """Close every connection (the server then drops our references)."""
         with self._lock:
-            channels, self._channels = self._channels, []
+            channels = list(self._channels)
+            self._channels = weakref.WeakSet()
             self._lifeline = None
         for chan in channels:
             chan.close()

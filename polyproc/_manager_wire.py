@@ -361,7 +361,7 @@ class Channel:
     """
 
     __slots__ = ("sock", "max_frame_size", "frame_timeout", "_buf", "_view",
-                 "_start", "_end", "busy", "pid", "dumps")
+                 "_start", "_end", "busy", "pid", "dumps", "__weakref__")
 
     def encode(self, msg: Any, what: str = "manager message") -> Any:
         """``encode`` with this link's pickler (see ``dumps`` below)."""
@@ -391,6 +391,11 @@ class Channel:
             self.sock.close()
         except OSError:
             pass
+
+    def __del__(self) -> None:
+        # A thread's channel is dropped with its thread: close it quietly
+        # (no ResourceWarning for an unclosed socket).
+        self.close()
 
     def send(self, payload: bytes | bytearray | memoryview) -> None:
         n = len(payload)

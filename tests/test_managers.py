@@ -8,6 +8,7 @@ import multiprocessing
 import multiprocessing.managers as std_managers
 import threading
 
+import psutil
 import pytest
 
 import _manager_helpers as helpers
@@ -354,3 +355,21 @@ def test_shared_memory_manager():
     from multiprocessing import shared_memory
     with pytest.raises(FileNotFoundError):        # unlinked at shutdown
         shared_memory.SharedMemory(name)
+
+
+def test_connections_of_finished_threads_are_closed(manager):
+    d = manager.dict()
+    d["warm"] = 1                       # this thread's connection exists
+    gc.collect()
+    me = psutil.Process()
+    before = me.num_fds()
+
+    def one_call():
+        d["t"] = 1
+
+    for _ in range(20):
+        t = threading.Thread(target=one_call)
+        t.start()
+        t.join(10)
+    gc.collect()
+    assert me.num_fds() <= before + 2
