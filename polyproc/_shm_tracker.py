@@ -66,10 +66,7 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
-import selectors
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -155,7 +152,7 @@ def _session_from_environment() -> Session:
             return Session.parse(text)
         except ValueError:
             pass
-    new = Session(os.getpid(), secrets.token_hex(4))
+    new = Session(os.getpid(), os.urandom(4).hex())
     os.environ[SESSION_ENV] = new.encode()
     return new
 
@@ -202,6 +199,7 @@ def _connect_once(address) -> int:
 
 
 def _start_tracker(sess: Session) -> None:
+    import subprocess
     from multiprocessing import spawn
     subprocess.Popen(
         [spawn.get_executable(), "-c",
@@ -331,11 +329,12 @@ def _unlink(name: str) -> None:
         pass  # received, released or never created: nothing to do
 
 
-def _watch_root(sel: selectors.BaseSelector, root_pid: int) -> object | None:
-    """Register a pidfd for the root with *sel*; None if the root is gone.
+def _watch_root(sel, root_pid: int) -> object | None:
+    """Register a pidfd for the root with selector *sel*; None if the root is gone.
 
     Returns the pidfd, or the string "poll" where pidfds do not exist.
     """
+    import selectors
     try:
         fd = os.pidfd_open(root_pid)
     except ProcessLookupError:
@@ -354,6 +353,7 @@ def _watch_root(sel: selectors.BaseSelector, root_pid: int) -> object | None:
 
 def main() -> None:
     """Run the tracker of the session named on the command line."""
+    import selectors
     global _in_tracker
     _in_tracker = True
     sess = Session.parse(sys.argv[-1])

@@ -197,3 +197,4 @@ def reuse_tracker_fd_then_send(path: str, conn) -> None:
         os.close(f)
     conn.send(pattern(2 * MiB, 16))
     conn.send(os.fstat(fd).st_size)
+

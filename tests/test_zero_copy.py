@@ -590,3 +590,30 @@ def test_a_stopped_tracker_never_hangs_a_sender():
         tracker.resume()
     assert proc.wait(30) == 0
     _assert_session_cleaned(session_text, prefix)
+
+
+@pytest.mark.timeout(60)
+def test_children_share_the_session_of_a_parent_that_only_imported_polyproc(tmp_path):
+    code = textwrap.dedent(f"""
+        import os
+        import polyproc                      # nothing else of polyproc
+        WRITE = ("import os; open({{!r}}, 'w').write("
+                 "os.environ.get('POLYPROC_SHM_SESSION', ''))")
+        if __name__ == "__main__":
+            mine = os.environ.get("POLYPROC_SHM_SESSION")
+            for method in ("spawn", "forkserver", "fork"):
+                path = {str(tmp_path)!r} + "/" + method
+                # exec: a target that imports nothing of polyproc here
+                p = polyproc.get_context(method).Process(
+                    target=exec, args=(WRITE.format(path),))
+                p.start()
+                p.join(30)
+                print(method, bool(mine) and open(path).read() == mine, flush=True)
+    """)
+    script = tmp_path / "main.py"
+    script.write_text(code)
+    env = {k: v for k, v in os.environ.items() if k != _shm_tracker.SESSION_ENV}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                         text=True, timeout=50)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["spawn", "True", "forkserver", "True", "fork", "True"]
