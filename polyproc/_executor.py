@@ -106,6 +106,53 @@ def _for_executor(exc: BaseException) -> BaseException:
     return new
 
 
+class _ExecutorFuture(Future):
+    """A ``concurrent.futures.Future`` whose ``cancel()`` is seen by ``wait()`` at once.
+
+    A plain Future that is cancelled goes to ``CANCELLED``; ``wait()`` and
+    ``as_completed()`` only count it once the executor has called
+    ``set_running_or_notify_cancel()`` on it, which the stdlib's executor
+    does when the work item would have entered its call queue, and this one
+    would do when the chunk would have entered the window.  Until then a
+    ``wait()`` on it blocks, though nothing will ever run.  Here ``cancel()``
+    does that notification itself.
+
+    ``claimed`` (guarded by the core's lock) says who has called
+    ``set_running_or_notify_cancel()``: exactly one of ``cancel()`` or the
+    core (hand-over, shutdown, abort) does, since a second call raises.
+    """
+
+    def __init__(self, core: "_ExecutorCore"):
+        super().__init__()
+        self._core = core
+        self.claimed = False
+
+    def cancel(self) -> bool:
+        """Cancel the call if it has not been handed to a worker yet.
+
+        Returns False if the call is running (handed to the scheduler: see
+        the module docstring) or finished; True if it is cancelled, and then
+        it never runs.
+        """
+        if not super().cancel():
+            return False
+        with self._core.lock:
+            if not self.claimed:
+                self.claimed = True
+                self.set_running_or_notify_cancel()  # CANCELLED_AND_NOTIFIED
+        return True
+
+    def claim(self) -> bool:
+        """Mark running for a hand-over (holding the core's lock).
+
+        Returns False if the future was cancelled: the call must not run.
+        """
+        if self.claimed:
+            return False
+        self.claimed = True
+        return self.set_running_or_notify_cancel()
+
+
 class _FutureSink:
     """Receives one chunk's outcomes from the scheduler and completes its Future.
 
@@ -119,7 +166,7 @@ class _FutureSink:
     __slots__ = ("core", "future", "start", "count", "as_list", "values",
                  "first_error", "remaining")
 
-    def __init__(self, core: "_ExecutorCore", future: Future, start: int = 0,
+    def __init__(self, core: "_ExecutorCore", future: _ExecutorFuture, start: int = 0,
                  count: int = 1, as_list: bool = False):
         self.core = core
         self.future = future
@@ -220,7 +267,7 @@ class _ExecutorCore:
                 if self.waiting or len(self.in_flight) >= self.window(chunk):
                     self.waiting.append(chunk)
                 else:
-                    chunk.sink.future.set_running_or_notify_cancel()
+                    chunk.sink.future.claim()  # a new future: not cancelled yet
                     self.in_flight.add(chunk.sink)
                     send.append(chunk)
             # Under the lock, so that shutdown() cannot close the scheduler
@@ -238,7 +285,7 @@ class _ExecutorCore:
             if self.waiting or len(self.in_flight) >= self.window(chunk):
                 self.waiting.append(chunk)
                 return
-            chunk.sink.future.set_running_or_notify_cancel()
+            chunk.sink.future.claim()  # a new future: not cancelled yet
             self.in_flight.add(chunk.sink)
             self.backend.submit([chunk])
 
@@ -249,10 +296,7 @@ class _ExecutorCore:
             if cancel_futures:
                 self.waiting.clear()
         for chunk in cancelled:
-            chunk.sink.future.cancel()
-            # Moves the future to CANCELLED_AND_NOTIFIED, which is what
-            # wait() and as_completed() watch for.
-            chunk.sink.future.set_running_or_notify_cancel()
+            chunk.sink.future.cancel()  # notifies wait() and as_completed() too
             chunk.release()
         # The scheduler keeps running what it holds and what settle() tops
         # up from ``waiting``; it stops its workers once it is all done.
@@ -287,7 +331,7 @@ class _ExecutorCore:
         send = []
         while self.waiting and (broken is not None or len(self.in_flight) < window):
             chunk = self.waiting.popleft()
-            if not chunk.sink.future.set_running_or_notify_cancel():
+            if not chunk.sink.future.claim():
                 chunk.release()  # cancelled while it waited: it never runs
                 continue
             if broken is not None:
@@ -304,12 +348,11 @@ class _ExecutorCore:
         with self.lock:
             sinks = list(self.in_flight)
             self.in_flight.clear()
-            waiting = list(self.waiting)
+            for chunk in self.waiting:
+                chunk.release()
+                if chunk.sink.future.claim():
+                    sinks.append(chunk.sink)
             self.waiting.clear()
-        for chunk in waiting:
-            chunk.release()
-            if chunk.sink.future.set_running_or_notify_cancel():
-                _set_outcome(chunk.sink.future, None, exc)
         for sink in sinks:
             _set_outcome(sink.future, None, exc)
 
@@ -421,7 +464,7 @@ class Executor(_StdExecutor):
             _check_options(timeout, retries)
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        future: Future = Future()
+        future = _ExecutorFuture(core)
         chunk = make_chunk(_serialization.dumps_function(fn), function_name(fn),
                            m.CALL_APPLY, [(args, kwargs)], 0, _FutureSink(core, future),
                            timeout, retries)
@@ -488,7 +531,7 @@ class Executor(_StdExecutor):
         chunks: list[TaskChunk] = []
         try:
             for index, piece in enumerate(pieces):
-                future: Future = Future()
+                future = _ExecutorFuture(core)
                 sink = _FutureSink(core, future, index * chunksize, len(piece),
                                    as_list=chunksize > 1)
                 chunks.append(make_chunk(fn_blob, fn_name, call, piece, index * chunksize,

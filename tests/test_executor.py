@@ -380,6 +380,24 @@ def test_cancelled_futures_never_run(fork_ctx, tmp_path):
 
 
 @pytest.mark.timeout(30)
+def test_wait_sees_a_cancelled_future_at_once(fork_ctx, tmp_path):
+    """cancel() of a queued call wakes wait()/as_completed() while workers are busy."""
+    release = str(tmp_path / "release")
+    with _executor(fork_ctx, 1) as ex:
+        try:
+            blocker = ex.submit(h.block_until, release, 20)
+            queued = [ex.submit(h.square, i) for i in range(8)]
+            assert queued[-1].cancel()
+            done, _ = cf.wait([queued[-1]], timeout=5)
+            assert queued[-1] in done, "wait() missed a cancelled future"
+            assert next(cf.as_completed([queued[-1]], timeout=5)) is queued[-1]
+            assert not blocker.done()
+        finally:
+            h.touch(release)
+        assert [f.result(WAIT) for f in queued[:-1]] == [i * i for i in range(7)]
+
+
+@pytest.mark.timeout(30)
 def test_shutdown_cancel_futures(fork_ctx, tmp_path):
     release = str(tmp_path / "release")
     ex = _executor(fork_ctx, 1)
