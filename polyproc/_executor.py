@@ -49,9 +49,10 @@ Completion runs in the PoolScheduler thread: done-callbacks (and
 they run in the stdlib's executor manager thread.  A callback that blocks
 stalls the executor, as it does in the stdlib.
 
-Reused from the stdlib, unchanged: ``concurrent.futures.Future`` (its
-states, ``wait()``/``as_completed()`` waiters, done callbacks, and what
-asyncio expects) and the ``concurrent.futures.Executor`` base class
+Reused from the stdlib: ``concurrent.futures.Future`` (its states,
+``wait()``/``as_completed()`` waiters, done callbacks, and what asyncio
+expects; subclassed only so that ``cancel()`` notifies waiters at once, see
+``_ExecutorFuture``) and the ``concurrent.futures.Executor`` base class
 (context manager, ``isinstance`` checks).  ``map`` follows
 ``Executor.map``/``ProcessPoolExecutor.map`` (eager submission, results in
 order, an overall ``timeout``, the rest cancelled when the generator is
