@@ -21,9 +21,10 @@ Reused unchanged: ``State``, the server-side ``Namespace``, ``Value`` and
   ``polyproc._serialization``, so ``register`` accepts lambdas and
   closures under every start method.
 * ``SyncManager.Pool`` makes a ``polyproc.pool.Pool``.
-* ``Queue``, ``JoinableQueue``, ``Lock`` and ``RLock`` live in the server
-  as the types of ``_manager_types``: the stdlib's, plus care for callers
-  that die mid-call (no lost item, no lock held by the dead).
+* ``Queue``, ``JoinableQueue``, ``Lock``, ``RLock``, ``Condition``,
+  ``Semaphore`` and ``BoundedSemaphore`` live in the server as the types of
+  ``_manager_types``: the stdlib's, plus care for callers that die mid-call
+  (no lost item or permit, no lock held by the dead).
 
 Extra keyword arguments (polyproc): ``ssl_context`` (server side for
 ``start``/``get_server``, client side for ``connect``; one context can
@@ -49,7 +50,9 @@ from ._manager_proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
                              EventProxy, IteratorProxy, ListProxy,
                              NamespaceProxy, PoolProxy, ValueProxy, _unwrap)
 from ._manager_server import Server
-from ._manager_types import ServerLock, ServerQueue, ServerRLock
+from ._manager_types import (ServerBoundedSemaphore, ServerCondition,
+                             ServerLock, ServerQueue, ServerRLock,
+                             ServerSemaphore)
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Control, Create,
                             describe_address, is_loopback)
@@ -389,10 +392,10 @@ SyncManager.register("JoinableQueue", ServerQueue)
 SyncManager.register("Event", threading.Event, EventProxy)
 SyncManager.register("Lock", ServerLock, AcquirerProxy)
 SyncManager.register("RLock", ServerRLock, AcquirerProxy)
-SyncManager.register("Semaphore", threading.Semaphore, AcquirerProxy)
-SyncManager.register("BoundedSemaphore", threading.BoundedSemaphore,
+SyncManager.register("Semaphore", ServerSemaphore, AcquirerProxy)
+SyncManager.register("BoundedSemaphore", ServerBoundedSemaphore,
                      AcquirerProxy)
-SyncManager.register("Condition", threading.Condition, ConditionProxy)
+SyncManager.register("Condition", ServerCondition, ConditionProxy)
 SyncManager.register("Barrier", threading.Barrier, BarrierProxy)
 SyncManager.register("Pool", _make_pool, PoolProxy)
 SyncManager.register("list", list, ListProxy)

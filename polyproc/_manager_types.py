@@ -12,7 +12,8 @@ goes on waiting on its behalf, and two things go wrong:
   forever: every other client hangs.
 
 The types here are the stdlib's (``queue.Queue``, ``threading.Lock``,
-``threading.RLock``: the same methods, the same meaning for live clients)
+``RLock``, ``Condition``, ``Semaphore``, ``BoundedSemaphore``: the same
+methods, the same meaning for live clients)
 with three additions that use the connection the call came from
 (``current_connection()``, set by the server for each call):
 
@@ -21,8 +22,9 @@ with three additions that use the connection the call came from
   (``ClientGone``) when it is not;
 * what a call took is given back when its reply cannot be delivered
   (the item goes back to the *front* of the queue, the lock is released);
-* a lock still held when its holder's connection closes is released, as a
-  robust mutex is when its owner dies.  (The state the lock protected may
+* a lock (a ``Condition``'s own lock included) still held when its
+  holder's connection closes is released, as a robust mutex is when its
+  owner dies.  (The state the lock protected may
   be half-updated; the alternative is a hang.)
 
 Outside a server call (``current_connection()`` is None) they behave
@@ -37,7 +39,8 @@ from typing import Any
 
 from ._manager_server import ClientGone, current_connection
 
-__all__ = ["ServerQueue", "ServerLock", "ServerRLock"]
+__all__ = ["ServerQueue", "ServerLock", "ServerRLock", "ServerSemaphore",
+           "ServerBoundedSemaphore", "ServerCondition"]
 
 _SLICE = 0.2     # seconds between liveness checks of a waiting caller
 
@@ -193,3 +196,74 @@ class ServerRLock(ServerLock):
 
     def locked(self) -> bool:
         return self._count > 0
+
+    # What threading.Condition uses to release the lock fully while it
+    # waits and take it back afterwards (the holder follows the lock).
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()
+
+    def _release_save(self) -> Any:
+        state = (self._lock._release_save(), self._count, self._holder)
+        if self._holder is not None:
+            self._holder.cleanups.pop(id(self), None)
+        self._count, self._holder = 0, None
+        return state
+
+    def _acquire_restore(self, state: Any) -> None:
+        inner, count, holder = state
+        self._lock._acquire_restore(inner)
+        self._count, self._holder = count, holder
+        if holder is not None:
+            holder.cleanups[id(self)] = self._release_for_dead_holder
+
+
+def ServerCondition(lock: Any = None) -> threading.Condition:
+    """``threading.Condition`` whose default lock is a ``ServerRLock``: a
+    client that dies inside ``with cond:`` does not keep it locked."""
+    return threading.Condition(ServerRLock() if lock is None else lock)
+
+
+class ServerSemaphore:
+    """``threading.Semaphore`` whose blocking ``acquire`` gives up for a dead
+    caller and gives back a permit it could not deliver.
+
+    A permit *held* by a client that died is not given back: a semaphore
+    may be released by another client than the one that acquired it, so the
+    server cannot tell a leaked permit from one passed on.
+    """
+
+    def __init__(self, value: int = 1) -> None:
+        self._sem = self._make(value)
+
+    @staticmethod
+    def _make(value: int) -> Any:
+        return threading.Semaphore(value)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        outcome = _sliced_wait(lambda step: (self._sem.acquire(True, step), None),
+                               blocking, timeout)
+        if outcome is None:
+            got = self._sem.acquire(blocking, timeout)
+        else:
+            got = outcome[0]
+        conn = current_connection()
+        if got and conn is not None:
+            conn.undo.append(self._sem.release)
+        return got
+
+    def release(self, n: int = 1) -> None:
+        self._sem.release(n)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+class ServerBoundedSemaphore(ServerSemaphore):
+    """``threading.BoundedSemaphore`` with ``ServerSemaphore``'s care."""
+
+    @staticmethod
+    def _make(value: int) -> Any:
+        return threading.BoundedSemaphore(value)

@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 
-from polyproc.managers import BaseManager, DictProxy
+from polyproc.managers import BaseManager, DictProxy, SyncManager
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
@@ -68,7 +68,9 @@ def lock_then_block(lock, q, ready) -> None:
 
 def start_manager_and_report(outq) -> None:
     """A process that starts a manager and reports its server's pid."""
+    import faulthandler
     import polyproc
+    faulthandler.dump_traceback_later(10, file=sys.stderr)  # diagnose a hang
     m = polyproc.Manager()
     outq.put(m._process.pid)
     time.sleep(60)      # killed by the test
@@ -183,3 +185,38 @@ def set_env(name: str, value: str) -> None:
 
 def snapshot_env() -> dict:
     return dict(os.environ)
+
+
+def hold_condition_then_block(cond, q, ready) -> None:
+    cond.acquire()
+    ready.set()
+    q.get()
+
+
+def wait_on_semaphore(sem, ready) -> None:
+    ready.set()
+    sem.acquire()           # blocks: the semaphore is at 0
+    time.sleep(60)
+
+
+# --- a probe into the server, to wait until a client is blocked in a call ------
+
+def count_waiters(proxy) -> int:
+    """Server side: how many calls wait on the object behind *proxy*."""
+    from multiprocessing.process import current_process
+    server = current_process()._manager_server
+    obj = server.id_to_obj[proxy._id].obj
+    if hasattr(obj, "not_empty"):                 # a queue
+        return len(obj.not_empty._waiters)
+    return len(obj._sem._cond._waiters)           # a ServerSemaphore
+
+
+class ProbingManager(SyncManager):
+    """SyncManager plus ``waiters(proxy)``, for tests only."""
+
+
+ProbingManager.register("count_waiters", count_waiters)
+
+
+def blocked_in_server(manager, proxy) -> bool:
+    return manager.count_waiters(proxy)._getvalue() > 0

@@ -1,6 +1,7 @@
 """polyproc.managers: dead clients, dead servers, interrupted calls."""
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.timeout(40)
 
 
 def test_client_killed_mid_call_releases_objects_and_loses_no_item(ctx_fs):
-    with ctx_fs.Manager() as m:
+    with helpers.ProbingManager(ctx=ctx_fs) as m:
         q = m.Queue()
         baseline = m._number_of_objects()
         ready = ctx_fs.Event()
@@ -25,8 +26,10 @@ def test_client_killed_mid_call_releases_objects_and_loses_no_item(ctx_fs):
                                args=(m.address, bytes(m._authkey), q, ready))
         child.start()
         assert ready.wait(20)
+        assert helpers.wait_until(lambda: helpers.blocked_in_server(m, q), 10)
+        gc.collect()
         assert m._number_of_objects() == baseline + 5
-        os.kill(child.pid, signal.SIGKILL)
+        os.kill(child.pid, signal.SIGKILL)      # in the middle of q.get()
         child.join(10)
         assert child.exitcode == -signal.SIGKILL
         # Its five lists are released when its lifeline closes.
@@ -101,10 +104,12 @@ def test_server_exits_when_its_parent_is_killed(ctx_fs):
     outq = ctx_fs.Queue()
     parent = ctx_fs.Process(target=helpers.start_manager_and_report, args=(outq,))
     parent.start()
-    server_pid = outq.get(timeout=20)
-    server = psutil.Process(server_pid)
-    os.kill(parent.pid, signal.SIGKILL)
-    parent.join(10)
+    try:
+        server_pid = outq.get(timeout=20)
+        server = psutil.Process(server_pid)
+    finally:
+        os.kill(parent.pid, signal.SIGKILL)     # also when the get failed
+        parent.join(10)
 
     def server_gone() -> bool:
         try:
@@ -133,3 +138,34 @@ def test_server_killed_while_a_process_it_forked_lives():
     finally:
         lingering.kill()
         m.shutdown()
+
+
+def test_condition_held_by_killed_client_is_released():
+    ctx = polyproc.get_context("fork")
+    with ctx.Manager() as m:
+        cond, q, ready = m.Condition(), m.Queue(), ctx.Event()
+        child = ctx.Process(target=helpers.hold_condition_then_block,
+                            args=(cond, q, ready))
+        child.start()
+        assert ready.wait(20)
+        assert not cond.acquire(False)
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        assert cond.acquire(timeout=5)
+        assert cond.wait(0.01) is False          # wait/notify still work
+        cond.notify_all()
+        cond.release()
+
+
+def test_killed_waiter_does_not_take_a_semaphore_permit():
+    ctx = polyproc.get_context("fork")
+    with helpers.ProbingManager(ctx=ctx) as m:
+        sem, ready = m.Semaphore(0), ctx.Event()
+        child = ctx.Process(target=helpers.wait_on_semaphore, args=(sem, ready))
+        child.start()
+        assert ready.wait(20)
+        assert helpers.wait_until(lambda: helpers.blocked_in_server(m, sem), 10)
+        os.kill(child.pid, signal.SIGKILL)      # in the middle of acquire()
+        child.join(10)
+        sem.release()
+        assert sem.acquire(timeout=5)            # the permit was not stolen
