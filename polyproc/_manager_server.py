@@ -35,6 +35,8 @@ References: every object has a reference count, and every count is
 attributed to a *session* (one client process).  When a session's lifeline
 connection closes (the process exited, or was SIGKILLed in the middle of a
 call), its references are dropped, so a dead client never leaks objects.
+An object whose count reaches zero is freed ``RELEASE_GRACE`` seconds later
+unless a reference comes back meanwhile (see there).
 
 Reused from the stdlib: the registry format of ``BaseManager.register``
 (``typeid -> (callable, exposed, method_to_typeid, proxytype)``),
@@ -51,6 +53,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import traceback
 import weakref
 from collections import Counter
@@ -74,6 +77,15 @@ __all__ = ["Server", "ClientGone", "current_connection", "ConnectionState"]
 ClientGone = ManagerClientGone
 
 _SERVER_SESSION = b"<server>"     # references held by proxies inside the server
+
+# Seconds an object whose last reference was released is kept before it is
+# freed.  A proxy can be on its way to another process when its sender drops
+# it: inherited by a fork child that takes its reference on first use, or
+# pickled into a Process or a Pool task (``Process.start`` drops its args at
+# once).  The stdlib loses that race rarely, because its releases are slow
+# (a new connection each); polyproc's are one-way frames and would lose it
+# every time.  Within the grace period an IncRef brings the object back.
+RELEASE_GRACE = 10.0
 
 
 class ConnectionState:
@@ -169,6 +181,9 @@ class Server:
         self._ids = itertools.count(1)
         self._pending = threading.BoundedSemaphore(max_pending)
         self._socks: set = set()          # every connection's socket
+        # Released objects wait here RELEASE_GRACE seconds before they are
+        # freed: ident -> (_Managed, deadline).  See _incref.
+        self._dying: dict[int, tuple[_Managed, float]] = {}
 
     # --- life cycle -------------------------------------------------------
 
@@ -191,6 +206,7 @@ class Server:
             try:
                 while not self.stop_event.is_set():
                     self.stop_event.wait(1)
+                    self.reap()
             except (KeyboardInterrupt, SystemExit):
                 pass
         finally:
@@ -448,6 +464,11 @@ class Server:
 
     def _incref(self, session: Counter, ident: int) -> None:
         with self.mutex:
+            if ident not in self.id_to_refcount and ident in self._dying:
+                # Released a moment ago, wanted again: a proxy inherited by a
+                # fork child, or pickled into a task, whose sender dropped it.
+                self.id_to_obj[ident] = self._dying.pop(ident)[0]
+                self.id_to_refcount[ident] = 0
             if ident not in self.id_to_refcount:
                 raise ReferenceError(
                     f"managed object {ident} no longer exists: every proxy "
@@ -473,7 +494,19 @@ class Server:
             self.id_to_refcount[ident] = left
             return None
         self.id_to_refcount.pop(ident, None)
-        return self.id_to_obj.pop(ident, None)
+        entry = self.id_to_obj.pop(ident, None)
+        if entry is not None:
+            self._dying[ident] = (entry, time.monotonic() + RELEASE_GRACE)
+        return None
+
+    def reap(self) -> None:
+        """Free the objects whose grace period is over (called every second)."""
+        now = time.monotonic()
+        with self.mutex:
+            expired = [ident for ident, (_, deadline) in self._dying.items()
+                       if deadline <= now]
+            dropped = [self._dying.pop(ident) for ident in expired]
+        del dropped   # the objects die here, outside the mutex
 
     def _release_session(self, session_id: bytes) -> None:
         with self.mutex:

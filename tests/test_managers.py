@@ -373,3 +373,17 @@ def test_connections_of_finished_threads_are_closed(manager):
         t.join(10)
     gc.collect()
     assert me.num_fds() <= before + 2
+
+
+def test_temporary_proxy_passed_to_process(ctx):
+    # Process.start() drops its args at once: the child must still reach
+    # the object (inherited under fork, unpickled under spawn/forkserver).
+    with ctx.Manager() as m:
+        q = m.Queue()
+        p = ctx.Process(target=helpers.append_and_put, args=(m.list(), q, 7))
+        p.start()
+        gc.collect()
+        m._number_of_objects()          # flushes the parent's release
+        assert q.get(timeout=20) == ("done", 7)
+        p.join(20)
+        assert p.exitcode == 0
