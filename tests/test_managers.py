@@ -282,6 +282,16 @@ def test_proxies_in_executor_submits(ctx_fs):
         assert d.copy() == {i: str(i) for i in range(4)}
 
 
+def test_proxies_in_polyproc_executor_submits(ctx_fs):
+    with ctx_fs.Manager() as m:
+        d = m.dict()
+        with ctx_fs.Executor(2) as ex:
+            futures = [ex.submit(helpers.set_item, d, i, -i) for i in range(4)]
+            for f in futures:
+                f.result(timeout=20)
+        assert d.copy() == {i: -i for i in range(4)}
+
+
 def test_stdlib_process_with_polyproc_manager():
     # stdlib code using `import polyproc as multiprocessing` mixes both.
     ctx = multiprocessing.get_context("fork")
