@@ -56,7 +56,9 @@ class ManagerClient:
         self.max_frame_size = max_frame_size
         self.session = os.urandom(16)
         self._local = threading.local()
-        self._lock = threading.Lock()
+        # Re-entrant: the garbage collector may run a proxy's finalizer
+        # (flush_if_idle -> _discard) while this thread holds it.
+        self._lock = threading.RLock()
         self._lifeline_lock = threading.Lock()
         self._lifeline: Channel | None = None
         # Weak: a thread's channel dies with the thread (its threading.local

@@ -68,7 +68,7 @@ from ._exceptions import (AuthenticationError, FrameTooLargeError,
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Address, Call, Channel,
                             Control, Create, DecRef, Failed, FailedText,
-                            Hello, IncRef, NewProxy, Ok, decode,
+                            Hello, IncRef, NewProxy, Ok, set_keepalive, decode,
                             default_address, listen, server_handshake)
 from ._serialization import release
 
@@ -260,6 +260,7 @@ class Server:
         """Handshake (TLS, key, ``Hello``) under ``handshake_timeout``."""
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_keepalive(sock)    # a client host that vanished frees its refs
         sock.settimeout(self.handshake_timeout)
         if self.ssl_context is not None:
             sock = self.ssl_context.wrap_socket(sock, server_side=True)

@@ -63,7 +63,7 @@ __all__ = [
     "Ok", "NewProxy", "Failed", "FailedText",
     "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_FRAME_TIMEOUT", "dumps_in_band", "is_local_peer", "encode",
-    "decode",
+    "decode", "set_keepalive",
 ]
 
 Address = Union[str, tuple]
@@ -251,6 +251,7 @@ def connect(address: Address, timeout: float,
     else:
         sock = socket.create_connection(address[:2], timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_keepalive(sock)
     if ssl_context is not None:
         host = address[0] if isinstance(address, tuple) else None
         sock = ssl_context.wrap_socket(
@@ -286,6 +287,18 @@ def dumps_in_band(obj: Any, what: str = "object") -> bytes:
             raise SerializationError(
                 f"cannot pickle {what} {describe(obj)}: {error!r}. Objects "
                 "sent to a manager must be picklable.") from plain_error
+
+
+def set_keepalive(sock: socket.socket) -> None:
+    """Probe an idle TCP link, so that a client waiting for a reply from a
+    machine that vanished (no FIN, no RST) gets an error within about 30 s
+    instead of waiting forever.  A dead server *process* is seen at once
+    (its kernel closes the socket); this is for a dead host or network."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5),
+                        ("TCP_KEEPCNT", 4)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 # --- handshake ----------------------------------------------------------------
