@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import os
 import signal
-import ssl
 import threading
 from multiprocessing import connection, util
 from multiprocessing.managers import Array, Namespace, State, Value
 from multiprocessing.process import AuthenticationString, current_process
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
+
+if TYPE_CHECKING:          # ssl is imported only by those who use TLS
+    import ssl
 
 from ._exceptions import InsecureAddressError, ProcessError
 from ._manager_client import (drop_client, get_client, register_authkey,

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import collections
 import os
-import ssl
 import threading
 import weakref
-from typing import Any
+from typing import Any, TYPE_CHECKING
+
+if TYPE_CHECKING:          # ssl is imported only by those who use TLS
+    import ssl
 
 from ._exceptions import (AuthenticationError, FrameTooLargeError,
                           ManagerConnectionError, ManagerProtocolError)

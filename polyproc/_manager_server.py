@@ -50,7 +50,6 @@ import os
 import pickle
 import select
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -60,7 +59,10 @@ from collections import Counter
 from multiprocessing import util
 from multiprocessing.managers import Token, public_methods
 from multiprocessing.process import current_process
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TYPE_CHECKING
+
+if TYPE_CHECKING:          # ssl is imported only by those who use TLS
+    import ssl
 
 from ._exceptions import (AuthenticationError, FrameTooLargeError,
                           ManagerClientGone, ManagerProtocolError,

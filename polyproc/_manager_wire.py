@@ -47,10 +47,12 @@ import ipaddress
 import os
 import pickle
 import socket
-import ssl
 import struct
 from multiprocessing import connection as _std_connection
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, TYPE_CHECKING, Union
+
+if TYPE_CHECKING:          # ssl is imported only by those who use TLS
+    import ssl
 
 from ._exceptions import (AuthenticationError, FrameTooLargeError,
                           ManagerProtocolError, SerializationError)
