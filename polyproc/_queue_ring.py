@@ -44,9 +44,11 @@ Design decisions and their trade-offs
 * **Publish last.**  A record becomes visible when ``TAIL`` moves past it,
   which happens after the record is completely written: a reader never
   sees a torn or partial message, and a producer killed mid-write leaves
-  nothing behind but unreachable bytes.  (x86-64 and arm64 Linux: stores
-  from one process become visible in order on x86-64; on arm64 the
-  lock/unlock of the robust mutexes on both sides supply the barriers.)
+  nothing behind but unreachable bytes.  This relies on stores from one
+  process becoming visible to others in program order, which x86-64
+  guarantees (TSO); a producer and a consumer hold different locks, so on
+  a weakly ordered CPU (arm64) a reader could see ``TAIL`` before the
+  record.  ``_queue_shm.AVAILABLE`` is therefore true on x86-64 Linux only.
 
 * **A redo record for every commit.**  A commit changes two counters
   (``TAIL`` and ``NPUT``, or ``HEAD`` and ``NGOT``).  A process killed

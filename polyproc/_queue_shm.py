@@ -34,8 +34,8 @@ reachable *by name*, not only through inherited file descriptors:
   per-waiter registration that a dead process could leave behind, and
   ``FUTEX_WAIT`` honours a relative timeout to well under a millisecond.
 
-All of this is pure Python over libc (no compiled extension) and Linux
-only: ``queues.py`` falls back to the stdlib's queues elsewhere.
+All of this is pure Python over libc (no compiled extension), for x86-64
+Linux: ``queues.py`` falls back to the stdlib's queues elsewhere.
 ``ctypes.PyDLL`` (keeps the GIL) is used for calls that never block, where
 releasing and re-taking the GIL would cost more than the call;
 ``ctypes.CDLL`` (releases the GIL) for calls that may sleep.
@@ -57,8 +57,11 @@ __all__ = [
     "unlink_segment", "address_of", "reserve",
 ]
 
-# System call numbers of futex(2) per architecture.
-_SYS_FUTEX = {"x86_64": 202, "aarch64": 98, "riscv64": 98}.get(platform.machine())
+# futex(2)'s system call number.  x86-64 only: the ring's "publish last"
+# protocol needs the stores of one process to be seen in order (x86's TSO;
+# see _queue_ring), which weakly ordered CPUs (arm64: 98) do not promise
+# without barriers that Python cannot issue.
+_SYS_FUTEX = {"x86_64": 202}.get(platform.machine())
 _FUTEX_WAIT = 0
 _FUTEX_WAKE = 1
 _INT_MAX = 2**31 - 1

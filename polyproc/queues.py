@@ -39,8 +39,8 @@ them: ``close()`` makes further ``put``/``get`` on the handle raise
 once; ``cancel_join_thread()`` has nothing that could be lost and does
 nothing.
 
-On platforms without ``/dev/shm`` and futexes (non-Linux) these names are
-the stdlib's classes.
+Elsewhere than x86-64 Linux (see ``_queue_shm.AVAILABLE``) these names
+are the stdlib's classes.
 """
 from __future__ import annotations
 

@@ -17,6 +17,12 @@ from polyproc import queues
 from polyproc._exceptions import QueueGoneError, SerializationError
 
 import _queue_helpers as helpers
+from polyproc import _queue_shm
+
+# Elsewhere polyproc.Queue is the stdlib's (see polyproc/_queue_shm.py), and
+# these tests, which reach into the shared-memory ring, do not apply.
+pytestmark = pytest.mark.skipif(not _queue_shm.AVAILABLE,
+                                reason="shared-memory queues need x86-64 Linux")
 
 # Generous bound on how late a timeout may fire: the requirement is 50 ms,
 # the machine is shared and loaded, so allow scheduling noise on top.
