@@ -7,7 +7,8 @@ Three scenarios from issue 5, each with both libraries in the same run:
 * ``managers queue round trip``: 2,000 items sent to an echo process
   through one managed queue and back through another (4 proxy calls per
   round trip, two of them blocking in the server);
-* ``managers start+shutdown``: ``Manager()`` then ``shutdown()``;
+* ``managers start+shutdown``: ``Manager()`` then ``shutdown()``, with the
+  default start method and with spawn;
 * ``managers create+use+drop``: ``m.list()``, one call, release: the
   stdlib opens three connections per proxy (create, incref, decref), polyproc
   none.
@@ -131,4 +132,11 @@ def scenarios() -> list[Scenario]:
                  contenders={"stdlib": _start_shutdown(multiprocessing),
                              "polyproc": _start_shutdown(polyproc)},
                  target="no slower than the stdlib"),
+        Scenario(name="managers start+shutdown (spawn)",
+                 contenders={
+                     "stdlib": _start_shutdown(multiprocessing.get_context("spawn")),
+                     "polyproc": _start_shutdown(polyproc.get_context("spawn"))},
+                 target="no slower than the stdlib",
+                 notes=["the server process imports polyproc (its child "
+                        "bootstrap included): a few ms more than the stdlib's"]),
     ]
