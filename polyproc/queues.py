@@ -122,7 +122,14 @@ class _RingQueue:
         stay in the queue).
         """
         self._check_closed()
-        payloads = [dumps(obj, _WHAT) for obj in items]
+        payloads: list = []
+        try:
+            for obj in items:
+                payloads.append(dumps(obj, _WHAT))
+        except BaseException:
+            for payload in payloads:    # none of them will be put
+                release(payload)
+            raise
         if not payloads:
             return
         try:
