@@ -64,9 +64,8 @@ from typing import Any, NamedTuple, TYPE_CHECKING
 if TYPE_CHECKING:          # ssl is imported only by those who use TLS
     import ssl
 
-from ._exceptions import (AuthenticationError, FrameTooLargeError,
-                          ManagerClientGone, ManagerProtocolError,
-                          SerializationError)
+from ._exceptions import (FrameTooLargeError, ManagerClientGone,
+                          ManagerProtocolError, SerializationError)
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Address, Call, Channel,
                             Control, Create, DecRef, Failed, FailedText,
@@ -228,7 +227,6 @@ class Server:
             pass
         if isinstance(self.address, str):
             try:
-                import os
                 os.unlink(self.address)
             except OSError:
                 pass
@@ -268,13 +266,20 @@ class Server:
             sock = self.ssl_context.wrap_socket(sock, server_side=True)
             with self.mutex:
                 self._socks.add(sock)       # the same descriptor, now TLS
-        server_handshake(sock, self.authkey)
-        chan = Channel(sock, self.max_frame_size, self.frame_timeout)
-        sock.settimeout(self.handshake_timeout)
-        hello = decode(chan.recv(), "manager hello")
-        sock.settimeout(None)
-        if type(hello) is not Hello:
-            raise ManagerProtocolError(f"expected Hello, got {type(hello).__name__}")
+        try:
+            server_handshake(sock, self.authkey)
+            chan = Channel(sock, self.max_frame_size, self.frame_timeout)
+            sock.settimeout(self.handshake_timeout)
+            hello = decode(chan.recv(), "manager hello")
+            sock.settimeout(None)
+            if type(hello) is not Hello:
+                raise ManagerProtocolError(
+                    f"expected Hello, got {type(hello).__name__}")
+        except BaseException:
+            sock.close()                    # the TLS socket owns the descriptor
+            with self.mutex:
+                self._socks.discard(sock)
+            raise
         return chan, hello
 
     def _serve_connection(self, sock: socket.socket) -> None:
@@ -292,8 +297,7 @@ class Server:
                 chan, hello = self._open(sock)
             finally:
                 self._pending.release()
-        except (OSError, EOFError, AuthenticationError, ManagerProtocolError,
-                SerializationError) as exc:
+        except Exception as exc:    # any failure ends this connection only
             util.debug("manager: dropped a connection in the handshake: %r", exc)
             sock.close()
             return
