@@ -29,7 +29,8 @@ Reused unchanged: ``State``, the server-side ``Namespace``, ``Value`` and
 Extra keyword arguments (polyproc): ``ssl_context`` (server side for
 ``start``/``get_server``, client side for ``connect``; one context can
 serve both when it is set up for both), ``max_frame_size``,
-``handshake_timeout``, ``frame_timeout``.
+``handshake_timeout``, ``frame_timeout``, ``max_pending`` (connections in
+the handshake at once; more are closed on accept).
 """
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ class BaseManager:
                  ssl_context: ssl.SSLContext | None = None,
                  max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
                  handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-                 frame_timeout: float = DEFAULT_FRAME_TIMEOUT):
+                 frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+                 max_pending: int = 256):
         if serializer != "pickle":
             raise ValueError(f"serializer={serializer!r} is not supported by "
                              "polyproc managers; use serializer='pickle'")
@@ -109,7 +111,8 @@ class BaseManager:
         self._ssl_context = ssl_context
         self._options = dict(max_frame_size=max_frame_size,
                              handshake_timeout=handshake_timeout,
-                             frame_timeout=frame_timeout)
+                             frame_timeout=frame_timeout,
+                             max_pending=max_pending)
         self._finalizer: Any = None
         self._process: Any = None
 

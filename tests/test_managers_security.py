@@ -258,3 +258,22 @@ def test_tls_remote_manager(certificate):
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_connection_flood_is_bounded_and_survived():
+    m = managers.SyncManager(address=("127.0.0.1", 0), authkey=KEY,
+                             ctx=polyproc.get_context("fork"),
+                             handshake_timeout=TIMEOUT, max_pending=4)
+    m.start()
+    try:
+        flood = [socket.create_connection(m.address, timeout=5)
+                 for _ in range(24)]
+        # Beyond max_pending the server closes connections on accept, at
+        # once; the others are dropped after the handshake timeout.
+        closed = sum(closed_by_server(s, 10 * TIMEOUT + 5) for s in flood)
+        assert closed == len(flood)
+        for s in flood:
+            s.close()
+        assert fresh_client_works(m)
+    finally:
+        m.shutdown()
