@@ -19,6 +19,7 @@ Worker -> scheduler:
 """
 from __future__ import annotations
 
+import struct
 from typing import NamedTuple
 
 
@@ -78,6 +79,24 @@ class Results(NamedTuple):
 
 class Retiring(NamedTuple):
     reason: str
+
+
+# Every worker -> scheduler message is framed: 8 bytes naming the last chunk
+# whose results it carries (0 for other messages), then the serialized
+# message.  The frame is read without unpickling anything, so that when a
+# Results message cannot be unpickled in the parent (a result whose class
+# exists only in the worker, a __reduce__ that fails on load), the scheduler
+# still knows which chunks it carried and fails exactly those tasks instead
+# of losing track of the worker.
+_FRAME = struct.Struct("<q")
+
+
+def frame(last_chunk_id: int, payload: bytes) -> bytes:
+    return _FRAME.pack(last_chunk_id) + payload
+
+
+def unframe(data: bytes) -> tuple[int, memoryview]:
+    return _FRAME.unpack_from(data)[0], memoryview(data)[_FRAME.size:]
 
 
 # Phases a worker records in its slot of the pool's shared progress table,

@@ -71,8 +71,8 @@ from typing import Callable
 
 from . import _messages as m
 from . import _serialization
-from ._exceptions import (InitializerError, ProcessError, TaskTimeoutError,
-                          WorkerLostError)
+from ._exceptions import (InitializerError, ProcessError, SerializationError,
+                          TaskTimeoutError, WorkerLostError)
 from ._remote_errors import rebuild_exception
 from ._tasks import TaskChunk
 from ._worker import WorkerConfig, worker_main
@@ -373,11 +373,39 @@ class ProcessScheduler:
                 data = conn.recv_bytes()
             except (EOFError, OSError):
                 return  # dying: the sentinel will tell
-            self._on_message(w, _serialization.loads(data, "worker message"))
+            last_chunk_id, body = m.unframe(data)
+            try:
+                message = _serialization.loads(body, "results")
+            except SerializationError as exc:
+                self._on_unloadable_message(w, last_chunk_id, exc)
+            else:
+                self._on_message(w, message)
             try:
                 if not conn.poll(0):
                     return
             except (EOFError, OSError):
+                return
+
+    def _on_unloadable_message(self, w: WorkerHandle, last_chunk_id: int,
+                               exc: SerializationError) -> None:
+        """A message from *w* could not be unpickled here: fail what it carried."""
+        if not any(c.chunk_id == last_chunk_id for c in w.assigned):
+            # Not a Results message (or a corrupt frame): the worker can't be
+            # trusted any more; its death hands its chunks to the usual path.
+            w.process.kill()
+            return
+        while w.assigned:
+            chunk = w.assigned.popleft()
+            if w.dispatch_ends and w.dispatch_ends[0] == chunk.chunk_id:
+                w.dispatch_ends.popleft()
+            error = SerializationError(
+                f"the results of {chunk.describe_task(0)} and the other tasks sent "
+                f"with it could not be unpickled in the parent: {exc.__cause__!r}. "
+                f"Results must be of a class importable in the parent and must "
+                f"unpickle cleanly.")
+            error.__cause__ = exc.__cause__
+            _fail_chunk(chunk, error)
+            if chunk.chunk_id == last_chunk_id:
                 return
 
     def _on_message(self, w: WorkerHandle, msg) -> None:

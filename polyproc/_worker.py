@@ -76,7 +76,7 @@ class _Worker:
 
     # -- messages -------------------------------------------------------
     def send(self, message: Any) -> None:
-        self.conn.send_bytes(_serialization.dumps(message, "message"))
+        self.conn.send_bytes(m.frame(0, _serialization.dumps(message, "message")))
 
     def flush(self) -> None:
         if not self.outbox:
@@ -88,7 +88,7 @@ class _Worker:
         except SerializationError:
             data = _serialization.dumps(m.Results(_replace_unpicklable(done)),
                                         "results")
-        self.conn.send_bytes(data)
+        self.conn.send_bytes(m.frame(done[-1].chunk_id, data))
         self.mark(m.PHASE_IDLE)
 
     # -- running --------------------------------------------------------

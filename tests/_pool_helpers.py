@@ -137,3 +137,20 @@ def read_initialized(_=None):
 
 def make_closure(k):
     return lambda x: x * k
+
+
+def _refuse_to_load():
+    raise RuntimeError("this result refuses to be unpickled")
+
+
+class LoadsNowhere:
+    """Pickles fine, fails when unpickled (in the parent)."""
+
+    def __reduce__(self):
+        return (_refuse_to_load, ())
+
+
+def return_unloadable(x):
+    if x == 2:
+        return LoadsNowhere()
+    return x

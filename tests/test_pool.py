@@ -290,6 +290,17 @@ def test_unpicklable_result_fails_that_task(pool):
     assert pool.apply(h.square, (5,)) == 25
 
 
+def test_result_that_fails_to_unpickle_in_the_parent(pool):
+    r = pool.apply_async(h.return_unloadable, (2,))
+    with pytest.raises(SerializationError, match="could not be unpickled in the parent"):
+        r.get(10)
+    out = list_outcomes(pool.imap(h.return_unloadable, range(6), chunksize=1))
+    assert len(out) == 6
+    assert all(ok and v == i for i, (ok, v) in enumerate(out) if i != 2)
+    assert isinstance(out[2][1], SerializationError)
+    assert pool.map(h.square, range(4)) == [0, 1, 4, 9]
+
+
 @pytest.mark.parametrize("raiser", [h.raise_custom_init, h.raise_unpicklable_attr])
 def test_unrebuildable_exception_arrives(pool, raiser):
     with pytest.raises(Exception) as info:
