@@ -19,8 +19,11 @@ import sys as _sys
 from . import _shm_tracker  # noqa: F401
 from . import context as _context
 from ._exceptions import (AuthenticationError, BufferTooShort,
-                          InitializerError, MainGuardError, ProcessError,
-                          RemoteError, RemoteTraceback, SerializationError,
+                          FrameTooLargeError, InitializerError,
+                          InsecureAddressError, MainGuardError,
+                          ManagerConnectionError, ManagerProtocolError,
+                          ProcessError, QueueGoneError, RemoteError,
+                          RemoteTraceback, SerializationError,
                           StdinUnavailableError, TaskTimeoutError,
                           TimeoutError, WorkerLostError)
 
@@ -46,7 +49,8 @@ globals().update((_name, getattr(_context._default_context, _name))
 _EXTRA_NAMES = [
     "Executor", "WorkerLostError", "TaskTimeoutError", "InitializerError",
     "RemoteError", "RemoteTraceback", "SerializationError", "MainGuardError",
-    "StdinUnavailableError",
+    "StdinUnavailableError", "QueueGoneError", "ManagerConnectionError",
+    "ManagerProtocolError", "FrameTooLargeError", "InsecureAddressError",
 ]
 Executor = _context._default_context.Executor
 

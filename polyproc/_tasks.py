@@ -136,7 +136,8 @@ def make_chunk(fn_blob, fn_name: str, call: int, items: list, start: int,
     except SerializationError:
         for offset, item in enumerate(items):
             try:
-                _serialization.dumps(item, "argument")
+                # Only to find the culprit: give back any segments it made.
+                _serialization.release(_serialization.dumps(item, "argument"))
             except SerializationError as exc:
                 raise SerializationError(
                     f"task {start + offset} of {fn_name}: {exc}") from exc.__cause__

@@ -279,7 +279,8 @@ def _replace_unpicklable(done: list) -> list:
         errors = dict(chunk.errors)
         for i, value in enumerate(values):
             try:
-                _serialization.dumps(value, "result")
+                # Only to find the culprit: give back any segments it made.
+                _serialization.release(_serialization.dumps(value, "result"))
             except SerializationError as exc:
                 values[i] = None
                 errors[i] = _exception_payload(exc)
