@@ -399,9 +399,9 @@ class Executor(_StdExecutor):
     next task).  It runs on polyproc's pool scheduler: a worker that dies
     fails only the future of the task it was running, with
     ``WorkerLostError`` (also a ``BrokenProcessPool``), and is replaced;
-    every other future completes.  ``submit`` takes ``timeout=`` (seconds
-    the task may run: ``TaskTimeoutError``, the worker is replaced) and
-    ``retries=`` (further runs of a task whose worker died).
+    every other future completes.  ``options(timeout=, retries=)`` gives
+    per-task options: seconds a task may run (``TaskTimeoutError``, the
+    worker is replaced) and further runs of a task whose worker died.
 
     Differences from ``ProcessPoolExecutor``, none of which changes what
     working stdlib code means: ``max_tasks_per_child`` works with the fork
@@ -445,24 +445,38 @@ class Executor(_StdExecutor):
         # Dropped without shutdown(): let its work finish, then stop its workers.
         weakref.finalize(self, core.shutdown, False)
 
-    def submit(self, fn: Callable, /, *args: Any, timeout: float | None = None,
-               retries: int = 0, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)`` to run in a worker; return a Future.
 
         Never blocks.  Raises ``RuntimeError`` after ``shutdown()``,
         ``SerializationError`` (a ``ValueError``) at once if *fn*, *args* or
         *kwargs* cannot be pickled, and the initializer's error once the
-        executor is broken.  ``timeout=`` and ``retries=`` are polyproc's
-        (see the class), so they do not reach *fn*: pass a
-        ``functools.partial`` for a function that takes arguments of those
-        names.
+        executor is broken.  Every keyword argument goes to *fn*, as with
+        ``ProcessPoolExecutor``; polyproc's per-task options are set with
+        ``options()``.
         """
+        return self._submit(fn, args, kwargs, None, 0)
+
+    def options(self, *, timeout: float | None = None,
+                retries: int = 0) -> "ExecutorOptions":
+        """This executor with per-task options for the calls made through it.
+
+        ``ex.options(timeout=30, retries=2).submit(fn, x)``: *timeout* is the
+        seconds the task may run (then ``TaskTimeoutError``, and its worker
+        is replaced), *retries* the further runs of a task whose worker
+        died.  A separate method, not extra keywords of ``submit``, so that
+        a function's own ``timeout=`` or ``retries=`` argument keeps reaching
+        the function as it does with the stdlib.
+        """
+        _check_options(timeout, retries)
+        return ExecutorOptions(self, timeout, retries)
+
+    def _submit(self, fn: Callable, args: tuple, kwargs: dict,
+                timeout: float | None, retries: int) -> Future:
         # The hot path of "10,000 submits": _submit_chunks inlined for one call.
         core = self._core
         if core.shut_down:  # checked again under the lock by enqueue()
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if timeout is not None or retries:
-            _check_options(timeout, retries)
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         future = _ExecutorFuture(core)
@@ -488,12 +502,17 @@ class Executor(_StdExecutor):
         *timeout* seconds after ``map()`` was called.  Leaving the iterator
         early cancels the calls that have not started.
         """
+        return self._map(fn, iterables, timeout, chunksize, None, retries)
+
+    def _map(self, fn: Callable, iterables: tuple, timeout: float | None,
+             chunksize: int, task_timeout: float | None, retries: int) -> Iterator:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else time.monotonic() + timeout
         items = list(zip(*iterables))
         pieces = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
-        futures = self._submit_chunks(fn, m.CALL_STAR, pieces, chunksize, None, retries)
+        futures = self._submit_chunks(fn, m.CALL_STAR, pieces, chunksize, task_timeout,
+                                      retries)
         return _chained_results(futures, end_time, chunksize > 1)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -573,3 +592,22 @@ def _chained_results(futures: list[Future], end_time: float | None,
     finally:
         for future in futures:
             future.cancel()
+
+
+class ExecutorOptions:
+    """An Executor seen with per-task options (``Executor.options()``)."""
+
+    def __init__(self, executor: Executor, timeout: float | None, retries: int):
+        self._executor = executor
+        self._timeout = timeout
+        self._retries = retries
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        """``Executor.submit`` with these options."""
+        return self._executor._submit(fn, args, kwargs, self._timeout, self._retries)
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1) -> Iterator:
+        """``Executor.map`` with these options; *timeout* is map's overall one."""
+        return self._executor._map(fn, iterables, timeout, chunksize, self._timeout,
+                                   self._retries)

@@ -149,3 +149,7 @@ class HoldsALock:
 
     def method(self):
         return 1
+
+
+def keywords_back(**kwargs):
+    return kwargs

@@ -66,9 +66,9 @@ def test_bad_arguments_raise_like_the_stdlib(fork_ctx):
         with pytest.raises(ValueError, match="chunksize must be >= 1"):
             ex.map(h.square, [1], chunksize=0)
         with pytest.raises(ValueError, match="timeout must be a positive"):
-            ex.submit(h.square, 1, timeout=-1)
+            ex.options(timeout=-1)
         with pytest.raises(ValueError, match="retries must be an int"):
-            ex.submit(h.square, 1, retries=-1)
+            ex.options(retries=-1)
         with pytest.raises(TypeError, match="not callable"):
             ex.submit(42)
         with pytest.raises(TypeError, match="cannot be passed between processes"):
@@ -251,7 +251,7 @@ def test_sigkill_inside_map_fails_only_that_position(fork_ctx):
 def test_retries_run_a_killed_task_again(ctx_fs, tmp_path):
     with _executor(ctx_fs) as ex:
         marker = str(tmp_path / "killed-once")
-        assert ex.submit(h.kill_once, marker, retries=1).result(WAIT) == "survived"
+        assert ex.options(retries=1).submit(h.kill_once, marker).result(WAIT) == "survived"
         again = str(tmp_path / "killed-again")
         with pytest.raises(WorkerLostError):
             ex.submit(h.kill_once, again).result(WAIT)  # retries=0: fails
@@ -270,7 +270,7 @@ def test_workers_killed_from_outside_lose_no_work(ctx_fs):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     with _executor(ctx_fs) as ex:
-        futures = [ex.submit(h.sleep_then_return, 0.002, i, retries=3) for i in range(150)]
+        futures = [ex.options(retries=3).submit(h.sleep_then_return, 0.002, i) for i in range(150)]
         for k in sorted(rng.sample(range(5, 140), 3)):
             futures[k].result(WAIT)
             pids = list(ex._processes)
@@ -283,14 +283,14 @@ def test_workers_killed_from_outside_lose_no_work(ctx_fs):
 def test_timeout_kills_the_task_not_the_executor(fork_ctx):
     with _executor(fork_ctx) as ex:
         started = time.monotonic()
-        slow = ex.submit(h.sleep_then_return, 60, timeout=0.5)
+        slow = ex.options(timeout=0.5).submit(h.sleep_then_return, 60)
         quick = [ex.submit(h.square, i) for i in range(5)]
         error = slow.exception(WAIT)
         assert isinstance(error, TaskTimeoutError)
         assert isinstance(error, polyproc.TimeoutError)
         assert time.monotonic() - started < 10
         assert [f.result(WAIT) for f in quick] == [0, 1, 4, 9, 16]
-        assert ex.submit(h.square, 3, timeout=5).result(WAIT) == 9
+        assert ex.options(timeout=5).submit(h.square, 3).result(WAIT) == 9
 
 
 # -- pickling failures, both directions -------------------------------------------
@@ -557,3 +557,13 @@ def test_dropped_executor_stops_its_workers(fork_ctx):
     gc.collect()
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive, "an executor dropped without shutdown() kept its workers"
+
+
+@pytest.mark.timeout(30)
+def test_submit_keywords_reach_the_function(fork_ctx):
+    """timeout=/retries= of submit belong to fn, as with ProcessPoolExecutor."""
+    with _executor(fork_ctx, 1) as ex:
+        assert ex.submit(h.keywords_back, timeout=7, retries=2).result(WAIT) == {
+            "timeout": 7, "retries": 2}
+        assert ex.options(retries=1).submit(h.keywords_back, timeout=3).result(WAIT) == {
+            "timeout": 3}
