@@ -167,10 +167,13 @@ def reuse_parent_sentinel_fd(conn, seconds: float) -> None:
     the descriptor number would kill this daemon first.
     """
     fd = polyproc.parent_process().sentinel
-    os.close(fd)
-    reused = os.open("/dev/zero", os.O_RDONLY)
+    zero = os.open("/dev/zero", os.O_RDONLY)
+    # dup2, not close + open: another thread may take a freed number first,
+    # and the test must be sure the sentinel's number names /dev/zero now.
+    os.dup2(zero, fd)
+    os.close(zero)
     threading.Event().wait(seconds)
-    conn.send(("alive", reused == fd))
+    conn.send(("alive", os.path.samestat(os.fstat(fd), os.stat("/dev/zero"))))
     conn.close()
 
 

@@ -27,11 +27,15 @@ def is_zero_copy(payload) -> bool:
 @pytest.fixture(autouse=True)
 def no_leaks():
     """Every test here must leave /dev/shm as it found it."""
+    gc.collect()        # what earlier tests (other modules too) left behind
+    _shm_pool.trim()
     before = our_segments()
     yield
     gc.collect()        # received objects die: their segments become FREE
     _shm_pool.trim()    # and recycled FREE segments are unlinked
-    assert our_segments() == before
+    # Segments of earlier tests may still be going away (the tracker sweeps
+    # them asynchronously): only new ones are leaks.
+    assert set(our_segments()) <= set(before)
 
 
 # -- The small path is plain pickle ------------------------------------------
