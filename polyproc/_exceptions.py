@@ -142,27 +142,43 @@ class QueueGoneError(ProcessError, FileNotFoundError):
 # future whose worker died, but with an exception that is *also* a
 # BrokenProcessPool, so that ``except BrokenProcessPool`` keeps working.
 
-from concurrent.futures.process import BrokenProcessPool  # noqa: E402
+#
+# Built on first use (module __getattr__): importing concurrent.futures.process
+# costs about 10 ms, which every spawned worker would pay at start-up.
 
 __all__ += ["ExecutorWorkerLostError", "ExecutorInitializerError"]
 
 
-class ExecutorWorkerLostError(WorkerLostError, BrokenProcessPool):
-    """``WorkerLostError`` as an Executor's future raises it.
+def _make_executor_exceptions() -> None:
+    from concurrent.futures.process import BrokenProcessPool
 
-    Only the future of the task that was running in the dead worker gets
-    it (the stdlib fails every pending future with ``BrokenProcessPool``);
-    the executor replaces the worker and goes on.
-    """
+    class ExecutorWorkerLostError(WorkerLostError, BrokenProcessPool):
+        """``WorkerLostError`` as an Executor's future raises it.
+
+        Only the future of the task that was running in the dead worker gets
+        it (the stdlib fails every pending future with ``BrokenProcessPool``);
+        the executor replaces the worker and goes on.
+        """
+
+    class ExecutorInitializerError(InitializerError, BrokenProcessPool):
+        """The Executor's ``initializer`` raised: it cannot run tasks.
+
+        Every pending and later future fails with it, and ``submit`` raises it,
+        as the stdlib's ``BrokenProcessPool`` does.  The original exception is
+        ``__cause__``.
+        """
+
+    for cls in (ExecutorWorkerLostError, ExecutorInitializerError):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
 
 
-class ExecutorInitializerError(InitializerError, BrokenProcessPool):
-    """The Executor's ``initializer`` raised: it cannot run tasks.
-
-    Every pending and later future fails with it, and ``submit`` raises it,
-    as the stdlib's ``BrokenProcessPool`` does.  The original exception is
-    ``__cause__``.
-    """
+def __getattr__(name: str):
+    if name in ("ExecutorWorkerLostError", "ExecutorInitializerError"):
+        _make_executor_exceptions()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- managers (polyproc.managers) -----------------------------------------

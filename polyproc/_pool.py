@@ -38,6 +38,9 @@ from ._tasks import (TaskChunk, auto_chunksize, function_name, iter_slices,
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
+# Inputs that map() and imap() cut into chunks by slicing, keeping their type.
+_SLICEABLE = (list, tuple, range)
+
 
 class _SinkRegistry:
     """Unfinished results of one pool, so that they can all be failed at once."""
@@ -291,9 +294,10 @@ class Pool:
         self._check_running()
         _check_options(timeout, retries)
         _check_chunksize(chunksize)
-        if not hasattr(iterable, "__len__"):
-            iterable = list(iterable)
-        items = iterable if isinstance(iterable, list) else list(iterable)
+        # Lists, tuples and ranges are sliced as they are: a slice of a
+        # range is a range, which pickles in a few bytes however long it
+        # is, so map(f, range(n)) sends no list of n ints to the workers.
+        items = iterable if isinstance(iterable, _SLICEABLE) else list(iterable)
         fn_blob = self._function_blob(func)
         if chunksize is None:
             chunksize = auto_chunksize(len(items), self._processes,
@@ -314,7 +318,7 @@ class Pool:
         try:
             for start in range(0, len(items), chunksize):
                 piece = items[start:start + chunksize]
-                if not isinstance(piece, list):
+                if not isinstance(piece, _SLICEABLE):
                     piece = list(piece)
                 chunk = make_chunk(fn_blob, fn_name, call, piece, start, sink,
                                    timeout, retries, self._serialize)
@@ -336,7 +340,7 @@ class Pool:
         fn_blob = self._function_blob(func)
         fn_name = function_name(func)
         call = m.CALL_MAP
-        if isinstance(iterable, (list, tuple, range)):
+        if isinstance(iterable, _SLICEABLE):
             # Sized and sliceable: chunk now, in the caller's thread, so that
             # an unpicklable item raises here.
             length = len(iterable)
