@@ -90,6 +90,13 @@ def _map_trivial(pool):
     assert len(pool.map(trivial, range(200_000))) == 200_000
 
 
+_LIST_INPUT = list(range(200_000))
+
+
+def _map_trivial_list(pool):
+    assert len(pool.map(trivial, _LIST_INPUT)) == 200_000
+
+
 def _map_cpu(pool):
     n = _calibrate_burn()
     pool.map(burn, [n] * 200)
@@ -158,6 +165,13 @@ def scenarios() -> list[Scenario]:
              "polyproc": _with_pool(_poly_pool, _map_trivial),
              "mpire": _mpire_contender(lambda p: p.map(trivial, range(200_000)))},
             work=(200_000, "tasks"), target=">= 1.2x stdlib"),
+        Scenario(
+            "pool map 200,000 trivial tasks (a list, not a range)",
+            {"stdlib": _with_pool(_std_pool, _map_trivial_list),
+             "polyproc": _with_pool(_poly_pool, _map_trivial_list)},
+            work=(200_000, "tasks"),
+            notes=["a range input is sliced into ranges (a few bytes per chunk); "
+                   "a list has to be pickled item by item, as in the stdlib"]),
         Scenario(
             "pool map 200 CPU-bound tasks of ~5 ms",
             {"two processes": _two_processes_cpu,
