@@ -404,11 +404,13 @@ def test_progress_bar(ctx_fs, capfd):
 # -- the parent's own troubles ----------------------------------------------
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_ctrl_c_interrupts_map_and_terminates_workers(method):
+@pytest.mark.parametrize("method,wait_in", [("fork", "map"), ("spawn", "map"),
+                                            ("fork", "imap"), ("fork", "get")])
+def test_ctrl_c_interrupts_map_and_terminates_workers(method, wait_in):
     # Its own process group, which the test interrupts as a terminal's Ctrl-C
     # does: the parent and every worker receive SIGINT.
-    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "pool_sigint.py"), method],
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "pool_sigint.py"), method,
+                             wait_in],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     pids = [int(x) for x in proc.stdout.readline().split()]

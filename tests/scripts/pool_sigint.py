@@ -1,4 +1,4 @@
-"""Block in Pool.map; the test sends SIGINT once a task says it started."""
+"""Block in Pool.map (or imap, or get); the test sends SIGINT once a task says it started."""
 import sys
 import time
 
@@ -15,8 +15,14 @@ def sleepy(x):
 if __name__ == "__main__":
     pool = polyproc.get_context(sys.argv[1]).Pool(2)
     print(" ".join(str(p.pid) for p in pool._pool), flush=True)
+    wait_in = sys.argv[2] if len(sys.argv) > 2 else "map"
     try:
-        pool.map(sleepy, range(4))
+        if wait_in == "map":
+            pool.map(sleepy, range(4))
+        elif wait_in == "imap":
+            list(pool.imap(sleepy, iter(range(4))))
+        else:
+            pool.apply_async(sleepy, (0,)).get()
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         raise
