@@ -197,7 +197,8 @@ class BaseManager:
         self._process = self._ctx.Process(
             target=type(self)._run_server,
             args=(setup, self._address, bytes(self._authkey), self._serializer,
-                  writer, control_r, self._ssl_context, self._server_options()))
+                  writer, control_r, self._ssl_context, self._server_options(),
+                  (os.getpid(), self._ctx.get_start_method())))
         ident = ":".join(str(i) for i in self._process._identity)
         self._process.name = type(self).__name__ + "-" + ident
         self._process.start()
@@ -226,8 +227,13 @@ class BaseManager:
     @classmethod
     def _run_server(cls, setup: bytes, address: Any, authkey: bytes,
                     serializer: str, writer: Any, control: Any,
-                    ssl_context: Any, options: dict) -> None:
-        """Create a server, report its address and run it (server process)."""
+                    ssl_context: Any, options: dict,
+                    parent: tuple[int, str]) -> None:
+        """Create a server, report its address and run it (server process).
+
+        *parent* is ``(pid of the process that called start(), start
+        method)``, for ``_watch_control``.
+        """
         # bpo-36368: Ctrl-C in the terminal must not kill the manager.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         registry, initializer, initargs = loads(setup, "manager registry")
@@ -237,7 +243,7 @@ class BaseManager:
                              ssl_context=ssl_context, **options)
         writer.send(server.address)
         writer.close()
-        threading.Thread(target=_watch_control, args=(control, server),
+        threading.Thread(target=_watch_control, args=(control, server, *parent),
                          daemon=True, name="polyproc-manager-control").start()
         util.info("manager serving at %r", server.address)
         server.serve_forever()
@@ -249,7 +255,7 @@ class BaseManager:
         drop_client(address)
         if process.is_alive():
             try:
-                control.send_bytes(b"shutdown")
+                control.send(Control("shutdown"))
             except OSError:
                 pass
             process.join(timeout=shutdown_timeout)
@@ -360,17 +366,34 @@ class _ManagerAsProxy:
         self._authkey = manager._authkey
 
 
-def _watch_control(control: Any, server: Server) -> None:
-    """Server process: stop on a shutdown request, or when the parent is gone."""
-    parent = os.getppid()
+def _watch_control(control: Any, server: Server, creator: int,
+                   method: str) -> None:
+    """Server process: stop on a shutdown request, or when the parent is gone.
+
+    *creator* is the pid of the process that called ``start()``, taken
+    there: reading ``os.getppid()`` here instead would miss a parent killed
+    between our start and this thread's (the test that caught it kills the
+    parent as soon as ``start()`` returns).  Under fork and spawn the
+    creator is our OS parent, so ``getppid()`` changing says it died, even
+    when forked siblings keep its end of every pipe open.  Under forkserver
+    our OS parent is the fork server; the parent sentinel tells instead.
+    """
+    from multiprocessing import parent_process
+    sentinel_parent = parent_process() if method == "forkserver" else None
     while not server.stop_event.is_set():
         try:
             if control.poll(_PARENT_POLL):
-                control.recv_bytes()      # b"shutdown" (or EOF below)
+                # Control("shutdown") is the only message on this private
+                # pipe; EOF (the parent is gone) means the same.
+                control.recv()
                 break
         except (EOFError, OSError):
             break
-        if os.getppid() != parent:
+        if sentinel_parent is not None:
+            gone = not sentinel_parent.is_alive()
+        else:
+            gone = os.getppid() != creator
+        if gone:
             util.info("manager: parent process died; shutting down")
             break
     server.stop()

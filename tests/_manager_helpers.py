@@ -66,12 +66,10 @@ def lock_then_block(lock, q, ready) -> None:
     q.get()
 
 
-def start_manager_and_report(outq) -> None:
+def start_manager_and_report(outq, method: str) -> None:
     """A process that starts a manager and reports its server's pid."""
-    import faulthandler
     import polyproc
-    faulthandler.dump_traceback_later(10, file=sys.stderr)  # diagnose a hang
-    m = polyproc.Manager()
+    m = polyproc.get_context(method).Manager()
     outq.put(m._process.pid)
     time.sleep(60)      # killed by the test
 

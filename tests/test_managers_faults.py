@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import signal
 import threading
@@ -100,12 +101,17 @@ def test_server_killed_clients_get_clear_error_quickly():
 
 
 @pytest.mark.timeout(30)
-def test_server_exits_when_its_parent_is_killed(ctx_fs):
-    outq = ctx_fs.Queue()
-    parent = ctx_fs.Process(target=helpers.start_manager_and_report, args=(outq,))
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_server_exits_when_its_parent_is_killed(method):
+    # The middle process is the stdlib's: what is tested is the manager
+    # server it starts (with *method*), killed right after start() returns.
+    std_ctx = multiprocessing.get_context(method)
+    outq = std_ctx.SimpleQueue()
+    parent = std_ctx.Process(target=helpers.start_manager_and_report,
+                             args=(outq, method))
     parent.start()
     try:
-        server_pid = outq.get(timeout=20)
+        server_pid = outq.get()       # bounded by the test's timeout
         server = psutil.Process(server_pid)
     finally:
         os.kill(parent.pid, signal.SIGKILL)     # also when the get failed
