@@ -9,6 +9,8 @@ Three scenarios from issue 5, each with both libraries in the same run:
   round trip, two of them blocking in the server);
 * ``managers start+shutdown``: ``Manager()`` then ``shutdown()``, with the
   default start method and with spawn;
+* ``managers dict 32 MB NumPy array``: ``d["array"] = a`` then
+  ``d["array"]``: the zero-copy path of ``_serialization`` at work;
 * ``managers create+use+drop``: ``m.list()``, one call, release: the
   stdlib opens three connections per proxy (create, incref, decref), polyproc
   none.
@@ -32,6 +34,8 @@ from ._harness import Scenario
 N_DICT = 5_000
 N_ROUND_TRIPS = 2_000
 N_CREATE = 500
+ARRAY_BYTES = 32 * 2**20
+ARRAY_ROUNDS = 4
 
 
 def echo(inq, outq) -> None:
@@ -102,6 +106,24 @@ def _create_contender(lazy: _Lazy):
     return run
 
 
+def _array_contender(lazy: _Lazy):
+    def run() -> float:
+        import numpy as np
+        state = lazy.get()
+        array = np.arange(ARRAY_BYTES // 8, dtype=np.float64)
+        d = state.dict
+        start = time.perf_counter()
+        for _ in range(ARRAY_ROUNDS):
+            d["array"] = array
+            back = d["array"]
+        elapsed = time.perf_counter() - start
+        if back.shape != array.shape or back[-1] != array[-1]:
+            raise RuntimeError("array came back wrong")
+        del d["array"]
+        return elapsed
+    return run
+
+
 def _start_shutdown(lib):
     def run() -> float:
         start = time.perf_counter()
@@ -123,6 +145,13 @@ def scenarios() -> list[Scenario]:
                              "polyproc": _queue_contender(poly)},
                  work=(N_ROUND_TRIPS, "round trips"),
                  target=">= 3x stdlib (issue 5)"),
+        Scenario(name="managers dict 32 MB NumPy array set+get",
+                 contenders={"stdlib": _array_contender(std),
+                             "polyproc": _array_contender(poly)},
+                 work=(2 * ARRAY_ROUNDS * ARRAY_BYTES, "B"),
+                 target="(not in the issue) large values",
+                 notes=["polyproc: the zero-copy path of _serialization "
+                        "(shared memory) between processes of one machine"]),
         Scenario(name="managers create+use+drop 500 proxies",
                  contenders={"stdlib": _create_contender(std),
                              "polyproc": _create_contender(poly)},

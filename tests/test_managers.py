@@ -397,3 +397,26 @@ def test_temporary_proxy_passed_to_process(ctx):
         assert q.get(timeout=20) == ("done", 7)
         p.join(20)
         assert p.exitcode == 0
+
+
+def test_large_numpy_array_through_proxies(manager):
+    np = pytest.importorskip("numpy")
+    array = np.arange(2_000_000, dtype=np.float64)       # 16 MB: zero-copy path
+    d, q = manager.dict(), manager.Queue()
+    d["a"] = array
+    q.put(array)
+    assert np.array_equal(d["a"], array)
+    assert np.array_equal(q.get(timeout=10), array)
+
+
+def test_remote_links_pickle_in_band():
+    # A shared-memory segment's name means nothing on another machine: a
+    # link to a non-local peer pickles everything into the frame.
+    np = pytest.importorskip("numpy")
+    from polyproc._manager_wire import Call, decode, dumps_in_band, encode
+    array = np.arange(1_000_000, dtype=np.float64)
+    payload = encode(Call(1, "put", (array,), {}), dumps=dumps_in_band)
+    assert len(payload) > array.nbytes                   # in the frame itself
+    assert np.array_equal(decode(payload).args[0], array)
+    with pytest.raises(SerializationError):
+        dumps_in_band(Unpicklable())
