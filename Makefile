@@ -12,8 +12,12 @@ $(VENV)/.created:
 	$(PY) -m pip install -q --upgrade pip
 	touch $@
 
+# An editable install compiles nothing, and with PYTHONDONTWRITEBYTECODE set
+# every spawned worker would compile polyproc from source at start-up:
+# compile it once here (and again before benchmarks, for edited files).
 $(VENV)/.installed-base: $(VENV)/.created pyproject.toml
 	$(PY) -m pip install -q -e .
+	$(PY) -m compileall -q polyproc benchmarks > /dev/null
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-base
@@ -31,6 +35,7 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench
+	$(PY) -m compileall -q polyproc benchmarks > /dev/null
 	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
