@@ -705,14 +705,17 @@ def _sigint_shielded_start():
     reaches the caller once the handler is back.
     """
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # A handler installed outside Python reads as None and could not be put
+    # back: then the handler is left alone.
     previous = None
-    in_main = threading.current_thread() is threading.main_thread()
-    if in_main:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
     finally:
-        if in_main and previous is not None:
+        if previous is not None:
             signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 

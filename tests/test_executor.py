@@ -454,7 +454,11 @@ def test_map_timeout_raises_and_cancels_the_rest(fork_ctx, tmp_path):
 
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 _SCRIPT_HEAD = f"""
-import sys
+import signal, sys
+# Ctrl-C must raise KeyboardInterrupt here even when the test run itself was
+# started with SIGINT ignored (a shell's background job): ignored signals are
+# inherited through exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {_TESTS_DIR!r})
 import _executor_helpers as h
 import polyproc

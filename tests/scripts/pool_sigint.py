@@ -1,4 +1,5 @@
 """Block in Pool.map (or imap, or get); the test sends SIGINT once a task says it started."""
+import signal
 import sys
 import time
 
@@ -13,6 +14,9 @@ def sleepy(x):
 
 
 if __name__ == "__main__":
+    # Ctrl-C must raise KeyboardInterrupt even when the test run was started
+    # with SIGINT ignored (a shell's background job passes that on).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     pool = polyproc.get_context(sys.argv[1]).Pool(2)
     print(" ".join(str(p.pid) for p in pool._pool), flush=True)
     wait_in = sys.argv[2] if len(sys.argv) > 2 else "map"
