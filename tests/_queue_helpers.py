@@ -130,6 +130,9 @@ def block_on_pipe(conn, started) -> None:
 
 def get_until_interrupted(q, ready, out) -> None:
     """Block in get() until SIGINT; report what happened and that q still works."""
+    # The test run may have been started with SIGINT ignored (a shell's
+    # background job), which children inherit: Ctrl-C must raise here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ready.set()
     start = None
     try:

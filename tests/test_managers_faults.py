@@ -59,6 +59,9 @@ def test_lock_held_by_killed_client_is_released(ctx_fs):
 
 
 def test_interrupted_call_gives_its_item_back():
+    # The test run may have been started with SIGINT ignored (a shell's
+    # background job): Ctrl-C must raise KeyboardInterrupt here.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     with polyproc.Manager() as m:
         q = m.Queue()
         timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
@@ -68,6 +71,7 @@ def test_interrupted_call_gives_its_item_back():
                 q.get(timeout=10)
         finally:
             timer.cancel()
+            signal.signal(signal.SIGINT, previous)
         q.put(1)
         assert q.get(timeout=5) == 1            # not taken by the abandoned call
 
