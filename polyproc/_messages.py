@@ -12,7 +12,7 @@ Scheduler -> worker, over the worker's own duplex pipe:
 Worker -> scheduler:
     WorkerReady(pid)          started, initializer done, ready for chunks
     InitializerFailed(error)  the initializer raised; the worker exits
-    Results(done)             ChunkDone records for chunks that finished
+    Results(...)              the outcomes of chunks that finished
     Retiring(reason)          exits after this message (maxtasksperchild or
                               max_memory_per_child reached); everything it
                               was given and did not report is unstarted
@@ -61,11 +61,13 @@ class InitializerFailed(NamedTuple):
 
 
 class ChunkDone(NamedTuple):
-    """The outcome of every task of one chunk.
+    """The outcome of every task of one chunk (the worker's own record).
 
     ``values[i]`` is task i's return value; where task i raised, ``errors[i]``
     holds its exception payload and ``values[i]`` is None.  Errors are sparse
-    so that the common case (no errors) costs one empty dict.
+    so that the common case (no errors) costs one empty dict.  An error
+    under key -1 means the chunk could not even be loaded: every task
+    failed that way.
     """
     chunk_id: int
     values: list
@@ -74,7 +76,22 @@ class ChunkDone(NamedTuple):
 
 
 class Results(NamedTuple):
-    done: list  # list[ChunkDone]
+    """Several ChunkDone records on the wire, one list per field.
+
+    Columns rather than a list of records: an ``apply_async`` storm sends
+    one-task chunks, and a record object per chunk was a third of the cost
+    of pickling and unpickling the message.
+    """
+    chunk_ids: list   # list[int]
+    values: list      # list[list]
+    errors: dict      # {index in this message: that chunk's errors dict}
+    seconds: list     # list[float]
+
+    @classmethod
+    def of(cls, done: list) -> "Results":
+        return cls([d.chunk_id for d in done], [d.values for d in done],
+                   {i: d.errors for i, d in enumerate(done) if d.errors},
+                   [d.seconds for d in done])
 
 
 class Retiring(NamedTuple):

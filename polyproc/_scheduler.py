@@ -14,7 +14,7 @@ Data flow of a task (the same diagram is in ARCHITECTURE.md)::
                            |   chunks -> Dispatch message ----+-> own duplex pipe
                            |   to a ready worker              |   run tasks, write
                            |                                  |   progress slot
-                           |   receive_results <--------------+-- Results(ChunkDone..)
+                           |   receive_results <--------------+-- Results(...)
   result.get()/next() <----+-- sink.deliver(start, values,    |
   (ApplyResult, MapResult, |      errors)                     |
    IMapIterator)           |                                  |
@@ -410,7 +410,7 @@ class ProcessScheduler:
 
     def _on_message(self, w: WorkerHandle, msg) -> None:
         if isinstance(msg, m.Results):
-            self._on_results(w, msg.done)
+            self._on_results(w, msg)
         elif isinstance(msg, m.WorkerReady):
             w.ready = True
             self._ever_ready = True
@@ -426,24 +426,26 @@ class ProcessScheduler:
             error.__cause__ = cause
             self._break(error)
 
-    def _on_results(self, w: WorkerHandle, done_list: list) -> None:
+    def _on_results(self, w: WorkerHandle, results: m.Results) -> None:
         """Deliver each finished chunk's outcomes; results come in dispatch order."""
         assigned, dispatch_ends = w.assigned, w.dispatch_ends
+        all_errors = results.errors
         timing_func = None
         timing_seconds = 0.0
         timing_tasks = 0
-        for done in done_list:
+        for index, (chunk_id, values, seconds) in enumerate(
+                zip(results.chunk_ids, results.values, results.seconds)):
             chunk = assigned.popleft()
-            assert chunk.chunk_id == done.chunk_id, "results arrive in dispatch order"
-            if dispatch_ends and dispatch_ends[0] == chunk.chunk_id:
+            assert chunk.chunk_id == chunk_id, "results arrive in dispatch order"
+            if dispatch_ends and dispatch_ends[0] == chunk_id:
                 dispatch_ends.popleft()
-            values, errors = done.values, done.errors
             if chunk.func is not timing_func:
                 if timing_tasks:
                     self._learn_timing(timing_func, timing_seconds, timing_tasks)
                 timing_func, timing_seconds, timing_tasks = chunk.func, 0.0, 0
-            timing_seconds += done.seconds
+            timing_seconds += seconds
             timing_tasks += len(values)
+            errors = all_errors.get(index) if all_errors else None
             if errors:
                 if -1 in errors:  # the chunk could not even be loaded
                     exc = rebuild_exception(errors[-1])
@@ -451,6 +453,8 @@ class ProcessScheduler:
                     errors = dict.fromkeys(range(chunk.count), exc)
                 else:
                     errors = {i: rebuild_exception(p) for i, p in errors.items()}
+            else:
+                errors = {}
             chunk.sink.deliver(chunk.start, values, errors)
             if len(values) < chunk.count:
                 # The worker retired half-way through this chunk: the rest

@@ -84,9 +84,9 @@ class _Worker:
         self.mark(m.PHASE_DUMPING, self.outbox[-1].chunk_id)
         done, self.outbox = self.outbox, []
         try:
-            data = _serialization.dumps(m.Results(done), "results")
+            data = _serialization.dumps(m.Results.of(done), "results")
         except SerializationError:
-            data = _serialization.dumps(m.Results(_replace_unpicklable(done)),
+            data = _serialization.dumps(m.Results.of(_replace_unpicklable(done)),
                                         "results")
         self.conn.send_bytes(m.frame(done[-1].chunk_id, data))
         self.mark(m.PHASE_IDLE)
