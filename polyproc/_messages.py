@@ -6,7 +6,7 @@ because they pickle as compactly as tuples and cost nothing to build on the
 hot path.
 
 Scheduler -> worker, over the worker's own duplex pipe:
-    Dispatch(chunks)          run these chunks, in order
+    Dispatch(...)             run these chunks, in order
     Shutdown()                finish and exit
 
 Worker -> scheduler:
@@ -45,7 +45,20 @@ TRACK_TIME = 2   # index and start time (the chunk has a timeout)
 
 
 class Dispatch(NamedTuple):
-    chunks: list  # list[ChunkJob]
+    """Chunks for a worker to run in order, one list per ChunkJob field.
+
+    Columns rather than a list of ChunkJob records, for the same reason as
+    ``Results``: a storm of one-task chunks pays per record.
+    """
+    chunk_ids: list
+    funcs: list
+    payloads: list
+    calls: list
+    trackings: list
+
+    def jobs(self):
+        return map(ChunkJob, self.chunk_ids, self.funcs, self.payloads,
+                   self.calls, self.trackings)
 
 
 class Shutdown(NamedTuple):

@@ -326,7 +326,6 @@ class ProcessScheduler:
         timings = self._task_seconds_by_func
         requeued, pending = self._requeued, self._pending
         batch: list[TaskChunk] = []
-        jobs = []
         size = 0
         seconds = 0.0
         while len(batch) < limit and (requeued or pending):
@@ -344,8 +343,6 @@ class ProcessScheduler:
             else:
                 chunk.tracking = m.TRACK_INDEX
             batch.append(chunk)
-            jobs.append(m.ChunkJob(chunk.chunk_id, chunk.func, chunk.payload,
-                                   chunk.call, chunk.tracking))
             size += len(chunk.payload)
             seconds += estimate
             if w.assigned and size >= PREFETCH_BYTES:
@@ -353,7 +350,10 @@ class ProcessScheduler:
         w.assigned.extend(batch)
         w.dispatch_ends.append(batch[-1].chunk_id)
         w.chunks_given += len(batch)
-        data = _serialization.dumps(m.Dispatch(jobs), "dispatch")
+        message = m.Dispatch([c.chunk_id for c in batch], [c.func for c in batch],
+                             [c.payload for c in batch], [c.call for c in batch],
+                             [c.tracking for c in batch])
+        data = _serialization.dumps(message, "dispatch")
         try:
             w.conn.send_bytes(data)
         except OSError:

@@ -65,10 +65,6 @@ class TaskChunk:
         self.deaths = 0
         self.tracking = m.TRACK_INDEX  # set by the scheduler at dispatch
 
-    def job(self) -> m.ChunkJob:
-        return m.ChunkJob(self.chunk_id, self.func, self.payload, self.call,
-                          self.tracking)
-
     def describe_task(self, index: int) -> str:
         """``func(args)`` of the task at *index* (relative), for error messages."""
         item = self.items[index]

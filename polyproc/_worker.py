@@ -242,7 +242,7 @@ class _Worker:
                 return  # the parent is gone or closed our pipe
             if isinstance(message, m.Shutdown):
                 return
-            for job in message.chunks:
+            for job in message.jobs():
                 try:
                     done = self.run_chunk(job)
                 except _Retire as retire:
