@@ -93,6 +93,20 @@ def _write_all(fd: int, data: memoryview, at: int = 0) -> None:
         done += os.pwrite(fd, data[done:], at + done)
 
 
+def _open_registered(name: str) -> int:
+    """Register *name* with the tracker, then create the segment.
+
+    In that order, so that a sender killed in between leaves nothing the
+    tracker does not know about; a failed create takes the name back.
+    """
+    _shm_tracker.register(name)
+    try:
+        return _open_new(name)
+    except BaseException:
+        _shm_tracker.unregister(name)
+        raise
+
+
 def create(data: memoryview) -> SegmentRef:
     """Copy *data* (a C-contiguous byte view) into a new segment.
 
@@ -103,12 +117,7 @@ def create(data: memoryview) -> SegmentRef:
     after removing whatever was created.
     """
     name = _new_name()
-    _shm_tracker.register(name)
-    try:
-        fd = _open_new(name)
-    except BaseException:
-        _shm_tracker.unregister(name)
-        raise
+    fd = _open_registered(name)
     try:
         _write_all(fd, data)
     except BaseException:
@@ -126,12 +135,7 @@ def create_recyclable(data: memoryview, header: int) -> tuple[SegmentRef, mmap.m
     segment, through which ``_shm_pool`` refills it later.
     """
     name = _new_name(recycled=True)
-    _shm_tracker.register(name)
-    try:
-        fd = _open_new(name)
-    except BaseException:
-        _shm_tracker.unregister(name)
-        raise
+    fd = _open_registered(name)
     try:
         _write_all(fd, memoryview(bytes(header)), 0)
         _write_all(fd, data, header)
