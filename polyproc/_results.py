@@ -20,7 +20,6 @@ Differences from the stdlib, all where the stdlib would hang or mislead:
 from __future__ import annotations
 
 import collections
-import itertools
 import sys
 import threading
 import time
@@ -32,7 +31,6 @@ from ._exceptions import TimeoutError
 __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
            "IMapUnorderedIterator"]
 
-_job_counter = itertools.count()
 _completion_lock = threading.Lock()
 
 
@@ -50,7 +48,6 @@ class _Sink:
 
     def __init__(self, core, length: int | None, progress=None):
         self._core = core
-        self._job = next(_job_counter)
         self._progress = progress
         self._pending = length  # tasks not delivered yet (None: not known yet)
         core.register_sink(self)

@@ -213,9 +213,6 @@ class ProcessScheduler:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in list(self._workers.values())]
-
     def _wake(self, force: bool = False) -> None:
         # One byte per sleep of the scheduler, not one per submission: the
         # flag is cleared by the scheduler *before* it drains the deque, so
