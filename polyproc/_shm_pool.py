@@ -285,18 +285,28 @@ def attach(ref: _shm.SegmentRef) -> memoryview:
     return memoryview(data)[HEADER:HEADER + ref.size]
 
 
+def _map_header(name: str) -> mmap.mmap | None:
+    """A shared mapping of segment *name*'s header; None if it can't be mapped.
+
+    Raises ``OSError`` when the segment can't be opened (it is gone).
+    """
+    fd = _shm.open_existing(name)
+    try:
+        return mmap.mmap(fd, HEADER, flags=mmap.MAP_SHARED)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def release(ref: _shm.SegmentRef) -> None:
     """A payload that will never be loaded: let its sender refill the segment."""
     try:
-        fd = _shm.open_existing(ref.name)
+        header = _map_header(ref.name)
     except OSError:
         return
-    try:
-        header = mmap.mmap(fd, HEADER, flags=mmap.MAP_SHARED)
-    except (OSError, ValueError):
+    if header is None:
         return
-    finally:
-        os.close(fd)
     with header:
         if (_get(header, _STATE) == IN_FLIGHT
                 and _get(header, _GENERATION) == ref.generation):
@@ -338,16 +348,12 @@ def sweep(names) -> list[str]:
         if pid is None or _alive(pid):
             continue
         try:
-            fd = _shm.open_existing(name)
+            header = _map_header(name)
         except OSError:
             gone.append(name)
             continue
-        try:
-            header = mmap.mmap(fd, HEADER, flags=mmap.MAP_SHARED)
-        except (OSError, ValueError):
+        if header is None:
             continue
-        finally:
-            os.close(fd)
         with header:
             _put(header, _ORPHANED, 1)
             state = _get(header, _STATE)

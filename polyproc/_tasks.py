@@ -92,6 +92,24 @@ class TaskChunk:
             _serialization.release(self.payload)
 
 
+def item_caller(fn: Callable, call: int) -> Callable[[Any], Any]:
+    """The one-argument callable that runs *fn* on an item of a chunk.
+
+    ``CALL_MAP`` is *fn* itself, so that a worker can run a chunk as
+    ``map(fn, items)`` from C; the other two unpack the item.
+    """
+    if call == m.CALL_MAP:
+        return fn
+    if call == m.CALL_STAR:
+        def call_star(item):
+            return fn(*item)
+        return call_star
+
+    def call_apply(item):
+        return fn(*item[0], **item[1])
+    return call_apply
+
+
 def _short_repr(obj: Any, limit: int = 60) -> str:
     try:
         text = repr(obj)

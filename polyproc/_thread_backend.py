@@ -18,9 +18,8 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from . import _messages as m
 from ._pool import Pool
-from ._tasks import TaskChunk
+from ._tasks import TaskChunk, item_caller
 
 _STOP = None
 
@@ -95,18 +94,13 @@ class ThreadBackend:
             self._run_chunk(chunk)
 
     def _run_chunk(self, chunk: TaskChunk) -> None:
-        fn, call = chunk.func, chunk.call
+        call_fn = item_caller(chunk.func, chunk.call)
         values: list = [None] * chunk.count
         errors: dict = {}
         started = time.perf_counter()
         for i, item in enumerate(chunk.items):
             try:
-                if call == m.CALL_MAP:
-                    values[i] = fn(item)
-                elif call == m.CALL_STAR:
-                    values[i] = fn(*item)
-                else:
-                    values[i] = fn(*item[0], **item[1])
+                values[i] = call_fn(item)
             except BaseException as exc:
                 errors[i] = exc
         self._task_seconds = (time.perf_counter() - started) / max(1, chunk.count)

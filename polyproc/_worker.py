@@ -32,6 +32,7 @@ from typing import Any, Callable, NamedTuple
 from . import _messages as m
 from . import _serialization
 from ._exceptions import SerializationError
+from ._tasks import item_caller
 
 FLUSH_SECONDS = 0.005
 
@@ -124,14 +125,7 @@ class _Worker:
             # knows the chunk's size.
             return m.ChunkDone(job.chunk_id, [], {-1: _exception_payload(exc)},
                                time.perf_counter() - started)
-        if job.call == m.CALL_MAP:
-            call_fn = fn
-        elif job.call == m.CALL_STAR:
-            def call_fn(item, fn=fn):
-                return fn(*item)
-        else:
-            def call_fn(item, fn=fn):
-                return fn(*item[0], **item[1])
+        call_fn = item_caller(fn, job.call)
         values: list = []
         errors: dict[int, bytes] = {}
         slots = self.slots
