@@ -39,6 +39,7 @@ from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             Hello, client_handshake, connect, decode,
                             describe_address)
 from ._serialization import release
+from . import _manager_fastpath as fastpath
 
 __all__ = ["ManagerClient", "get_client", "drop_client", "queue_decref",
            "register_client_options", "register_authkey", "known_authkey"]
@@ -76,8 +77,17 @@ class ManagerClient:
             sock = connect(self.address, self.connect_timeout, self.ssl_context)
             sock.settimeout(self.connect_timeout)
             client_handshake(sock, self.authkey, self.address)
+            segment = None
+            if fastpath.possible(sock):
+                # Call connections to a server on this machine go through
+                # shared memory (see _manager_fastpath); the lifeline
+                # carries nothing.
+                segment = fastpath.offer_segment(
+                    sock, not lifeline and fastpath.available())
             chan = Channel(sock, self.max_frame_size, DEFAULT_FRAME_TIMEOUT)
             chan.send(chan.encode(Hello(self.session, lifeline)))
+            if segment is not None:
+                chan = fastpath.FastChannel(chan, segment, 0)
         except AuthenticationError:
             if sock is not None:
                 sock.close()
@@ -161,7 +171,7 @@ class ManagerClient:
             except IndexError:
                 break
         if idents:
-            chan.send(chan.encode(DecRef(tuple(idents))))
+            chan.send_oneway(chan.encode(DecRef(tuple(idents))))
 
     def flush_if_idle(self) -> None:
         """Send queued releases now if this thread's connection is idle."""

@@ -72,6 +72,7 @@ from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             Hello, IncRef, NewProxy, Ok, set_keepalive, decode,
                             default_address, listen, server_handshake)
 from ._serialization import release
+from . import _manager_fastpath as fastpath
 
 __all__ = ["Server", "ClientGone", "current_connection", "ConnectionState"]
 
@@ -266,8 +267,11 @@ class Server:
             sock = self.ssl_context.wrap_socket(sock, server_side=True)
             with self.mutex:
                 self._socks.add(sock)       # the same descriptor, now TLS
+        segment = None
         try:
             server_handshake(sock, self.authkey)
+            if fastpath.possible(sock):
+                segment = fastpath.accept_segment(sock)
             chan = Channel(sock, self.max_frame_size, self.frame_timeout)
             sock.settimeout(self.handshake_timeout)
             hello = decode(chan.recv(), "manager hello")
@@ -276,10 +280,14 @@ class Server:
                 raise ManagerProtocolError(
                     f"expected Hello, got {type(hello).__name__}")
         except BaseException:
+            if segment is not None:
+                segment.close()
             sock.close()                    # the TLS socket owns the descriptor
             with self.mutex:
                 self._socks.discard(sock)
             raise
+        if segment is not None:
+            chan = fastpath.FastChannel(chan, segment, 1)
         return chan, hello
 
     def _serve_connection(self, sock: socket.socket) -> None:
@@ -357,7 +365,15 @@ class Server:
                 payload = encode(self._failure(exc))
             try:
                 try:
-                    send(payload)
+                    if conn.undo:
+                        # The call took something (a queue item, a lock) that
+                        # must go back if the client is gone: send on the
+                        # socket, whose write fails when the peer closed it.
+                        # (A fast-path reply would land in shared memory
+                        # whether or not anyone reads it.)
+                        chan.send_oneway(payload)
+                    else:
+                        send(payload)
                 except FrameTooLargeError as exc:
                     release(payload)
                     conn.run(conn.undo)

@@ -74,7 +74,7 @@ DEFAULT_MAX_FRAME_SIZE = 256 * 2**20
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0
 DEFAULT_FRAME_TIMEOUT = 10.0
 
-MAGIC = b"polyproc-manager/1\n"
+MAGIC = b"polyproc-manager/2\n"
 _DIGEST = "sha256"
 _NONCE = 32
 _HEADER = struct.Struct("!Q")
@@ -402,6 +402,8 @@ class Channel:
         return self.sock.fileno()
 
     def close(self) -> None:
+        if self.sock is None:       # handed over to a FastChannel
+            return
         try:
             self.sock.close()
         except OSError:
@@ -424,6 +426,11 @@ class Channel:
         else:
             self.sock.sendall(_HEADER.pack(n))
             self.sock.sendall(payload)
+
+    # A message that has no reply (``DecRef``).  The same as ``send`` here;
+    # a ``FastChannel`` sends these on the socket (see there why).
+    def send_oneway(self, payload: bytes | bytearray | memoryview) -> None:
+        self.send(payload)
 
     def recv(self) -> bytes | bytearray:
         """The next frame's payload.  ``EOFError`` when the peer closed
