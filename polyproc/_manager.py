@@ -53,6 +53,8 @@ from ._manager_proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
                              EventProxy, IteratorProxy, ListProxy,
                              NamespaceProxy, PoolProxy, ValueProxy, _unwrap)
 from ._manager_server import Server
+from ._manager_queue import QueueProxy, ServerRingQueue
+from . import _queue_shm
 from ._manager_types import (ServerBoundedSemaphore, ServerCondition,
                              ServerLock, ServerQueue, ServerRLock,
                              ServerSemaphore)
@@ -415,8 +417,14 @@ class SyncManager(BaseManager):
     """
 
 
-SyncManager.register("Queue", ServerQueue)
-SyncManager.register("JoinableQueue", ServerQueue)
+if _queue_shm.AVAILABLE:
+    # Items in shared memory, reached without the server from this machine
+    # (see _manager_queue); elsewhere the stdlib's design, made robust.
+    SyncManager.register("Queue", ServerRingQueue, QueueProxy)
+    SyncManager.register("JoinableQueue", ServerRingQueue, QueueProxy)
+else:  # pragma: no cover - non-Linux
+    SyncManager.register("Queue", ServerQueue)
+    SyncManager.register("JoinableQueue", ServerQueue)
 SyncManager.register("Event", threading.Event, EventProxy)
 SyncManager.register("Lock", ServerLock, AcquirerProxy)
 SyncManager.register("RLock", ServerRLock, AcquirerProxy)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 import threading
 import weakref
 from typing import Any, TYPE_CHECKING
@@ -37,7 +38,7 @@ from ._exceptions import (AuthenticationError, FrameTooLargeError,
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Address, Channel, DecRef,
                             Hello, client_handshake, connect, decode,
-                            describe_address)
+                            describe_address, is_local_peer)
 from ._serialization import release
 from . import _manager_fastpath as fastpath
 
@@ -161,6 +162,33 @@ class ManagerClient:
         finally:
             chan.busy = False
         return decode(frame, "manager reply")
+
+    def on_this_machine(self) -> bool:
+        """True when the server runs on this machine (a Unix socket, or
+        TCP over loopback): shared memory can then be shared with it."""
+        return is_local_peer(self.channel().sock)
+
+    def check_server(self) -> None:
+        """Raise ``ManagerConnectionError`` if the server is gone.
+
+        One ``poll`` of the lifeline, which the server never writes to: it
+        is readable only once the server's end closed.  For operations that
+        do not otherwise talk to the server (a managed queue's shared
+        memory), so that a dead server is an error there too.
+        """
+        lifeline = self._lifeline
+        if lifeline is not None and lifeline.sock is not None:
+            # One poll object per thread: poll() refuses concurrent calls.
+            poller = getattr(self._local, "lifeline_poll", None)
+            if poller is None or poller[0] is not lifeline:
+                watch = select.poll()
+                watch.register(lifeline.sock.fileno(), select.POLLIN)
+                poller = self._local.lifeline_poll = (lifeline, watch)
+            if not poller[1].poll(0):
+                return
+        raise ManagerConnectionError(
+            f"the manager at {describe_address(self.address)} is gone: it "
+            "was shut down or died.", self.address)
 
     def _flush(self, chan: Channel) -> None:
         idents = []

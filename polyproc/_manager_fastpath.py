@@ -283,18 +283,11 @@ class FastChannel(Channel):
                              _RCVTIMEO)
         self.spin = SpinPolicy()
 
-    def close(self) -> None:
-        super().close()
-        for name in ("_out", "_in", "_out_data", "_in_data"):
-            view = getattr(self, name, None)
-            if view is not None:
-                view.release()
-        segment = getattr(self, "_map", None)
-        if segment is not None:
-            try:
-                segment.close()
-            except (BufferError, ValueError):
-                pass
+    # close() is Channel's: it closes the socket and leaves the mapping to
+    # the garbage collector.  Another thread may be inside recv() on this
+    # channel (a manager shutting down closes every connection of the
+    # process); it must end with the socket's error, not with a released
+    # buffer under its feet.
 
     # --- sending ----------------------------------------------------------------
 

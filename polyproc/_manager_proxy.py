@@ -47,6 +47,11 @@ __all__ = [
 
 _getpid = os.getpid
 
+# How many proxies this process has pickled: a managed queue compares it
+# before and after pickling an item, to tell items that hold proxies
+# (see _manager_queue.HeldItem).
+proxies_pickled = 0
+
 
 def _local_decref(server: Any, ident: int, pid: int) -> None:
     if _getpid() == pid:
@@ -129,6 +134,8 @@ class BaseProxy:
         return self._callmethod("#GETVALUE")
 
     def __reduce__(self):
+        global proxies_pickled
+        proxies_pickled += 1
         kwds: dict[str, Any] = {}
         if get_spawning_popen() is not None:
             kwds["authkey"] = bytes(self._authkey)

@@ -44,6 +44,11 @@ def append_and_put(lst, q, value) -> None:
     q.put(("done", value))
 
 
+def put_square(args) -> None:
+    q, i = args
+    q.put(i * i)
+
+
 def echo_queue(inq, outq, n: int) -> None:
     for _ in range(n):
         outq.put(inq.get())
@@ -204,6 +209,9 @@ def count_waiters(proxy) -> int:
     from multiprocessing.process import current_process
     server = current_process()._manager_server
     obj = server.id_to_obj[proxy._id].obj
+    if hasattr(obj, "_ring"):     # a ServerRingQueue: getters wait on its ring
+        from polyproc._queue_ring import _GET_WAITERS
+        return obj._ring._h[_GET_WAITERS]
     if hasattr(obj, "not_empty"):                 # a queue
         return len(obj.not_empty._waiters)
     return len(obj._sem._cond._waiters)           # a ServerSemaphore
