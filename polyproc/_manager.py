@@ -54,7 +54,7 @@ from ._manager_proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
                              NamespaceProxy, PoolProxy, ValueProxy, _unwrap)
 from ._manager_server import Server
 from ._manager_queue import QueueProxy, ServerRingQueue
-from . import _queue_shm
+from . import _platform
 from ._manager_types import (ServerBoundedSemaphore, ServerCondition,
                              ServerLock, ServerQueue, ServerRLock,
                              ServerSemaphore)
@@ -417,7 +417,7 @@ class SyncManager(BaseManager):
     """
 
 
-if _queue_shm.AVAILABLE:
+if _platform.ORDERED_SHARED_MEMORY:
     # Items in shared memory, reached without the server from this machine
     # (see _manager_queue); elsewhere the stdlib's design, made robust.
     SyncManager.register("Queue", ServerRingQueue, QueueProxy)

@@ -74,7 +74,6 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import platform
 import socket
 import stat
 import struct
@@ -82,6 +81,7 @@ import threading
 import time
 from typing import Any
 
+from . import _platform
 from ._exceptions import FrameTooLargeError, ManagerProtocolError
 from ._manager_wire import Channel
 
@@ -108,9 +108,8 @@ _RCVTIMEO = struct.pack("ll", 1, 0)
 
 def available() -> bool:
     """True where the fast path can run: Linux memfd, x86-64."""
-    return (hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
-            and hasattr(fcntl, "F_ADD_SEALS")
-            and platform.machine().lower() in ("x86_64", "amd64"))
+    return (_platform.ORDERED_SHARED_MEMORY and hasattr(os, "memfd_create")
+            and hasattr(socket, "send_fds") and hasattr(fcntl, "F_ADD_SEALS"))
 
 
 def possible(sock: socket.socket) -> bool:

@@ -55,7 +55,9 @@ from typing import Any, NamedTuple
 from . import _manager_client, _manager_proxy
 from ._manager_proxy import BaseProxy
 from ._manager_server import ClientGone, current_connection
-from ._queue_ring import QueueGone, Ring, Timeout
+# _queue_ring (and ctypes under it) is imported on first use, not here: a
+# manager's server process imports this module whether or not it will ever
+# hold a queue, and every millisecond counts in a spawned server's start.
 from ._serialization import dumps, loads, release
 
 __all__ = ["ServerRingQueue", "QueueProxy", "HeldItem"]
@@ -99,7 +101,7 @@ class ServerRingQueue:
     def __init__(self, maxsize: int = 0):
         from .queues import JoinableQueue
         self._queue = JoinableQueue(maxsize)    # created here: the server owns it
-        self._ring: Ring = self._queue._ring
+        self._ring = self._queue._ring
         self._held: dict[int, Any] = {}
         self._numbers = itertools.count()
         self._held_lock = threading.Lock()
@@ -177,6 +179,7 @@ def _sliced(wait: Any, try_once: Any, block: bool, timeout: float | None,
             failure: type) -> Any:
     """Server side: ``wait(slice)`` until it succeeds, checking between
     slices that the caller is still there."""
+    from ._queue_ring import Timeout
     if not block:
         try:
             return try_once()
@@ -206,7 +209,7 @@ class QueueProxy(BaseProxy):
     _exposed_ = ("put", "get", "put_nowait", "get_nowait", "qsize", "empty",
                  "full", "task_done", "join", "_ring_name", "_claim")
 
-    def _local_ring(self) -> Ring | None:
+    def _local_ring(self) -> Any:
         """The ring, mapped in this process; None to go through the server."""
         state = self.__dict__.get("_ring_state")
         pid = _manager_client.pid
@@ -216,6 +219,7 @@ class QueueProxy(BaseProxy):
         if self._pid != pid:
             self._attach()
         if self._client.on_this_machine():
+            from ._queue_ring import QueueGone, Ring
             name = self._callmethod("_ring_name")
             try:
                 ring = Ring.attach(name)
@@ -254,6 +258,7 @@ class QueueProxy(BaseProxy):
 
     def _wait(self, wait: Any, try_once: Any, block: bool,
               timeout: float | None, failure: type) -> Any:
+        from ._queue_ring import Timeout
         check_server = self._client.check_server
         check_server()
         if not block:

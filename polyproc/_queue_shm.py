@@ -46,9 +46,10 @@ import ctypes
 import errno
 import mmap
 import os
-import platform
 import sys
 import time
+
+from . import _platform
 
 __all__ = [
     "AVAILABLE", "MUTEX_SIZE", "mutex_init", "mutex_acquire", "mutex_try",
@@ -61,12 +62,12 @@ __all__ = [
 # protocol needs the stores of one process to be seen in order (x86's TSO;
 # see _queue_ring), which weakly ordered CPUs (arm64: 98) do not promise
 # without barriers that Python cannot issue.
-_SYS_FUTEX = {"x86_64": 202}.get(platform.machine())
+_SYS_FUTEX = {"x86_64": 202}.get(_platform.MACHINE)
 _FUTEX_WAIT = 0
 _FUTEX_WAKE = 1
 _INT_MAX = 2**31 - 1
 
-AVAILABLE = sys.platform.startswith("linux") and _SYS_FUTEX is not None
+AVAILABLE = _platform.ORDERED_SHARED_MEMORY and _SYS_FUTEX is not None
 
 MUTEX_SIZE = 64          # bytes reserved per pthread_mutex_t (40 on x86-64, 48 on arm64)
 _PTHREAD_PROCESS_SHARED = 1
