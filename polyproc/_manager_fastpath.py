@@ -216,9 +216,17 @@ class SpinPolicy:
     """How long one side of one connection spins before it sleeps.
 
     The budget starts at ``MAX_NS``.  A wait that outlasts it (a miss)
-    halves it; below ``MIN_NS`` spinning stops, and after ``PROBE_EVERY``
-    sleeping waits it is tried again with ``MIN_NS``.  A wait that ends
-    while spinning (a hit) doubles it, up to ``MAX_NS``.
+    halves it; below ``MIN_NS`` spinning stops.  A wait that ends while
+    spinning (a hit) doubles it, up to ``MAX_NS``.
+
+    A side that stopped spinning probes again after ``PROBE_EVERY``
+    sleeping waits, with the *whole* budget: when both sides sleep, each
+    one's reply or next request comes only after a wake-up of the other
+    (tens of microseconds here), so a short probe would always miss and
+    the two would never spin again.  A full-length probe catches the
+    sleeping peer's answer; the peer, whose counterpart now answers within
+    microseconds, then hits on its own next probe.  A probe costs at most
+    ``MAX_NS`` of CPU per ``PROBE_EVERY`` calls.
     """
 
     MAX_NS = 100_000
@@ -244,7 +252,7 @@ class SpinPolicy:
         self.sleeps += 1
         if self.sleeps >= self.PROBE_EVERY:
             self.sleeps = 0
-            self.budget = self.MIN_NS
+            self.budget = self.MAX_NS
 
 
 # --- the channel ------------------------------------------------------------------
@@ -383,11 +391,10 @@ class FastChannel(Channel):
             if now - before > _PREEMPTED_NS:
                 # Thirty-two reads take about a microsecond: this thread was
                 # descheduled meanwhile, so the cores are busy and spinning
-                # only takes time from the peer it waits for.  Sleep, and
-                # stop spinning until a probe finds the cores free again.
-                # (No sched_yield in this loop for the same reason: with
-                # the cores busy it hands over a whole time slice.)
-                self.spin.budget = 0
+                # only takes time from the peer it waits for.  Sleep (a
+                # miss: the budget halves).  No sched_yield in this loop for
+                # the same reason: with the cores busy it hands a whole time
+                # slice to whoever else wants the core.
                 return False
             if now > deadline:
                 return False

@@ -226,3 +226,24 @@ ProbingManager.register("count_waiters", count_waiters)
 
 def blocked_in_server(manager, proxy) -> bool:
     return manager.count_waiters(proxy)._getvalue() > 0
+
+
+# --- a probe into the server side of the calling connection's fast path ---------
+
+class ConnectionSpin:
+    """Server side: the spin budget of the connection a call comes from."""
+
+    def set_budget(self, value: int) -> None:
+        from polyproc._manager_server import current_connection
+        current_connection().chan.spin.budget = value
+
+    def budget(self) -> int:
+        from polyproc._manager_server import current_connection
+        return current_connection().chan.spin.budget
+
+
+class SpinProbeManager(SyncManager):
+    """SyncManager plus ``ConnectionSpin()``, for tests only."""
+
+
+SpinProbeManager.register("ConnectionSpin", ConnectionSpin)

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+import _manager_helpers as helpers
 import polyproc
 from polyproc import _manager_fastpath as fastpath
 from polyproc._exceptions import ManagerProtocolError
@@ -155,7 +156,9 @@ def test_spin_policy_backs_off_and_probes_again():
         policy.slept()
         assert policy.budget == 0
     policy.slept()
-    assert policy.budget == policy.MIN_NS
+    assert policy.budget == policy.MAX_NS      # a probe gets the whole budget
+    policy.miss()
+    assert 0 < policy.budget < policy.MAX_NS
     for _ in range(10):
         policy.hit()
     assert policy.budget == policy.MAX_NS
@@ -291,3 +294,21 @@ def test_a_hot_client_does_not_starve_another(ctx_fs):
         finally:
             stop.set()
             hot.join(10)
+
+
+def test_both_sides_spin_again_after_both_stopped():
+    # When both ends sleep, each one's answer comes only after a wake-up of
+    # the other; the probes must still bring spinning back (a short probe
+    # never would, and a loop of calls would stay at the socket's speed).
+    with helpers.SpinProbeManager() as m:
+        probe = m.ConnectionSpin()
+        chan = probe._client.channel()
+        assert isinstance(chan, fastpath.FastChannel)
+        probe.set_budget(0)
+        chan.spin.budget = 0
+        for _ in range(20 * fastpath.SpinPolicy.PROBE_EVERY):
+            probe.budget()
+            if chan.spin.budget and probe.budget():
+                break
+        assert chan.spin.budget > 0, "the client never spun again"
+        assert probe.budget() > 0, "the server never spun again"
