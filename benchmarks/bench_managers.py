@@ -5,8 +5,8 @@ Three scenarios from issue 5, each with both libraries in the same run:
 * ``managers dict``: 5,000 ``d[i] = i`` then 5,000 ``d[i]`` from one
   client (the managers are started once, outside the timed part);
 * ``managers queue round trip``: 2,000 items sent to an echo process
-  through one managed queue and back through another (4 proxy calls per
-  round trip, two of them blocking in the server);
+  through one managed queue and back through another (the stdlib: 4 proxy
+  calls per round trip, two of them blocking in the server);
 * ``managers start+shutdown``: ``Manager()`` then ``shutdown()``, with the
   default start method and with spawn;
 * ``managers dict 32 MB NumPy array``: ``d["array"] = a`` then
@@ -16,10 +16,10 @@ Three scenarios from issue 5, each with both libraries in the same run:
   none.
 
 Both managers run with the default start method (fork on Linux).  What
-bounds the first two is the round trip between client and server (two
-context switches and four socket system calls per call), which both
-libraries pay in full; see docs/managers.md for what polyproc saves and
-why the 3x target of the issue is out of reach for synchronous calls.
+bounds the stdlib in the first two is the round trip between client and
+server (two wake-ups per call, four or six per queue round trip); polyproc's
+calls go through shared memory with brief spinning on one machine, and its
+managed queues need no server call at all.  See docs/managers.md.
 """
 from __future__ import annotations
 
@@ -166,6 +166,7 @@ def scenarios() -> list[Scenario]:
                      "stdlib": _start_shutdown(multiprocessing.get_context("spawn")),
                      "polyproc": _start_shutdown(polyproc.get_context("spawn"))},
                  target="no slower than the stdlib",
-                 notes=["the server process imports polyproc (its child "
-                        "bootstrap included): a few ms more than the stdlib's"]),
+                 notes=["the server process imports the polyproc package and "
+                        "the managers' modules on top of the stdlib's "
+                        "multiprocessing.managers (docs/managers.md)"]),
     ]

@@ -7,7 +7,9 @@ One ``ManagerClient`` per (process, manager address, key).  It owns:
   lifeline's session and drops them all when it closes, so a process
   killed in the middle of a call cannot leak objects;
 * one **call connection per thread** (as the stdlib's proxies do), so a
-  call that blocks in the server (``Queue.get``) blocks only its thread;
+  call that blocks in the server (``Lock.acquire``) blocks only its thread;
+  to a server on this machine it is a ``FastChannel`` (``_manager_fastpath``:
+  the messages go through shared memory, the lifeline stays a plain socket);
 * a queue of pending ``DecRef``s.
 
 Why releases are queued: a proxy is released by a ``weakref.finalize``

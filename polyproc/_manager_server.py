@@ -6,6 +6,8 @@
     ---------------                         ----------------------------------
     proxy._callmethod ──Call──▶ Channel ──▶ _serve_connection thread (one per
                       ◀──Ok/NewProxy/Failed──   connection) ──▶ Server._call
+                      (a FastChannel on one machine: the frames go through
+                       a shared segment, see _manager_fastpath)
     lifeline Channel ────────── (idle) ───▶ _serve_connection: on EOF drop the
                                             session's references
     manager.shutdown ── control pipe ─────▶ _watch_control (in _manager.py)
