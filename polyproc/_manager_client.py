@@ -237,7 +237,10 @@ class ManagerClient:
 # --- the process's clients ---------------------------------------------------
 
 _clients: dict[tuple, ManagerClient] = {}
-_clients_lock = threading.Lock()
+# Re-entrant: the garbage collector may run a dead manager's finalizer
+# (_finalize_manager -> drop_client) while this thread is inside get_client
+# holding it; a plain lock would deadlock that thread on itself.
+_clients_lock = threading.RLock()
 # Options a process learns from its managers, per (address, key): a client
 # SSL context, the frame limit.  And the key of each address, for proxies
 # that arrive without one.  Fork children inherit both, so proxies passed
@@ -310,7 +313,7 @@ pid = os.getpid()
 def _after_fork_in_child() -> None:
     global _clients_lock, pid
     pid = os.getpid()
-    _clients_lock = threading.Lock()
+    _clients_lock = threading.RLock()
     for client in list(_clients.values()):
         for chan in list(client._channels):
             chan.close()        # only this process's copy of the socket

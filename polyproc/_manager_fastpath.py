@@ -82,7 +82,7 @@ import time
 from typing import Any
 
 from . import _platform
-from ._exceptions import FrameTooLargeError, ManagerProtocolError
+from ._exceptions import ManagerProtocolError
 from ._manager_wire import Channel
 
 __all__ = ["FastChannel", "SpinPolicy", "available", "possible", "offer_segment",
@@ -319,11 +319,7 @@ class FastChannel(Channel):
 
     def send_oneway(self, payload: bytes | bytearray | memoryview) -> None:
         n = len(payload)
-        if n > self.max_frame_size:
-            raise FrameTooLargeError(
-                f"message of {n} bytes exceeds max_frame_size="
-                f"{self.max_frame_size}; pass max_frame_size= to the "
-                "manager to allow more, or send smaller pieces")
+        self.check_size(n)
         # Counted before it is written: a large frame fills the socket and
         # blocks sendall until the receiver reads, which it does only once
         # it has seen the count.  The bytes on the socket wake it if it

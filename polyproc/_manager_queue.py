@@ -132,17 +132,17 @@ class ServerRingQueue:
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         payload = self._payload(item)
         try:
-            _sliced(lambda step: self._ring.put_one(payload, True, step),
-                    lambda: self._ring.put_one(payload, False, None),
-                    block, timeout, queue.Full)
+            _in_slices(lambda step: self._ring.put_one(payload, True, step),
+                       lambda: self._ring.put_one(payload, False, None),
+                       block, timeout, queue.Full, _check_caller)
         except BaseException:
             release(payload)
             raise
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        payload = _sliced(lambda step: self._ring.get_one(True, step),
-                          lambda: self._ring.get_one(False, None),
-                          block, timeout, queue.Empty)
+        payload = _in_slices(lambda step: self._ring.get_one(True, step),
+                             lambda: self._ring.get_one(False, None),
+                             block, timeout, queue.Empty, _check_caller)
         item = self._unheld(payload)
         conn = current_connection()
         if conn is not None:
@@ -156,36 +156,34 @@ class ServerRingQueue:
         return self.get(False)
 
     def qsize(self) -> int:
-        return self._ring.qsize()
+        return self._queue.qsize()
 
     def empty(self) -> bool:
-        return self._ring.qsize() == 0
+        return self._queue.empty()
 
     def full(self) -> bool:
-        maxsize = self._ring.maxsize
-        return bool(maxsize) and self._ring.qsize() >= maxsize
+        return self._queue.full()
 
     def task_done(self) -> None:
-        self._ring.task_done()
+        self._queue.task_done()
 
     def join(self) -> None:
-        conn = current_connection()
         while not self._ring.join(_SLICE):
-            if conn is not None and not conn.peer_alive():
-                raise ClientGone("the caller's connection closed while it waited")
+            _check_caller()
 
 
-def _sliced(wait: Any, try_once: Any, block: bool, timeout: float | None,
-            failure: type) -> Any:
-    """Server side: ``wait(slice)`` until it succeeds, checking between
-    slices that the caller is still there."""
+def _in_slices(wait: Any, try_once: Any, block: bool, timeout: float | None,
+               failure: type, between: Any) -> Any:
+    """``try_once()`` if not *block*; else ``wait(slice)`` until it succeeds,
+    calling ``between()`` after each slice that ran out (it raises to give
+    up: the server or the caller is gone).  *failure* (``queue.Empty`` or
+    ``queue.Full``) when nothing came in time."""
     from ._queue_ring import Timeout
     if not block:
         try:
             return try_once()
         except Timeout:
             raise failure from None
-    conn = current_connection()
     deadline = _deadline(timeout)
     while True:
         step = _step(deadline)
@@ -194,9 +192,14 @@ def _sliced(wait: Any, try_once: Any, block: bool, timeout: float | None,
         try:
             return wait(step)
         except Timeout:
-            if conn is not None and not conn.peer_alive():
-                raise ClientGone("the caller's connection closed while it "
-                                 "waited") from None
+            between()
+
+
+def _check_caller() -> None:
+    """Server side, between slices: give up when the caller has gone."""
+    conn = current_connection()
+    if conn is not None and not conn.peer_alive():
+        raise ClientGone("the caller's connection closed while it waited")
 
 
 # --- the client's side ---------------------------------------------------------
@@ -258,23 +261,9 @@ class QueueProxy(BaseProxy):
 
     def _wait(self, wait: Any, try_once: Any, block: bool,
               timeout: float | None, failure: type) -> Any:
-        from ._queue_ring import Timeout
         check_server = self._client.check_server
         check_server()
-        if not block:
-            try:
-                return try_once()
-            except Timeout:
-                raise failure from None
-        deadline = _deadline(timeout)
-        while True:
-            step = _step(deadline)
-            if step <= 0:
-                raise failure
-            try:
-                return wait(step)
-            except Timeout:
-                check_server()
+        return _in_slices(wait, try_once, block, timeout, failure, check_server)
 
     def put_nowait(self, obj: Any) -> None:
         return self.put(obj, False)

@@ -414,13 +414,17 @@ class Channel:
         # (no ResourceWarning for an unclosed socket).
         self.close()
 
-    def send(self, payload: bytes | bytearray | memoryview) -> None:
-        n = len(payload)
+    def check_size(self, n: int) -> None:
+        """Refuse (``FrameTooLargeError``) a message of *n* bytes over the limit."""
         if n > self.max_frame_size:
             raise FrameTooLargeError(
                 f"message of {n} bytes exceeds max_frame_size="
                 f"{self.max_frame_size}; pass max_frame_size= to the "
                 "manager to allow more, or send smaller pieces")
+
+    def send(self, payload: bytes | bytearray | memoryview) -> None:
+        n = len(payload)
+        self.check_size(n)
         if n <= _SMALL:
             self.sock.sendall(_HEADER.pack(n) + payload)
         else:

@@ -179,3 +179,22 @@ def test_killed_waiter_does_not_take_a_semaphore_permit():
         child.join(10)
         sem.release()
         assert sem.acquire(timeout=5)            # the permit was not stolen
+
+
+def test_manager_finalized_while_a_client_is_being_made():
+    # The garbage collector may finalize a dropped manager (which drops its
+    # clients) while the same thread is inside get_client, holding the
+    # clients' lock: that must not deadlock the thread on itself.
+    from polyproc import _manager_client
+    m = polyproc.Manager()
+    done = threading.Event()
+
+    def finalize_inside_get_client():
+        with _manager_client._clients_lock:
+            m.shutdown()              # what the finalizer of a dropped one does
+        done.set()
+
+    t = threading.Thread(target=finalize_inside_get_client, daemon=True)
+    t.start()
+    assert done.wait(15), "drop_client deadlocked under the clients' lock"
+    t.join(5)
