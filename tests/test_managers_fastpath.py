@@ -312,3 +312,94 @@ def test_both_sides_spin_again_after_both_stopped():
                 break
         assert chan.spin.budget > 0, "the client never spun again"
         assert probe.budget() > 0, "the server never spun again"
+
+
+# --- what a peer with the key but a broken client can send ------------------------
+
+TIMEOUT = 0.5
+
+
+@pytest.fixture(scope="module")
+def unix_manager():
+    m = polyproc.managers.SyncManager(authkey=b"key",
+                                      ctx=polyproc.get_context("fork"),
+                                      handshake_timeout=TIMEOUT)
+    m.start()
+    yield m
+    m.shutdown()
+
+
+def authenticated_unix(address) -> socket.socket:
+    from polyproc._manager_wire import client_handshake
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(address)
+    client_handshake(sock, b"key", address)
+    return sock
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        while sock.recv(4096):
+            pass
+    except (socket.timeout, TimeoutError):
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def still_serving(m) -> bool:
+    result = []
+    t = threading.Thread(target=lambda: result.append(m.dict({"a": 1})["a"]))
+    t.start()
+    t.join(10)
+    return result == [1]
+
+
+@pytest.mark.parametrize("offer", [b"Z", b"M"])
+def test_bad_offer_ends_that_connection_only(unix_manager, offer):
+    sock = authenticated_unix(unix_manager.address)
+    sock.sendall(offer)                    # not an offer; or one without a descriptor
+    assert closed_by_server(sock, 5)
+    assert still_serving(unix_manager)
+
+
+def test_silent_after_the_handshake_is_dropped(unix_manager):
+    sock = authenticated_unix(unix_manager.address)
+    start = time.monotonic()
+    assert closed_by_server(sock, 10 * TIMEOUT + 5)
+    assert time.monotonic() - start >= TIMEOUT * 0.9
+    assert still_serving(unix_manager)
+
+
+def test_refused_segment_leaves_the_connection_on_the_socket(unix_manager):
+    from polyproc._manager_wire import Control, Hello, Ok, decode, encode
+    sock = authenticated_unix(unix_manager.address)
+    fd = os.memfd_create("unsealed", os.MFD_CLOEXEC)
+    os.ftruncate(fd, fastpath.SEGMENT_SIZE)
+    socket.send_fds(sock, [b"M"], [fd])
+    os.close(fd)
+    assert sock.recv(1) == b"N"
+    chan = Channel(sock, 1 << 20, 5.0)
+    chan.send(encode(Hello(os.urandom(16), False)))
+    chan.send(encode(Control("dummy")))
+    assert type(decode(chan.recv())) is Ok
+    chan.close()
+
+
+def test_lying_lane_length_ends_that_connection_only(unix_manager):
+    from polyproc._manager_wire import Hello, encode
+    sock = authenticated_unix(unix_manager.address)
+    segment = fastpath.offer_segment(sock, True)
+    assert segment is not None
+    chan = Channel(sock, 1 << 20, 5.0)
+    chan.send(encode(Hello(os.urandom(16), False)))
+    fast = fastpath.FastChannel(chan, segment, 0)
+    fast._out[fastpath._LENGTH] = 2**62
+    fast._out[fastpath._SEQ] = 1
+    if fast._out[fastpath._SLEEPING]:
+        sock.send(b"W")
+    assert closed_by_server(sock, 5)
+    assert still_serving(unix_manager)
