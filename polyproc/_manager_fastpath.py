@@ -204,6 +204,17 @@ _spin_token = threading.Lock()
 _fence_lock = threading.Lock()
 
 
+def _locks_after_fork_in_child() -> None:
+    # Another thread of the parent may have held either lock at the fork:
+    # the child's copies would stay locked forever (a fence would hang).
+    global _spin_token, _fence_lock
+    _spin_token = threading.Lock()
+    _fence_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_locks_after_fork_in_child)
+
+
 def _fence() -> None:
     # A lock's acquire and release are locked read-modify-write
     # instructions on x86-64: a full memory barrier, which plain Python has

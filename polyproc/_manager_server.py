@@ -92,6 +92,17 @@ _SERVER_SESSION = b"<server>"     # references held by proxies inside the server
 RELEASE_GRACE = 10.0
 
 
+class Session(Counter):
+    """The references one client process holds: ``ident -> count``.
+
+    ``released`` once the process's lifeline closed and its references were
+    dropped; requests still queued on its call connections then count
+    nothing (see ``Server._release_session``).
+    """
+
+    released = False
+
+
 class ConnectionState:
     """What the server knows about the connection a call came from.
 
@@ -177,7 +188,7 @@ class Server:
         self.listener, self.address = listen(address or default_address())
         self.id_to_obj: dict[int, _Managed] = {}
         self.id_to_refcount: dict[int, int] = {}
-        self.sessions: dict[bytes, Counter] = {_SERVER_SESSION: Counter()}
+        self.sessions: dict[bytes, Session] = {_SERVER_SESSION: Session()}
         # Re-entrant: a proxy living in the server (a nested one) may be
         # released by the garbage collector while this thread holds it.
         self.mutex = threading.RLock()
@@ -313,7 +324,7 @@ class Server:
             return
         try:
             with self.mutex:
-                session = self.sessions.setdefault(hello.session, Counter())
+                session = self.sessions.setdefault(hello.session, Session())
             if hello.lifeline:
                 self._wait_for_close(chan)
                 self._release_session(hello.session)
@@ -333,7 +344,7 @@ class Server:
         except OSError:
             pass
 
-    def _serve_requests(self, chan: Channel, session: Counter) -> None:
+    def _serve_requests(self, chan: Channel, session: Session) -> None:
         conn = _current.conn = ConnectionState(chan)
         try:
             self._request_loop(conn, session)
@@ -341,7 +352,7 @@ class Server:
             _current.conn = None
             conn.run(list(conn.cleanups.values()))
 
-    def _request_loop(self, conn: ConnectionState, session: Counter) -> None:
+    def _request_loop(self, conn: ConnectionState, session: Session) -> None:
         chan = conn.chan
         recv, send, encode = chan.recv, chan.send, chan.encode
         while True:
@@ -387,7 +398,7 @@ class Server:
 
     # --- requests -------------------------------------------------------------
 
-    def _dispatch(self, msg: Any, session: Counter) -> Any:
+    def _dispatch(self, msg: Any, session: Session) -> Any:
         kind = type(msg)
         try:
             if kind is Call:
@@ -406,7 +417,7 @@ class Server:
         except Exception as exc:
             return self._failure(exc)
 
-    def _call(self, msg: Call, session: Counter) -> Any:
+    def _call(self, msg: Call, session: Session) -> Any:
         try:
             entry = self.id_to_obj[msg.ident]
         except KeyError:
@@ -433,7 +444,7 @@ class Server:
                 return self._new_proxy(typeid, result, session, True)
         return Ok(result)
 
-    def _create(self, msg: Create, session: Counter) -> NewProxy:
+    def _create(self, msg: Create, session: Session) -> NewProxy:
         try:
             callable_ = self.registry[msg.typeid][0]
         except KeyError:
@@ -447,7 +458,7 @@ class Server:
             obj = callable_(*msg.args, **msg.kwds)
         return self._new_proxy(msg.typeid, obj, session, False)
 
-    def _new_proxy(self, typeid: str, obj: Any, session: Counter,
+    def _new_proxy(self, typeid: str, obj: Any, session: Session,
                    with_proxytype: bool) -> NewProxy:
         _, exposed, method_to_typeid, proxytype = self.registry[typeid]
         if exposed is None:
@@ -456,11 +467,16 @@ class Server:
             exposed = list(exposed) + [m for m in method_to_typeid
                                        if m not in exposed]
         ident = next(self._ids)
+        managed = _Managed(obj, frozenset(exposed), method_to_typeid)
         with self.mutex:
-            self.id_to_obj[ident] = _Managed(obj, frozenset(exposed),
-                                             method_to_typeid)
-            self.id_to_refcount[ident] = 1
-            session[ident] += 1
+            if session.released:
+                # Created for a process that is gone: freed after the grace
+                # period instead of kept for a reference nobody holds.
+                self._dying[ident] = (managed, time.monotonic() + RELEASE_GRACE)
+            else:
+                self.id_to_obj[ident] = managed
+                self.id_to_refcount[ident] = 1
+                session[ident] += 1
         token = Token(typeid, self.address, ident)
         return NewProxy(token, tuple(exposed),
                         proxytype if with_proxytype else None)
@@ -487,8 +503,10 @@ class Server:
 
     # --- references -------------------------------------------------------------
 
-    def _incref(self, session: Counter, ident: int) -> None:
+    def _incref(self, session: Session, ident: int) -> None:
         with self.mutex:
+            if session.released:
+                return      # its process is gone: nobody would release it
             if ident not in self.id_to_refcount and ident in self._dying:
                 # Released a moment ago, wanted again: a proxy inherited by a
                 # fork child, or pickled into a task, whose sender dropped it.
@@ -501,7 +519,7 @@ class Server:
             self.id_to_refcount[ident] += 1
             session[ident] += 1
 
-    def _decref(self, session: Counter, idents: tuple) -> None:
+    def _decref(self, session: Session, idents: tuple) -> None:
         dropped = []
         with self.mutex:
             for ident in idents:
@@ -535,9 +553,15 @@ class Server:
 
     def _release_session(self, session_id: bytes) -> None:
         with self.mutex:
-            session = self.sessions.pop(session_id, None) or Counter()
+            session = self.sessions.pop(session_id, None) or Session()
             dropped = [self._drop_one(ident, count)
                        for ident, count in session.items()]
+            # The session's call connections may still hold requests that
+            # arrived before its lifeline closed (a DecRef sent just before
+            # the process exited): they must find nothing left to release,
+            # or they would drop references that other processes hold.
+            session.clear()
+            session.released = True
         if dropped:
             util.debug("manager: released %d objects of a closed session",
                        len(dropped))

@@ -403,3 +403,18 @@ def test_lying_lane_length_ends_that_connection_only(unix_manager):
         sock.send(b"W")
     assert closed_by_server(sock, 5)
     assert still_serving(unix_manager)
+
+
+def _fence_then_exit() -> None:
+    fastpath._fence()                     # would hang on an inherited held lock
+    with fastpath._spin_token:
+        pass
+
+
+def test_fork_while_another_thread_holds_the_fast_path_locks():
+    ctx = polyproc.get_context("fork")
+    with fastpath._fence_lock, fastpath._spin_token:   # as a thread mid-call
+        child = ctx.Process(target=_fence_then_exit)
+        child.start()
+    child.join(10)
+    assert child.exitcode == 0

@@ -198,3 +198,48 @@ def test_manager_finalized_while_a_client_is_being_made():
     t.start()
     assert done.wait(15), "drop_client deadlocked under the clients' lock"
     t.join(5)
+
+
+def _refcount(m, ident: int) -> int:
+    for line in m._debug_info().splitlines():
+        if line.strip().startswith(f"{ident}:"):
+            return int(line.split("refcount=")[1])
+    return 0
+
+
+def test_late_release_of_a_gone_process_drops_nothing_of_others():
+    # A process sends a DecRef and exits: its lifeline may close (releasing
+    # all its references) before its call connection's DecRef is read.
+    # That DecRef must then release nothing: the references left are other
+    # processes' (this one failed under load, as a ReferenceError on a proxy
+    # the test still held).
+    import socket
+    from polyproc._manager_wire import (Channel, Control, DecRef, Hello, IncRef,
+                                        Ok, client_handshake, decode, encode)
+    with polyproc.managers.SyncManager(address=("127.0.0.1", 0),
+                                       authkey=b"k") as m:
+        d = m.dict({"x": 1})
+        session = os.urandom(16)
+
+        def connect(lifeline: bool) -> Channel:
+            sock = socket.create_connection(m.address, timeout=5)
+            client_handshake(sock, b"k", m.address)
+            chan = Channel(sock, 1 << 20, 5.0)
+            chan.send(encode(Hello(session, lifeline)))
+            return chan
+
+        lifeline, calls = connect(True), connect(False)
+        calls.send(encode(IncRef(d._id)))
+        assert type(decode(calls.recv())) is Ok
+        assert _refcount(m, d._id) == 2
+        lifeline.close()                          # the process is gone
+        assert helpers.wait_until(lambda: _refcount(m, d._id) == 1, 5)
+        calls.send(encode(DecRef((d._id,))))      # read after the release
+        calls.send(encode(Control("dummy")))
+        assert type(decode(calls.recv())) is Ok
+        assert _refcount(m, d._id) == 1
+        assert d["x"] == 1
+        calls.send(encode(IncRef(d._id)))         # a late IncRef: not counted
+        assert type(decode(calls.recv())) is Ok   # for a process that is gone
+        assert _refcount(m, d._id) == 1
+        calls.close()
