@@ -418,3 +418,21 @@ def test_fork_while_another_thread_holds_the_fast_path_locks():
         child.start()
     child.join(10)
     assert child.exitcode == 0
+
+
+def test_spinning_stops_when_the_calls_stop():
+    import psutil
+    with polyproc.Manager() as m:
+        d = m.dict()
+        for i in range(2000):                  # both sides spinning by now
+            d[i] = i
+        server = psutil.Process(m._process.pid)
+        me = psutil.Process()
+        idle = threading.Event()
+        before = (sum(server.cpu_times()[:2]), sum(me.cpu_times()[:2]))
+        idle.wait(1.0)                         # a second without calls
+        after = (sum(server.cpu_times()[:2]), sum(me.cpu_times()[:2]))
+        # Spinning is bounded (100 us per wait): an idle second costs the
+        # server next to nothing, not a core.
+        assert after[0] - before[0] < 0.1, f"server used {after[0] - before[0]:.2f} s"
+        assert after[1] - before[1] < 0.2
