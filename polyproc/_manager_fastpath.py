@@ -411,17 +411,34 @@ class FastChannel(Channel):
         incoming = self._in
         incoming[_SLEEPING] = 1
         _fence()
+        lingering_since = None
         try:
             while not self._published():
                 self._skip_wakeups()
                 if self._start < self._end:
-                    # A socket frame's first bytes, ahead of its count
-                    # becoming visible: a moment, not a sleep.
+                    self._frame_ahead_of_its_count(lingering_since)
+                    if lingering_since is None:
+                        lingering_since = time.monotonic()
                     time.sleep(0)
                     continue
                 self._recv_some()
         finally:
             incoming[_SLEEPING] = 0
+
+    def _frame_ahead_of_its_count(self, since: float | None) -> None:
+        """Bytes on the socket that no count announces yet.
+
+        An honest peer counts a socket frame before it writes it, so this
+        lasts a moment (the count's store becoming visible); anything else
+        is a broken peer, which must cost its connection, not a thread
+        spinning here for ever.
+        """
+        if self._buf[self._start] != 0x46:                 # b"F"
+            raise ManagerProtocolError(
+                "unexpected byte on a fast-path connection's socket")
+        if since is not None and time.monotonic() - since > self.frame_timeout:
+            raise ManagerProtocolError(
+                "a frame arrived on the socket that the peer never counted")
 
     def _recv_some(self) -> None:
         """Block until bytes arrive on the socket (a ``W``, or a frame).

@@ -323,7 +323,8 @@ TIMEOUT = 0.5
 def unix_manager():
     m = polyproc.managers.SyncManager(authkey=b"key",
                                       ctx=polyproc.get_context("fork"),
-                                      handshake_timeout=TIMEOUT)
+                                      handshake_timeout=TIMEOUT,
+                                      frame_timeout=TIMEOUT)
     m.start()
     yield m
     m.shutdown()
@@ -436,3 +437,23 @@ def test_spinning_stops_when_the_calls_stop():
         # server next to nothing, not a core.
         assert after[0] - before[0] < 0.1, f"server used {after[0] - before[0]:.2f} s"
         assert after[1] - before[1] < 0.2
+
+
+@pytest.mark.parametrize("junk", [b"?", b"F" + bytes(8)])
+def test_uncounted_bytes_on_the_socket_end_that_connection_only(unix_manager, junk):
+    # A peer that writes to the socket what the fast path never announces:
+    # a byte that is neither a wake-up nor a frame, or a frame it never
+    # counted.  The server thread must give up the connection, not spin.
+    from polyproc._manager_wire import Hello, encode
+    sock = authenticated_unix(unix_manager.address)
+    segment = fastpath.offer_segment(sock, True)
+    chan = Channel(sock, 1 << 20, 5.0)
+    chan.send(encode(Hello(os.urandom(16), False)))
+    fast = fastpath.FastChannel(chan, segment, 0)
+    deadline = time.monotonic() + 5            # until the server sleeps
+    while not fast._out[fastpath._SLEEPING]:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    sock.sendall(junk)
+    assert closed_by_server(sock, 15)
+    assert still_serving(unix_manager)
