@@ -271,35 +271,35 @@ class QueueProxy(BaseProxy):
     def get_nowait(self) -> Any:
         return self.get(False)
 
-    def qsize(self) -> int:
+    def _checked_ring(self) -> Any:
+        """The local ring after checking the server lives; None to call it."""
         ring = self._local_ring()
-        if ring is None:
-            return self._callmethod("qsize")
-        self._client.check_server()
-        return ring.qsize()
+        if ring is not None:
+            self._client.check_server()
+        return ring
+
+    def qsize(self) -> int:
+        ring = self._checked_ring()
+        return self._callmethod("qsize") if ring is None else ring.qsize()
 
     def empty(self) -> bool:
         return self.qsize() == 0
 
     def full(self) -> bool:
-        ring = self._local_ring()
+        ring = self._checked_ring()
         if ring is None:
             return self._callmethod("full")
-        self._client.check_server()
         return bool(ring.maxsize) and ring.qsize() >= ring.maxsize
 
     def task_done(self) -> None:
-        ring = self._local_ring()
+        ring = self._checked_ring()
         if ring is None:
             return self._callmethod("task_done")
-        self._client.check_server()
         ring.task_done()
 
     def join(self) -> None:
-        ring = self._local_ring()
+        ring = self._checked_ring()
         if ring is None:
             return self._callmethod("join")
-        check_server = self._client.check_server
-        check_server()
         while not ring.join(_SLICE):
-            check_server()
+            self._client.check_server()

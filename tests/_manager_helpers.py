@@ -27,6 +27,23 @@ def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
         time.sleep(interval)
 
 
+def call_in_thread(fn):
+    """Start a thread running *fn*; return it and the list that will hold
+    what *fn* raised (for calls expected to fail while blocked)."""
+    import threading
+    errors: list = []
+
+    def run():
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
 # --- targets for Process / Pool / Executor --------------------------------------
 
 def set_item(d, key, value) -> None:

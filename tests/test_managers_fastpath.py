@@ -115,16 +115,7 @@ def test_lost_wakeup_costs_at_most_the_receive_timeout():
 def test_receiver_sees_peer_close_while_sleeping():
     client, server = channel_pair()
     server.spin.budget = 0
-    errors = []
-
-    def receive():
-        try:
-            server.recv()
-        except EOFError as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=receive)
-    t.start()
+    t, errors = helpers.call_in_thread(server.recv)
     deadline = time.monotonic() + 5
     while not client._out[fastpath._SLEEPING]:
         assert time.monotonic() < deadline
@@ -132,7 +123,7 @@ def test_receiver_sees_peer_close_while_sleeping():
     client.close()
     t.join(5)
     server.close()
-    assert len(errors) == 1
+    assert len(errors) == 1 and isinstance(errors[0], EOFError)
 
 
 def test_oversized_length_is_a_protocol_error():

@@ -81,16 +81,7 @@ def test_server_killed_clients_get_clear_error_quickly():
     m = polyproc.Manager()
     d, q = m.dict(), m.Queue()
     d["x"] = 1
-    errors = []
-
-    def blocked_get():
-        try:
-            q.get()
-        except Exception as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=blocked_get)
-    t.start()
+    t, errors = helpers.call_in_thread(q.get)
     os.kill(m._process.pid, signal.SIGKILL)
     start = time.monotonic()
     t.join(5)

@@ -165,16 +165,7 @@ def test_blocked_get_raises_when_the_server_dies():
     q = m.Queue()
     q.put(0)
     assert q.get() == 0                      # the ring is mapped
-    errors = []
-
-    def blocked_get():
-        try:
-            q.get()
-        except Exception as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=blocked_get)
-    t.start()
+    t, errors = helpers.call_in_thread(q.get)
     assert helpers.wait_until(lambda: _waiting_getters(q) > 0, 10)
     os.kill(m._process.pid, signal.SIGKILL)
     start = time.monotonic()
