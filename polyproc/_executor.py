@@ -471,9 +471,9 @@ class Executor(_StdExecutor):
         Never blocks.  Raises ``RuntimeError`` after ``shutdown()`` and the
         initializer's error once the executor is broken.  If *fn*, *args*
         or *kwargs* cannot be pickled, the future fails with what pickle
-        raised, as ``ProcessPoolExecutor``'s does.  Every keyword argument goes to *fn*, as with
-        ``ProcessPoolExecutor``; polyproc's per-task options are set with
-        ``options()``.
+        raised, as ``ProcessPoolExecutor``'s does.  Every keyword argument
+        goes to *fn*, as with ``ProcessPoolExecutor``; polyproc's per-task
+        options are set with ``options()``.
         """
         return self._submit(fn, args, kwargs, None, 0)
 

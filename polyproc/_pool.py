@@ -5,10 +5,10 @@ This layer turns calls (``apply_async``, ``map``, ``imap``...) into
 the chunks to a backend.  An argument (or function) that cannot be pickled
 fails its own task, as in the stdlib: ``get()`` (``next()`` for imap)
 raises what pickle raised and ``error_callback`` receives it; ``map``
-therefore raises it at the call.  It knows nothing of processes: the backend for local worker
-processes is ``_scheduler.ProcessScheduler``; ``ThreadPool`` uses
-``_thread_backend.ThreadBackend``; a cluster backend (Dask) would implement
-the same small interface:
+therefore raises it at the call.  This layer knows nothing of processes:
+the backend for local worker processes is ``_scheduler.ProcessScheduler``;
+``ThreadPool`` uses ``_thread_backend.ThreadBackend``; a cluster backend
+(Dask) would implement the same small interface:
 
     size                      number of workers
     submit(chunks)            queue chunks; outcomes go to chunk.sink
