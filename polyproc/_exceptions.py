@@ -10,6 +10,8 @@ Messages name what happened, the likely cause and what to do about it.
 """
 from __future__ import annotations
 
+import pickle
+import sys
 from multiprocessing import (AuthenticationError, BufferTooShort,
                              ProcessError, TimeoutError)
 
@@ -17,7 +19,9 @@ __all__ = [
     "ProcessError", "BufferTooShort", "TimeoutError", "AuthenticationError",
     "WorkerLostError", "TaskTimeoutError", "InitializerError",
     "RemoteError", "RemoteTraceback", "SerializationError",
-    "MainGuardError", "StdinUnavailableError",
+    "SerializationTypeError", "SerializationPicklingError",
+    "SerializationAttributeError", "UnloadableError", "pickling_error",
+    "add_note", "MainGuardError", "StdinUnavailableError",
     "QueueGoneError",
 ]
 
@@ -66,9 +70,87 @@ class InitializerError(ProcessError):
 class SerializationError(ProcessError, ValueError):
     """An object could not be pickled (or unpickled) to cross a process boundary.
 
-    Subclasses ``ValueError`` too, since the stdlib's own pickling failures
-    (``PicklingError``, ``TypeError``, ``AttributeError``) are value problems
-    of the object passed, not of the pool.
+    Subclasses ``ValueError`` too: a pickling failure is a value problem of
+    the object passed, not of the pool.  What is raised when an object
+    cannot be *pickled* is decided by ``pickling_error``: code written for
+    the stdlib must catch it as the type pickle raised.
+    """
+
+
+# The stdlib raises whatever pickle raised when an object cannot be pickled
+# (``TypeError: cannot pickle '_thread.lock' object``, ``PicklingError``,
+# ``AttributeError: Can't pickle local object``).  polyproc keeps that type
+# and its own message (which object, which task, what to do) through these
+# subclasses, one per type pickle itself raises.  An exception of any other
+# type comes from the object's own code (a ``__reduce__`` or
+# ``__getstate__`` that raises): that very exception is raised, with
+# polyproc's message as a note.  Rejected: a class made on the fly from
+# SerializationError and the original type (not importable, so it cannot
+# cross a process boundary; fails for types that cannot be subclassed or
+# mixed; hides the original class from ``type(e) is``).
+
+class SerializationTypeError(SerializationError, TypeError):
+    """Pickle raised ``TypeError`` (``cannot pickle '_thread.lock' object``).
+
+    ``__cause__`` is pickle's own exception.
+    """
+
+
+class SerializationPicklingError(SerializationError, pickle.PicklingError):
+    """Pickle raised ``pickle.PicklingError``; ``__cause__`` is pickle's exception."""
+
+
+class SerializationAttributeError(SerializationError, AttributeError):
+    """Pickle raised ``AttributeError`` (``Can't pickle local object``);
+    ``__cause__`` is pickle's exception."""
+
+
+_SERIALIZATION_ERROR_FOR: dict[type, type[SerializationError]] = {
+    TypeError: SerializationTypeError,
+    pickle.PicklingError: SerializationPicklingError,
+    AttributeError: SerializationAttributeError,
+}
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)``; on Python 3.10, which has no notes, the same
+    ``__notes__`` list, and the note chained as ``__cause__`` when *exc*
+    has no cause or context (so that a printed traceback shows it)."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+        return
+    try:
+        notes = exc.__notes__  # type: ignore[attr-defined]
+    except AttributeError:
+        notes = exc.__notes__ = []  # type: ignore[attr-defined]
+    notes.append(note)
+    if exc.__cause__ is None and exc.__context__ is None:
+        exc.__cause__ = SerializationError(note)
+
+
+def pickling_error(message: str, original: BaseException) -> BaseException:
+    """The exception to raise when pickling an object raised *original*.
+
+    Catchable as the type of *original*, as the stdlib's is: a
+    ``SerializationError`` subclass with *message* for the types pickle
+    itself raises (see above), else *original* itself with *message* as a
+    note.
+    """
+    cls = _SERIALIZATION_ERROR_FOR.get(type(original))
+    if cls is None:
+        add_note(original, message)
+        return original
+    error = cls(message)
+    error.__cause__ = original
+    return error
+
+
+class UnloadableError(SerializationError):
+    """A task's arguments could not be unpickled in its worker, or its
+    result in the parent (a class that only exists on one side, a
+    reconstructor that raises).  Only that task fails; the pool goes on.
+    The Executor raises it as ``ExecutorUnloadableError``, which is also
+    the stdlib's ``BrokenProcessPool``.
     """
 
 
@@ -136,17 +218,56 @@ class QueueGoneError(ProcessError, FileNotFoundError):
     """
 
 
+# --- pool (polyproc.pool) ---------------------------------------------------
+# The stdlib's Pool raises ``multiprocessing.pool.MaybeEncodingError`` for a
+# result that cannot be pickled; polyproc's error is also one.  Built on
+# first use, as the Executor's below: importing multiprocessing.pool costs
+# about 2 ms, and a worker only needs it when a result fails.
+
+__all__ += ["UnpicklableResultError"]
+
+
+def _make_pool_exceptions() -> None:
+    from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+
+    class UnpicklableResultError(SerializationError, MaybeEncodingError):
+        """A task's result could not be pickled to go back to the parent.
+
+        Only that task fails.  A ``multiprocessing.pool.MaybeEncodingError``,
+        as the stdlib's Pool raises, with its ``exc`` and ``value``
+        attributes (the reprs of the pickling error and of the result).
+        ``reason`` is the pickling error itself (None if it could not
+        cross): the Executor raises that, as ``ProcessPoolExecutor`` does.
+        """
+
+        def __init__(self, message: str, exc: str = "", value: str = "",
+                     reason: BaseException | None = None):
+            Exception.__init__(self, message)
+            self.exc = exc
+            self.value = value
+            self.reason = reason
+
+        def __str__(self) -> str:
+            return str(self.args[0]) if self.args else ""
+
+        def __reduce__(self):
+            return (type(self), (str(self), self.exc, self.value, self.reason))
+
+    _publish(UnpicklableResultError)
+
+
 # --- executor (polyproc.executor) ------------------------------------------
 # stdlib code written for ProcessPoolExecutor catches BrokenProcessPool when
-# a worker dies or the initializer fails.  polyproc's Executor fails only the
-# future whose worker died, but with an exception that is *also* a
-# BrokenProcessPool, so that ``except BrokenProcessPool`` keeps working.
-
+# a worker dies, the initializer fails, or a task or its result cannot be
+# unpickled.  polyproc's Executor fails only the future concerned, but with
+# an exception that is *also* a BrokenProcessPool, so that ``except
+# BrokenProcessPool`` keeps working.
 #
 # Built on first use (module __getattr__): importing concurrent.futures.process
 # costs about 10 ms, which every spawned worker would pay at start-up.
 
-__all__ += ["ExecutorWorkerLostError", "ExecutorInitializerError"]
+__all__ += ["ExecutorWorkerLostError", "ExecutorInitializerError",
+            "ExecutorUnloadableError"]
 
 
 def _make_executor_exceptions() -> None:
@@ -168,15 +289,39 @@ def _make_executor_exceptions() -> None:
         ``__cause__``.
         """
 
-    for cls in (ExecutorWorkerLostError, ExecutorInitializerError):
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__
-        globals()[cls.__name__] = cls
+    class ExecutorUnloadableError(UnloadableError, BrokenProcessPool):
+        """``UnloadableError`` as an Executor's future raises it.
+
+        The stdlib breaks the whole executor when a task cannot be unpickled
+        in its worker or a result in the parent; polyproc fails only that
+        future, with an exception that is also a ``BrokenProcessPool``.
+        """
+
+    for cls in (ExecutorWorkerLostError, ExecutorInitializerError,
+                ExecutorUnloadableError):
+        _publish(cls)
+
+
+def _publish(cls: type) -> None:
+    # Pickles name the class as this module's attribute, which __getattr__
+    # builds in a process that has not used it yet.
+    cls.__module__ = __name__
+    cls.__qualname__ = cls.__name__
+    globals()[cls.__name__] = cls
+
+
+_LAZY = {
+    "UnpicklableResultError": _make_pool_exceptions,
+    "ExecutorWorkerLostError": _make_executor_exceptions,
+    "ExecutorInitializerError": _make_executor_exceptions,
+    "ExecutorUnloadableError": _make_executor_exceptions,
+}
 
 
 def __getattr__(name: str):
-    if name in ("ExecutorWorkerLostError", "ExecutorInitializerError"):
-        _make_executor_exceptions()
+    make = _LAZY.get(name)
+    if make is not None:
+        make()
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -19,7 +19,7 @@ Data flow of a task::
                                 |                               |
   submit(fn, *args) / map       |                               |
    -> TaskChunk, args pickled   |                               |
-      here (errors raise here)  |                               |
+      here (an error fails it)  |                               |
    -> _ExecutorCore.enqueue:    |                               |
       window has room? ---yes---+-> ProcessScheduler.submit ----+-> run tasks
         | no                    |                               |
@@ -73,10 +73,12 @@ from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
+from . import _exceptions
 from . import _messages as m
 from . import _serialization
-from ._exceptions import (ExecutorInitializerError, ExecutorWorkerLostError,
-                          InitializerError, WorkerLostError)
+from ._exceptions import (ExecutorInitializerError, ExecutorUnloadableError,
+                          ExecutorWorkerLostError, InitializerError,
+                          UnloadableError, WorkerLostError)
 from ._pool import _check_options
 from ._tasks import TaskChunk, function_name, make_chunk
 
@@ -93,18 +95,36 @@ MAX_WINDOW_PER_WORKER = 512  # two of the scheduler's full batches (MAX_BATCH_CH
 def _for_executor(exc: BaseException) -> BaseException:
     """The exception a future raises for *exc* from the scheduler.
 
-    A lost worker and a failed initializer become the subclasses that are
-    also ``BrokenProcessPool``, which is what stdlib code catches.
+    What stdlib code written for ``ProcessPoolExecutor`` catches: a lost
+    worker, a failed initializer and a task or result that could not be
+    unpickled become the subclasses that are also ``BrokenProcessPool``;
+    a result that could not be pickled raises what pickle raised (the
+    Pool's ``MaybeEncodingError`` carries it).
     """
     if isinstance(exc, WorkerLostError) and not isinstance(exc, ExecutorWorkerLostError):
         new: BaseException = ExecutorWorkerLostError(
             exc.args[0] if exc.args else "", exc.pid, exc.exitcode, exc.task)
     elif isinstance(exc, InitializerError) and not isinstance(exc, ExecutorInitializerError):
         new = ExecutorInitializerError(*exc.args)
+    elif isinstance(exc, UnloadableError) and not isinstance(exc, ExecutorUnloadableError):
+        new = ExecutorUnloadableError(*exc.args)
+    elif _is_unpicklable_result(exc):
+        reason = getattr(exc, "reason", None)  # None: it could not cross
+        if reason is None:
+            return exc
+        new = reason
     else:
         return exc
     new.__cause__ = exc.__cause__
     return new
+
+
+def _is_unpicklable_result(exc: BaseException) -> bool:
+    # Looked up, not imported: the class is built on first use (it costs an
+    # import of multiprocessing.pool), and an instance can only exist here
+    # once it has been.
+    cls = vars(_exceptions).get("UnpicklableResultError")
+    return cls is not None and isinstance(exc, cls)
 
 
 class _ExecutorFuture(Future):
@@ -448,12 +468,12 @@ class Executor(_StdExecutor):
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)`` to run in a worker; return a Future.
 
-        Never blocks.  Raises ``RuntimeError`` after ``shutdown()``,
-        ``SerializationError`` (a ``ValueError``) at once if *fn*, *args* or
-        *kwargs* cannot be pickled, and the initializer's error once the
-        executor is broken.  Every keyword argument goes to *fn*, as with
-        ``ProcessPoolExecutor``; polyproc's per-task options are set with
-        ``options()``.
+        Never blocks.  Raises ``RuntimeError`` after ``shutdown()`` and the
+        initializer's error once the executor is broken.  If *fn*, *args*
+        or *kwargs* cannot be pickled, the future fails with what pickle
+        raised, as ``ProcessPoolExecutor``'s does.  Every keyword argument
+        goes to *fn*, as with ``ProcessPoolExecutor``; polyproc's per-task
+        options are set with ``options()``.
         """
         return self._submit(fn, args, kwargs, None, 0)
 
@@ -480,9 +500,13 @@ class Executor(_StdExecutor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         future = _ExecutorFuture(core)
-        chunk = make_chunk(_serialization.dumps_function(fn), function_name(fn),
-                           m.CALL_APPLY, [(args, kwargs)], 0, _FutureSink(core, future),
-                           timeout, retries)
+        try:
+            chunk = make_chunk(_serialization.dumps_function(fn), function_name(fn),
+                               m.CALL_APPLY, [(args, kwargs)], 0,
+                               _FutureSink(core, future), timeout, retries)
+        except Exception as exc:  # could not be pickled
+            _fail_unsent(core, future, exc)
+            return future
         try:
             core.enqueue_one(chunk)
         except BaseException:
@@ -494,10 +518,10 @@ class Executor(_StdExecutor):
             chunksize: int = 1, retries: int = 0) -> Iterator:
         """Return an iterator equivalent to ``map(fn, *iterables)``, run in workers.
 
-        Every call is submitted at once (so an argument that cannot be
-        pickled raises ``SerializationError`` here), *chunksize* calls per
-        scheduler chunk.  The iterator yields results in order; it raises a
-        call's exception at that call's position, and
+        Every call is submitted at once, *chunksize* calls per scheduler
+        chunk.  The iterator yields results in order; it raises a call's
+        exception at that call's position (what pickle raised, for a call
+        whose arguments cannot be pickled, as the stdlib's does), and
         ``concurrent.futures.TimeoutError`` if a result is not there
         *timeout* seconds after ``map()`` was called.  Leaving the iterator
         early cancels the calls that have not started.
@@ -546,22 +570,43 @@ class Executor(_StdExecutor):
         _check_options(timeout, retries)
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
-        fn_blob = _serialization.dumps_function(fn)
         fn_name = function_name(fn)
+        new_futures = [_ExecutorFuture(core) for _ in pieces]
+        futures: list[Future] = list(new_futures)
+        try:
+            fn_blob = _serialization.dumps_function(fn)
+        except Exception as exc:  # every call fails with it
+            for future in new_futures:
+                _fail_unsent(core, future, exc)
+            return futures
         chunks: list[TaskChunk] = []
         try:
-            for index, piece in enumerate(pieces):
-                future = _ExecutorFuture(core)
+            for index, (piece, future) in enumerate(zip(pieces, new_futures)):
                 sink = _FutureSink(core, future, index * chunksize, len(piece),
                                    as_list=chunksize > 1)
-                chunks.append(make_chunk(fn_blob, fn_name, call, piece, index * chunksize,
-                                         sink, timeout, retries))
+                try:
+                    chunks.append(make_chunk(fn_blob, fn_name, call, piece,
+                                             index * chunksize, sink, timeout, retries))
+                except Exception as exc:  # could not be pickled
+                    _fail_unsent(core, future, exc)
             core.enqueue(chunks)
         except BaseException:
             for chunk in chunks:
                 chunk.release()
             raise
-        return [c.sink.future for c in chunks]
+        return futures
+
+
+def _fail_unsent(core: _ExecutorCore, future: _ExecutorFuture,
+                 exc: BaseException) -> None:
+    """Fail *future*, whose call could not be pickled, with what pickle raised.
+
+    As ``ProcessPoolExecutor``: ``result()`` raises it, ``submit`` returns.
+    A broken executor raises its error at the call instead, as there.
+    """
+    if core.backend.broken is not None:
+        raise _for_executor(core.backend.broken)
+    future.set_exception(exc)
 
 
 def _chained_results(futures: list[Future], end_time: float | None,

@@ -373,7 +373,7 @@ class Server:
                 continue
             try:
                 payload = encode(reply, "manager reply")
-            except SerializationError as exc:
+            except Exception as exc:  # can't be pickled (of any type: see dumps)
                 conn.run(conn.undo)
                 payload = encode(self._failure(exc))
             try:

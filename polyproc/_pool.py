@@ -1,12 +1,14 @@
 """The Pool API layer: ``multiprocessing.pool.Pool``'s interface on a backend.
 
 This layer turns calls (``apply_async``, ``map``, ``imap``...) into
-``TaskChunk``s, serializing the arguments in the caller's thread so that an
-argument that cannot be pickled raises *at the call*, and hands the chunks
-to a backend.  It knows nothing of processes: the backend for local worker
-processes is ``_scheduler.ProcessScheduler``; ``ThreadPool`` uses
-``_thread_backend.ThreadBackend``; a cluster backend (Dask) would implement
-the same small interface:
+``TaskChunk``s, serializing the arguments in the caller's thread, and hands
+the chunks to a backend.  An argument (or function) that cannot be pickled
+fails its own task, as in the stdlib: ``get()`` (``next()`` for imap)
+raises what pickle raised and ``error_callback`` receives it; ``map``
+therefore raises it at the call.  This layer knows nothing of processes:
+the backend for local worker processes is ``_scheduler.ProcessScheduler``;
+``ThreadPool`` uses ``_thread_backend.ThreadBackend``; a cluster backend
+(Dask) would implement the same small interface:
 
     size                      number of workers
     submit(chunks)            queue chunks; outcomes go to chunk.sink
@@ -30,7 +32,7 @@ from typing import Any, Callable, Iterable
 
 from . import _messages as m
 from . import _serialization
-from ._exceptions import ProcessError, SerializationError
+from ._exceptions import ProcessError
 from ._results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
                        MapResult)
 from ._tasks import (TaskChunk, auto_chunksize, function_name, iter_slices,
@@ -192,17 +194,21 @@ class Pool:
                     timeout: float | None = None, retries: int = 0) -> ApplyResult:
         """Asynchronous version of ``apply()``: returns an ``ApplyResult``.
 
-        Raises ``SerializationError`` at once if *func*, *args* or *kwds*
-        cannot be pickled.
+        If *func*, *args* or *kwds* cannot be pickled, the result fails
+        with what pickle raised (as the stdlib's does): ``get()`` raises it
+        and *error_callback* receives it.
         """
         self._check_running()
         _check_options(timeout, retries)
-        fn_blob = self._function_blob(func)
+        _check_callable(func)
         result = ApplyResult(self._registry, callback, error_callback)
         try:
-            chunk = make_chunk(fn_blob, function_name(func), m.CALL_APPLY,
-                               [(tuple(args), dict(kwds))], 0, result, timeout, retries,
-                               self._serialize)
+            chunk = make_chunk(self._function_blob(func), function_name(func),
+                               m.CALL_APPLY, [(tuple(args), dict(kwds))], 0, result,
+                               timeout, retries, self._serialize)
+        except Exception as exc:  # could not be pickled
+            _fail_from_caller(result, 0, exc)
+            return result
         except BaseException:
             self._registry.unregister_sink(result)
             raise
@@ -285,8 +291,7 @@ class Pool:
 
     # -- building chunks ----------------------------------------------------
     def _function_blob(self, func: Callable):
-        if not callable(func):
-            raise TypeError(f"{func!r} is not callable")
+        """*func* pickled (raises what pickle raised if it can't be)."""
         return _serialization.dumps_function(func) if self._serialize else func
 
     def _map_async(self, func, iterable, call, chunksize, callback, error_callback,
@@ -294,11 +299,17 @@ class Pool:
         self._check_running()
         _check_options(timeout, retries)
         _check_chunksize(chunksize)
+        _check_callable(func)
         # Lists, tuples and ranges are sliced as they are: a slice of a
         # range is a range, which pickles in a few bytes however long it
         # is, so map(f, range(n)) sends no list of n ints to the workers.
         items = iterable if isinstance(iterable, _SLICEABLE) else list(iterable)
-        fn_blob = self._function_blob(func)
+        try:
+            fn_blob = self._function_blob(func)
+        except Exception as exc:  # every task fails with it, as in the stdlib
+            result = MapResult(self._registry, len(items), callback, error_callback)
+            _fail_from_caller(result, None, exc)
+            return result
         if chunksize is None:
             chunksize = auto_chunksize(len(items), self._processes,
                                        self._backend.task_seconds(fn_blob))
@@ -312,17 +323,17 @@ class Pool:
                        timeout, retries) -> None:
         """Chunk and submit a sized sequence from the caller's thread.
 
-        Raises ``SerializationError`` (and fails *sink*) if an item can't be
-        pickled; chunks already submitted then run for nothing.
+        An item that can't be pickled fails at its own position (see
+        ``_chunks_for_piece``); the others run.
         """
         try:
             for start in range(0, len(items), chunksize):
                 piece = items[start:start + chunksize]
                 if not isinstance(piece, _SLICEABLE):
                     piece = list(piece)
-                chunk = make_chunk(fn_blob, fn_name, call, piece, start, sink,
-                                   timeout, retries, self._serialize)
-                self._backend.submit([chunk])
+                chunks = _chunks_for_piece(fn_blob, fn_name, call, piece, start, sink,
+                                           timeout, retries, self._serialize)
+                self._backend.submit(chunks)
                 if start == 0 and len(items) > chunksize:
                     # Let the scheduler thread dispatch the first chunk now,
                     # while this thread pickles the rest: without this it
@@ -337,12 +348,17 @@ class Pool:
         self._check_running()
         _check_options(timeout, retries)
         _check_chunksize(chunksize)
-        fn_blob = self._function_blob(func)
+        _check_callable(func)
+        try:
+            fn_blob = self._function_blob(func)
+        except Exception as exc:  # the first next() raises it
+            result = iterator_class(self._registry, None)
+            result.abort(exc)
+            return result
         fn_name = function_name(func)
         call = m.CALL_MAP
         if isinstance(iterable, _SLICEABLE):
-            # Sized and sliceable: chunk now, in the caller's thread, so that
-            # an unpicklable item raises here.
+            # Sized and sliceable: chunk now, in the caller's thread.
             length = len(iterable)
             if chunksize is None:
                 chunksize = auto_chunksize(length, self._processes,
@@ -368,6 +384,33 @@ class Pool:
 def _check_chunksize(chunksize: int | None) -> None:
     if chunksize is not None and chunksize < 1:
         raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
+
+
+def _check_callable(func: Callable) -> None:
+    if not callable(func):
+        raise TypeError(f"{func!r} is not callable")
+
+
+def _fail_from_caller(sink, position: int | None, exc: BaseException) -> None:
+    """Fail the task at *position* of *sink* (all of them: None) with *exc*,
+    a pickling error found in the caller's thread.
+
+    A result with a ``callback`` or ``error_callback`` is failed from a
+    short-lived thread: callbacks run in a pool thread, never in the thread
+    that called ``apply_async``, which may hold a lock the callback takes
+    (the stdlib runs this one in its task handler thread).
+    """
+    def fail() -> None:
+        if position is None:
+            sink.abort(exc)
+        else:
+            sink.deliver(position, [None], {0: exc})
+
+    if getattr(sink, "_callback", None) is None and \
+            getattr(sink, "_error_callback", None) is None:
+        fail()
+        return
+    threading.Thread(target=fail, name="PoolErrorCallback", daemon=True).start()
 
 
 def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
@@ -403,16 +446,19 @@ def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
 
 def _chunks_for_piece(fn_blob, fn_name, call, piece, start, sink, timeout,
                       retries, serialize) -> list[TaskChunk]:
+    """The chunk of *piece*; if it can't be pickled, one chunk per item
+    that can, and each item that can't fails at its own position with
+    what pickle raised (as the stdlib fails that task)."""
     try:
         return [make_chunk(fn_blob, fn_name, call, piece, start, sink, timeout,
                            retries, serialize)]
-    except SerializationError:
+    except Exception:
         pass
     chunks = []
     for offset, item in enumerate(piece):
         try:
             chunks.append(make_chunk(fn_blob, fn_name, call, [item], start + offset,
                                      sink, timeout, retries, serialize))
-        except SerializationError as exc:
-            sink.deliver(start + offset, [None], {0: exc})
+        except Exception as exc:
+            _fail_from_caller(sink, start + offset, exc)
     return chunks

@@ -9,14 +9,30 @@ Used by ``Process.exception`` (the child's ``run()`` raised) and by the Pool
   Either way the traceback text is attached as ``__cause__ =
   RemoteTraceback(tb)``, so that printing the exception shows where it
   happened in the other process.
-* ``exception_payload(exc)`` returns the bytes to send: at most *limit*
-  bytes (60 KB by default) so that a child writing them into a pipe never
-  blocks, even when nobody reads the pipe until the child has exited.
+* ``exception_payload(exc, limit=None)`` returns the bytes to send.  With
+  a *limit* (``Process.exception`` passes ``DEFAULT_LIMIT``, 60 KB) they are
+  at most that long, so that a child writing them into a pipe never blocks,
+  even when nobody reads the pipe until the child has exited; a larger
+  exception then travels as a ``RemoteError``.  Without one (Pool and
+  Executor workers, whose pipes the scheduler always reads) the exception
+  travels whole, whatever the length of its message.
 * ``rebuild_exception(payload)`` turns those bytes back into an exception in
   the receiver, with ``__cause__`` set again.  If the receiver cannot
-  unpickle the exception (its class exists only in the sender, its
-  ``__init__`` takes other arguments than ``args``...), it returns a
-  ``RemoteError`` with everything that was known.
+  unpickle the exception (its class exists only in the sender, an attribute
+  that does not unpickle...), it returns a ``RemoteError`` with everything
+  that was known.
+
+An exception whose class takes other constructor arguments than its
+``args`` (``class E(Exception): def __init__(self, a, b)``) pickles, but
+plain pickle rebuilds it as ``E(*args)``, which raises.  Such an exception
+is pickled *without* its ``__init__``: the receiver makes it with
+``cls.__new__(cls, *args)``, sets ``args`` (and, for ``OSError`` and the
+like, their fields) with the built-in base class's ``__init__``, then its
+``__dict__`` (its attributes and ``__notes__``) as pickle would.  This is
+how ``copy`` and pickle rebuild ordinary objects; the class's own
+``__init__`` ran once already, in the sender.  Only an exception whose
+class cannot be imported in the receiver, or whose attributes do not
+pickle, is a ``RemoteError``.
 
 Why a two-level payload?  Pickle drops ``__cause__``, ``__context__`` and
 ``__traceback__``, and an exception that pickles fine in the sender may
@@ -36,6 +52,7 @@ travel as a ``RemoteError``.
 """
 from __future__ import annotations
 
+import io
 import pickle
 import traceback
 from typing import NamedTuple
@@ -43,7 +60,8 @@ from typing import NamedTuple
 from ._exceptions import RemoteError, RemoteTraceback
 
 __all__ = ["ExceptionMessage", "transportable", "exception_payload",
-           "rebuild_exception", "format_traceback", "DEFAULT_LIMIT"]
+           "rebuild_exception", "format_traceback", "pickle_exception",
+           "DEFAULT_LIMIT"]
 
 # A Linux pipe holds 64 KiB by default; staying below it lets the sender
 # write the whole payload without a reader.
@@ -108,6 +126,68 @@ def _round_trips(exc: BaseException) -> bytes | None:
     return data
 
 
+def pickle_exception(exc: BaseException) -> bytes | None:
+    """*exc* pickled so that a receiver rebuilds it; None if it can't be
+    (``exception_payload`` then carries a ``RemoteError`` instead).
+
+    Plain pickle when it round-trips (what the stdlib does, and what a
+    class's own ``__reduce__`` asks for), else the form that skips
+    ``__init__`` (see the module docstring), checked by a round trip too.
+    """
+    data = _round_trips(exc)
+    if data is not None:
+        return data
+    try:
+        file = io.BytesIO()
+        _WithoutInitPickler(file).dump(exc)
+        data = file.getvalue()
+        back = pickle.loads(data)
+    except Exception:
+        return None
+    if type(back) is not type(exc):
+        return None
+    return data
+
+
+class _WithoutInitPickler(pickle.Pickler):
+    """Pickles every exception that would be rebuilt by calling its class
+    (the default ``BaseException.__reduce__``) so that it is rebuilt
+    without calling ``__init__``; nested ones (in ``args`` or attributes)
+    too."""
+
+    def __init__(self, file):
+        super().__init__(file, _PROTOCOL)
+
+    def reducer_override(self, obj):
+        if not (isinstance(obj, BaseException) and _reduces_by_default(type(obj))):
+            return NotImplemented  # the class has its own way: leave it alone
+        reduced = obj.__reduce_ex__(_PROTOCOL)
+        if not (isinstance(reduced, tuple) and 2 <= len(reduced) <= 3
+                and reduced[0] is type(obj)):
+            return NotImplemented
+        state = reduced[2] if len(reduced) == 3 else None
+        return _rebuild_without_init, (type(obj), tuple(reduced[1]), state)
+
+
+def _reduces_by_default(cls: type) -> bool:
+    """Whether *cls* pickles with a built-in exception's ``__reduce__``
+    (``(cls, args, state)``), not one of its own."""
+    owner = getattr(cls.__reduce__, "__objclass__", None)
+    return (owner is not None and owner.__module__ == "builtins"
+            and cls.__reduce_ex__ is object.__reduce_ex__)
+
+
+def _rebuild_without_init(cls: type, args: tuple, state: dict | None) -> BaseException:
+    """Make an exception of *cls* as if its ``__init__`` passed *args* on to
+    the built-in base class's, then restore its attributes."""
+    exc = cls.__new__(cls, *args)
+    builtin = next(base for base in cls.__mro__ if base.__module__ == "builtins")
+    builtin.__init__(exc, *args)  # type: ignore[misc]
+    if state:
+        exc.__setstate__(state)  # BaseException's: setattr for each item
+    return exc
+
+
 def _as_remote_error(exc: BaseException, tb: str) -> RemoteError:
     error = RemoteError(_type_name(exc), _safe_str(exc)[:_MESSAGE_CHARS], tb)
     error.__cause__ = _remote_tb(tb)
@@ -134,19 +214,19 @@ def transportable(exc: BaseException, tb: str | None = None) -> BaseException:
 
 
 def exception_payload(exc: BaseException, tb: str | None = None,
-                      limit: int = DEFAULT_LIMIT) -> bytes:
+                      limit: int | None = None) -> bytes:
     """Bytes carrying *exc* and its traceback text; at most *limit* bytes.
 
     When the full form is larger than *limit*, the exception travels as a
     ``RemoteError`` with its message and traceback text cut (the end of the
-    traceback is kept).  Never raises.
+    traceback is kept).  ``limit=None``: no limit.  Never raises.
     """
     if tb is None:
         tb = format_traceback(exc)
     type_name, message = _type_name(exc), _safe_str(exc)
-    pickled = _round_trips(exc)
+    pickled = pickle_exception(exc)
     payload = _dump(ExceptionMessage(type_name, message, tb, pickled))
-    if len(payload) <= limit:
+    if limit is None or len(payload) <= limit:
         return payload
     # Too big: drop the pickled exception, then cut the texts to fit.
     message = message[:_MESSAGE_CHARS]

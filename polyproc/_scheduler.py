@@ -8,8 +8,8 @@ Data flow of a task (the same diagram is in ARCHITECTURE.md)::
   map/apply_async/imap     |                                  |
    -> TaskChunk(s),        |                                  |
       args pickled here  --+-> pending deque ---+             |
-      (errors raise in     |   (+ wake-up pipe) |             |
-       the caller)         |                    v             |
+      (an error fails      |   (+ wake-up pipe) |             |
+       that task)          |                    v             |
                            |   dispatch_chunks: batches of    |
                            |   chunks -> Dispatch message ----+-> own duplex pipe
                            |   to a ready worker              |   run tasks, write
@@ -72,7 +72,7 @@ from typing import Callable
 from . import _messages as m
 from . import _serialization
 from ._exceptions import (InitializerError, ProcessError, SerializationError,
-                          TaskTimeoutError, WorkerLostError)
+                          TaskTimeoutError, UnloadableError, WorkerLostError)
 from ._remote_errors import rebuild_exception
 from ._tasks import TaskChunk
 from ._worker import WorkerConfig, worker_main
@@ -395,7 +395,7 @@ class ProcessScheduler:
             chunk = w.assigned.popleft()
             if w.dispatch_ends and w.dispatch_ends[0] == chunk.chunk_id:
                 w.dispatch_ends.popleft()
-            error = SerializationError(
+            error = UnloadableError(
                 f"the results of {chunk.describe_task(0)} and the other tasks sent "
                 f"with it could not be unpickled in the parent: {exc.__cause__!r}. "
                 f"Results must be of a class importable in the parent and must "

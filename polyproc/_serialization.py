@@ -9,9 +9,12 @@ managers) so that they all behave the same way:
   reducer for ``memoryview``, then ``cloudpickle`` (lambdas, closures,
   functions defined in ``__main__`` or an interactive session), each only
   when the one before failed: the common path pays nothing for them.
-* A failure names the object and the reason and raises
-  ``SerializationError`` in the caller, at the call, never in a background
-  thread where it would be lost.
+* A failure names the object and the reason and raises in the caller, at
+  the call, never in a background thread where it would be lost.  What it
+  raises is catchable as what pickle raised, as the stdlib's error is
+  (``_exceptions.pickling_error``): a ``SerializationError`` that is also
+  a ``TypeError``/``PicklingError``/``AttributeError``, or the object's
+  own exception with polyproc's message as a note.
 
 Zero-copy transport of large buffers
 ------------------------------------
@@ -89,7 +92,7 @@ from typing import Any, Callable, NamedTuple
 
 from . import _shm, _shm_pool
 from ._exceptions import LargeBufferSignal as _LargeBuffer
-from ._exceptions import SerializationError
+from ._exceptions import SerializationError, pickling_error
 
 __all__ = ["dumps", "loads", "release", "dumps_function", "describe",
            "ZERO_COPY_THRESHOLD", "ZeroCopyPayload"]
@@ -203,7 +206,7 @@ class _RawBytes:
 
 
 def dumps(obj: Any, what: str = "object") -> bytes:
-    """Pickle *obj*; raise ``SerializationError`` naming it when it can't be.
+    """Pickle *obj*; raise ``pickling_error(...)`` naming it when it can't be.
 
     *what* says what the object is for the message ("argument of task 3",
     "result", ...).  Large buffers in *obj* are copied into shared memory;
@@ -251,12 +254,13 @@ def _dumps_zero_copy(obj: Any, what: str, to_pickle: Any = None,
             last_error = error
             continue
         return _to_shared_memory(stream, large, obj, what, dumps_with)
-    raise SerializationError(
+    # Catchable as the type plain pickle raised, as the stdlib's error is.
+    assert first_error is not None  # every pickler failed
+    raise pickling_error(
         f"cannot pickle {what} {describe(obj)}: {last_error!r}. "
         "Objects sent to another process must be picklable; pass the "
         "data the object is made from instead, or create it inside "
-        "the task."
-    ) from first_error
+        "the task.", first_error)
 
 
 def _to_shared_memory(stream: bytes, large: list[pickle.PickleBuffer],

@@ -27,7 +27,6 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import _messages as m
 from . import _serialization
-from ._exceptions import SerializationError
 
 CHUNKS_PER_WORKER = 32
 MIN_CHUNK_SECONDS = 0.002
@@ -139,22 +138,21 @@ def make_chunk(fn_blob, fn_name: str, call: int, items: list, start: int,
                serialize: bool = True) -> TaskChunk:
     """Serialize *items* into a chunk (unless *serialize* is false: threads).
 
-    Raises ``SerializationError`` naming the first item that cannot be
-    pickled (its position in the call, its repr and why).
+    When they cannot be pickled, raises what ``_serialization.dumps`` raises
+    (catchable as the type pickle raised), naming the first item that
+    cannot be pickled: its position in the call, its repr and why.
     """
     if not serialize:
         return TaskChunk(fn_blob, fn_name, call, items, None, start, sink,
                          timeout, retries)
     try:
         payload = _serialization.dumps(items, "task arguments")
-    except SerializationError:
+    except Exception:
         for offset, item in enumerate(items):
-            try:
-                # Only to find the culprit: give back any segments it made.
-                _serialization.release(_serialization.dumps(item, "argument"))
-            except SerializationError as exc:
-                raise SerializationError(
-                    f"task {start + offset} of {fn_name}: {exc}") from exc.__cause__
+            # Only to find the culprit (the error that names it is raised
+            # from here): give back any segments it made.
+            _serialization.release(_serialization.dumps(
+                item, f"the argument of task {start + offset} of {fn_name}()"))
         raise
     return TaskChunk(fn_blob, fn_name, call, items, payload, start, sink,
                      timeout, retries)

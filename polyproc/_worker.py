@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple
 
 from . import _messages as m
 from . import _serialization
-from ._exceptions import SerializationError
+from ._exceptions import SerializationError, UnloadableError
 from ._tasks import item_caller
 
 FLUSH_SECONDS = 0.005
@@ -49,8 +49,10 @@ def _noop_signal_handler(signum, frame):
 
 
 def _exception_payload(exc: BaseException) -> bytes:
+    # No size limit (Process.exception's pipe needs one): the scheduler
+    # reads this pipe all the time, so a 1 MiB message arrives whole.
     from ._remote_errors import exception_payload
-    return exception_payload(exc)
+    return exception_payload(exc, limit=None)
 
 
 class _Worker:
@@ -86,7 +88,7 @@ class _Worker:
         done, self.outbox = self.outbox, []
         try:
             data = _serialization.dumps(m.Results.of(done), "results")
-        except SerializationError:
+        except Exception:  # a value can't be pickled (any type: see dumps)
             data = _serialization.dumps(m.Results.of(_replace_unpicklable(done)),
                                         "results")
         self.conn.send_bytes(m.frame(done[-1].chunk_id, data))
@@ -123,6 +125,8 @@ class _Worker:
         except BaseException as exc:
             # Every task of the chunk fails the same way; the scheduler
             # knows the chunk's size.
+            if isinstance(exc, SerializationError):
+                exc = _unloadable_task(exc)
             return m.ChunkDone(job.chunk_id, [], {-1: _exception_payload(exc)},
                                time.perf_counter() - started)
         call_fn = item_caller(fn, job.call)
@@ -265,6 +269,44 @@ class _Retire(Exception):
         self.done = done
 
 
+def _unloadable_task(exc: SerializationError) -> BaseException:
+    error = UnloadableError(f"{exc} (in the worker, pid {os.getpid()})")
+    error.__cause__ = exc.__cause__
+    return error
+
+
+def _unpicklable_result(value: Any, exc: BaseException) -> BaseException:
+    """The error of a task whose result *value* failed to pickle with *exc*.
+
+    A ``MaybeEncodingError`` for the Pool (what the stdlib's raises); it
+    carries *exc*, what pickle raised, for the Executor (what the stdlib's
+    ``ProcessPoolExecutor`` raises), unless *exc* itself can't be pickled.
+    """
+    from ._exceptions import UnpicklableResultError
+    from ._remote_errors import pickle_exception
+    # pickle's own error, not the SerializationError that names the value.
+    cause = exc.__cause__ if isinstance(exc, SerializationError) else None
+    reason_text = repr(cause or exc)
+    message = (f"cannot send the result {_serialization.describe(value)} back "
+               f"to the parent: {reason_text}. Results must be picklable; "
+               f"return the data the object is made from instead.")
+    value_text = _safe_repr(value)
+    error = UnpicklableResultError(message, reason_text, value_text, exc)
+    if pickle_exception(error) is None:  # *exc* can't cross: its repr will do
+        error = UnpicklableResultError(message, reason_text, value_text, None)
+    return error
+
+
+def _safe_repr(obj: Any, limit: int = 1000) -> str:
+    # The stdlib's MaybeEncodingError.value is repr(value); a repr that
+    # raises, or runs to megabytes, must not take the worker down.
+    try:
+        text = repr(obj)
+    except Exception:
+        return _serialization.describe(obj)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _replace_unpicklable(done: list) -> list:
     """Swap each value that can't be pickled for that task's error."""
     fixed = []
@@ -275,9 +317,9 @@ def _replace_unpicklable(done: list) -> list:
             try:
                 # Only to find the culprit: give back any segments it made.
                 _serialization.release(_serialization.dumps(value, "result"))
-            except SerializationError as exc:
+            except Exception as exc:
                 values[i] = None
-                errors[i] = _exception_payload(exc)
+                errors[i] = _exception_payload(_unpicklable_result(value, exc))
         for i, payload in list(errors.items()):
             if not isinstance(payload, bytes):
                 errors[i] = _exception_payload(RuntimeError(repr(payload)))

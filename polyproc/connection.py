@@ -10,8 +10,9 @@ Changed: ``Pipe``, ``Client`` and ``Listener.accept`` return
 ``polyproc.connection.Connection``, a subclass whose ``send``/``recv`` go
 through ``polyproc._serialization``, so large NumPy arrays and buffers cross
 through shared memory instead of the pipe, and what cannot be pickled
-raises ``SerializationError`` naming the object.  Pickling a connection
-(to pass it to a child, or through a queue) keeps the stdlib's meaning:
+raises what pickle raised (``_exceptions.pickling_error``), naming the
+object.  Pickling a connection (to pass it to a child, or through a queue)
+keeps the stdlib's meaning:
 the file descriptor is duplicated into the receiver, which gets a polyproc
 ``Connection`` again.
 
@@ -42,7 +43,7 @@ class Connection(_std.Connection):
 
         Blocks until the payload is written (shared-memory segments are
         created first, so a large array costs one copy, not a pipe trip).
-        Raises ``SerializationError`` if *obj* cannot be pickled, and
+        Raises what pickle raised if *obj* cannot be pickled, and
         ``OSError`` if the connection is broken; in both cases the
         connection is left usable (no partial message is written).
         """

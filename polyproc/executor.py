@@ -8,10 +8,12 @@ docs/executor.md).
 """
 from __future__ import annotations
 
-from ._exceptions import ExecutorInitializerError, ExecutorWorkerLostError
+from ._exceptions import (ExecutorInitializerError, ExecutorUnloadableError,
+                          ExecutorWorkerLostError)
 from ._executor import Executor
 
-__all__ = ["Executor", "ExecutorWorkerLostError", "ExecutorInitializerError"]
+__all__ = ["Executor", "ExecutorWorkerLostError", "ExecutorInitializerError",
+           "ExecutorUnloadableError"]
 
 from ._public import fixup_module_metadata as _fixup
 

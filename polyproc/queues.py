@@ -9,9 +9,10 @@ for a caller, all of it additions to what stdlib code may rely on:
   started after it was made (it pickles to a name that any process can
   map; the stdlib raises "Queue objects should only be shared between
   processes through inheritance");
-* ``put()`` pickles in the caller and raises ``SerializationError`` (a
-  ``ValueError``) there, at the call; the stdlib's feeder thread drops the
-  item silently (gh-79423);
+* ``put()`` pickles in the caller and raises there, at the call, what
+  pickle raised (as the stdlib's ``SimpleQueue.put``; see
+  ``_exceptions.pickling_error``); the stdlib ``Queue``'s feeder thread
+  drops the item silently (gh-79423);
 * an item is in the queue when ``put()`` returns, so a process that exits
   right after putting loses nothing and joining it cannot deadlock;
 * a process SIGKILLed while putting or getting leaves the queue usable for
@@ -116,7 +117,7 @@ class _RingQueue:
         """Put every item of *items*, in order, for one lock round trip.
 
         Every item is pickled first, so an unpicklable one raises
-        ``SerializationError`` before any of them is put.  On a bounded
+        what pickle raised before any of them is put.  On a bounded
         queue, blocks (at most *timeout* seconds) until all fit; raises
         ``queue.Full`` when they do not, saying how many were put (those
         stay in the queue).
@@ -234,8 +235,8 @@ class Queue(_RingQueue):
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put *obj* into the queue.
 
-        The object is pickled here and an unpicklable one raises
-        ``SerializationError``.  If the queue is bounded and full, blocks
+        The object is pickled here and an unpicklable one raises what
+        pickle raised.  If the queue is bounded and full, blocks
         (at most *timeout* seconds) until a slot is free; raises
         ``queue.Full`` if none became free, or at once when *block* is
         false.  Raises ``ValueError`` if the queue was closed.

@@ -48,13 +48,16 @@ def report_identity(conn) -> None:
 
 
 class BadInitError(Exception):
-    """Pickles, but cannot be rebuilt: __init__ needs two arguments."""
+    """Plain pickle cannot rebuild it (__init__ needs two arguments);
+    polyproc rebuilds it without calling __init__."""
 
     def __init__(self, a, b):
         super().__init__(f"{a}-{b}")
+        self.a = a
+        self.b = b
 
 
-def raise_unrebuildable() -> None:
+def raise_bad_init() -> None:
     raise BadInitError("left", "right")
 
 

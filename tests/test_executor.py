@@ -296,14 +296,18 @@ def test_timeout_kills_the_task_not_the_executor(fork_ctx):
 # -- pickling failures, both directions -------------------------------------------
 
 @pytest.mark.timeout(60)
-def test_unpicklable_argument_raises_at_submit(ctx_fs):
+def test_unpicklable_argument_fails_its_future(ctx_fs):
+    # As ProcessPoolExecutor: submit and map return; result() and the
+    # map iterator raise, at that call's position.
     with _executor(ctx_fs) as ex:
         with pytest.raises(SerializationError, match="lock"):
-            ex.submit(h.square, threading.Lock())
+            ex.submit(h.square, threading.Lock()).result(WAIT)
+        results = ex.map(h.square, [1, 2, threading.Lock()])
+        assert next(results) == 1 and next(results) == 4
         with pytest.raises(SerializationError, match="task 2"):
-            ex.map(h.square, [1, 2, threading.Lock()])
+            next(results)
         with pytest.raises(SerializationError):
-            ex.submit(h.HoldsALock().method)  # the function itself
+            ex.submit(h.HoldsALock().method).result(WAIT)  # the function itself
         assert ex.submit(h.square, 4).result(WAIT) == 16
 
 

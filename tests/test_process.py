@@ -231,8 +231,15 @@ def test_exception_is_the_original_with_the_child_traceback(ctx):
     assert p.exception is exc  # kept after close()
 
 
+def test_exception_whose_init_takes_other_arguments_is_rebuilt(ctx_fs):
+    p = _joined(ctx_fs, helpers.raise_bad_init)
+    exc = p.exception
+    assert type(exc) is helpers.BadInitError
+    assert exc.args == ("left-right",) and (exc.a, exc.b) == ("left", "right")
+    assert isinstance(exc.__cause__, RemoteTraceback)
+
+
 @pytest.mark.parametrize("target,type_name,message", [
-    (helpers.raise_unrebuildable, "_process_helpers.BadInitError", "left-right"),
     (helpers.raise_unpicklable, "RuntimeError", "holds a lock"),
     (helpers.raise_child_only_class, "_polyproc_child_only.ChildOnlyError",
      "made in the child"),

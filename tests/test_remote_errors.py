@@ -20,6 +20,13 @@ class TwoArgError(Exception):
         super().__init__(f"{a}/{b}")
 
 
+class MissingFileError(OSError):
+    """An OSError whose __init__ differs from OSError's: its fields must survive."""
+
+    def __init__(self, path):
+        super().__init__(2, "gone", path)
+
+
 class CustomError(Exception):
     def __init__(self, message, code=0):
         super().__init__(message, code)
@@ -71,8 +78,27 @@ def test_payload_round_trip_rebuilds_the_original_with_cause():
     assert "CustomError: ('boom', 7)" in back.__cause__.tb
 
 
+def test_payload_rebuilds_an_exception_whose_init_takes_other_arguments():
+    exc = _raised(TwoArgError(1, 2))
+    exc.detail = {"a": 1}
+    exc.add_note("a note")
+    back = rebuild_exception(exception_payload(exc))
+    assert type(back) is TwoArgError
+    assert back.args == ("1/2",) and back.detail == {"a": 1}
+    assert back.__notes__ == ["a note"]
+    assert isinstance(back.__cause__, RemoteTraceback)
+
+
+def test_payload_rebuilds_oserror_fields_without_init():
+    back = rebuild_exception(exception_payload(_raised(MissingFileError("/x"))))
+    assert type(back) is MissingFileError
+    assert (back.errno, back.strerror, back.filename) == (2, "gone", "/x")
+
+
 def test_payload_of_unrebuildable_exception_gives_remote_error():
-    back = rebuild_exception(exception_payload(_raised(TwoArgError(1, 2))))
+    exc = _raised(TwoArgError(1, 2))
+    exc.lock = threading.Lock()  # an attribute that can't be pickled at all
+    back = rebuild_exception(exception_payload(exc))
     assert isinstance(back, RemoteError)
     assert back.message == "1/2"
     assert "Traceback" in back.remote_traceback
