@@ -566,32 +566,38 @@ class Executor(_StdExecutor):
 
 def _chained_results(futures: list[Future], end_time: float | None,
                      chunked: bool) -> Iterator:
-    """The iterator ``map`` returns (``Executor.map``'s ``result_iterator``)."""
-    # Reversed, and popped, so that no reference to a consumed future or
-    # result is kept (as the stdlib does).
+    """The iterator ``map`` returns (``Executor.map``'s ``result_iterator``).
+
+    No reference to a consumed future or to a result already yielded stays
+    in this generator's frame while it is suspended (as in the stdlib): the
+    futures are popped from a reversed list, a chunk's list of results is
+    emptied as it is yielded, and a single result is yielded straight from
+    the call that fetched it, never from a local variable.
+    """
     futures.reverse()
     try:
         while futures:
-            future = futures.pop()
-            try:
-                if end_time is None:
-                    result = future.result()
-                else:
-                    result = future.result(end_time - time.monotonic())
-            except BaseException:
-                future.cancel()
-                raise
-            finally:
-                del future
             if chunked:
-                result.reverse()
-                while result:
-                    yield result.pop()
+                values = _result_or_cancel(futures.pop(), end_time)
+                values.reverse()
+                while values:
+                    yield values.pop()
             else:
-                yield result
+                yield _result_or_cancel(futures.pop(), end_time)
     finally:
         for future in futures:
             future.cancel()
+
+
+def _result_or_cancel(future: Future, end_time: float | None) -> Any:
+    """*future*'s result, waiting until *end_time* at most; cancel it on failure."""
+    try:
+        if end_time is None:
+            return future.result()
+        return future.result(end_time - time.monotonic())
+    except BaseException:
+        future.cancel()
+        raise
 
 
 class ExecutorOptions:

@@ -64,7 +64,13 @@ class _Worker:
         self.slots = memoryview(table).cast("B").cast("d")
         self.base = slot * m.SLOT_WIDTH
         self.config = config
+        # Unpickled functions, by their bytes: those the parent pickled by
+        # reference for the worker's life (they live in their module anyway),
+        # the others only for the Dispatch message they came in, so that the
+        # worker keeps no copy of a bound method's instance, a partial's
+        # arguments or a closure's cells once their tasks are done.
         self.functions: dict[bytes, Callable] = {}
+        self.dispatch_functions: dict[bytes, Callable] = {}
         self.chunks_run = 0
         self.outbox: list[m.ChunkDone] = []
         self.outbox_since = 0.0
@@ -108,10 +114,15 @@ class _Worker:
     def function(self, blob: bytes) -> Callable:
         fn = self.functions.get(blob)
         if fn is None:
+            fn = self.dispatch_functions.get(blob)
+        if fn is None:
             fn = _serialization.loads(blob, "function")
-            if len(self.functions) > 256:
-                self.functions.clear()
-            self.functions[blob] = fn
+            if _serialization.is_by_reference(fn):
+                if len(self.functions) > 256:
+                    self.functions.clear()
+                self.functions[blob] = fn
+            else:
+                self.dispatch_functions[blob] = fn
         return fn
 
     def run_chunk(self, job: m.ChunkJob) -> m.ChunkDone:
@@ -228,7 +239,6 @@ class _Worker:
 
     def serve(self) -> None:
         conn = self.conn
-        maxtasks = self.config.maxtasks
         while True:
             try:
                 message = _serialization.loads(conn.recv_bytes(), "message")
@@ -236,26 +246,38 @@ class _Worker:
                 return  # the parent is gone or closed our pipe
             if isinstance(message, m.Shutdown):
                 return
-            for job in message.jobs():
-                try:
-                    done = self.run_chunk(job)
-                except _Retire as retire:
-                    self.outbox.append(retire.done)
-                    self.flush()
-                    self.send(m.Retiring(retire.reason))
-                    return
-                self.outbox.append(done)
-                self.chunks_run += 1
-                if maxtasks is not None and self.chunks_run >= maxtasks:
-                    self.flush()
-                    self.send(m.Retiring("maxtasksperchild"))
-                    return
-                now = time.perf_counter()
-                if len(self.outbox) == 1:
-                    self.outbox_since = now
-                elif now - self.outbox_since >= FLUSH_SECONDS:
-                    self.flush()
-            self.flush()
+            if not self.run_dispatch(message):
+                return
+            # Nothing of a finished Dispatch stays alive while this worker
+            # waits for the next one (as the stdlib's worker drops its task).
+            message = None
+            if self.dispatch_functions:
+                self.dispatch_functions.clear()
+
+    def run_dispatch(self, message: m.Dispatch) -> bool:
+        """Run a Dispatch's chunks and send their results; False: retiring."""
+        maxtasks = self.config.maxtasks
+        for job in message.jobs():
+            try:
+                done = self.run_chunk(job)
+            except _Retire as retire:
+                self.outbox.append(retire.done)
+                self.flush()
+                self.send(m.Retiring(retire.reason))
+                return False
+            self.outbox.append(done)
+            self.chunks_run += 1
+            if maxtasks is not None and self.chunks_run >= maxtasks:
+                self.flush()
+                self.send(m.Retiring("maxtasksperchild"))
+                return False
+            now = time.perf_counter()
+            if len(self.outbox) == 1:
+                self.outbox_since = now
+            elif now - self.outbox_since >= FLUSH_SECONDS:
+                self.flush()
+        self.flush()
+        return True
 
 
 class _Retire(Exception):
