@@ -377,7 +377,11 @@ class ProcessScheduler:
             last_chunk_id, body = m.unframe(data)
             try:
                 message = _serialization.loads(body, "results")
-            except SerializationError as exc:
+            except BaseException as exc:
+                # Unpickling runs the results' own code (__reduce__ callables,
+                # __setstate__), which may raise anything, even SystemExit or
+                # KeyboardInterrupt: it is those tasks' error, and this thread
+                # (which signals never interrupt) goes on.
                 self._on_unloadable_message(w, last_chunk_id, exc)
             else:
                 self._on_message(w, message)
@@ -388,8 +392,14 @@ class ProcessScheduler:
                 return
 
     def _on_unloadable_message(self, w: WorkerHandle, last_chunk_id: int,
-                               exc: SerializationError) -> None:
-        """A message from *w* could not be unpickled here: fail what it carried."""
+                               exc: BaseException) -> None:
+        """A message from *w* could not be unpickled here: fail what it carried.
+
+        Each task it carried fails with a ``SerializationError`` whose cause
+        is what unpickling raised (``loads`` wraps an ``Exception``; any other
+        ``BaseException`` arrives as it is).
+        """
+        cause = exc.__cause__ if isinstance(exc, SerializationError) else exc
         if not any(c.chunk_id == last_chunk_id for c in w.assigned):
             # Not a Results message (or a corrupt frame): the worker can't be
             # trusted any more; its death hands its chunks to the usual path.
@@ -401,10 +411,10 @@ class ProcessScheduler:
                 w.dispatch_ends.popleft()
             error = SerializationError(
                 f"the results of {chunk.describe_task(0)} and the other tasks sent "
-                f"with it could not be unpickled in the parent: {exc.__cause__!r}. "
+                f"with it could not be unpickled in the parent: {cause!r}. "
                 f"Results must be of a class importable in the parent and must "
                 f"unpickle cleanly.")
-            error.__cause__ = exc.__cause__
+            error.__cause__ = cause
             _fail_chunk(chunk, error)
             if chunk.chunk_id == last_chunk_id:
                 return

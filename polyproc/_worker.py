@@ -31,7 +31,6 @@ from typing import Any, Callable, NamedTuple
 
 from . import _messages as m
 from . import _serialization
-from ._exceptions import SerializationError
 from ._tasks import item_caller
 
 FLUSH_SECONDS = 0.005
@@ -92,7 +91,12 @@ class _Worker:
         done, self.outbox = self.outbox, []
         try:
             data = _serialization.dumps(m.Results.of(done), "results")
-        except SerializationError:
+        except BaseException:
+            # A value that cannot be pickled (SerializationError), or whose
+            # __reduce__ raised SystemExit or the like: user code, which
+            # must cost its own task only, not the worker (see
+            # _replace_unpicklable).  SIGINT cannot raise here: it is
+            # ignored in workers.
             data = _serialization.dumps(m.Results.of(_replace_unpicklable(done)),
                                         "results")
         self.conn.send_bytes(m.frame(done[-1].chunk_id, data))
@@ -288,7 +292,14 @@ class _Retire(Exception):
 
 
 def _replace_unpicklable(done: list) -> list:
-    """Swap each value that can't be pickled for that task's error."""
+    """Swap each value that can't be pickled for that task's error.
+
+    The error is the ``SerializationError`` naming the value, or, when
+    pickling it raised a ``BaseException`` that is not an ``Exception``
+    (``SystemExit`` from a ``__reduce__``), that exception itself: the task
+    fails with it as if the task had raised it, as
+    ``concurrent.futures.ProcessPoolExecutor`` does.
+    """
     fixed = []
     for chunk in done:
         values = list(chunk.values)
@@ -297,7 +308,7 @@ def _replace_unpicklable(done: list) -> list:
             try:
                 # Only to find the culprit: give back any segments it made.
                 _serialization.release(_serialization.dumps(value, "result"))
-            except SerializationError as exc:
+            except BaseException as exc:
                 values[i] = None
                 errors[i] = _exception_payload(exc)
         for i, payload in list(errors.items()):
