@@ -47,7 +47,9 @@ per message, which is where the speed comes from.
 Completion runs in the PoolScheduler thread: done-callbacks (and
 ``asyncio.wrap_future``'s, used by ``loop.run_in_executor``) run there, as
 they run in the stdlib's executor manager thread.  A callback that blocks
-stalls the executor, as it does in the stdlib.
+stalls the executor, as it does in the stdlib; one that raises, even
+``SystemExit``, is logged and the next callbacks run
+(``_ExecutorFuture._invoke_callbacks``).
 
 Reused from the stdlib: ``concurrent.futures.Future`` (its states,
 ``wait()``/``as_completed()`` waiters, done callbacks, and what asyncio
@@ -64,6 +66,7 @@ that was never shut down still completes before the interpreter exits.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import sys
 import threading
@@ -84,6 +87,9 @@ if TYPE_CHECKING:
     from ._scheduler import ProcessScheduler
 
 __all__ = ["Executor"]
+
+# The stdlib's logger for exceptions raised by done-callbacks.
+_LOGGER = logging.getLogger("concurrent.futures")
 
 WINDOW_SECONDS = 0.05        # estimated work in flight per worker
 MIN_WINDOW_PER_WORKER = 2    # one running, one prefetched (the stdlib keeps workers + 1)
@@ -123,6 +129,8 @@ class _ExecutorFuture(Future):
     core (hand-over, shutdown, abort) does, since a second call raises.
     """
 
+    _done_callbacks: list[Callable[[Future], object]]  # the stdlib Future's, untyped there
+
     def __init__(self, core: "_ExecutorCore"):
         super().__init__()
         self._core = core
@@ -142,6 +150,23 @@ class _ExecutorFuture(Future):
                 self.claimed = True
                 self.set_running_or_notify_cancel()  # CANCELLED_AND_NOTIFIED
         return True
+
+    def _invoke_callbacks(self) -> None:
+        # Done-callbacks run in the PoolScheduler thread when a result
+        # arrives.  The stdlib's Future logs an Exception from one and goes
+        # on; anything else (a callback that raises SystemExit) would end
+        # that thread and break the executor, so it is logged the same way
+        # there.  In the main thread (a callback run by cancel()) it still
+        # propagates, as in the stdlib, so that Ctrl-C is never swallowed.
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                _LOGGER.exception("exception calling callback for %r", self)
+            except BaseException:
+                if threading.current_thread() is threading.main_thread():
+                    raise
+                _LOGGER.exception("exception calling callback for %r", self)
 
     def claim(self) -> bool:
         """Mark running for a hand-over (holding the core's lock).

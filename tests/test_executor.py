@@ -128,6 +128,28 @@ def test_done_callbacks_run(fork_ctx):
     assert seen == [81]
 
 
+@pytest.mark.timeout(30)
+def test_a_done_callback_raising_system_exit_breaks_nothing(fork_ctx, tmp_path, caplog):
+    """Done-callbacks run in the scheduler thread: one that raises
+    SystemExit is logged as the stdlib logs a failing callback, the
+    callbacks after it still run, and the executor goes on."""
+    release = str(tmp_path / "release")
+    called = threading.Event()
+
+    def exits(_):
+        raise SystemExit(3)
+
+    with _executor(fork_ctx, workers=1) as ex:
+        future = ex.submit(h.block_until, release, value=9)
+        future.add_done_callback(exits)  # added while it runs: run by the scheduler
+        future.add_done_callback(lambda f: called.set())
+        h.touch(release)
+        assert called.wait(10)
+        assert future.result(WAIT) == 9
+        assert ex.submit(h.square, 3).result(WAIT) == 9
+    assert "exception calling callback" in caplog.text
+
+
 @pytest.mark.timeout(60)
 def test_asyncio_run_in_executor(ctx_fs):
     async def main(ex):
