@@ -47,7 +47,9 @@ per message, which is where the speed comes from.
 Completion runs in the PoolScheduler thread: done-callbacks (and
 ``asyncio.wrap_future``'s, used by ``loop.run_in_executor``) run there, as
 they run in the stdlib's executor manager thread.  A callback that blocks
-stalls the executor, as it does in the stdlib.
+stalls the executor, as it does in the stdlib; one that raises, even
+``SystemExit``, is logged and the next callbacks run
+(``_ExecutorFuture._invoke_callbacks``).
 
 Reused from the stdlib: ``concurrent.futures.Future`` (its states,
 ``wait()``/``as_completed()`` waiters, done callbacks, and what asyncio
@@ -64,6 +66,7 @@ that was never shut down still completes before the interpreter exits.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import sys
 import threading
@@ -86,6 +89,9 @@ if TYPE_CHECKING:
     from ._scheduler import ProcessScheduler
 
 __all__ = ["Executor"]
+
+# The stdlib's logger for exceptions raised by done-callbacks.
+_LOGGER = logging.getLogger("concurrent.futures")
 
 WINDOW_SECONDS = 0.05        # estimated work in flight per worker
 MIN_WINDOW_PER_WORKER = 2    # one running, one prefetched (the stdlib keeps workers + 1)
@@ -143,6 +149,8 @@ class _ExecutorFuture(Future):
     core (hand-over, shutdown, abort) does, since a second call raises.
     """
 
+    _done_callbacks: list[Callable[[Future], object]]  # the stdlib Future's, untyped there
+
     def __init__(self, core: "_ExecutorCore"):
         super().__init__()
         self._core = core
@@ -162,6 +170,23 @@ class _ExecutorFuture(Future):
                 self.claimed = True
                 self.set_running_or_notify_cancel()  # CANCELLED_AND_NOTIFIED
         return True
+
+    def _invoke_callbacks(self) -> None:
+        # Done-callbacks run in the PoolScheduler thread when a result
+        # arrives.  The stdlib's Future logs an Exception from one and goes
+        # on; anything else (a callback that raises SystemExit) would end
+        # that thread and break the executor, so it is logged the same way
+        # there.  In the main thread (a callback run by cancel()) it still
+        # propagates, as in the stdlib, so that Ctrl-C is never swallowed.
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                _LOGGER.exception("exception calling callback for %r", self)
+            except BaseException:
+                if threading.current_thread() is threading.main_thread():
+                    raise
+                _LOGGER.exception("exception calling callback for %r", self)
 
     def claim(self) -> bool:
         """Mark running for a hand-over (holding the core's lock).
@@ -611,32 +636,38 @@ def _fail_unsent(core: _ExecutorCore, future: _ExecutorFuture,
 
 def _chained_results(futures: list[Future], end_time: float | None,
                      chunked: bool) -> Iterator:
-    """The iterator ``map`` returns (``Executor.map``'s ``result_iterator``)."""
-    # Reversed, and popped, so that no reference to a consumed future or
-    # result is kept (as the stdlib does).
+    """The iterator ``map`` returns (``Executor.map``'s ``result_iterator``).
+
+    No reference to a consumed future or to a result already yielded stays
+    in this generator's frame while it is suspended (as in the stdlib): the
+    futures are popped from a reversed list, a chunk's list of results is
+    emptied as it is yielded, and a single result is yielded straight from
+    the call that fetched it, never from a local variable.
+    """
     futures.reverse()
     try:
         while futures:
-            future = futures.pop()
-            try:
-                if end_time is None:
-                    result = future.result()
-                else:
-                    result = future.result(end_time - time.monotonic())
-            except BaseException:
-                future.cancel()
-                raise
-            finally:
-                del future
             if chunked:
-                result.reverse()
-                while result:
-                    yield result.pop()
+                values = _result_or_cancel(futures.pop(), end_time)
+                values.reverse()
+                while values:
+                    yield values.pop()
             else:
-                yield result
+                yield _result_or_cancel(futures.pop(), end_time)
     finally:
         for future in futures:
             future.cancel()
+
+
+def _result_or_cancel(future: Future, end_time: float | None) -> Any:
+    """*future*'s result, waiting until *end_time* at most; cancel it on failure."""
+    try:
+        if end_time is None:
+            return future.result()
+        return future.result(end_time - time.monotonic())
+    except BaseException:
+        future.cancel()
+        raise
 
 
 class ExecutorOptions:

@@ -32,7 +32,7 @@ CALL_APPLY = 2   # func(*args, **kwds) with item == (args, kwds)
 class ChunkJob(NamedTuple):
     """One chunk of tasks as the worker sees it."""
     chunk_id: int
-    func: bytes        # pickled callable (cached per function by the parent)
+    func: bytes        # pickled callable (cached by the parent when by reference)
     payload: bytes     # serialized list of items (see _serialization)
     call: int          # CALL_MAP, CALL_STAR or CALL_APPLY
     tracking: int      # TRACK_NONE, TRACK_INDEX or TRACK_TIME (see below)

@@ -119,7 +119,7 @@ def _round_trips(exc: BaseException) -> bytes | None:
     try:
         data = pickle.dumps(exc, _PROTOCOL)
         back = pickle.loads(data)
-    except Exception:
+    except BaseException:  # user code: a __reduce__ may even raise SystemExit
         return None
     if type(back) is not type(exc):
         return None
@@ -142,7 +142,7 @@ def pickle_exception(exc: BaseException) -> bytes | None:
         _WithoutInitPickler(file).dump(exc)
         data = file.getvalue()
         back = pickle.loads(data)
-    except Exception:
+    except BaseException:  # user code again, as in _round_trips
         return None
     if type(back) is not type(exc):
         return None
@@ -265,7 +265,10 @@ def rebuild_exception(payload: bytes | memoryview) -> BaseException:
             if isinstance(exc, BaseException):
                 exc.__cause__ = _remote_tb(message.traceback)
                 return exc
-        except Exception:
+        except BaseException:
+            # Unpickling runs the exception class's own code, which may
+            # raise anything, SystemExit included: in a pool's scheduler
+            # thread that would end the thread, so it is caught too.
             pass
     error = RemoteError(message.type_name, message.message, message.traceback)
     error.__cause__ = _remote_tb(message.traceback)

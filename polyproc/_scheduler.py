@@ -87,6 +87,8 @@ MAX_STARTUP_FAILURES = 3
 TIMEOUT_POLL_SECONDS = 0.05
 FAST_TASK_SECONDS = 20e-6      # below this, a task's progress is not recorded
 SHUTDOWN_GRACE_SECONDS = 0.5
+MAX_TIMED_FUNCS = 1024         # functions whose task times are remembered
+MAX_TIMING_KEY_BYTES = 4096    # larger pickled functions are keyed by a hash
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -160,9 +162,9 @@ class ProcessScheduler:
         self._by_sentinel: dict[int, WorkerHandle] = {}
         self.state = RUN
         self.broken: BaseException | None = None
-        # Mean seconds per task of each function (keyed by its pickled
-        # bytes), a moving average over its chunks.
-        self._task_seconds_by_func: dict[bytes, float] = {}
+        # Mean seconds per task of each function, a moving average over its
+        # chunks, keyed by _timing_key(its pickled bytes).
+        self._task_seconds_by_func: dict[bytes | tuple[int, int], float] = {}
         self._feeders = 0
         self._feeders_lock = threading.Lock()
         self._startup_failures = 0
@@ -187,7 +189,7 @@ class ProcessScheduler:
         self._wake()
 
     def task_seconds(self, func) -> float | None:
-        return self._task_seconds_by_func.get(func)
+        return self._task_seconds_by_func.get(_timing_key(func))
 
     def add_feeder(self) -> None:
         with self._feeders_lock:
@@ -327,7 +329,9 @@ class ProcessScheduler:
         seconds = 0.0
         while len(batch) < limit and (requeued or pending):
             head = requeued[0] if requeued else pending[0]
-            per_task = timings.get(head.func)
+            func = head.func  # _timing_key inlined: once per chunk
+            per_task = timings.get(func if len(func) <= MAX_TIMING_KEY_BYTES
+                                   else _timing_key(func))
             estimate = TARGET_BATCH_SECONDS if per_task is None else per_task * head.count
             if batch and seconds + estimate > TARGET_BATCH_SECONDS:
                 break
@@ -373,7 +377,11 @@ class ProcessScheduler:
             last_chunk_id, body = m.unframe(data)
             try:
                 message = _serialization.loads(body, "results")
-            except SerializationError as exc:
+            except BaseException as exc:
+                # Unpickling runs the results' own code (__reduce__ callables,
+                # __setstate__), which may raise anything, even SystemExit or
+                # KeyboardInterrupt: it is those tasks' error, and this thread
+                # (which signals never interrupt) goes on.
                 self._on_unloadable_message(w, last_chunk_id, exc)
             else:
                 self._on_message(w, message)
@@ -384,8 +392,14 @@ class ProcessScheduler:
                 return
 
     def _on_unloadable_message(self, w: WorkerHandle, last_chunk_id: int,
-                               exc: SerializationError) -> None:
-        """A message from *w* could not be unpickled here: fail what it carried."""
+                               exc: BaseException) -> None:
+        """A message from *w* could not be unpickled here: fail what it carried.
+
+        Each task it carried fails with a ``SerializationError`` whose cause
+        is what unpickling raised (``loads`` wraps an ``Exception``; any other
+        ``BaseException`` arrives as it is).
+        """
+        cause = exc.__cause__ if isinstance(exc, SerializationError) else exc
         if not any(c.chunk_id == last_chunk_id for c in w.assigned):
             # Not a Results message (or a corrupt frame): the worker can't be
             # trusted any more; its death hands its chunks to the usual path.
@@ -397,10 +411,10 @@ class ProcessScheduler:
                 w.dispatch_ends.popleft()
             error = UnloadableError(
                 f"the results of {chunk.describe_task(0)} and the other tasks sent "
-                f"with it could not be unpickled in the parent: {exc.__cause__!r}. "
+                f"with it could not be unpickled in the parent: {cause!r}. "
                 f"Results must be of a class importable in the parent and must "
                 f"unpickle cleanly.")
-            error.__cause__ = exc.__cause__
+            error.__cause__ = cause
             _fail_chunk(chunk, error)
             if chunk.chunk_id == last_chunk_id:
                 return
@@ -465,13 +479,14 @@ class ProcessScheduler:
         """Fold a measurement into *func*'s moving average of seconds per task."""
         per_task = seconds / tasks
         timings = self._task_seconds_by_func
-        known = timings.get(func)
+        key = _timing_key(func)
+        known = timings.get(key)
         if known is None:
-            if len(timings) > 1024:
+            if len(timings) > MAX_TIMED_FUNCS:
                 timings.clear()
-            timings[func] = per_task
+            timings[key] = per_task
         else:
-            timings[func] = known + 0.3 * (per_task - known)
+            timings[key] = known + 0.3 * (per_task - known)
 
     # -- failures -------------------------------------------------------
     def _on_worker_exit(self, w: WorkerHandle) -> None:
@@ -719,6 +734,22 @@ def _sigint_shielded_start():
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _timing_key(func: bytes) -> bytes | tuple[int, int]:
+    """The key of a pickled function in the table of task times.
+
+    The bytes themselves when small (by-reference pickles: a few dozen
+    bytes), else their length and hash: a closure pickled by value can
+    carry megabytes of captured data, which the table must not keep for
+    the pool's lifetime.  ``hash()`` of a bytes object is computed once and
+    cached in it, and the chunks of one call share one bytes object, so
+    this costs nothing per lookup; a collision would only mix up two
+    functions' time estimates.
+    """
+    if len(func) <= MAX_TIMING_KEY_BYTES:
+        return func
+    return (len(func), hash(func))
 
 
 def _deliver(chunk: TaskChunk, offset: int, values: list, errors: dict) -> None:

@@ -87,15 +87,17 @@ from __future__ import annotations
 import copyreg
 import pickle
 import sys
+import types
 import warnings
+import weakref
 from typing import Any, Callable, NamedTuple
 
 from . import _shm, _shm_pool
 from ._exceptions import LargeBufferSignal as _LargeBuffer
 from ._exceptions import SerializationError, pickling_error
 
-__all__ = ["dumps", "loads", "release", "dumps_function", "describe",
-           "ZERO_COPY_THRESHOLD", "ZeroCopyPayload"]
+__all__ = ["dumps", "loads", "release", "dumps_function", "is_by_reference",
+           "describe", "ZERO_COPY_THRESHOLD", "ZeroCopyPayload"]
 
 PROTOCOL = 5
 
@@ -254,9 +256,18 @@ def _dumps_zero_copy(obj: Any, what: str, to_pickle: Any = None,
             last_error = error
             continue
         return _to_shared_memory(stream, large, obj, what, dumps_with)
-    # Catchable as the type plain pickle raised, as the stdlib's error is.
+    raise _cannot_pickle(obj, what, first_error, last_error)
+
+
+def _cannot_pickle(obj: Any, what: str, first_error: BaseException | None,
+                   last_error: BaseException | None) -> BaseException:
+    """The error for *obj* that no pickler could pickle.
+
+    Catchable as the type plain pickle raised (*first_error*), as the
+    stdlib's error is (``_exceptions.pickling_error``).
+    """
     assert first_error is not None  # every pickler failed
-    raise pickling_error(
+    return pickling_error(
         f"cannot pickle {what} {describe(obj)}: {last_error!r}. "
         "Objects sent to another process must be picklable; pass the "
         "data the object is made from instead, or create it inside "
@@ -431,35 +442,121 @@ def release(payload: bytes | bytearray | memoryview) -> None:
 
 # -- Functions ----------------------------------------------------------------------
 
-# Functions that plain pickle can handle are pickled *by reference* (module
-# and name), so their bytes never change: cache them per function object, or
-# a 10,000-call ``apply_async`` loop pays for pickling 10,000 times.  Those
-# that need cloudpickle (lambdas, closures, ``__main__`` functions) are
-# pickled *by value*, capturing closure cells and globals as they are now;
-# caching those would send stale values, so they are pickled every time.
-_function_cache: dict[Any, bytes] = {}
+# A pool sends the pickled function with every chunk of a call, so pickling
+# it again for each of 10,000 ``apply_async`` calls would be a large part of
+# their cost: the bytes are cached, but only where they cannot go stale.
+#
+# What may be cached.  Only callables that plain pickle saves *by reference*
+# (their module and qualified name, nothing of their state): plain functions
+# (``types.FunctionType``) and classes that are reachable under their own
+# name.  Everything else is pickled *by value* and pickled again at every
+# call, because its bytes capture state that can change between two calls:
+# a bound method pickles its instance, a ``functools.partial`` its arguments,
+# a callable object its attributes, a closure or lambda (cloudpickle) its
+# cells and globals, and a builtin bound to an object (``[].append``) that
+# object.  Builtins are not cached at all: telling a module's builtin from a
+# bound one costs about what pickling one does.
+#
+# How it is keyed.  By ``id(fn)``, holding only a *weak* reference to fn:
+# the cache must not keep a submitted callable alive (a function made at
+# run time and set as a module attribute can be collected), and an entry
+# leaves with its function (the weakref's callback).  A hit is trusted only
+# if the weakref still points at fn itself (an id can be reused once an
+# object is gone) and the name in the bytes still names fn in its module:
+# if that attribute was rebound (a function defined twice), the bytes would
+# run the other function in the worker, where a fresh pickle would carry fn.
+class _ByReference(NamedTuple):
+    ref: weakref.ReferenceType
+    module: str             # the name in the pickled bytes: module...
+    path: tuple[str, ...]   # ... and qualified name, split at the dots
+    data: bytes
+
+
+_by_reference: dict[int, _ByReference] = {}
+_BY_REFERENCE_LIMIT = 1024
 
 
 def dumps_function(fn: Callable) -> bytes:
-    """Pickle a callable; by-reference pickles are cached per callable."""
-    try:
-        cached = _function_cache.get(fn)
-    except TypeError:  # unhashable callable: no caching
-        return dumps(fn, "function")
-    if cached is not None:
-        return cached
+    """Pickle a callable for workers: bytes that load any number of times.
+
+    Never zero-copy (a worker loads the same bytes once per chunk, and
+    several workers load them), so a closure over a large array travels
+    in-band.  Callables pickled by reference are cached (see above).
+    Raises ``SerializationError`` if *fn* cannot be pickled.
+    """
+    entry = _by_reference.get(id(fn))
+    if entry is not None:
+        ref, module, path, data = entry
+        if ref() is fn:
+            named = sys.modules.get(module)
+            for name in path:  # _lookup inlined: this is the hot path
+                named = getattr(named, name, None)
+            if named is fn:
+                return data
     if _defined_in_interactive_main(fn):
         # By reference it would pickle fine here and fail in a spawned
         # worker, which cannot import a ``__main__`` that has no file.
-        return _cloudpickle_dumps(fn)
-    try:
-        data = pickle.dumps(fn, PROTOCOL)
-    except Exception:
-        return dumps(fn, "function")
-    if len(_function_cache) > 1024:
-        _function_cache.clear()
-    _function_cache[fn] = data
-    return data
+        return _dumps_in_band(fn, "function", (_cloudpickle_dumps,))
+    if is_by_reference(fn):
+        try:
+            data = pickle.dumps(fn, PROTOCOL)
+        except Exception:
+            pass  # e.g. a class whose metaclass refuses: the slow path says why
+        else:
+            _remember(fn, data)
+            return data
+    return _dumps_in_band(fn, "function", _PICKLERS)
+
+
+def is_by_reference(fn: Any) -> bool:
+    """Whether plain pickle saves *fn* by name alone (so its bytes never change).
+
+    True for a plain function or a class that its module exposes under its
+    qualified name.  Also true in a worker for a function unpickled from such
+    bytes, and false for one rebuilt by value (it is a copy, not the
+    module's object).
+    """
+    if type(fn) is not types.FunctionType and not isinstance(fn, type):
+        return False
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return False
+    return _lookup(module, tuple(qualname.split("."))) is fn
+
+
+def _lookup(module: str, path: tuple[str, ...]) -> Any:
+    obj = sys.modules.get(module)
+    for name in path:
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def _remember(fn: Callable, data: bytes) -> None:
+    key = id(fn)
+
+    def forget(ref: weakref.ReferenceType) -> None:
+        entry = _by_reference.get(key)
+        if entry is not None and entry.ref is ref:
+            del _by_reference[key]
+
+    if len(_by_reference) >= _BY_REFERENCE_LIMIT:
+        _by_reference.clear()
+    _by_reference[key] = _ByReference(weakref.ref(fn, forget), fn.__module__,
+                                      tuple(fn.__qualname__.split(".")), data)
+
+
+def _dumps_in_band(obj: Any, what: str, picklers: tuple) -> bytes:
+    """Pickle *obj* into self-contained bytes, trying *picklers* in turn."""
+    first_error: BaseException | None = None
+    last_error: BaseException | None = None
+    for dumps_with in picklers:
+        try:
+            return dumps_with(obj, None)
+        except Exception as error:
+            first_error = first_error or error
+            last_error = error
+    raise _cannot_pickle(obj, what, first_error, last_error)
 
 
 def _defined_in_interactive_main(fn: Callable) -> bool:

@@ -92,6 +92,9 @@ class ThreadBackend:
             if chunk is _STOP or self._terminated:
                 return
             self._run_chunk(chunk)
+            # Not kept while waiting for the next one: the chunk holds the
+            # task's function and arguments, which must die with the task.
+            del chunk
 
     def _run_chunk(self, chunk: TaskChunk) -> None:
         call_fn = item_caller(chunk.func, chunk.call)

@@ -66,7 +66,13 @@ class _Worker:
         self.slots = memoryview(table).cast("B").cast("d")
         self.base = slot * m.SLOT_WIDTH
         self.config = config
+        # Unpickled functions, by their bytes: those the parent pickled by
+        # reference for the worker's life (they live in their module anyway),
+        # the others only for the Dispatch message they came in, so that the
+        # worker keeps no copy of a bound method's instance, a partial's
+        # arguments or a closure's cells once their tasks are done.
         self.functions: dict[bytes, Callable] = {}
+        self.dispatch_functions: dict[bytes, Callable] = {}
         self.chunks_run = 0
         self.outbox: list[m.ChunkDone] = []
         self.outbox_since = 0.0
@@ -88,7 +94,12 @@ class _Worker:
         done, self.outbox = self.outbox, []
         try:
             data = _serialization.dumps(m.Results.of(done), "results")
-        except Exception:  # a value can't be pickled (any type: see dumps)
+        except BaseException:
+            # A value that cannot be pickled (SerializationError), or whose
+            # __reduce__ raised SystemExit or the like: user code, which
+            # must cost its own task only, not the worker (see
+            # _replace_unpicklable).  SIGINT cannot raise here: it is
+            # ignored in workers.
             data = _serialization.dumps(m.Results.of(_replace_unpicklable(done)),
                                         "results")
         self.conn.send_bytes(m.frame(done[-1].chunk_id, data))
@@ -110,10 +121,15 @@ class _Worker:
     def function(self, blob: bytes) -> Callable:
         fn = self.functions.get(blob)
         if fn is None:
+            fn = self.dispatch_functions.get(blob)
+        if fn is None:
             fn = _serialization.loads(blob, "function")
-            if len(self.functions) > 256:
-                self.functions.clear()
-            self.functions[blob] = fn
+            if _serialization.is_by_reference(fn):
+                if len(self.functions) > 256:
+                    self.functions.clear()
+                self.functions[blob] = fn
+            else:
+                self.dispatch_functions[blob] = fn
         return fn
 
     def run_chunk(self, job: m.ChunkJob) -> m.ChunkDone:
@@ -232,7 +248,6 @@ class _Worker:
 
     def serve(self) -> None:
         conn = self.conn
-        maxtasks = self.config.maxtasks
         while True:
             try:
                 message = _serialization.loads(conn.recv_bytes(), "message")
@@ -240,26 +255,38 @@ class _Worker:
                 return  # the parent is gone or closed our pipe
             if isinstance(message, m.Shutdown):
                 return
-            for job in message.jobs():
-                try:
-                    done = self.run_chunk(job)
-                except _Retire as retire:
-                    self.outbox.append(retire.done)
-                    self.flush()
-                    self.send(m.Retiring(retire.reason))
-                    return
-                self.outbox.append(done)
-                self.chunks_run += 1
-                if maxtasks is not None and self.chunks_run >= maxtasks:
-                    self.flush()
-                    self.send(m.Retiring("maxtasksperchild"))
-                    return
-                now = time.perf_counter()
-                if len(self.outbox) == 1:
-                    self.outbox_since = now
-                elif now - self.outbox_since >= FLUSH_SECONDS:
-                    self.flush()
-            self.flush()
+            if not self.run_dispatch(message):
+                return
+            # Nothing of a finished Dispatch stays alive while this worker
+            # waits for the next one (as the stdlib's worker drops its task).
+            message = None
+            if self.dispatch_functions:
+                self.dispatch_functions.clear()
+
+    def run_dispatch(self, message: m.Dispatch) -> bool:
+        """Run a Dispatch's chunks and send their results; False: retiring."""
+        maxtasks = self.config.maxtasks
+        for job in message.jobs():
+            try:
+                done = self.run_chunk(job)
+            except _Retire as retire:
+                self.outbox.append(retire.done)
+                self.flush()
+                self.send(m.Retiring(retire.reason))
+                return False
+            self.outbox.append(done)
+            self.chunks_run += 1
+            if maxtasks is not None and self.chunks_run >= maxtasks:
+                self.flush()
+                self.send(m.Retiring("maxtasksperchild"))
+                return False
+            now = time.perf_counter()
+            if len(self.outbox) == 1:
+                self.outbox_since = now
+            elif now - self.outbox_since >= FLUSH_SECONDS:
+                self.flush()
+        self.flush()
+        return True
 
 
 class _Retire(Exception):
@@ -308,7 +335,15 @@ def _safe_repr(obj: Any, limit: int = 1000) -> str:
 
 
 def _replace_unpicklable(done: list) -> list:
-    """Swap each value that can't be pickled for that task's error."""
+    """Swap each value that can't be pickled for that task's error.
+
+    The error is an ``UnpicklableResultError`` naming the value (see
+    ``_unpicklable_result``), or, when
+    pickling it raised a ``BaseException`` that is not an ``Exception``
+    (``SystemExit`` from a ``__reduce__``), that exception itself: the task
+    fails with it as if the task had raised it, as
+    ``concurrent.futures.ProcessPoolExecutor`` does.
+    """
     fixed = []
     for chunk in done:
         values = list(chunk.values)
@@ -317,9 +352,13 @@ def _replace_unpicklable(done: list) -> list:
             try:
                 # Only to find the culprit: give back any segments it made.
                 _serialization.release(_serialization.dumps(value, "result"))
-            except Exception as exc:
+            except BaseException as exc:
                 values[i] = None
-                errors[i] = _exception_payload(_unpicklable_result(value, exc))
+                # SystemExit and the like from a __reduce__ fail the task as
+                # themselves (as ProcessPoolExecutor does); anything else is
+                # the stdlib's MaybeEncodingError.
+                errors[i] = _exception_payload(
+                    _unpicklable_result(value, exc) if isinstance(exc, Exception) else exc)
         for i, payload in list(errors.items()):
             if not isinstance(payload, bytes):
                 errors[i] = _exception_payload(RuntimeError(repr(payload)))

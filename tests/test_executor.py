@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import gc
 import os
 import pickle
 import random
 import signal
 import threading
 import time
+import weakref
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
 import _executor_helpers as h
+import _pool_helpers as ph
 import polyproc
 from polyproc import (RemoteError, SerializationError, TaskTimeoutError,
                       WorkerLostError)
@@ -123,6 +126,28 @@ def test_done_callbacks_run(fork_ctx):
         future.add_done_callback(lambda f: (seen.append(f.result()), called.set()))
         assert called.wait(WAIT)
     assert seen == [81]
+
+
+@pytest.mark.timeout(30)
+def test_a_done_callback_raising_system_exit_breaks_nothing(fork_ctx, tmp_path, caplog):
+    """Done-callbacks run in the scheduler thread: one that raises
+    SystemExit is logged as the stdlib logs a failing callback, the
+    callbacks after it still run, and the executor goes on."""
+    release = str(tmp_path / "release")
+    called = threading.Event()
+
+    def exits(_):
+        raise SystemExit(3)
+
+    with _executor(fork_ctx, workers=1) as ex:
+        future = ex.submit(h.block_until, release, value=9)
+        future.add_done_callback(exits)  # added while it runs: run by the scheduler
+        future.add_done_callback(lambda f: called.set())
+        h.touch(release)
+        assert called.wait(10)
+        assert future.result(WAIT) == 9
+        assert ex.submit(h.square, 3).result(WAIT) == 9
+    assert "exception calling callback" in caplog.text
 
 
 @pytest.mark.timeout(60)
@@ -355,6 +380,52 @@ def test_result_that_fails_to_unpickle_in_the_parent(fork_ctx):
         assert isinstance(error, SerializationError)
         assert "refuses to be unpickled (parent)" in str(error)
         assert ex.submit(h.square, 4).result(WAIT) == 16
+
+
+@pytest.mark.timeout(60)
+def test_fatal_exceptions_around_results_fail_only_their_future(ctx):
+    """SystemExit while the parent unpickles a result: that future's
+    ``SerializationError`` (the stdlib's executor breaks, failing every
+    future with ``BrokenProcessPool``).  SystemExit while the worker pickles
+    a result: that future's exception is the SystemExit, as in
+    ``ProcessPoolExecutor``.  Either way the next calls work."""
+    with _executor(ctx, workers=1) as ex:
+        pid = ex.submit(h.pid_of_worker).result(WAIT)
+        error = ex.submit(ph.return_on, 1, 1, ph.ExitsWhenUnpickled).exception(WAIT)
+        assert isinstance(error, SerializationError)
+        assert isinstance(error.__cause__, SystemExit)
+        error = ex.submit(ph.return_on, 1, 1, ph.ExitsWhenPickled).exception(WAIT)
+        assert isinstance(error, SystemExit) and error.code == 5
+        assert list(ex.map(h.square, range(4))) == [0, 1, 4, 9]
+        assert ex.submit(h.pid_of_worker).result(WAIT) == pid
+
+
+# -- what the executor keeps: nothing of a finished call ----------------------------
+
+@pytest.mark.timeout(30)
+def test_a_submitted_callable_is_not_kept_alive(fork_ctx):
+    with _executor(fork_ctx) as ex:
+        fn, arg = ph.Tracked(), ph.Box(1)
+        fn_ref, arg_ref = weakref.ref(fn), weakref.ref(arg)
+        assert ex.submit(fn, arg).result(WAIT) == 1
+        assert list(ex.map(fn, [arg, arg])) == [1, 1]
+        del fn, arg
+        assert ph.collected_within(fn_ref) and ph.collected_within(arg_ref)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("chunksize", [1, 2])
+def test_map_iterator_keeps_no_yielded_result(fork_ctx, chunksize):
+    """A result consumed from ``map`` can be collected while the iterator
+    is still alive, as with the stdlib's ``Executor.map``."""
+    with _executor(fork_ctx) as ex:
+        results = ex.map(ph.make_box, range(4), chunksize=chunksize)
+        first = next(results)
+        assert first.value == 0
+        ref = weakref.ref(first)
+        del first
+        assert ph.collected_within(ref)
+        assert [box.value for box in results] == [1, 2, 3]
 
 
 # -- cancel, shutdown, map timeout -------------------------------------------------

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from pathlib import Path
 
 import psutil
@@ -327,6 +328,117 @@ def test_lambdas_and_closures(ctx_fs):
     with ctx_fs.Pool(2) as p:
         assert p.map(lambda x: x + 1, range(3)) == [1, 2, 3]
         assert p.map(h.make_closure(3), range(3)) == [0, 3, 6]
+
+
+def test_fatal_exception_while_unpickling_a_result_fails_only_those_tasks(ctx):
+    """SystemExit or KeyboardInterrupt raised while the parent rebuilds a
+    result (a ``__reduce__`` callable, a ``__setstate__``) is that task's
+    ``SerializationError``, with the exception as its cause; the scheduler
+    thread goes on and the next call on the same pool works.  (The stdlib's
+    Pool loses its result-handler thread there and hangs for ever.)"""
+    with ctx.Pool(2) as p:
+        for make, kind in ((h.ExitsWhenUnpickled, SystemExit),
+                           (h.InterruptsWhenUnpickled, KeyboardInterrupt)):
+            r = p.apply_async(h.return_on, (1, 1, make))
+            with pytest.raises(SerializationError, match="could not be unpickled") as info:
+                r.get(10)
+            assert isinstance(info.value.__cause__, kind)
+            assert p.map(h.square, range(4)) == [0, 1, 4, 9]
+
+
+def test_system_exit_while_the_worker_pickles_a_result(ctx):
+    """A result whose ``__reduce__`` raises SystemExit in the worker fails
+    that task with that SystemExit, as if the task had raised it, and the
+    worker stays up (same pid) to run the next tasks.  This mirrors
+    ``concurrent.futures.ProcessPoolExecutor``, whose worker catches any
+    BaseException while sending a result and sends it as the task's
+    exception.  The stdlib's ``multiprocessing.Pool`` catches only
+    ``Exception`` there: its worker exits, and that task's ``get()`` hangs."""
+    with ctx.Pool(1) as p:
+        pid = p.apply(h.pid_of)
+        with pytest.raises(SystemExit) as info:
+            p.apply_async(h.return_on, (1, 1, h.ExitsWhenPickled)).get(10)
+        assert info.value.code == 5
+        # Submitted together, so that their results mostly share a message.
+        outcomes = [p.apply_async(h.return_on, (i, 4, h.ExitsWhenPickled))
+                    for i in range(6)]
+        got = []
+        for r in outcomes:
+            try:
+                got.append(r.get(10))
+            except SystemExit as exc:
+                got.append(("SystemExit", exc.code))
+        assert got == [0, 1, 2, 3, ("SystemExit", 5), 5]
+        assert p.apply(h.pid_of) == pid
+
+
+@pytest.mark.parametrize("cls", [h.ExitsWhenRebuiltElsewhere, h.ExitsWhenPickledError])
+def test_exception_that_raises_system_exit_when_pickled_or_rebuilt(pool, cls):
+    """A task's exception whose pickling (in the worker) or unpickling (in
+    the parent) raises SystemExit still arrives, as a ``RemoteError`` with
+    its type name and message; neither the worker nor the scheduler thread
+    is lost."""
+    with pytest.raises(RemoteError, match="raised by the task") as info:
+        pool.apply(h.raise_it, (cls,))
+    assert info.value.type_name.endswith(cls.__qualname__)
+    assert pool.map(h.square, range(3)) == [0, 1, 4]
+
+
+# -- what the pool keeps of a call: nothing stale, nothing alive ----------------
+
+def test_callables_pickled_by_value_are_sent_as_they_are_now(pool):
+    """A bound method, a callable object and a partial carry their state:
+    each call sends it as it is at that call (the stdlib does), never a
+    copy cached by an earlier call."""
+    import functools
+    holder = h.Holder(1)
+    box = [1]
+    partial = functools.partial(h.first_of, box)
+    assert [pool.apply(holder.get), pool.apply(holder), pool.apply(partial)] == [1, 1, 1]
+    holder.x = 2
+    box[0] = 2
+    assert [pool.apply(holder.get), pool.apply(holder), pool.apply(partial)] == [2, 2, 2]
+    holder.x = 3
+    assert pool.map(holder.get.__func__, [holder]) == [3]
+
+
+@pytest.mark.parametrize("make_pool", ["Pool", "ThreadPool"])
+def test_nothing_submitted_is_kept_alive_after_its_task(ctx_fs, make_pool):
+    """Once a task is done, the pool holds neither its callable nor its
+    arguments: dropping the caller's last reference frees them."""
+    p = ctx_fs.Pool(2) if make_pool == "Pool" else polyproc.pool.ThreadPool(2)
+    with p:
+        fn, arg = h.Tracked(), h.Box(1)
+        fn_ref, arg_ref = weakref.ref(fn), weakref.ref(arg)
+        assert p.apply_async(fn, (arg,)).get(10) == 1
+        assert p.map(fn, [arg, arg]) == [1, 1]
+        del fn, arg
+        assert h.collected_within(fn_ref)
+        assert h.collected_within(arg_ref)
+
+
+def test_a_worker_keeps_nothing_of_a_finished_task(ctx_fs):
+    """Workers cache unpickled functions by their bytes, but a callable
+    pickled by value only while its Dispatch runs: a worker does not keep
+    a bound method's instance (or a partial's arguments) alive, nor the
+    result it sent."""
+    with ctx_fs.Pool(1) as p:
+        assert p.apply(h.Tracked()) == 0
+        assert p.apply(h.live_tracked) == 0
+        assert isinstance(p.apply(h.make_tracked), h.Tracked)
+        assert p.apply(h.live_tracked) == 0
+
+
+def test_a_closure_over_a_large_array_reaches_every_worker(pool):
+    """A function pickled by value travels with each chunk: its bytes must
+    load any number of times, in any worker (never a one-shot shared-memory
+    payload), and the pool's table of task times keeps no large copy."""
+    import numpy as np
+    big = np.arange(1 << 18, dtype=np.int64)  # 2 MiB, captured by value
+    assert pool.map(lambda i: int(big[i]), range(40), chunksize=1) == list(range(40))
+    assert pool.apply(h.square, (2,)) == 4  # the map's results are all handled
+    keys = pool._backend._task_seconds_by_func
+    assert max(len(k) for k in keys if isinstance(k, bytes)) < 64 * 1024
 
 
 # -- timeouts, memory, initializer ------------------------------------------

@@ -471,3 +471,75 @@ def test_threads_sending_and_receiving_at_once_never_mix_data():
 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(round_trips, range(8))) == [True] * 8
+
+
+# -- Functions (dumps_function) --------------------------------------------------------
+
+@pytest.fixture
+def scratch_module():
+    """A module made at run time, so that its functions can be dropped."""
+    import sys
+    import types
+    module = types.ModuleType("_polyproc_scratch_functions")
+    sys.modules[module.__name__] = module
+    yield module
+    del sys.modules[module.__name__]
+
+
+def _define(module, name: str, value: int):
+    exec(f"def {name}():\n    return {value}\n", module.__dict__)
+    return module.__dict__[name]
+
+
+def test_a_function_pickled_by_reference_is_cached_without_keeping_it_alive(
+        scratch_module):
+    import weakref
+    fn = _define(scratch_module, "f", 1)
+    first = ser.dumps_function(fn)
+    assert ser.dumps_function(fn) is first         # cached
+    assert ser.loads(first) is fn                  # by reference
+    ref = weakref.ref(fn)
+    del fn, scratch_module.f
+    gc.collect()
+    assert ref() is None                           # the cache held it weakly
+
+
+def test_cached_bytes_follow_a_rebound_name(scratch_module):
+    """A function defined twice: the first one, still in use, must not be
+    sent as the name that now means the second (pickle then saves it by
+    value), so that the worker runs what the caller passed."""
+    old = _define(scratch_module, "f", 1)
+    assert ser.loads(ser.dumps_function(old))() == 1
+    _define(scratch_module, "f", 2)
+    assert ser.loads(ser.dumps_function(old))() == 1
+    assert ser.loads(ser.dumps_function(scratch_module.f))() == 2
+
+
+def test_callables_pickled_by_value_are_never_cached():
+    import functools
+
+    class State:
+        def __init__(self):
+            self.x = 1
+
+        def get(self):
+            return self.x
+
+    state, box = State(), [1]
+    callables = [state.get, functools.partial(list.__getitem__, box, 0)]
+    before = [ser.loads(ser.dumps_function(c))() for c in callables]
+    state.x, box[0] = 2, 2
+    after = [ser.loads(ser.dumps_function(c))() for c in callables]
+    assert before == [1, 1] and after == [2, 2]
+    assert not ser.is_by_reference(state.get)
+    assert not ser.is_by_reference(lambda: 1)
+    assert ser.is_by_reference(ser.dumps) and ser.is_by_reference(State) is False
+    assert ser.is_by_reference(SerializationError)
+
+
+def test_function_bytes_load_any_number_of_times():
+    """Never a one-shot zero-copy payload: every chunk carries the bytes."""
+    arr = pattern(2 * T, seed=13)
+    blob = ser.dumps_function(lambda i: int(arr[i]))
+    assert not is_zero_copy(blob)
+    assert [ser.loads(blob)(7) for _ in range(3)] == [int(arr[7])] * 3
