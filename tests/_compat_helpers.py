@@ -124,3 +124,30 @@ if __name__ == "__main__":
             print(len(ex._processes))
         print(polyproc.cpu_count())
         print(polyproc.process_cpu_count())
+
+
+# --- tests/test_start_methods.py ---------------------------------------------------
+
+def put_square(args) -> int:
+    q, i = args
+    q.put(i * i)
+    return i
+
+
+def buffer_backing(arr) -> tuple[str, str, float]:
+    """Where a received NumPy array's memory lives: ``('memoryview',
+    'mmap', sum)`` when it came through shared memory."""
+    base = arr.base
+    while base is not None and not isinstance(base, memoryview) \
+            and getattr(base, "base", None) is not None:
+        base = base.base
+    return type(base).__name__, type(getattr(base, "obj", None)).__name__, float(arr.sum())
+
+
+def fail_with_value_error(message: str) -> None:
+    raise ValueError(message)
+
+
+def put_large_array(q, n: int) -> None:
+    import numpy as np
+    q.put(np.arange(n, dtype=np.float64))
