@@ -151,3 +151,17 @@ def fail_with_value_error(message: str) -> None:
 def put_large_array(q, n: int) -> None:
     import numpy as np
     q.put(np.arange(n, dtype=np.float64))
+
+
+def hold_lock_until(lock, holding, go) -> None:
+    with lock:
+        holding.set()
+        go.wait(60)
+
+
+SHM_PROGRAM = """
+import sys
+from polyproc.shared_memory import SharedMemory
+for name, track in ((sys.argv[1], True), (sys.argv[2], False)):
+    SharedMemory(name, create=True, size=4096, track=track).close()
+"""

@@ -383,6 +383,66 @@ def test_proxy_types_are_generic_and_registered_with_the_abcs(manager):
     assert isinstance(manager.set(), collections.abc.MutableSet)
 
 
+# --- synchronize.Lock.locked (3.14), SharedMemory(track=) (3.13) ------------------
+
+def test_locks_and_semaphores_have_locked(ctx):
+    """stdlib 3.14 (gh-115942, gh-132561): ``Lock``, ``RLock``,
+    ``Semaphore`` and ``BoundedSemaphore`` have ``locked()``, true while
+    any process holds them.  polyproc: every Python."""
+    lock, holding, go = ctx.Lock(), ctx.Event(), ctx.Event()
+    assert lock.locked() is False
+    child = ctx.Process(target=helpers.hold_lock_until, args=(lock, holding, go))
+    child.start()
+    assert holding.wait(WAIT)
+    assert lock.locked() is True                 # held by another process
+    go.set()
+    child.join(WAIT)
+    assert lock.locked() is False
+    rlock, sem = ctx.RLock(), ctx.BoundedSemaphore(2)
+    with rlock, rlock:
+        assert rlock.locked() is True
+    assert rlock.locked() is False
+    sem.acquire()
+    assert sem.locked() is False                 # one permit left
+    sem.acquire()
+    assert sem.locked() is True
+    sem.release()
+    sem.release()
+
+
+def test_shared_memory_untracked():
+    """stdlib 3.13 (gh-82300): ``SharedMemory(..., track=False)`` is not
+    registered with the resource tracker, so it outlives the program that
+    created it; a tracked one is unlinked when that program exits (with a
+    "leaked shared_memory" warning).  Before 3.13: ``TypeError``.
+    polyproc: ``polyproc.shared_memory.SharedMemory(track=False)`` on
+    every Python."""
+    from polyproc.shared_memory import SharedMemory
+    tracked, untracked = (f"pp_compat_{os.getpid()}_{kind}" for kind in ("t", "u"))
+    out = subprocess.run([sys.executable, "-c", helpers.SHM_PROGRAM, tracked,
+                          untracked], env=_child_env(), capture_output=True,
+                         text=True, timeout=WAIT)
+    assert out.returncode == 0, out.stderr
+
+    def exists(name: str) -> bool:
+        try:
+            SharedMemory(name, track=False).close()
+        except FileNotFoundError:
+            return False
+        return True
+
+    try:
+        # The program's tracker unlinks the tracked block once it exited...
+        assert _manager_helpers.wait_until(lambda: not exists(tracked), WAIT)
+        # ... and leaves the untracked one alone.
+        assert exists(untracked)
+    finally:
+        for name in (tracked, untracked):
+            if exists(name):
+                SharedMemory(name, track=False).unlink()
+    assert not exists(untracked)
+
+
 # --- managed locks: a clean exit is not a crash -------------------------------------
 
 def test_lock_of_a_child_that_exits_normally_stays_held(ctx):
