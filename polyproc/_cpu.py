@@ -37,7 +37,7 @@ import math
 import os
 import sys
 
-__all__ = ["process_cpu_count", "cgroup_cpu_quota", "cpu_count_override"]
+__all__ = ["cgroup_cpu_quota", "cpu_count_override", "process_cpu_count"]
 
 _CGROUP_ROOT = "sys/fs/cgroup"
 # Where process_cpu_count() looks for proc/ and sys/ (tests point it at a

@@ -405,6 +405,9 @@ class Executor(_StdExecutor):
     per-task options: seconds a task may run (``TaskTimeoutError``, the
     worker is replaced) and further runs of a task whose worker died.
 
+    Python 3.14's ``terminate_workers()``, ``kill_workers()`` and
+    ``map(..., buffersize=)`` are there on every Python.
+
     Differences from ``ProcessPoolExecutor``, none of which changes what
     working stdlib code means: ``max_tasks_per_child`` works with the fork
     start method too, and without ``mp_context`` the default context is
@@ -552,11 +555,12 @@ class Executor(_StdExecutor):
         def refill() -> None:
             executor = executor_ref()
             piece = next(pieces, None) if executor is not None else None
-            if piece is not None:
-                futures.extend(executor._submit_chunks(
-                    fn, m.CALL_STAR, [piece], chunksize, task_timeout, retries,
-                    first=submitted[0] * chunksize))
-                submitted[0] += 1
+            if executor is None or piece is None:
+                return
+            futures.extend(executor._submit_chunks(
+                fn, m.CALL_STAR, [piece], chunksize, task_timeout, retries,
+                first=submitted[0] * chunksize))
+            submitted[0] += 1
 
         return _chained_results(futures, end_time, chunksize > 1, refill)
 
@@ -606,7 +610,8 @@ class Executor(_StdExecutor):
         if operation == "kill":
             # The scheduler must see TERMINATE before it sees a worker die,
             # or it would requeue that worker's tasks and start another.
-            core.backend.state = "TERMINATE"
+            from ._scheduler import TERMINATE
+            core.backend.state = TERMINATE
             for process in processes:
                 try:
                     process.kill()
@@ -675,17 +680,15 @@ def _chained_results(futures: list[Future] | collections.deque, end_time: float 
     *refill*, with ``buffersize``: called before each wait, it submits the
     next chunk (appending its future to *futures*, a deque).
     """
-    # Taken out in order (from the end of the reversed list, or the front
-    # of the deque), so that no reference to a consumed future or result
-    # is kept (as the stdlib does).
-    if refill is None:
-        futures.reverse()
-    pop = futures.popleft if refill is not None else futures.pop
+    # Taken out in order from the front of a deque, so that no reference to
+    # a consumed future or result is kept (as the stdlib does).
+    if not isinstance(futures, collections.deque):
+        futures = collections.deque(futures)
     try:
         while futures:
             if refill is not None:
                 refill()
-            future = pop()
+            future = futures.popleft()
             try:
                 if end_time is None:
                     result = future.result()

@@ -241,7 +241,7 @@ class ManagerClient:
         try:
             with self._lifeline_lock:
                 lifeline.send(lifeline.encode(Goodbye(), "goodbye"))
-        except Exception:       # the server is gone, or the process is ending
+        except (OSError, ValueError):   # the server is gone, or we are exiting
             pass
 
     def close(self) -> None:

@@ -443,10 +443,10 @@ class ListProxy(BaseListProxy):
         self._callmethod("__imul__", (value,))
         return self
 
-    __class_getitem__ = classmethod(types.GenericAlias)   # 3.13
+    __class_getitem__: Any = classmethod(types.GenericAlias)   # 3.13
 
 
-_BaseDictProxy = MakeProxyType(
+_BaseDictProxy: Any = MakeProxyType(
     "_BaseDictProxy", _merged(_std.DictProxy._exposed_, _DICT_ADDED_314))
 _BaseDictProxy._method_to_typeid_ = dict(_std.DictProxy._method_to_typeid_)
 
@@ -458,10 +458,10 @@ class DictProxy(_BaseDictProxy):
         self._callmethod("__ior__", (value,))
         return self
 
-    __class_getitem__ = classmethod(types.GenericAlias)   # 3.13
+    __class_getitem__: Any = classmethod(types.GenericAlias)   # 3.13
 
 
-_BaseSetProxy = MakeProxyType("_BaseSetProxy", _merged(
+_BaseSetProxy: Any = MakeProxyType("_BaseSetProxy", _merged(
     getattr(getattr(_std, "SetProxy", None), "_exposed_", ()), _SET_EXPOSED_314))
 
 
@@ -485,7 +485,7 @@ class SetProxy(_BaseSetProxy):
         self._callmethod("__isub__", (value,))
         return self
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 # As 3.14 registers them (3.14 registers the set proxy as a MutableMapping,

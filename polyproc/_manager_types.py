@@ -225,10 +225,11 @@ class ServerCondition(threading.Condition):
     ``locked()``, which the condition proxy of Python 3.14 exposes."""
 
     def __init__(self, lock: Any = None) -> None:
-        super().__init__(ServerRLock() if lock is None else lock)
+        self._held_lock = ServerRLock() if lock is None else lock
+        super().__init__(self._held_lock)
 
     def locked(self) -> bool:
-        return self._lock.locked()
+        return self._held_lock.locked()
 
 
 class ServerSemaphore:

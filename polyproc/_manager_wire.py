@@ -223,8 +223,8 @@ def xmlrpc_marshal(value: Any) -> Any:
     Raises what ``xmlrpc.client.dumps`` raises for what XML-RPC cannot
     carry: ``TypeError`` ("cannot marshal ..."), ``OverflowError``.
     """
-    import xmlrpc.client as xmlrpclib      # loaded by those who use it
-    text = xmlrpclib.dumps((value,), None, None, None, 1)
+    import xmlrpc.client as xmlrpclib  # loaded by those who use it
+    text = xmlrpclib.dumps((value,), allow_none=True)
     (obj,), _ = xmlrpclib.loads(text)
     return obj
 

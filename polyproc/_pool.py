@@ -462,11 +462,12 @@ class _GivesBackCredits:
     value or a task's exception) gives its window a credit back."""
 
     _window: _Window
+    _yielded: int
 
     def next(self, timeout: float | None = None) -> Any:
         before = self._yielded
         try:
-            return super().next(timeout)
+            return super().next(timeout)  # type: ignore[misc]
         finally:
             if self._yielded > before:
                 self._window.give(self._yielded - before)
@@ -482,8 +483,8 @@ class _BufferedIMapUnorderedIterator(_GivesBackCredits, IMapUnorderedIterator):
     pass
 
 
-_BUFFERED = {IMapIterator: _BufferedIMapIterator,
-             IMapUnorderedIterator: _BufferedIMapUnorderedIterator}
+_BUFFERED: dict[type, Any] = {IMapIterator: _BufferedIMapIterator,
+                              IMapUnorderedIterator: _BufferedIMapUnorderedIterator}
 
 
 def _window_slices(iterable: Iterable, chunksize: int | None, grow_limit,

@@ -110,8 +110,8 @@ class PolyProcess(BaseProcess):
         if the Process object is closed, and ``AttributeError`` (as the
         stdlib) if it was never started.
         """
-        self._check_closed()
-        popen = self._popen
+        self._check_closed()  # type: ignore[attr-defined]
+        popen = self._popen  # type: ignore[attr-defined]
         if hasattr(popen, "interrupt"):     # 3.14's Popen
             popen.interrupt()
         else:

@@ -20,7 +20,7 @@ __all__ = list(getattr(_std, "__all__", ()))
 if "track" not in _inspect.signature(_std.SharedMemory).parameters:
     from multiprocessing import resource_tracker as _tracker
 
-    class SharedMemory(_std.SharedMemory):
+    class SharedMemory(_std.SharedMemory):  # type: ignore[no-redef]
         __doc__ = _std.SharedMemory.__doc__
         _track = True
 

@@ -13,26 +13,29 @@ polyproc's contexts make them; from 3.14 on they are the stdlib's own.
 """
 import multiprocessing.synchronize as _std
 from multiprocessing.synchronize import *  # noqa: F401,F403
+from typing import Any
 
 __all__ = list(getattr(_std, "__all__", ()))
 
 if not hasattr(_std.SemLock, "locked"):
     class _Locked:
+        _semlock: Any
+
         def locked(self) -> bool:
             """Whether the lock is held (by any process or thread);
             for a semaphore, whether its value is zero."""
             return bool(self._semlock._is_zero())
 
-    class Lock(_Locked, _std.Lock):
+    class Lock(_Locked, _std.Lock):  # type: ignore[no-redef]
         __doc__ = _std.Lock.__doc__
 
-    class RLock(_Locked, _std.RLock):
+    class RLock(_Locked, _std.RLock):  # type: ignore[no-redef]
         __doc__ = _std.RLock.__doc__
 
-    class Semaphore(_Locked, _std.Semaphore):
+    class Semaphore(_Locked, _std.Semaphore):  # type: ignore[no-redef]
         __doc__ = _std.Semaphore.__doc__
 
-    class BoundedSemaphore(_Locked, _std.BoundedSemaphore):
+    class BoundedSemaphore(_Locked, _std.BoundedSemaphore):  # type: ignore[no-redef]
         __doc__ = _std.BoundedSemaphore.__doc__
 
 

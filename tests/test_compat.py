@@ -9,7 +9,6 @@ sleeps to synchronise: waits are on events, results, files or a bounded
 from __future__ import annotations
 
 import collections.abc
-import concurrent.futures as cf
 import itertools
 import os
 import shutil
@@ -57,7 +56,8 @@ def _run_helper(*args: str, env: dict | None = None, prefix: tuple = (),
                 preexec_fn=None) -> list[str]:
     out = subprocess.run([*prefix, sys.executable, helpers.__file__, *args],
                          env=_child_env(**(env or {})), capture_output=True,
-                         text=True, timeout=WAIT, preexec_fn=preexec_fn)
+                         text=True, timeout=WAIT, preexec_fn=preexec_fn,
+                         check=False)
     assert out.returncode == 0, out.stderr
     return out.stdout.split()
 
@@ -421,7 +421,7 @@ def test_shared_memory_untracked():
     tracked, untracked = (f"pp_compat_{os.getpid()}_{kind}" for kind in ("t", "u"))
     out = subprocess.run([sys.executable, "-c", helpers.SHM_PROGRAM, tracked,
                           untracked], env=_child_env(), capture_output=True,
-                         text=True, timeout=WAIT)
+                         text=True, timeout=WAIT, check=False)
     assert out.returncode == 0, out.stderr
 
     def exists(name: str) -> bool:
