@@ -10,19 +10,33 @@ method is forkserver, as on 3.14, uses them through the top-level API.
 """
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import _compat_helpers as helpers
+import _zero_copy_helpers
 import polyproc
-from polyproc import RemoteTraceback
+from polyproc import RemoteTraceback, _shm_pool
 
 WAIT = 30
 BIG = 2 ** 21          # float64 items: 16 MiB, far above the zero-copy threshold
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    """Every shared-memory segment these tests make is gone after each
+    (as tests/test_zero_copy.py checks): none is left to later tests."""
+    before = _zero_copy_helpers.our_segments()
+    yield
+    gc.collect()        # received arrays die: their segments become FREE
+    _shm_pool.trim()    # recycled FREE segments are unlinked
+    _zero_copy_helpers.wait_for_segments(before, timeout=5)
 
 
 def test_lambdas_and_closures_as_tasks(ctx):
