@@ -51,8 +51,13 @@ _EXTRA_NAMES = [
     "RemoteError", "RemoteTraceback", "SerializationError", "MainGuardError",
     "StdinUnavailableError", "QueueGoneError", "ManagerConnectionError",
     "ManagerProtocolError", "FrameTooLargeError", "InsecureAddressError",
+    "process_cpu_count",
 ]
 Executor = _context._default_context.Executor
+# The CPUs this process may use (3.13's os.process_cpu_count, on every
+# Python, capped by a container's CPU quota): what Pool() and Executor()
+# default to.  cpu_count() keeps the stdlib's meaning, the machine's CPUs.
+from ._cpu import process_cpu_count as process_cpu_count
 
 __all__ = _STDLIB_NAMES + _EXTRA_NAMES
 

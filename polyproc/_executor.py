@@ -66,6 +66,7 @@ that was never shut down still completes before the interpreter exits.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import sys
@@ -79,6 +80,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from . import _exceptions
 from . import _messages as m
 from . import _serialization
+from ._cpu import process_cpu_count
 from ._exceptions import (ExecutorInitializerError, ExecutorUnloadableError,
                           ExecutorWorkerLostError, InitializerError,
                           UnloadableError, WorkerLostError)
@@ -448,6 +450,9 @@ class Executor(_StdExecutor):
     per-task options: seconds a task may run (``TaskTimeoutError``, the
     worker is replaced) and further runs of a task whose worker died.
 
+    Python 3.14's ``terminate_workers()``, ``kill_workers()`` and
+    ``map(..., buffersize=)`` are there on every Python.
+
     Differences from ``ProcessPoolExecutor``, none of which changes what
     working stdlib code means: ``max_tasks_per_child`` works with the fork
     start method too, and without ``mp_context`` the default context is
@@ -463,7 +468,9 @@ class Executor(_StdExecutor):
             from ._child import refuse_start_while_importing_main
             refuse_start_while_importing_main()
         if max_workers is None:
-            max_workers = os.cpu_count() or 1
+            # os.process_cpu_count() as the stdlib from 3.13, on every
+            # Python, capped by a container's CPU quota (see _cpu).
+            max_workers = process_cpu_count() or 1
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if initializer is not None and not callable(initializer):
@@ -540,7 +547,8 @@ class Executor(_StdExecutor):
         return future
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1, retries: int = 0) -> Iterator:
+            chunksize: int = 1, buffersize: int | None = None,
+            retries: int = 0) -> Iterator:
         """Return an iterator equivalent to ``map(fn, *iterables)``, run in workers.
 
         Every call is submitted at once, *chunksize* calls per scheduler
@@ -550,19 +558,60 @@ class Executor(_StdExecutor):
         ``concurrent.futures.TimeoutError`` if a result is not there
         *timeout* seconds after ``map()`` was called.  Leaving the iterator
         early cancels the calls that have not started.
+
+        *buffersize* (Python 3.14's, on every Python): at most that many
+        chunks are submitted and not yet yielded; the *iterables* are read
+        only as results are consumed, so they may be endless.  Raises
+        ``TypeError`` if it is not an int, ``ValueError`` if below 1.
         """
-        return self._map(fn, iterables, timeout, chunksize, None, retries)
+        return self._map(fn, iterables, timeout, chunksize, None, retries, buffersize)
 
     def _map(self, fn: Callable, iterables: tuple, timeout: float | None,
-             chunksize: int, task_timeout: float | None, retries: int) -> Iterator:
+             chunksize: int, task_timeout: float | None, retries: int,
+             buffersize: int | None = None) -> Iterator:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        _check_buffersize(buffersize)
         end_time = None if timeout is None else time.monotonic() + timeout
+        if buffersize is not None:
+            return self._buffered_map(fn, iterables, end_time, chunksize,
+                                      task_timeout, retries, buffersize)
         items = list(zip(*iterables))
         pieces = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
         futures = self._submit_chunks(fn, m.CALL_STAR, pieces, chunksize, task_timeout,
                                       retries)
         return _chained_results(futures, end_time, chunksize > 1)
+
+    def _buffered_map(self, fn: Callable, iterables: tuple, end_time: float | None,
+                      chunksize: int, task_timeout: float | None, retries: int,
+                      buffersize: int) -> Iterator:
+        """``map`` with ``buffersize``: ``Executor.map`` of 3.14, per chunk.
+
+        The first *buffersize* chunks are submitted here (so the first
+        unpicklable argument among them raises here); afterwards each
+        ``next()`` submits the next chunk before it waits for the oldest
+        result, so at most *buffersize* chunks are submitted and not yet
+        yielded, and the input is never read further ahead than that.
+        """
+        pieces = _batched(zip(*iterables), chunksize)
+        first = list(itertools.islice(pieces, buffersize))
+        futures = collections.deque(self._submit_chunks(
+            fn, m.CALL_STAR, first, chunksize, task_timeout, retries))
+        # Weak, as the stdlib's: the iterator must not keep the executor alive.
+        executor_ref = weakref.ref(self)
+        submitted = [len(first)]
+
+        def refill() -> None:
+            executor = executor_ref()
+            piece = next(pieces, None) if executor is not None else None
+            if executor is None or piece is None:
+                return
+            futures.extend(executor._submit_chunks(
+                fn, m.CALL_STAR, [piece], chunksize, task_timeout, retries,
+                first=submitted[0] * chunksize))
+            submitted[0] += 1
+
+        return _chained_results(futures, end_time, chunksize > 1, refill)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Free the workers once the submitted calls are done.
@@ -577,6 +626,49 @@ class Executor(_StdExecutor):
         if wait:
             self._core.backend.join()
 
+    def terminate_workers(self) -> None:
+        """Stop every worker now with SIGTERM (Python 3.14's method, on every Python).
+
+        As ``ProcessPoolExecutor.terminate_workers``: the executor is shut
+        down with ``cancel_futures=True`` (calls not yet handed to a worker
+        are cancelled and never run), the futures of calls that were
+        running fail with ``BrokenProcessPool``, and later ``submit``/``map``
+        calls raise ``RuntimeError``.  A worker that ignores SIGTERM is
+        killed (SIGKILL) half a second later, where the stdlib would leave
+        it running.  Returns once the workers are gone.
+        """
+        self._force_shutdown("terminate")
+
+    def kill_workers(self) -> None:
+        """Stop every worker now with SIGKILL (Python 3.14's method, on every Python).
+
+        As ``terminate_workers()``, with SIGKILL.
+        """
+        self._force_shutdown("kill")
+
+    def _force_shutdown(self, operation: str) -> None:
+        core = self._core
+        processes = list(self._processes.values())
+        core.shutdown(cancel_futures=True)
+        from concurrent.futures.process import BrokenProcessPool
+        # Failed first: a result that still arrives from a worker being
+        # stopped is then ignored, as the stdlib's manager thread would.
+        core.abort_all(BrokenProcessPool(
+            f"the executor's workers were stopped by {operation}_workers() "
+            f"while this call was running"))
+        if operation == "kill":
+            # The scheduler must see TERMINATE before it sees a worker die,
+            # or it would requeue that worker's tasks and start another.
+            from ._scheduler import TERMINATE
+            core.backend.state = TERMINATE
+            for process in processes:
+                try:
+                    process.kill()
+                except (OSError, ValueError):
+                    pass
+        # SIGTERM to whoever is left, SIGKILL after a grace period; joins.
+        core.backend.terminate()
+
     def __reduce__(self):
         raise TypeError("Executor objects cannot be passed between processes or pickled")
 
@@ -588,7 +680,8 @@ class Executor(_StdExecutor):
 
     # -- internals ----------------------------------------------------------
     def _submit_chunks(self, fn: Callable, call: int, pieces: list[list], chunksize: int,
-                       timeout: float | None, retries: int) -> list[Future]:
+                       timeout: float | None, retries: int,
+                       first: int = 0) -> list[Future]:
         core = self._core
         if core.shut_down:  # checked again under the lock by enqueue()
             raise RuntimeError("cannot schedule new futures after shutdown")
@@ -607,11 +700,12 @@ class Executor(_StdExecutor):
         chunks: list[TaskChunk] = []
         try:
             for index, (piece, future) in enumerate(zip(pieces, new_futures)):
-                sink = _FutureSink(core, future, index * chunksize, len(piece),
+                start = first + index * chunksize
+                sink = _FutureSink(core, future, start, len(piece),
                                    as_list=chunksize > 1)
                 try:
                     chunks.append(make_chunk(fn_blob, fn_name, call, piece,
-                                             index * chunksize, sink, timeout, retries))
+                                             start, sink, timeout, retries))
                 except Exception as exc:  # could not be pickled
                     _fail_unsent(core, future, exc)
             core.enqueue(chunks)
@@ -634,26 +728,47 @@ def _fail_unsent(core: _ExecutorCore, future: _ExecutorFuture,
     future.set_exception(exc)
 
 
-def _chained_results(futures: list[Future], end_time: float | None,
-                     chunked: bool) -> Iterator:
+def _check_buffersize(buffersize: int | None) -> None:
+    """``Executor.map``'s checks of *buffersize* (Python 3.14), same errors."""
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+
+
+def _batched(iterable: Iterable, n: int) -> Iterator[list]:
+    """Lists of *n* consecutive items (``itertools.batched`` of 3.12, lazily)."""
+    it = iter(iterable)
+    while piece := list(itertools.islice(it, n)):
+        yield piece
+
+
+def _chained_results(futures: list[Future] | collections.deque, end_time: float | None,
+                     chunked: bool, refill: Callable[[], None] | None = None) -> Iterator:
     """The iterator ``map`` returns (``Executor.map``'s ``result_iterator``).
 
     No reference to a consumed future or to a result already yielded stays
     in this generator's frame while it is suspended (as in the stdlib): the
-    futures are popped from a reversed list, a chunk's list of results is
-    emptied as it is yielded, and a single result is yielded straight from
-    the call that fetched it, never from a local variable.
+    futures are taken from the front of a deque, a chunk's list of results
+    is emptied as it is yielded, and a single result is yielded straight
+    from the call that fetched it, never from a local variable.
+
+    *refill*, with ``buffersize``: called before each wait, it submits the
+    next chunk (appending its future to *futures*, a deque).
     """
-    futures.reverse()
+    if not isinstance(futures, collections.deque):
+        futures = collections.deque(futures)
     try:
         while futures:
+            if refill is not None:
+                refill()
             if chunked:
-                values = _result_or_cancel(futures.pop(), end_time)
+                values = _result_or_cancel(futures.popleft(), end_time)
                 values.reverse()
                 while values:
                     yield values.pop()
             else:
-                yield _result_or_cancel(futures.pop(), end_time)
+                yield _result_or_cancel(futures.popleft(), end_time)
     finally:
         for future in futures:
             future.cancel()
@@ -683,7 +798,7 @@ class ExecutorOptions:
         return self._executor._submit(fn, args, kwargs, self._timeout, self._retries)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1) -> Iterator:
+            chunksize: int = 1, buffersize: int | None = None) -> Iterator:
         """``Executor.map`` with these options; *timeout* is map's overall one."""
         return self._executor._map(fn, iterables, timeout, chunksize, self._timeout,
-                                   self._retries)
+                                   self._retries, buffersize)

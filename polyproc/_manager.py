@@ -51,7 +51,8 @@ from ._manager_client import (drop_client, get_client, register_authkey,
 from ._manager_proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
                              BarrierProxy, ConditionProxy, DictProxy,
                              EventProxy, IteratorProxy, ListProxy,
-                             NamespaceProxy, PoolProxy, ValueProxy, _unwrap)
+                             NamespaceProxy, PoolProxy, SetProxy, ValueProxy,
+                             _unwrap, _xmlrpc_arguments)
 from ._manager_server import Server
 from ._manager_queue import QueueProxy, ServerRingQueue
 from . import _platform
@@ -60,7 +61,7 @@ from ._manager_types import (ServerBoundedSemaphore, ServerCondition,
                              ServerSemaphore)
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Control, Create,
-                            describe_address, is_loopback)
+                            check_serializer, describe_address, is_loopback)
 from ._serialization import dumps, loads
 
 __all__ = ["BaseManager", "SyncManager", "SharedMemoryManager", "State",
@@ -75,7 +76,9 @@ class BaseManager:
     ``BaseManager(address=None, authkey=None, serializer='pickle', ctx=None,
     *, shutdown_timeout=1.0)`` as in the stdlib; ``address=None`` means a
     fresh Unix socket, ``authkey=None`` the current process's ``authkey``.
-    Only ``serializer='pickle'`` is supported (``ValueError`` otherwise).
+    ``serializer`` is ``'pickle'`` or ``'xmlrpclib'`` (values restricted to
+    what XML-RPC carries, as in the stdlib: see ``_manager_wire``); another
+    name raises ``KeyError``, as the stdlib's does.
     """
 
     _registry: dict = {}
@@ -89,9 +92,7 @@ class BaseManager:
                  handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
                  frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
                  max_pending: int = 256):
-        if serializer != "pickle":
-            raise ValueError(f"serializer={serializer!r} is not supported by "
-                             "polyproc managers; use serializer='pickle'")
+        check_serializer(serializer)
         if isinstance(address, list):
             address = tuple(address)
         self._authkey_given = authkey is not None
@@ -296,6 +297,8 @@ class BaseManager:
         """Create a shared object in the server; return its ``NewProxy`` reply."""
         if self._state.value != State.STARTED:
             raise ProcessError("server not yet started: call start() or connect()")
+        if self._serializer != "pickle":
+            args, kwds = _xmlrpc_arguments(args, kwds)
         reply = self._client().request(Create(typeid, args, kwds),
                                        f"the arguments of {typeid}()")
         return reply
@@ -413,7 +416,8 @@ class SyncManager(BaseManager):
     """Subclass of ``BaseManager`` which supports a number of shared object
     types: ``Queue``, ``JoinableQueue``, ``Event``, ``Lock``, ``RLock``,
     ``Semaphore``, ``BoundedSemaphore``, ``Condition``, ``Barrier``,
-    ``Pool``, ``list``, ``dict``, ``Value``, ``Array``, ``Namespace``.
+    ``Pool``, ``list``, ``dict``, ``set`` (Python 3.14's, offered on every
+    Python), ``Value``, ``Array``, ``Namespace``.
     """
 
 
@@ -436,6 +440,7 @@ SyncManager.register("Barrier", threading.Barrier, BarrierProxy)
 SyncManager.register("Pool", _make_pool, PoolProxy)
 SyncManager.register("list", list, ListProxy)
 SyncManager.register("dict", dict, DictProxy)
+SyncManager.register("set", set, SetProxy)          # Python 3.14, here on every Python
 SyncManager.register("Value", Value, ValueProxy)
 SyncManager.register("Array", Array, ArrayProxy)
 SyncManager.register("Namespace", Namespace, NamespaceProxy)

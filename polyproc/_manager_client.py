@@ -3,9 +3,12 @@
 One ``ManagerClient`` per (process, manager address, key).  It owns:
 
 * a **lifeline** connection, opened once and never written to after its
-  ``Hello``: the server counts this process's references against the
-  lifeline's session and drops them all when it closes, so a process
-  killed in the middle of a call cannot leak objects;
+  ``Hello`` but for a ``Goodbye`` when the process exits normally: the
+  server counts this process's references against the lifeline's session
+  and drops them all when it closes, so a process killed in the middle of
+  a call cannot leak objects; the ``Goodbye`` tells a normal exit (the
+  locks it holds stay held, as in the stdlib) from a crash (they are
+  released);
 * one **call connection per thread** (as the stdlib's proxies do), so a
   call that blocks in the server (``Lock.acquire``) blocks only its thread;
   to a server on this machine it is a ``FastChannel`` (``_manager_fastpath``:
@@ -30,6 +33,7 @@ import os
 import select
 import threading
 import weakref
+from multiprocessing import util
 from typing import Any, TYPE_CHECKING
 
 if TYPE_CHECKING:          # ssl is imported only by those who use TLS
@@ -39,7 +43,7 @@ from ._exceptions import (AuthenticationError, FrameTooLargeError,
                           ManagerConnectionError, ManagerProtocolError)
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Address, Channel, DecRef,
-                            Hello, client_handshake, connect, decode,
+                            Goodbye, Hello, client_handshake, connect, decode,
                             describe_address, is_local_peer)
 from ._serialization import release
 from . import _manager_fastpath as fastpath
@@ -223,8 +227,26 @@ class ManagerClient:
             self._channels.discard(chan)
         chan.close()
 
+    def say_goodbye(self) -> None:
+        """Tell the server, on the lifeline, that this process ends normally.
+
+        Sent by the exit hook (``_say_goodbye_at_exit``) and by ``close()``.
+        The server then keeps the locks this process holds once its
+        connections close, as the stdlib's does; without it (SIGKILL, a
+        crash, ``os._exit``) they are released.  Never raises.
+        """
+        lifeline = self._lifeline
+        if lifeline is None or lifeline.sock is None or lifeline.pid != os.getpid():
+            return
+        try:
+            with self._lifeline_lock:
+                lifeline.send(lifeline.encode(Goodbye(), "goodbye"))
+        except (OSError, ValueError):   # the server is gone, or we are exiting
+            pass
+
     def close(self) -> None:
         """Close every connection (the server then drops our references)."""
+        self.say_goodbye()
         with self._lock:
             channels = list(self._channels)
             self._channels = weakref.WeakSet()
@@ -279,7 +301,51 @@ def get_client(address: Address, authkey: bytes) -> ManagerClient:
                     opts.get("connect_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
                     opts.get("max_frame_size", DEFAULT_MAX_FRAME_SIZE))
                 _clients[key] = client
+                _register_goodbye()
     return client
+
+
+class _ExitHook:
+    """This process's exit hook: a ``util.Finalize`` calling
+    ``_say_goodbye_at_exit``.
+
+    ``util.Finalize``, not ``atexit``: a multiprocessing child runs
+    ``util._exit_function`` when it ends normally (its ``run()`` returned
+    or raised), not always atexit's handlers.  Its priority is below every
+    other finalizer's: a Pool or manager the process finalizes first may
+    still use proxies.  Registered again whenever the finalizer registry
+    lost it: a child's bootstrap empties the registry *after* unpickling
+    its arguments, whose proxies may already have made clients.
+    """
+
+    finalizer: Any = None
+
+    def ensure(self) -> None:
+        f = self.finalizer
+        if f is None or f._pid != os.getpid() or not f.still_active():
+            self.finalizer = util.Finalize(None, _say_goodbye_at_exit,
+                                           exitpriority=-1000)
+
+
+_exit_hook = _ExitHook()
+
+
+def _register_goodbye() -> None:
+    _exit_hook.ensure()
+
+
+def _exit_hook_after_bootstrap(hook: _ExitHook) -> None:
+    if _clients:
+        hook.ensure()
+
+
+util.register_after_fork(_exit_hook, _exit_hook_after_bootstrap)
+
+
+def _say_goodbye_at_exit() -> None:
+    """Exit hook: this process ends normally; tell every server it used."""
+    for client in list(_clients.values()):
+        client.say_goodbye()
 
 
 def drop_client(address: Address) -> None:

@@ -24,6 +24,7 @@ server exposes), the list of methods every stdlib proxy type exposes, and
 """
 from __future__ import annotations
 
+import collections.abc
 import os
 import time
 import types
@@ -36,13 +37,15 @@ from typing import Any
 from ._exceptions import RemoteError, RemoteTraceback
 from . import _manager_client
 from ._manager_client import get_client, known_authkey, queue_decref
-from ._manager_wire import Call, Control, Failed, FailedText, IncRef, NewProxy, Ok
+from ._manager_wire import (Call, Control, Failed, FailedText, IncRef, NewProxy,
+                            Ok, xmlrpc_marshal)
 
 __all__ = [
     "Token", "BaseProxy", "RebuildProxy", "MakeProxyType", "AutoProxy",
     "IteratorProxy", "AcquirerProxy", "ConditionProxy", "EventProxy",
     "BarrierProxy", "NamespaceProxy", "ValueProxy", "BaseListProxy",
-    "ListProxy", "DictProxy", "ArrayProxy", "BasePoolProxy", "PoolProxy",
+    "ListProxy", "DictProxy", "SetProxy", "ArrayProxy", "BasePoolProxy",
+    "PoolProxy",
 ]
 
 _getpid = os.getpid
@@ -123,6 +126,8 @@ class BaseProxy:
         """Call *methodname* of the referent and return (or raise) the result."""
         if self._pid != _manager_client.pid:
             self._attach()
+        if self._serializer != "pickle":
+            args, kwds = _xmlrpc_arguments(args, kwds)
         reply = self._client.request(Call(self._id, methodname, args, kwds),
                                      "the arguments of a manager call")
         if type(reply) is Ok:
@@ -158,6 +163,14 @@ class BaseProxy:
             return self._callmethod("__repr__")
         except Exception:
             return repr(self)[:-1] + "; '__str__()' failed>"
+
+
+def _xmlrpc_arguments(args: tuple, kwds: dict) -> tuple[tuple, dict]:
+    """The arguments as ``serializer='xmlrpclib'`` delivers them (see
+    ``_manager_wire``); raises ``TypeError``/``OverflowError`` here, in
+    the caller, for what XML-RPC cannot carry, as the stdlib does."""
+    args, kwds = xmlrpc_marshal((args, kwds))
+    return tuple(args), kwds
 
 
 def _unwrap(reply: Any, proxy: BaseProxy | None) -> Any:
@@ -265,7 +278,8 @@ class IteratorProxy(BaseProxy):
 
 
 class AcquirerProxy(BaseProxy):
-    _exposed_ = ("acquire", "release")
+    # "locked": Python 3.14 (gh-115942), offered on every Python.
+    _exposed_ = ("acquire", "release", "locked")
 
     def acquire(self, blocking: bool = True, timeout: float | None = None):
         args = (blocking,) if timeout is None else (blocking, timeout)
@@ -273,6 +287,10 @@ class AcquirerProxy(BaseProxy):
 
     def release(self):
         return self._callmethod("release")
+
+    def locked(self):
+        """Whether the lock is held (by anyone), as ``threading.Lock.locked``."""
+        return self._callmethod("locked")
 
     def __enter__(self):
         return self._callmethod("acquire")
@@ -282,7 +300,7 @@ class AcquirerProxy(BaseProxy):
 
 
 class ConditionProxy(AcquirerProxy):
-    _exposed_ = ("acquire", "release", "wait", "notify", "notify_all")
+    _exposed_ = ("acquire", "release", "locked", "wait", "notify", "notify_all")
 
     def wait(self, timeout: float | None = None):
         return self._callmethod("wait", (timeout,))
@@ -387,10 +405,33 @@ class ValueProxy(BaseProxy):
 
 
 # The exposed method lists are the stdlib's, read from its own classes so
-# the two can never disagree.
+# the two can never disagree, plus what later Pythons added (so that this
+# Python's stdlib lists miss nothing that 3.14's have: docs/compat.md).
 import multiprocessing.managers as _std  # noqa: E402
 
-BaseListProxy = MakeProxyType("BaseListProxy", _std.BaseListProxy._exposed_)
+
+def _merged(*lists: tuple) -> tuple:
+    return tuple(dict.fromkeys(name for names in lists for name in names))
+
+
+# Python 3.14 (gh-103134): list proxies gained clear() and copy(); dict
+# proxies fromkeys(), reversed(d), d | x, x | d and d |= x.
+_LIST_ADDED_314 = ("clear", "copy")
+_DICT_ADDED_314 = ("__ior__", "__or__", "__reversed__", "__ror__", "fromkeys")
+# Python 3.14 (gh-129949): SyncManager.set() and its proxy, as 3.14 lists it.
+_SET_EXPOSED_314 = (
+    "__and__", "__class_getitem__", "__contains__", "__iand__", "__ior__",
+    "__isub__", "__iter__", "__ixor__", "__len__", "__or__", "__rand__",
+    "__ror__", "__rsub__", "__rxor__", "__sub__", "__xor__",
+    "__ge__", "__gt__", "__le__", "__lt__",
+    "add", "clear", "copy", "difference", "difference_update", "discard",
+    "intersection", "intersection_update", "isdisjoint", "issubset",
+    "issuperset", "pop", "remove", "symmetric_difference",
+    "symmetric_difference_update", "union", "update",
+)
+
+BaseListProxy = MakeProxyType(
+    "BaseListProxy", _merged(_std.BaseListProxy._exposed_, _LIST_ADDED_314))
 
 
 class ListProxy(BaseListProxy):
@@ -402,9 +443,56 @@ class ListProxy(BaseListProxy):
         self._callmethod("__imul__", (value,))
         return self
 
+    __class_getitem__: Any = classmethod(types.GenericAlias)   # 3.13
 
-DictProxy = MakeProxyType("DictProxy", _std.DictProxy._exposed_)
-DictProxy._method_to_typeid_ = dict(_std.DictProxy._method_to_typeid_)
+
+_BaseDictProxy: Any = MakeProxyType(
+    "_BaseDictProxy", _merged(_std.DictProxy._exposed_, _DICT_ADDED_314))
+_BaseDictProxy._method_to_typeid_ = dict(_std.DictProxy._method_to_typeid_)
+
+
+class DictProxy(_BaseDictProxy):
+    def __ior__(self, value):
+        # The referent's __ior__ returns the referent, which would come back
+        # as a copy: ``d |= x`` must leave ``d`` the proxy.
+        self._callmethod("__ior__", (value,))
+        return self
+
+    __class_getitem__: Any = classmethod(types.GenericAlias)   # 3.13
+
+
+_BaseSetProxy: Any = MakeProxyType("_BaseSetProxy", _merged(
+    getattr(getattr(_std, "SetProxy", None), "_exposed_", ()), _SET_EXPOSED_314))
+
+
+class SetProxy(_BaseSetProxy):
+    """Proxy of a managed ``set`` (``SyncManager.set()``, Python 3.14)."""
+
+    # In-place operators return the proxy, not a copy of the referent.
+    def __ior__(self, value):
+        self._callmethod("__ior__", (value,))
+        return self
+
+    def __iand__(self, value):
+        self._callmethod("__iand__", (value,))
+        return self
+
+    def __ixor__(self, value):
+        self._callmethod("__ixor__", (value,))
+        return self
+
+    def __isub__(self, value):
+        self._callmethod("__isub__", (value,))
+        return self
+
+    __class_getitem__: Any = classmethod(types.GenericAlias)
+
+
+# As 3.14 registers them (3.14 registers the set proxy as a MutableMapping,
+# gh-142740; a MutableSet is what it is).
+collections.abc.MutableSequence.register(BaseListProxy)
+collections.abc.MutableMapping.register(_BaseDictProxy)
+collections.abc.MutableSet.register(_BaseSetProxy)
 
 ArrayProxy = MakeProxyType("ArrayProxy", _std.ArrayProxy._exposed_)
 

@@ -221,7 +221,9 @@ class QueueProxy(BaseProxy):
         ring = None
         if self._pid != pid:
             self._attach()
-        if self._client.on_this_machine():
+        # serializer='xmlrpclib': items go through the server, which
+        # marshals them as the stdlib's managed queue does.
+        if self._serializer == "pickle" and self._client.on_this_machine():
             from ._queue_ring import QueueGone, Ring
             name = self._callmethod("_ring_name")
             try:

@@ -37,6 +37,10 @@ References: every object has a reference count, and every count is
 attributed to a *session* (one client process).  When a session's lifeline
 connection closes (the process exited, or was SIGKILLed in the middle of a
 call), its references are dropped, so a dead client never leaks objects.
+Locks are different: a process that exits normally says ``Goodbye`` on its
+lifeline first and keeps the locks it holds (as in the stdlib, another
+process may release them); one whose lifeline closes without it crashed,
+and its locks are released (``_settle_locks_of_closed``).
 An object whose count reaches zero is freed ``RELEASE_GRACE`` seconds later
 unless a reference comes back meanwhile (see there).
 
@@ -71,8 +75,9 @@ from ._exceptions import (FrameTooLargeError, ManagerClientGone,
 from ._manager_wire import (DEFAULT_FRAME_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
                             DEFAULT_MAX_FRAME_SIZE, Address, Call, Channel,
                             Control, Create, DecRef, Failed, FailedText,
-                            Hello, IncRef, NewProxy, Ok, set_keepalive, decode,
-                            default_address, listen, server_handshake)
+                            Goodbye, Hello, IncRef, NewProxy, Ok, set_keepalive,
+                            check_serializer, decode, default_address, listen,
+                            server_handshake, xmlrpc_marshal)
 from ._serialization import release
 from . import _manager_fastpath as fastpath
 
@@ -91,23 +96,37 @@ _SERVER_SESSION = b"<server>"     # references held by proxies inside the server
 # every time.  Within the grace period an IncRef brings the object back.
 RELEASE_GRACE = 10.0
 
+# Seconds between checks, by the thread of a closed connection whose client
+# still holds locks, that another client has released them meanwhile.
+_HELD_POLL = 1.0
+
 
 class Session(Counter):
     """The references one client process holds: ``ident -> count``.
 
     ``released`` once the process's lifeline closed and its references were
     dropped; requests still queued on its call connections then count
-    nothing (see ``Server._release_session``).
+    nothing (see ``Server._release_session``).  ``leaving`` once its
+    lifeline said ``Goodbye`` (the process exits normally); ``ended`` is
+    set when the lifeline closed, with ``crashed`` true if it closed
+    without a ``Goodbye``.
     """
 
     released = False
+    leaving = False
+    crashed = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = threading.Event()
 
 
 class ConnectionState:
     """What the server knows about the connection a call came from.
 
     ``undo``: callbacks run (newest first) when the reply of the current
-    call cannot be delivered; ``cleanups``: run when the connection closes.
+    call cannot be delivered; ``cleanups``: run when the connection has
+    closed and its client's process crashed (``Server._settle_locks_of_closed``).
     Server-side types use them (``_manager_types``) so that a dead client
     neither loses a queue item nor keeps a lock.
     """
@@ -178,6 +197,7 @@ class Server:
         if not isinstance(authkey, bytes):
             raise TypeError(f"authkey should be a byte string, not "
                             f"{type(authkey).__name__}")
+        check_serializer(serializer)
         self.registry = registry
         self.authkey = bytes(authkey)
         self.serializer = serializer
@@ -322,34 +342,58 @@ class Server:
             util.debug("manager: dropped a connection in the handshake: %r", exc)
             sock.close()
             return
+        conn = None
         try:
             with self.mutex:
                 session = self.sessions.setdefault(hello.session, Session())
             if hello.lifeline:
-                self._wait_for_close(chan)
-                self._release_session(hello.session)
+                self._watch_lifeline(chan, session)
+                self._release_session(hello.session, crashed=not session.leaving)
             else:
-                self._serve_requests(chan, session)
+                conn = ConnectionState(chan)
+                self._serve_requests(conn, session)
         finally:
             chan.close()
             with self.mutex:
                 self._socks.discard(chan.sock)
+            if conn is not None and conn.cleanups:
+                self._settle_locks_of_closed(conn, session)
 
     @staticmethod
-    def _wait_for_close(chan: Channel) -> None:
-        """Block until the lifeline's peer is gone (it never sends)."""
+    def _watch_lifeline(chan: Channel, session: Session) -> None:
+        """Block until the lifeline's peer is gone.  It sends nothing but,
+        when its process exits normally, a ``Goodbye``."""
         try:
-            while chan.sock.recv(4096):
-                pass
-        except OSError:
+            while True:
+                if type(decode(chan.recv(), "lifeline message")) is Goodbye:
+                    session.leaving = True
+        except (EOFError, OSError, ManagerProtocolError, SerializationError):
             pass
 
-    def _serve_requests(self, chan: Channel, session: Session) -> None:
-        conn = _current.conn = ConnectionState(chan)
+    def _serve_requests(self, conn: ConnectionState, session: Session) -> None:
+        _current.conn = conn
         try:
             self._request_loop(conn, session)
         finally:
             _current.conn = None
+
+    def _settle_locks_of_closed(self, conn: ConnectionState, session: Session) -> None:
+        """A connection closed while its client held locks: keep them, or
+        release them if the client's process crashed.
+
+        A thread that ended, or a process that exited normally, keeps its
+        locks (the stdlib's meaning: another client may release them).  A
+        process that crashed has them released, like a robust mutex (see
+        ``Session``).  Which of the two is known only when the process's
+        lifeline closes, which may come after this connection closed: wait
+        for it here, in the connection's own thread, since an ``RLock`` can
+        only be released by the thread that holds it.  Ends early once
+        another client released them all.
+        """
+        while conn.cleanups and not session.ended.wait(_HELD_POLL):
+            if self.stop_event.is_set():
+                return
+        if session.crashed and conn.cleanups:
             conn.run(list(conn.cleanups.values()))
 
     def _request_loop(self, conn: ConnectionState, session: Session) -> None:
@@ -442,7 +486,21 @@ class Server:
             typeid = entry.method_to_typeid.get(method)
             if typeid is not None:
                 return self._new_proxy(typeid, result, session, True)
+        if self.serializer != "pickle":
+            return self._xmlrpc_result(result)
         return Ok(result)
+
+    def _xmlrpc_result(self, result: Any) -> Ok | FailedText:
+        """``Ok(result)`` as ``serializer='xmlrpclib'`` delivers it, or the
+        stdlib's failure for a value XML-RPC cannot carry (a ``RemoteError``
+        in the caller; the call itself has run)."""
+        try:
+            return Ok(xmlrpc_marshal(result))
+        except Exception as exc:  # noqa: BLE001 - whatever the marshaller raises
+            return FailedText(type(exc).__qualname__,
+                              f"the result cannot be sent with "
+                              f"serializer='xmlrpclib': {exc}",
+                              "".join(traceback.format_exception(exc)))
 
     def _create(self, msg: Create, session: Session) -> NewProxy:
         try:
@@ -551,7 +609,7 @@ class Server:
             dropped = [self._dying.pop(ident) for ident in expired]
         del dropped   # the objects die here, outside the mutex
 
-    def _release_session(self, session_id: bytes) -> None:
+    def _release_session(self, session_id: bytes, crashed: bool = True) -> None:
         with self.mutex:
             session = self.sessions.pop(session_id, None) or Session()
             dropped = [self._drop_one(ident, count)
@@ -562,6 +620,8 @@ class Server:
             # or they would drop references that other processes hold.
             session.clear()
             session.released = True
+            session.crashed = crashed
+        session.ended.set()     # wakes _settle_locks_of_closed
         if dropped:
             util.debug("manager: released %d objects of a closed session",
                        len(dropped))

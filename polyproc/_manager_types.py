@@ -23,9 +23,11 @@ with three additions that use the connection the call came from
 * what a call took is given back when its reply cannot be delivered
   (the item goes back to the *front* of the queue, the lock is released);
 * a lock (a ``Condition``'s own lock included) still held when its
-  holder's connection closes is released, as a robust mutex is when its
-  owner dies.  (The state the lock protected may
-  be half-updated; the alternative is a hang.)
+  holder's process crashed (killed by a signal: its lifeline closed
+  without a ``Goodbye``) is released, as a robust mutex is when its owner
+  dies.  (The state the lock protected may be half-updated; the
+  alternative is a hang.)  A holder that exits normally keeps it, as in
+  the stdlib: another client may release it.
 
 Outside a server call (``current_connection()`` is None) they behave
 exactly as their bases.
@@ -107,7 +109,7 @@ class ServerQueue(queue.Queue):
 
 
 class ServerLock:
-    """``threading.Lock`` released when its holder's connection closes."""
+    """``threading.Lock`` released when its holder's process crashes."""
 
     def __init__(self) -> None:
         self._lock = self._make()
@@ -161,7 +163,7 @@ class ServerLock:
 
 class ServerRLock(ServerLock):
     """``threading.RLock`` released (every level) when its holder's
-    connection closes.  Each connection has its own server thread, so the
+    process crashes.  Each connection has its own server thread, so the
     RLock's owner is the connection, as it should be."""
 
     def __init__(self) -> None:
@@ -217,10 +219,17 @@ class ServerRLock(ServerLock):
             holder.cleanups[id(self)] = self._release_for_dead_holder
 
 
-def ServerCondition(lock: Any = None) -> threading.Condition:
+class ServerCondition(threading.Condition):
     """``threading.Condition`` whose default lock is a ``ServerRLock``: a
-    client that dies inside ``with cond:`` does not keep it locked."""
-    return threading.Condition(ServerRLock() if lock is None else lock)
+    client that dies inside ``with cond:`` does not keep it locked.  Plus
+    ``locked()``, which the condition proxy of Python 3.14 exposes."""
+
+    def __init__(self, lock: Any = None) -> None:
+        self._held_lock = ServerRLock() if lock is None else lock
+        super().__init__(self._held_lock)
+
+    def locked(self) -> bool:
+        return self._held_lock.locked()
 
 
 class ServerSemaphore:

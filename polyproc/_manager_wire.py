@@ -61,11 +61,12 @@ from ._serialization import describe, dumps, loads
 __all__ = [
     "Address", "Channel", "listen", "connect", "server_handshake",
     "client_handshake", "is_loopback", "default_address", "describe_address",
-    "Hello", "Call", "Create", "IncRef", "DecRef", "Control",
+    "Hello", "Call", "Create", "IncRef", "DecRef", "Control", "Goodbye",
     "Ok", "NewProxy", "Failed", "FailedText",
     "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_FRAME_TIMEOUT", "dumps_in_band", "is_local_peer", "encode",
-    "decode", "set_keepalive",
+    "decode", "set_keepalive", "SERIALIZERS", "check_serializer",
+    "xmlrpc_marshal",
 ]
 
 Address = Union[str, tuple]
@@ -83,8 +84,8 @@ _SMALL = 64 * 1024         # frames up to this size are read in one buffer
 
 # --- messages --------------------------------------------------------------
 # Requests (client -> server).  Replies follow only Call, Create, IncRef and
-# Control; Hello and DecRef are one-way, so releasing proxies costs no
-# round trip.
+# Control; Hello, DecRef and Goodbye are one-way, so releasing proxies costs
+# no round trip.
 
 class Hello(NamedTuple):
     """First frame after the handshake: which client process this is.
@@ -117,6 +118,13 @@ class IncRef(NamedTuple):
 
 class DecRef(NamedTuple):
     idents: tuple
+
+
+class Goodbye(NamedTuple):
+    """On the lifeline, the only frame after ``Hello``: the client process
+    is exiting normally (its exit handlers run).  A lifeline that closes
+    without it means the process crashed (killed by a signal, ``os._exit``),
+    and only then are the locks it holds released (see ``Server``)."""
 
 
 class Control(NamedTuple):
@@ -162,7 +170,7 @@ class FailedText(NamedTuple):
 # Code on both sides only ever sees the NamedTuples: ``encode`` and
 # ``decode`` are the only functions that see the tuples.
 _TYPES: tuple = (Hello, Call, Create, IncRef, DecRef, Control,
-                 Ok, NewProxy, Failed, FailedText)
+                 Ok, NewProxy, Failed, FailedText, Goodbye)
 _KIND = {cls: kind for kind, cls in enumerate(_TYPES)}
 
 
@@ -181,6 +189,44 @@ def decode(frame: Any, what: str = "manager message") -> Any:
         except (IndexError, TypeError):
             pass
     raise ManagerProtocolError(f"not a manager message: {describe(obj)}")
+
+
+# --- the serializers ------------------------------------------------------------
+# ``serializer=`` of a manager, as in the stdlib: 'pickle' (the default) or
+# 'xmlrpclib'.  polyproc's frames are always its own (the envelope above);
+# what 'xmlrpclib' changes is what the *values* of a call may be and what
+# they become: the arguments of a call or a create, and the value a call
+# returns, go through an XML-RPC encoding and back, exactly as the stdlib's
+# ``XmlClient``/``XmlListener`` send them.  So a tuple arrives as a list,
+# bytes as ``xmlrpc.client.Binary``, a datetime as ``xmlrpc.client.DateTime``;
+# an argument XML-RPC cannot carry (a set, an object, an int beyond 32 bits,
+# a dict with non-str keys) raises ``xmlrpc.client.dumps``'s ``TypeError`` or
+# ``OverflowError`` in the caller, and such a return value a ``RemoteError``,
+# as with the stdlib.  Exceptions a method raises still arrive as
+# themselves (the stdlib's xmlrpclib managers turn them into a TypeError,
+# "exceptions must derive from BaseException"), and proxies returned by a
+# method (``method_to_typeid``) work (the stdlib's cannot send a ``Token``).
+
+SERIALIZERS = ("pickle", "xmlrpclib")
+
+
+def check_serializer(serializer: str) -> None:
+    """``KeyError`` (the stdlib's) for a serializer that does not exist."""
+    if serializer not in SERIALIZERS:
+        raise KeyError(f"unknown manager serializer {serializer!r}: use "
+                       f"'pickle' or 'xmlrpclib'")
+
+
+def xmlrpc_marshal(value: Any) -> Any:
+    """*value* as the stdlib's xmlrpclib serializer delivers it.
+
+    Raises what ``xmlrpc.client.dumps`` raises for what XML-RPC cannot
+    carry: ``TypeError`` ("cannot marshal ..."), ``OverflowError``.
+    """
+    import xmlrpc.client as xmlrpclib  # loaded by those who use it
+    text = xmlrpclib.dumps((value,), allow_none=True)
+    (obj,), _ = xmlrpclib.loads(text)
+    return obj
 
 
 # --- addresses ---------------------------------------------------------------

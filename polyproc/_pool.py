@@ -22,21 +22,23 @@ pool fails them instead of leaving a ``get()`` blocked forever.
 """
 from __future__ import annotations
 
-import os
+import itertools
 import sys
 import threading
 import time
 import warnings
+import weakref
 from multiprocessing import util
 from typing import Any, Callable, Iterable
 
 from . import _messages as m
 from . import _serialization
-from ._exceptions import ProcessError
+from ._cpu import process_cpu_count
+from ._exceptions import ProcessError, SerializationError
 from ._results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
                        MapResult)
-from ._tasks import (TaskChunk, auto_chunksize, function_name, iter_slices,
-                     make_chunk, TARGET_CHUNK_SECONDS)
+from ._tasks import (MAX_GROWN_CHUNKSIZE, TaskChunk, auto_chunksize,
+                     function_name, iter_slices, make_chunk, TARGET_CHUNK_SECONDS)
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
@@ -117,7 +119,9 @@ class Pool:
             refuse_start_while_importing_main()
         self._state = "INIT"  # first: __del__ reads it even if __init__ fails
         if processes is None:
-            processes = os.cpu_count() or 1
+            # As the stdlib from 3.13 (os.process_cpu_count), on every
+            # Python, and capped by a container's CPU quota (see _cpu).
+            processes = process_cpu_count() or 1
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None:
@@ -251,24 +255,33 @@ class Pool:
                                error_callback, timeout, retries, progress)
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
-             *, timeout: float | None = None, retries: int = 0,
-             progress: bool = False) -> IMapIterator:
+             buffersize: int | None = None, *, timeout: float | None = None,
+             retries: int = 0, progress: bool = False) -> IMapIterator:
         """Like ``map()`` but lazy: an iterator of results, in input order.
 
         When *chunksize* is not given it is chosen adaptively (the stdlib
         defaults to 1, which makes imap of many small tasks slow).  A task
         that failed raises its exception at its position; iteration can go
         on after it.
+
+        *buffersize* (the stdlib's from Python 3.16, on every Python): at
+        most that many tasks (chunks, when *chunksize* is given) are taken
+        from *iterable* and not yet yielded, so the input is read only as
+        results are consumed and may be endless.  Once the pool is closed
+        or terminated no more input is taken: the iterator ends after the
+        tasks already taken.  Raises ``TypeError`` if it is not an int,
+        ``ValueError`` if below 1.
         """
         return self._imap(func, iterable, chunksize, IMapIterator, timeout,
-                          retries, progress)
+                          retries, progress, buffersize)
 
     def imap_unordered(self, func: Callable, iterable: Iterable,
-                       chunksize: int | None = None, *, timeout: float | None = None,
-                       retries: int = 0, progress: bool = False) -> IMapIterator:
+                       chunksize: int | None = None, buffersize: int | None = None,
+                       *, timeout: float | None = None, retries: int = 0,
+                       progress: bool = False) -> IMapIterator:
         """Like ``imap()`` but results come in the order they complete."""
         return self._imap(func, iterable, chunksize, IMapUnorderedIterator, timeout,
-                          retries, progress)
+                          retries, progress, buffersize)
 
     def close(self) -> None:
         """Prevent further submissions; workers exit once all work is done."""
@@ -344,10 +357,11 @@ class Pool:
             raise
 
     def _imap(self, func, iterable, chunksize, iterator_class, timeout, retries,
-              progress) -> IMapIterator:
+              progress, buffersize=None) -> IMapIterator:
         self._check_running()
         _check_options(timeout, retries)
         _check_chunksize(chunksize)
+        _check_buffersize(buffersize)
         _check_callable(func)
         try:
             fn_blob = self._function_blob(func)
@@ -357,6 +371,10 @@ class Pool:
             return result
         fn_name = function_name(func)
         call = m.CALL_MAP
+        if buffersize is not None:
+            return self._buffered_imap(fn_blob, fn_name, iterable, chunksize,
+                                       buffersize, iterator_class, timeout,
+                                       retries, progress)
         if isinstance(iterable, _SLICEABLE):
             # Sized and sliceable: chunk now, in the caller's thread.
             length = len(iterable)
@@ -378,6 +396,32 @@ class Pool:
             args=(self._backend, self._registry, iterable, chunksize, fn_blob, fn_name,
                   call, result, timeout, retries, self._serialize))
         feeder.start()
+        return result
+
+    def _buffered_imap(self, fn_blob, fn_name, iterable, chunksize, buffersize,
+                       iterator_class, timeout, retries, progress) -> IMapIterator:
+        """``imap`` with *buffersize*: a feeder that takes input only as
+        results are consumed (see ``_Window``)."""
+        window = _Window(buffersize * (chunksize or 1))
+        total = len(iterable) if hasattr(iterable, "__len__") else None
+        result = _BUFFERED[iterator_class](self._registry, None,
+                                           _progress_bar(progress, total))
+        result._window = window
+        pool = weakref.ref(self)
+
+        def stopped() -> bool:
+            # The stdlib's rule (gh-155477): once the pool leaves RUN, a
+            # throttled feeder stops, so close(); join() cannot wait for a
+            # consumer that will never come.
+            alive = pool()
+            return alive is None or alive._state != RUN
+
+        self._backend.add_feeder()
+        threading.Thread(
+            target=_feed_chunks, name="PoolFeeder", daemon=True,
+            args=(self._backend, self._registry, iterable, chunksize, fn_blob, fn_name,
+                  m.CALL_MAP, result, timeout, retries, self._serialize,
+                  (window, stopped))).start()
         return result
 
 
@@ -413,13 +457,106 @@ def _fail_from_caller(sink, position: int | None, exc: BaseException) -> None:
     threading.Thread(target=fail, name="PoolErrorCallback", daemon=True).start()
 
 
+def _check_buffersize(buffersize: int | None) -> None:
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+
+
+_WINDOW_POLL = 0.1   # seconds between checks that a throttled feeder's pool still runs
+
+
+class _Window:
+    """How many more input items a buffered imap's feeder may take.
+
+    Starts at *size*; the feeder takes credits before it reads items, the
+    iterator gives one back per result it yields.  So the items read but
+    not yet yielded never exceed *size*.
+    """
+
+    def __init__(self, size: int):
+        self._cond = threading.Condition(threading.Lock())
+        self._free = size
+
+    def take(self, want: int, whole: bool, stopped: Callable[[], bool]) -> int:
+        """Wait for credits and take up to *want* (all *want* if *whole*).
+
+        Returns 0 once *stopped()* is true.
+        """
+        with self._cond:
+            need = want if whole else 1
+            while self._free < need or stopped():
+                if stopped():
+                    return 0
+                self._cond.wait(_WINDOW_POLL)
+            taken = min(want, self._free)
+            self._free -= taken
+            return taken
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self._free += n
+            self._cond.notify()
+
+
+class _GivesBackCredits:
+    """Mixin of the iterators of a buffered imap: each result yielded (a
+    value or a task's exception) gives its window a credit back."""
+
+    _window: _Window
+    _yielded: int
+
+    def next(self, timeout: float | None = None) -> Any:
+        before = self._yielded
+        try:
+            return super().next(timeout)  # type: ignore[misc]
+        finally:
+            if self._yielded > before:
+                self._window.give(self._yielded - before)
+
+    __next__ = next
+
+
+class _BufferedIMapIterator(_GivesBackCredits, IMapIterator):
+    pass
+
+
+class _BufferedIMapUnorderedIterator(_GivesBackCredits, IMapUnorderedIterator):
+    pass
+
+
+_BUFFERED: dict[type, Any] = {IMapIterator: _BufferedIMapIterator,
+                              IMapUnorderedIterator: _BufferedIMapUnorderedIterator}
+
+
+def _window_slices(iterable: Iterable, chunksize: int | None, grow_limit,
+                   window: _Window, stopped: Callable[[], bool]):
+    """``iter_slices`` for a buffered imap: reads input only with credits."""
+    it = iter(iterable)
+    size = chunksize or 1
+    while True:
+        taken = window.take(size, chunksize is not None, stopped)
+        if not taken:
+            return
+        piece = list(itertools.islice(it, taken))
+        if len(piece) < taken:
+            window.give(taken - len(piece))
+        if not piece:
+            return
+        yield piece
+        if chunksize is None:
+            size = min(size * 2, max(1, grow_limit()), MAX_GROWN_CHUNKSIZE)
+
+
 def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
-                 sink, timeout, retries, serialize) -> None:
+                 sink, timeout, retries, serialize, buffered=None) -> None:
     """Body of an imap feeder thread: consume the input lazily, submit chunks.
 
     An item that can't be pickled fails at its own position; an input
     iterator that raises delivers that exception at the position after the
     last item it produced, then ends the results (as the stdlib does).
+    *buffered*, for ``buffersize``: ``(window, stopped)`` (``_window_slices``).
     """
     def grow_limit() -> int:
         seconds = backend.task_seconds(fn_blob)
@@ -430,7 +567,9 @@ def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
     start = 0
     try:
         try:
-            for piece in iter_slices(iterable, chunksize, grow_limit):
+            pieces = (iter_slices(iterable, chunksize, grow_limit) if buffered is None
+                      else _window_slices(iterable, chunksize, grow_limit, *buffered))
+            for piece in pieces:
                 if registry.terminated:
                     return
                 backend.submit(_chunks_for_piece(fn_blob, fn_name, call, piece, start,

@@ -7,7 +7,10 @@ Adapted from ``multiprocessing.context``.  What is reused and what changed:
   wrap OS primitives that work, and re-implementing them would only add
   bugs.
 * ``Process``, ``Pool``, ``Queue``, ``JoinableQueue``, ``SimpleQueue`` and
-  ``Manager`` are overridden to return polyproc's own implementations.
+  ``Manager`` are overridden to return polyproc's own implementations;
+  ``Lock``, ``RLock``, ``Semaphore`` and ``BoundedSemaphore`` to return the
+  stdlib's classes with Python 3.14's ``locked()`` on older Pythons
+  (``polyproc.synchronize``).
 * ``get_context(method)`` returns *polyproc's* concrete contexts (the
   stdlib's would hand back stdlib classes).
 * The default start method is *shared* with the stdlib: ``set_start_method``
@@ -53,6 +56,28 @@ class _PolyFactories:
         from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild,
                     context=self.get_context(), **extras)
+
+    # Lock, RLock, Semaphore, BoundedSemaphore: the stdlib's, with 3.14's
+    # locked() on older Pythons (polyproc.synchronize).
+    def Lock(self):
+        """Returns a non-recursive lock object."""
+        from .synchronize import Lock
+        return Lock(ctx=self.get_context())
+
+    def RLock(self):
+        """Returns a recursive lock object."""
+        from .synchronize import RLock
+        return RLock(ctx=self.get_context())
+
+    def Semaphore(self, value: int = 1):
+        """Returns a semaphore object."""
+        from .synchronize import Semaphore
+        return Semaphore(value, ctx=self.get_context())
+
+    def BoundedSemaphore(self, value: int = 1):
+        """Returns a bounded semaphore object."""
+        from .synchronize import BoundedSemaphore
+        return BoundedSemaphore(value, ctx=self.get_context())
 
     def Pipe(self, duplex: bool = True):
         """Returns two connection objects connected by a pipe.

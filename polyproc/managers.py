@@ -23,8 +23,8 @@ from ._manager_proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
                              BarrierProxy, BaseListProxy, BasePoolProxy,
                              BaseProxy, ConditionProxy, DictProxy, EventProxy,
                              IteratorProxy, ListProxy, MakeProxyType,
-                             NamespaceProxy, PoolProxy, RebuildProxy, Token,
-                             ValueProxy)
+                             NamespaceProxy, PoolProxy, RebuildProxy,
+                             SetProxy, Token, ValueProxy)
 from ._manager_server import Server
 from ._public import fixup_module_metadata
 
@@ -37,7 +37,7 @@ _MORE = [
     "BaseListProxy", "BasePoolProxy", "ConditionProxy", "DictProxy",
     "EventProxy", "IteratorProxy", "ListProxy", "MakeProxyType", "Namespace",
     "NamespaceProxy", "PoolProxy", "RebuildProxy", "RemoteError", "Server",
-    "SharedMemoryServer", "State", "Value", "ValueProxy",
+    "SharedMemoryServer", "SetProxy", "State", "Value", "ValueProxy",
 ]
 
 fixup_module_metadata(__name__, {name: globals()[name]

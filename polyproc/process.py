@@ -9,6 +9,8 @@ each start method; they are correct and battle-tested.
 
 Added by ``PolyProcess`` (``_child.py`` holds the child side):
 
+* ``interrupt()`` (Python 3.14's: SIGINT to the child) on every Python;
+
 * a daemon child never outlives its parent, even a parent killed by SIGKILL
   (the parent watchdog, see ``_child``);
 * an exception raised by ``run()`` is available in the parent as
@@ -40,6 +42,7 @@ The reader is set only afterwards, so it never travels to the child.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from functools import partial
@@ -96,6 +99,23 @@ class PolyProcess(BaseProcess):
             del self._exc_writer
             writer.close()
         self._exc_reader = reader
+
+    def interrupt(self) -> None:
+        """Send SIGINT to the child (``Process.interrupt`` of Python 3.14,
+        offered on every Python).
+
+        ``run()`` then gets ``KeyboardInterrupt`` (unless it handles
+        SIGINT), so its ``finally`` clauses run, it exits with code 1 and
+        ``exception`` is the ``KeyboardInterrupt``.  Raises ``ValueError``
+        if the Process object is closed, and ``AttributeError`` (as the
+        stdlib) if it was never started.
+        """
+        self._check_closed()  # type: ignore[attr-defined]
+        popen = self._popen  # type: ignore[attr-defined]
+        if hasattr(popen, "interrupt"):     # 3.14's Popen
+            popen.interrupt()
+        else:
+            popen._send_signal(signal.SIGINT)
 
     def _bootstrap(self, parent_sentinel: Any = None) -> int:
         # In the child.  Wrap run() on the instance, so that subclasses that
