@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable
 from . import _messages as m
 from . import _serialization
 from ._cpu import process_cpu_count
-from ._exceptions import ProcessError, SerializationError
+from ._exceptions import ProcessError
 from ._results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
                        MapResult)
 from ._tasks import (MAX_GROWN_CHUNKSIZE, TaskChunk, auto_chunksize,

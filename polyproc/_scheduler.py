@@ -643,7 +643,7 @@ class ProcessScheduler:
         process = self._ctx.Process(
             target=worker_main, args=(child_conn, self._table, slot, self._config),
             name=f"PolyPoolWorker-{self._worker_counter}", daemon=True)
-        with _sigint_shielded_start():
+        with _sigint_shielded_start(self._ctx.get_start_method()):
             try:
                 process.start()
             finally:
@@ -707,7 +707,7 @@ class ProcessScheduler:
 
 
 @contextlib.contextmanager
-def _sigint_shielded_start():
+def _sigint_shielded_start(start_method: str):
     """Start a worker so that it is born deaf to SIGINT.
 
     A Ctrl-C reaches the whole process group; a worker still starting up
@@ -719,7 +719,16 @@ def _sigint_shielded_start():
     runs there, the initial workers' case.  SIGINT stays blocked while it
     is ignored, so a Ctrl-C in this window is kept pending, not lost, and
     reaches the caller once the handler is back.
+
+    The fork server is started (if it is not running) *before* SIGINT is
+    shielded: a fork server exec'd inside the shield would inherit SIG_IGN
+    (or the blocked mask) for good, and so would every process the program
+    later starts through it, its own ``Process`` objects included: they
+    would ignore Ctrl-C and ``Process.interrupt()``.
     """
+    if start_method == "forkserver":
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     # A handler installed outside Python reads as None and could not be put
     # back: then the handler is left alone.

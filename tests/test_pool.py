@@ -563,3 +563,16 @@ def test_missing_main_guard_is_one_clear_error():
     # no respawn loop.
     assert 1 <= proc.stderr.count("was being imported by a new process") <= 2, proc.stderr
     assert "ProcessError: a pool worker died while starting" in proc.stderr
+
+
+def test_a_pool_does_not_leave_the_fork_server_deaf_to_ctrl_c():
+    """A Pool that is the first to start the fork server must not start it
+    while its workers' SIGINT shield is up: the fork server would keep
+    SIG_IGN, and every Process the program later starts through it would
+    ignore Ctrl-C and ``Process.interrupt()`` (seen: ``join`` timed out,
+    exit code None).  Run in a fresh interpreter, whose fork server the Pool
+    starts."""
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "forkserver_after_pool.py")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1", (proc.stdout, proc.stderr[-2000:])
