@@ -70,7 +70,7 @@ from multiprocessing import connection as mp_connection
 from typing import Callable
 
 from . import _messages as m
-from . import _serialization
+from . import _serialization, _shm_pool
 from ._exceptions import (InitializerError, ProcessError, SerializationError,
                           TaskTimeoutError, UnloadableError, WorkerLostError)
 from ._remote_errors import rebuild_exception
@@ -495,6 +495,9 @@ class ProcessScheduler:
         exitcode = w.process.exitcode
         del self._workers[w.slot]
         w.conn.close()
+        # Its results still in shared memory that were not in the pipe
+        # are lost: let the session's tracker remove them now.
+        _shm_pool.drained(w.process.pid)
         lost = list(w.assigned)
         w.assigned.clear()
         if not w.ready and self.broken is None and self.state != TERMINATE:

@@ -291,6 +291,9 @@ def _to_shared_memory(stream: bytes, large: list[pickle.PickleBuffer],
             created.append(body)
         else:
             body = stream
+        # PENDING -> IN_FLIGHT: the payload is complete, and from here on
+        # the tracker leaves its segments to the receiver if we die.
+        _shm_pool.hand_off(created)
     except OSError as error:
         for ref in created:
             _release_segment(ref)

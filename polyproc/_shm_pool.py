@@ -14,14 +14,27 @@ How a receiver says it is done
 ------------------------------
 A recycled segment starts with a one-page header, then the data::
 
-    offset 0   state      IN_FLIGHT (sender filled it) -> OPENED (a receiver
-                          mapped it) -> FREE (the receiver's objects are gone)
+    offset 0   state      PENDING (the sender filled it, the payload that
+                          names it is not complete yet) -> IN_FLIGHT (handed
+                          off: ``dumps`` returned the payload) -> OPENED (a
+                          receiver mapped it) -> FREE (the receiver's objects
+                          are gone)
     offset 4   orphaned   the sender has exited: whoever frees it, unlinks it
     offset 8   pinned     a receiver forked while holding it: never refill it
     offset 12  receiver   pid of the receiver (to notice a receiver that died)
     offset 16  generation how many times the sender refilled it: a payload
                           names the generation it was sent with, so a stale
                           payload (loaded twice, or after release) is refused
+    offset 20  addressee  pid of the one receiver the payload goes to, if the
+                          sender said so (``addressed_to``): a pool worker's
+                          results go to the scheduler, which reads its pipe to
+                          the end when the worker dies, so what it did not
+                          get then is lost (``settle_drained``)
+
+A new segment's header is all zeros, so it is PENDING from the moment it
+exists: the session tracker (``_shm_tracker.py``) unlinks PENDING segments
+of a sender that died, since no payload names them, and leaves IN_FLIGHT
+ones to the receiver that may still take them.
 
 The receiver maps the data privately (``MAP_PRIVATE``: its writes never reach
 the segment) and hangs a ``weakref.finalize`` on the mapping; the mapping
@@ -43,12 +56,17 @@ open).  FREE segments unused for
 ``IDLE_S`` seconds, and segments whose receiver died holding them, are
 unlinked at the next send; all FREE ones are unlinked when the sender exits.
 A segment still in flight or in use when its sender exits is marked
-orphaned, and the receiver's finalizer unlinks it.  Anything left after
-that (a receiver killed before reading) is the session tracker's job
-(``_shm_tracker.py``), like every other segment.
+orphaned, and the receiver's finalizer unlinks it.  A sender that dies
+without a word (SIGKILL) is the tracker's job: it unlinks the FREE and
+PENDING segments at once and orphans the others (``settle_dead_sender``).
+A segment whose receiver died holding it is dropped by the sender at its
+next send, or at once when a carrier releases the payload (a pool whose
+worker died with its arguments).  Anything left after that (a receiver
+killed before reading) stays until the session ends.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -56,15 +74,19 @@ import struct
 import threading
 import time
 import weakref
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from . import _shm, _shm_tracker
 
-__all__ = ["HEADER", "acquire", "attach", "release", "trim", "sweep"]
+__all__ = ["HEADER", "acquire", "hand_off", "addressed_to", "drained",
+           "attach", "release", "trim", "settle_dead_sender", "settle_orphan",
+           "settle_drained"]
 
 HEADER = mmap.PAGESIZE
-IN_FLIGHT, OPENED, FREE = 0, 1, 2
-_STATE, _ORPHANED, _PINNED, _RECEIVER, _GENERATION = 0, 4, 8, 12, 16
+# PENDING is 0: a header of zeros (a segment just created, or one whose
+# creator died before writing it) belongs to nobody but its creator.
+PENDING, IN_FLIGHT, OPENED, FREE = 0, 1, 2, 3
+_STATE, _ORPHANED, _PINNED, _RECEIVER, _GENERATION, _ADDRESSEE = 0, 4, 8, 12, 16, 20
 IDLE_S = 5.0
 
 
@@ -136,7 +158,7 @@ class _Pool:
     """This process's recycled segments (one pool per process, reset at fork)."""
 
     def __init__(self):
-        self.entries: list[_Entry] = []
+        self.entries: dict[str, _Entry] = {}  # by name
         self.lock = threading.Lock()
         self.pid = os.getpid()
         self.receivers_checked = 0.0
@@ -146,7 +168,7 @@ class _Pool:
         util.Finalize(None, self.close, exitpriority=0)
 
     def total(self) -> int:
-        return sum(e.capacity for e in self.entries)
+        return sum(e.capacity for e in self.entries.values())
 
     def reap(self, everything_free: bool = False) -> None:
         now = time.monotonic()
@@ -155,22 +177,19 @@ class _Pool:
         check_receivers = everything_free or now - self.receivers_checked > 1.0
         if check_receivers:
             self.receivers_checked = now
-        keep = []
-        for e in self.entries:
+        for e in list(self.entries.values()):
             state = e.state()
             stale = state == FREE and (everything_free or _get(e.map, _PINNED)
                                        or now - e.last_used > IDLE_S)
             if stale or (check_receivers and e.dead_receiver()):
+                del self.entries[e.name]
                 e.drop()
-            else:
-                keep.append(e)
-        self.entries = keep
 
     def acquire(self, data: memoryview) -> _shm.SegmentRef | None:
         n = data.nbytes
         with self.lock:
             self.reap()
-            fits = [e for e in self.entries
+            fits = [e for e in self.entries.values()
                     if e.state() == FREE and not _get(e.map, _PINNED)
                     and HEADER + n <= e.capacity <= 2 * (HEADER + n)]
             if fits:
@@ -178,9 +197,11 @@ class _Pool:
                 generation = (_get(e.map, _GENERATION) + 1) & 0xFFFFFFFF
                 _put(e.map, _RECEIVER, 0)
                 _put(e.map, _GENERATION, generation)
+                _put(e.map, _ADDRESSEE, addressee())
                 with memoryview(e.map) as whole:
                     _copy_into(whole[HEADER:HEADER + n], data)
-                _put(e.map, _STATE, IN_FLIGHT)  # last: the data is in place
+                # Last: the data is in place.  PENDING until hand_off.
+                _put(e.map, _STATE, PENDING)
                 e.last_used = time.monotonic()
                 return _shm.SegmentRef(e.name, n, True, generation)
             if self.total() + HEADER + n > POOL_LIMIT:
@@ -196,22 +217,36 @@ class _Pool:
                 # then try once more (the caller falls back to the pipe).
                 self.reap(everything_free=True)
                 ref, m = _shm.create_recyclable(data, HEADER)
-            self.entries.append(_Entry(ref.name, HEADER + n, m))
+            _put(m, _ADDRESSEE, addressee())
+            self.entries[ref.name] = _Entry(ref.name, HEADER + n, m)
             return ref
+
+    def hand_off(self, name: str) -> None:
+        e = self.entries.get(name)
+        if e is not None:
+            _put(e.map, _STATE, IN_FLIGHT)
+
+    def drop(self, name: str) -> bool:
+        """Unlink this process's segment *name* now; False if it is not ours."""
+        with self.lock:
+            e = self.entries.pop(name, None)
+            if e is not None:
+                e.drop()
+            return e is not None
 
     def close(self) -> None:
         """At exit: unlink what is FREE, orphan what a receiver still needs."""
         if os.getpid() != self.pid:
             return
         with self.lock:
-            for e in self.entries:
+            for e in self.entries.values():
                 if e.state() == FREE:
                     e.drop()
                     continue
                 _put(e.map, _ORPHANED, 1)
                 if e.state() == FREE:  # freed meanwhile: nobody else will unlink
                     e.drop()
-            self.entries = []
+            self.entries = {}
 
 
 _pool: _Pool | None = None
@@ -229,6 +264,56 @@ def acquire(data: memoryview) -> _shm.SegmentRef | None:
             if _pool is None:
                 _pool = _Pool()
     return _pool.acquire(data)
+
+
+_addressing = threading.local()
+
+
+def addressee() -> int:
+    """The receiver this thread's payloads go to (``addressed_to``); 0 if unsaid."""
+    return getattr(_addressing, "pid", 0)
+
+
+@contextlib.contextmanager
+def addressed_to(pid: int | None) -> Iterator[None]:
+    """Payloads made in this block (in this thread) go to process *pid* only.
+
+    For a carrier whose one receiver reads everything sent before it acts on
+    the sender's death (a pool's scheduler reads a dead worker's pipe to the
+    end): once that receiver calls ``drained``, the tracker unlinks what it
+    did not get, instead of leaving it for a reader that will never come.
+    """
+    before = addressee()
+    _addressing.pid = pid or 0
+    try:
+        yield
+    finally:
+        _addressing.pid = before
+
+
+def drained(sender: int) -> None:
+    """This process read everything dead process *sender* sent it.
+
+    Segments of *sender* addressed to this process and not received are
+    unlinked by the tracker.  Never raises; starts no tracker.
+    """
+    _shm_tracker.drained(sender)
+
+
+def hand_off(refs) -> None:
+    """The payload naming *refs* is complete: PENDING -> IN_FLIGHT.
+
+    From now on a carrier holds the segments, and the tracker leaves them
+    to their receiver if this process dies.  Recycled segments change state
+    in their header (a store); one-shot ones by a message to the tracker,
+    which raises ``OSError`` if it cannot be told (the caller then sends
+    the data through the pipe).
+    """
+    for ref in refs:
+        if not ref.recycled:
+            _shm_tracker.hand_off(ref.name, addressee())
+        elif _pool is not None:
+            _pool.hand_off(ref.name)
 
 
 def trim() -> None:
@@ -300,7 +385,12 @@ def _map_header(name: str) -> mmap.mmap | None:
 
 
 def release(ref: _shm.SegmentRef) -> None:
-    """A payload that will never be loaded: let its sender refill the segment."""
+    """A payload that will never be loaded: let its sender refill the segment.
+
+    A segment its receiver opened and then died holding (a pool worker
+    killed with its arguments) is unlinked at once: nobody would ever mark
+    it FREE, and its sender would notice only at its next send.
+    """
     try:
         header = _map_header(ref.name)
     except OSError:
@@ -308,14 +398,19 @@ def release(ref: _shm.SegmentRef) -> None:
     if header is None:
         return
     with header:
-        if (_get(header, _STATE) == IN_FLIGHT
-                and _get(header, _GENERATION) == ref.generation):
+        if _get(header, _GENERATION) != ref.generation:
+            return  # refilled since: this payload's data is gone already
+        state = _get(header, _STATE)
+        if state in (PENDING, IN_FLIGHT):
             _put(header, _STATE, FREE)
             if _get(header, _ORPHANED):
                 _shm.unlink(ref.name)
+        elif state == OPENED and not _alive(_get(header, _RECEIVER)):
+            if _pool is None or not _pool.drop(ref.name):
+                _shm.unlink(ref.name)  # another's: it forgets it at its next send
 
 
-# -- The tracker's sweep --------------------------------------------------------
+# -- Liveness, and the tracker's side -------------------------------------------
 
 def _alive(pid: int) -> bool:
     try:
@@ -331,37 +426,92 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def sweep(names) -> list[str]:
-    """For the tracker: deal with recycled segments whose sender died.
+def settle_dead_sender(name: str, handed_off: bool) -> bool:
+    """For the tracker: segment *name*'s creator died.  True once it is gone.
 
-    A sender killed (SIGKILL, ``os._exit``) never ran ``_Pool.close``.  For
-    each of its segments: FREE ones, or ones whose receiver died too, are
-    unlinked; the others are marked orphaned, so that their receiver
-    unlinks them when done.  IN_FLIGHT ones wait for their reader (or for
-    the end of the session).  Returns the names unlinked.
+    Unlinked at once when nobody can need it: PENDING (no payload names it),
+    FREE, or OPENED by a receiver that died too.  Otherwise (IN_FLIGHT: a
+    carrier holds its payload; OPENED by a living receiver) it is marked
+    orphaned, so that its receiver unlinks it when done, and kept.
+    *handed_off* is the tracker's knowledge for a one-shot segment, which
+    has no header.
     """
-    gone = []
-    for name in names:
-        if not _shm.is_recyclable_name(name):
-            continue
-        pid = _shm.creator_pid(name)
-        if pid is None or _alive(pid):
-            continue
-        try:
-            header = _map_header(name)
-        except OSError:
-            gone.append(name)
-            continue
-        if header is None:
-            continue
-        with header:
-            _put(header, _ORPHANED, 1)
-            state = _get(header, _STATE)
-            receiver = _get(header, _RECEIVER)
-            if state == FREE or (state == OPENED and not _alive(receiver)):
-                _shm.unlink(name)
-                gone.append(name)
-    return gone
+    if not _shm.is_recyclable_name(name):
+        if handed_off:
+            return False  # its receiver unlinks it on open
+        _shm.unlink(name)
+        return True
+    try:
+        header = _map_header(name)
+    except OSError:
+        return True  # gone already
+    if header is None:  # shorter than a header: it died creating it
+        _shm.unlink(name)
+        return True
+    with header:
+        _put(header, _ORPHANED, 1)
+        state = _get(header, _STATE)
+        if state in (PENDING, FREE) or (
+                state == OPENED and not _alive(_get(header, _RECEIVER))):
+            _shm.unlink(name)
+            return True
+    return False
+
+
+def settle_orphan(name: str, addressed: int = 0) -> bool:
+    """For the tracker, every second: an orphan still in flight or in use.
+
+    Unlinks it if a carrier released it (FREE), its receiver died holding
+    it, or the one receiver it was addressed to died (*addressed*: the
+    tracker's knowledge for a one-shot segment); True once it is gone.  A
+    receiver that unlinks it says so itself.
+    """
+    if not _shm.is_recyclable_name(name):
+        if addressed and not _alive(addressed):
+            _shm.unlink(name)
+            return True
+        return False
+    try:
+        header = _map_header(name)
+    except OSError:
+        return True
+    if header is None:
+        return False
+    with header:
+        state = _get(header, _STATE)
+        to = _get(header, _ADDRESSEE)
+        if (state == FREE
+                or (state == OPENED and not _alive(_get(header, _RECEIVER)))
+                or (state == IN_FLIGHT and to and not _alive(to))):
+            _shm.unlink(name)
+            return True
+    return False
+
+
+def settle_drained(name: str, reader: int, addressed: int = 0) -> bool:
+    """For the tracker: *reader* read everything this dead sender sent it.
+
+    Unlinks the orphan *name* if it is still in flight and was addressed to
+    *reader* (*addressed*: the tracker's knowledge for a one-shot segment):
+    nobody else was ever going to take it.  True once it is gone.
+    """
+    if not _shm.is_recyclable_name(name):
+        if addressed != reader:
+            return False
+        _shm.unlink(name)
+        return True
+    try:
+        header = _map_header(name)
+    except OSError:
+        return True
+    if header is None:
+        return False
+    with header:
+        if (_get(header, _STATE) == IN_FLIGHT
+                and _get(header, _ADDRESSEE) == reader):
+            _shm.unlink(name)
+            return True
+    return False
 
 
 def _pin_live_segments() -> None:

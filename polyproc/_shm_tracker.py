@@ -27,26 +27,61 @@ A *session* is the first process that imported polyproc (the *root*) and
 every process started from it, by any start method: the root writes
 ``POLYPROC_SHM_SESSION=<root pid>:<token>`` into its environment, and
 children inherit it.  All segment names of the session start with
-``pp<token>_``.  One tracker process per session, listening on an abstract
-Unix socket derived from the token, holds the set of names that were created
-and not yet received:
+``pp<token>_<creator pid>_``.  One tracker process per session, listening
+on an abstract Unix socket derived from the token, knows every segment that
+was created and not yet received, and who owns it at each moment:
+
+    state       owner                          how it got there
+    -----       -----                          ----------------
+    PENDING     its sender, alone              created inside ``dumps``
+    IN_FLIGHT   the carrier (pipe, queue       ``dumps`` returned the payload
+                ring, socket) until a          that names it (*hand-off*)
+                receiver takes it
+    OPENED      the receiver (recycled         the receiver mapped it (a
+                segments only)                 one-shot one is unlinked then)
+    FREE        its sender, to refill          the receiver is done with it
+
+A recycled segment keeps its state in its header (``_shm_pool.py``); for a
+one-shot segment the tracker keeps it: ``Register`` makes it PENDING,
+``HandOff`` IN_FLIGHT, ``Unregister`` (the receiver unlinked it) forgets it.
 
     sender                     tracker (one per session)            receiver
     ------                     -------------------------            --------
-    Register(name)  ------->   names.add(name)
+    Register(name)  ------->   sender's names += name,
+                               watch the sender's pid (pidfd)
     create + write segment
+    HandOff(name)   ------->   (one-shot: now IN_FLIGHT)
     payload with name ---------------------------------------------->  open
                                                                        unlink
-                               names.discard(name)  <-------  Unregister(name)
+                               names -= name  <-------------  Unregister(name)
 
-The tracker unlinks every name it still holds once the session is over:
-the root has exited (watched through a pidfd, so a reused pid cannot fool
-it) *and* no process is connected any more.  A process connects on its first
-zero-copy send or receive, and forked children share their parent's
-connection, so the "exit right after sending" pattern is safe: the root, or
-whoever reads, keeps the session open.  Segments of a session stay in RAM
-while the session runs, so a long-running root whose consumers keep dying
-holds them until it exits; carriers that know a payload is dead call
+**A sender dies** (SIGKILL, ``os._exit``, a crash; seen at once through a
+pidfd per sender process, or within ``SWEEP_S`` where pidfds do not exist).
+The tracker first reads every message already sent (the dead process's last
+``HandOff`` may still be queued), then, for each of its segments:
+PENDING and FREE ones, and OPENED ones whose receiver died too, are
+unlinked at once; IN_FLIGHT ones are left for their receiver, which may
+still take them (an item in a queue, a message in a pipe), and marked
+*orphaned* so that the receiver unlinks them when done; OPENED ones stay
+with their living receiver.  The tracker looks at the orphans every
+``SWEEP_S`` and unlinks those whose receiver died holding them or that a
+carrier released.
+
+**The session ends** when the root exits.  At a *normal* exit, as its last
+multiprocessing finalizer (after the children were joined), the root sends
+``EndSession`` and waits (at most ``_END_TIMEOUT_S``) for the tracker to
+unlink every name it holds and exit: the program leaves nothing behind, by
+the time it has exited.  The tracker does so only if no other process of
+the session is connected (one started outside multiprocessing, which was not
+joined); otherwise, and when the root was killed, it waits until the root
+has exited (watched through a pidfd, so a reused pid cannot fool it) *and*
+no process is connected any more, then unlinks what is left.  A process
+connects on its first zero-copy send, or receive of a one-shot segment,
+and forked children share their parent's connection, so the "exit right
+after sending" pattern is safe: the root, or whoever reads, keeps the
+session open.  While the session runs, an IN_FLIGHT segment that no
+receiver ever takes (a consumer killed before reading) stays until the
+session ends; carriers that know a payload is dead call
 ``_serialization.release`` to free it at once.
 
 The tracker is started on demand by whichever process of the session first
@@ -56,9 +91,10 @@ is harmless: the second one cannot bind the address and exits.  If it cannot
 be started at all, ``register`` raises ``OSError`` and the caller sends its
 data through the pipe instead.
 
-Messages to the tracker are typed (``Register``, ``Unregister``) and travel
-as one ``SOCK_SEQPACKET`` datagram each, so writes from several processes
-sharing one connection never interleave.  The connection is non-blocking:
+Messages to the tracker are typed (``Register``, ``HandOff``,
+``Unregister``, ``EndSession``) and travel as one ``SOCK_SEQPACKET``
+datagram each, so writes from several processes sharing one connection
+never interleave.  The connection is non-blocking:
 a tracker that stops reading costs a sender at most ``_SEND_TIMEOUT_S``
 before it falls back to the pipe, never a hang.
 """
@@ -70,32 +106,47 @@ import socket
 import sys
 import threading
 import time
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 from ._exceptions import TrackerBusyError
 
-__all__ = ["Register", "Unregister", "session", "Session", "register",
-           "unregister", "main"]
+__all__ = ["Register", "HandOff", "Unregister", "Drained", "EndSession",
+           "session", "Session", "register", "hand_off", "unregister",
+           "drained", "end_session"]
 
 SESSION_ENV = "POLYPROC_SHM_SESSION"
 # After the session looks over, wait this long for a late connection (a
 # spawned child that was handed a segment and has not connected yet).
 GRACE_S = 0.3
-# How often the tracker looks for recycled segments of senders that died
-# (see _shm_pool.sweep), while it holds any names.
+# How often the tracker looks at senders it cannot watch through a pidfd,
+# and at segments of dead senders still in flight, while there are any.
 SWEEP_S = 1.0
 _CONNECT_TIMEOUT_S = 5.0
 _SEND_TIMEOUT_S = 1.0
+# How long a root at exit waits for the tracker to have unlinked everything.
+_END_TIMEOUT_S = 2.0
 
 
 # -- Messages ---------------------------------------------------------------
 
 class Register(NamedTuple):
-    """A segment was created: unlink it at the end of the session unless received."""
+    """A segment is about to be created: PENDING, its creator's alone."""
     name: str
 
     def encode(self) -> bytes:
         return b"R" + self.name.encode()
+
+
+class HandOff(NamedTuple):
+    """A one-shot segment's payload is complete: IN_FLIGHT, a carrier's now.
+
+    *addressee*: the pid of the one receiver it goes to, or 0 (see Drained).
+    """
+    name: str
+    addressee: int = 0
+
+    def encode(self) -> bytes:
+        return b"H" + f"{self.addressee} {self.name}".encode()
 
 
 class Unregister(NamedTuple):
@@ -106,12 +157,46 @@ class Unregister(NamedTuple):
         return b"U" + self.name.encode()
 
 
-def decode(data: bytes) -> Register | Unregister:
-    kind, name = data[:1], data[1:].decode()
+class Drained(NamedTuple):
+    """*reader* read everything dead process *sender* sent it (a pool's
+    scheduler, its dead worker's pipe): what *sender* addressed to *reader*
+    and is still in flight will never be received."""
+    sender: int
+    reader: int
+
+    def encode(self) -> bytes:
+        return b"D" + f"{self.sender} {self.reader}".encode()
+
+
+class EndSession(NamedTuple):
+    """The root exits normally: unlink every segment now, then reply."""
+    pid: int
+
+    def encode(self) -> bytes:
+        return b"E" + str(self.pid).encode()
+
+
+# The tracker's one-datagram replies to EndSession.
+ENDED, KEPT = b"ended", b"kept"
+
+Message = Union[Register, HandOff, Unregister, Drained, EndSession]
+
+
+def decode(data: bytes) -> Message:
+    """The message in one datagram; raises ``ValueError`` if it is none."""
+    kind, body = data[:1], data[1:].decode()
     if kind == b"R":
-        return Register(name)
+        return Register(body)
+    if kind == b"H":
+        addressee, name = body.split(" ")
+        return HandOff(name, int(addressee))
     if kind == b"U":
-        return Unregister(name)
+        return Unregister(body)
+    if kind == b"D":
+        sender, reader = body.split(" ")
+        return Drained(int(sender), int(reader))
+    if kind == b"E":
+        return EndSession(int(body))
     raise ValueError(f"unknown tracker message {data!r}")
 
 
@@ -203,7 +288,7 @@ def _start_tracker(sess: Session) -> None:
     from multiprocessing import spawn
     subprocess.Popen(
         [spawn.get_executable(), "-c",
-         "from polyproc._shm_tracker import main; main()",
+         "from polyproc._shm_tracker_server import main; main()",
          sess.encode()],
         # No inherited stdout/stderr: a caller reading our output through a
         # pipe would otherwise wait for the tracker to exit, too.
@@ -272,7 +357,7 @@ def _write_bounded(fd: int, data: bytes) -> None:
     os.write(fd, data)
 
 
-def _send(message: Register | Unregister) -> None:
+def _send(message: Message) -> None:
     global _fd
     data = message.encode()
     for attempt in (1, 2):
@@ -294,15 +379,77 @@ def _send(message: Register | Unregister) -> None:
                 raise
 
 
-# True in the tracker process itself: what it unlinks needs no message, and
-# connecting to itself would keep its own session open forever.
+# True in the tracker process itself (_shm_tracker_server.main): what it
+# unlinks needs no message, and connecting to itself would keep its own
+# session open forever.
 _in_tracker = False
+# True once the tracker ended the session at this (root) process's exit:
+# a later send goes through the pipe rather than start a new tracker.
+_ended = False
 
 
 def register(name: str) -> None:
-    """Tell the tracker that segment *name* exists; raises ``OSError`` if unreachable."""
+    """Tell the tracker that segment *name* is about to exist (PENDING).
+
+    Raises ``OSError`` if the tracker is unreachable or the session ended.
+    """
+    if _in_tracker:
+        return
+    if _ended:
+        raise OSError(errno.ESHUTDOWN, "polyproc's shared-memory session has "
+                      "ended (the program is exiting)")
+    _send(Register(name))
+
+
+def hand_off(name: str, addressee: int = 0) -> None:
+    """Tell the tracker that one-shot segment *name* is in a carrier now.
+
+    *addressee*: the pid of the one receiver it goes to, or 0.
+
+    Raises ``OSError`` if the tracker is unreachable: the caller must then
+    not send the payload through shared memory, since the tracker would
+    unlink the segment if this process died before a receiver took it.
+    """
     if not _in_tracker:
-        _send(Register(name))
+        _send(HandOff(name, addressee))
+
+
+def drained(sender: int) -> None:
+    """Tell the tracker that this process read all dead *sender* sent it.
+
+    Never raises, and starts no tracker: without one there is nothing to do.
+    """
+    if not (_in_tracker or _ended):
+        _tell_running_tracker(Drained(sender, os.getpid()))
+
+
+def _tell_running_tracker(message: Message,
+                          reply_timeout: float | None = None) -> bytes | None:
+    """Send *message* to the tracker if one runs; none is started for it.
+
+    Uses this process's connection, or a short-lived one.  With
+    *reply_timeout*, waits that long at most for a one-datagram reply and
+    returns it.  Returns None when no tracker was reached or it did not
+    reply; never raises.
+    """
+    with _lock:
+        fd = _fd if _fd is not None and _identity(_fd) == _fd_identity else None
+        own = fd is None
+        try:
+            if fd is None:
+                fd = _connect_once(_session.address)
+        except OSError:
+            return None
+        try:
+            _write_bounded(fd, message.encode())
+            if reply_timeout is None:
+                return b""
+            return _read_reply(fd, reply_timeout)
+        except OSError:
+            return None
+        finally:
+            if own:
+                os.close(fd)
 
 
 def unregister(name: str) -> None:
@@ -311,7 +458,7 @@ def unregister(name: str) -> None:
     Names of another session (a peer reached through ``Listener``/``Client``)
     are left to that session's tracker, which tolerates names that are gone.
     """
-    if _in_tracker or not name.lstrip("/").startswith(_session.prefix):
+    if _in_tracker or _ended or not name.lstrip("/").startswith(_session.prefix):
         return
     try:
         _send(Unregister(name))
@@ -319,121 +466,47 @@ def unregister(name: str) -> None:
         pass
 
 
-# -- Server side: the tracker process ----------------------------------------
+def end_session() -> bool:
+    """At the root's normal exit: have the tracker unlink every segment now.
 
-def _unlink(name: str) -> None:
-    import _posixshmem
-    try:
-        _posixshmem.shm_unlink(name)
-    except OSError:
-        pass  # received, released or never created: nothing to do
-
-
-def _watch_root(sel, root_pid: int) -> object | None:
-    """Register a pidfd for the root with selector *sel*; None if the root is gone.
-
-    Returns the pidfd, or the string "poll" where pidfds do not exist.
+    Returns True when it did, False when there is no tracker, this is not
+    the root, or another process of the session is still connected (the
+    tracker then ends the session when that one is gone, as after a
+    crash).  Blocks at most about ``_END_TIMEOUT_S``; never raises.
+    Connects only to a tracker that exists: none is started for this.
     """
-    import selectors
-    try:
-        fd = os.pidfd_open(root_pid)
-    except ProcessLookupError:
-        return None
-    except (AttributeError, OSError):
-        try:
-            os.kill(root_pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "poll"
-    sel.register(fd, selectors.EVENT_READ, "root")
-    return fd
+    global _ended
+    if _in_tracker or _ended or os.getpid() != _session.root_pid:
+        return False
+    # No tracker: no segment of this session is tracked.
+    reply = _tell_running_tracker(EndSession(os.getpid()), _END_TIMEOUT_S)
+    _ended = reply == ENDED
+    return _ended
 
 
-def main() -> None:
-    """Run the tracker of the session named on the command line."""
-    import selectors
-    global _in_tracker
-    _in_tracker = True
-    sess = Session.parse(sys.argv[-1])
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        listener.bind(sess.address)
-    except OSError:
-        return  # another process of the session started the tracker first
-    listener.listen(64)
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ, "listener")
-    root = _watch_root(sel, sess.root_pid)
-    root_alive = root is not None
-    names: set[str] = set()
-    clients = 0
-    over_since: float | None = None
-    last_sweep = time.monotonic()
-    from . import _shm_pool
+def _read_reply(fd: int, timeout: float) -> bytes:
+    import select
+    deadline = time.monotonic() + timeout
     while True:
-        over = not root_alive and clients == 0
-        if over:
-            over_since = over_since or time.monotonic()
-            if time.monotonic() - over_since >= GRACE_S:
-                break
-            timeout = GRACE_S
-        else:
-            over_since = None
-            timeout = 0.5 if root == "poll" else None
-            if names:
-                timeout = min(timeout or SWEEP_S, SWEEP_S)
-        for key, _ in sel.select(timeout):
-            if key.data == "listener":
-                conn, _ = listener.accept()
-                sel.register(conn, selectors.EVENT_READ, "client")
-                clients += 1
-            elif key.data == "root":
-                root_alive = False
-                sel.unregister(key.fileobj)
-                os.close(key.fileobj)
-            else:
-                conn = key.fileobj
-                try:
-                    data = conn.recv(4096)
-                except OSError:
-                    data = b""
-                if not data:
-                    sel.unregister(conn)
-                    conn.close()
-                    clients -= 1
-                    continue
-                try:
-                    message = decode(data)
-                except (ValueError, UnicodeDecodeError):
-                    continue  # not from polyproc: ignore it, keep serving
-                if isinstance(message, Register):
-                    names.add(message.name)
-                else:
-                    names.discard(message.name)
-        if names and time.monotonic() - last_sweep >= SWEEP_S:
-            last_sweep = time.monotonic()
-            try:
-                names.difference_update(_shm_pool.sweep(list(names)))
-            except Exception:  # a sweep must never take the tracker down
-                pass
-        if root == "poll" and root_alive:
-            try:
-                os.kill(sess.root_pid, 0)
-            except ProcessLookupError:
-                root_alive = False
-            except PermissionError:
-                pass
-    listener.close()
-    if not sys.platform.startswith("linux"):
+        left = deadline - time.monotonic()
+        readable, _, _ = select.select([fd], [], [], max(0.0, left))
+        if not readable:
+            raise TrackerBusyError(errno.ETIMEDOUT, "polyproc's shared-memory "
+                                   "tracker did not reply")
         try:
-            os.unlink(sess.address)
-        except OSError:
-            pass
-    for name in names:
-        _unlink(name)
+            return os.read(fd, 64)
+        except BlockingIOError:
+            continue
 
 
-if __name__ == "__main__":
-    main()
+def _end_session_at_exit() -> None:
+    end_session()
+
+
+if _session.root_pid == os.getpid():
+    from multiprocessing import util as _mp_util
+
+    # The lowest priority of polyproc's: multiprocessing runs it after it
+    # has joined the children and after every other finalizer (pools,
+    # queues, managers), so nothing of the session needs a segment then.
+    _mp_util.Finalize(None, _end_session_at_exit, exitpriority=-100)

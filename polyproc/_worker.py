@@ -30,7 +30,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from . import _messages as m
-from . import _serialization
+from . import _serialization, _shm_pool
 from ._exceptions import SerializationError, UnloadableError
 from ._tasks import item_caller
 
@@ -76,6 +76,11 @@ class _Worker:
         self.chunks_run = 0
         self.outbox: list[m.ChunkDone] = []
         self.outbox_since = 0.0
+        # Results go to the scheduler in the parent only, which reads this
+        # worker's pipe to the end if it dies: see _shm_pool.addressed_to.
+        import multiprocessing
+        parent = multiprocessing.parent_process()
+        self.scheduler_pid = parent.pid if parent is not None else os.getppid()
 
     # -- the slot in the progress table -------------------------------
     def mark(self, phase: float, chunk_id: float = -1.0) -> None:
@@ -92,16 +97,17 @@ class _Worker:
             return
         self.mark(m.PHASE_DUMPING, self.outbox[-1].chunk_id)
         done, self.outbox = self.outbox, []
-        try:
-            data = _serialization.dumps(m.Results.of(done), "results")
-        except BaseException:
-            # A value that cannot be pickled (SerializationError), or whose
-            # __reduce__ raised SystemExit or the like: user code, which
-            # must cost its own task only, not the worker (see
-            # _replace_unpicklable).  SIGINT cannot raise here: it is
-            # ignored in workers.
-            data = _serialization.dumps(m.Results.of(_replace_unpicklable(done)),
-                                        "results")
+        with _shm_pool.addressed_to(self.scheduler_pid):
+            try:
+                data = _serialization.dumps(m.Results.of(done), "results")
+            except BaseException:
+                # A value that cannot be pickled (any type: see dumps), or
+                # whose __reduce__ raised SystemExit or the like: user code,
+                # which must cost its own task only, not the worker (see
+                # _replace_unpicklable).  SIGINT cannot raise here: it is
+                # ignored in workers.
+                data = _serialization.dumps(
+                    m.Results.of(_replace_unpicklable(done)), "results")
         self.conn.send_bytes(m.frame(done[-1].chunk_id, data))
         self.mark(m.PHASE_IDLE)
 

@@ -198,3 +198,117 @@ def reuse_tracker_fd_then_send(path: str, conn) -> None:
     conn.send(pattern(2 * MiB, 16))
     conn.send(os.fstat(fd).st_size)
 
+
+
+# -- Pausing a pool worker at a chosen point of sending its result ------------
+
+def pause_result_at(where: str, report, once, one_shot: bool = False) -> None:
+    """Pool initializer: stop this worker where it holds a result segment
+    that it has not sent yet, so that the test can SIGKILL it right there.
+
+    *where* is ``"created"`` (a segment of the result exists, the payload
+    is not complete: inside ``dumps``) or ``"dumped"`` (``dumps`` returned
+    the payload, ``send_bytes`` has not run).  The worker puts
+    ``(pid, segment names)`` on *report* and blocks; only the first worker
+    to get there (the one that creates the file *once*) does.  *one_shot*
+    makes the worker use one-shot segments (its recycling pool is "full").
+    """
+    import sys
+    import threading
+
+    from polyproc import _shm_pool, _worker
+
+    if one_shot:
+        _shm_pool.POOL_LIMIT = 0
+    created = _serialization._new_segment.__code__
+    dumped = _serialization.dumps.__code__
+    flush = _worker._Worker.flush.__code__
+
+    def names_at(frame, event, value):
+        if event != "return":
+            return None
+        if where == "created" and frame.f_code is created:
+            return [value.name]
+        if (where == "dumped" and frame.f_code is dumped
+                and frame.f_back.f_code is flush and value[:1] == b"\xff"):
+            header = _serialization._read_header(value)
+            return [ref.name for ref in header.buffers]
+        return None
+
+    def hook(frame, event, value):
+        names = names_at(frame, event, value)
+        if names is None:
+            return
+        sys.setprofile(None)
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return  # a replacement worker: let it work
+        report.put((os.getpid(), names))
+        threading.Event().wait(60)  # until SIGKILL (bounded all the same)
+
+    sys.setprofile(hook)
+
+
+def put_then_block(q, nbytes: int, seed: int, done) -> None:
+    """Put an array on a queue, say so, then wait to be killed."""
+    q.put(pattern(nbytes, seed))
+    done.set()
+    import threading
+    threading.Event().wait(60)
+
+
+def pid_and_pattern(args) -> tuple:
+    return os.getpid(), make_pattern(args)
+
+
+def segments_of(pid: int, prefix: str | None = None) -> list[str]:
+    """This session's segments created by process *pid* (names with '/')."""
+    return ["/" + n for n in our_segments(prefix)
+            if _shm.creator_pid("/" + n) == pid]
+
+
+def wait_until(predicate, timeout: float, what: str) -> float:
+    """Poll *predicate* until true (bounded); returns the seconds it took.
+
+    For the tracker's work, which has no event a test can wait on.
+    """
+    import time
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def exists(name: str) -> bool:
+    return os.path.exists("/dev/shm" + name)
+
+
+def orphaned(name: str) -> bool:
+    """Has the tracker marked recycled segment *name* as its sender's orphan?"""
+    from polyproc import _shm_pool
+    try:
+        header = _shm_pool._map_header(name)
+    except OSError:
+        return False
+    with header:
+        return bool(_shm_pool._get(header, _shm_pool._ORPHANED))
+
+
+def send_one_shot_and_recycled_then_block(conn, nbytes: int, seed: int, sent) -> None:
+    """Send an array in a one-shot segment, another in a recycled one, say
+    so, then wait to be killed."""
+    from polyproc import _shm_pool
+    limit, _shm_pool.POOL_LIMIT = _shm_pool.POOL_LIMIT, 0
+    conn.send(pattern(nbytes, seed))
+    _shm_pool.POOL_LIMIT = limit
+    conn.send(pattern(nbytes, seed + 1))
+    sent.set()
+    import threading
+    threading.Event().wait(60)
+
+
+def is_recyclable_name(name: str) -> bool:
+    return _shm.is_recyclable_name(name)
