@@ -1,0 +1,146 @@
+"""The fork template (polyproc/_fork_template.py): under fork, no worker is
+forked from a multi-threaded process."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import warnings
+
+import psutil
+import pytest
+
+import polyproc
+from polyproc import ProcessError
+
+import _fork_template_helpers as fh
+import _pool_helpers as h
+
+FORK = polyproc.get_context("fork")
+
+
+def _wait_gone(pids, seconds: float) -> bool:
+    """True once none of *pids* runs (zombies count as gone), within *seconds*."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [p for p in pids if psutil.pid_exists(p)
+                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+
+
+def _kill_and_wait(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_gone([pid], 5)
+
+
+@pytest.mark.timeout(60)
+def test_replacement_worker_runs_while_parent_threads_hold_locks(ctx):
+    # Forked from the scheduler thread, a replacement would inherit USER_LOCK
+    # held (and the fork itself would wait for logging's lock, which
+    # logging's fork hook takes): its task would hang.
+    with ctx.Pool(1) as pool:
+        victim = pool.apply(h.pid_of)
+        holding, release = threading.Event(), threading.Event()
+
+        def hold_locks():
+            with fh.USER_LOCK, logging._lock:
+                holding.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold_locks, daemon=True)
+        holder.start()
+        try:
+            assert holding.wait(5)
+            _kill_and_wait(victim)
+            took_lock, logged, pid = pool.apply_async(fh.take_lock_and_log).get(timeout=10)
+        finally:
+            release.set()
+            holder.join(5)
+    assert pid != victim
+    assert took_lock and logged == 1
+
+
+@pytest.mark.timeout(60)
+def test_workers_are_forked_by_a_single_threaded_template():
+    with FORK.Pool(2, maxtasksperchild=1) as pool:
+        # From here on every fork of a worker is a replacement, made while
+        # this process runs the scheduler thread (and one more).
+        idle = threading.Event()
+        extra = threading.Thread(target=idle.wait, args=(30,), daemon=True)
+        extra.start()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                # One task per chunk, one chunk per worker: six workers in all.
+                lineages = pool.map(fh.lineage, range(6), chunksize=1)
+                _kill_and_wait(pool._pool[0].pid)
+                lineages += pool.map(fh.lineage, range(4), chunksize=1)
+            templates = {p.pid for p in polyproc.active_children()}
+            parents = {ppid for _, ppid, _ in lineages}
+            assert len({pid for pid, _, _ in lineages}) >= 6
+            assert os.getpid() not in parents
+            assert len(parents) == 1 and parents <= templates
+            template = psutil.Process(parents.pop())
+            assert template.ppid() == os.getpid()
+            assert template.num_threads() == 1
+            # parent_process() in a worker is still the pool's owner.
+            assert {owner for _, _, owner in lineages} == {os.getpid()}
+            # Python 3.12+ warns when a multi-threaded process forks.
+            assert not [w for w in caught if "multi-threaded" in str(w.message)]
+        finally:
+            idle.set()
+            extra.join(5)
+        pool.close()
+        pool.join()
+    assert not polyproc.active_children()  # the template was joined too
+    assert _wait_gone([template.pid], 0)
+
+
+@pytest.mark.timeout(60)
+def test_replacements_see_the_state_of_pool_creation(monkeypatch):
+    # A replacement sees the memory of Pool() time, as the first workers do.
+    with FORK.Pool(1) as pool:
+        monkeypatch.setattr(fh, "STATE", "changed after Pool()")
+        first_state, first_pid = pool.apply(fh.state)
+        _kill_and_wait(first_pid)
+        state, pid = pool.apply_async(fh.state).get(timeout=10)
+    assert pid != first_pid
+    assert first_state == state == "at Pool()"
+
+
+@pytest.mark.timeout(60)
+def test_killed_template_breaks_the_pool_with_a_clear_error():
+    with FORK.Pool(2) as pool:
+        assert pool.map(h.square, range(4)) == [0, 1, 4, 9]  # workers up
+        workers = [w.pid for w in pool._pool]
+        (template,) = polyproc.active_children()
+        os.kill(template.pid, signal.SIGKILL)
+        # Their parent gone, the workers' watchdog ends them; no worker can
+        # be forked any more, so the pool breaks instead of waiting.
+        assert _wait_gone(workers, 2)
+        with pytest.raises(ProcessError, match="template process .* is gone"):
+            pool.apply_async(h.square, (3,)).get(timeout=10)
+        with pytest.raises(ProcessError, match="template process"):
+            pool.apply_async(h.square, (3,)).get(timeout=10)
+    assert not polyproc.active_children()
+
+
+@pytest.mark.timeout(60)
+def test_worker_exit_codes_come_from_the_template():
+    # The workers are not our children: their exit status is the template's
+    # to read, and it must still name the signal (describe_exit).
+    with FORK.Pool(2) as pool:
+        assert pool.map(h.square, range(4)) == [0, 1, 4, 9]  # workers up
+        victim = pool._pool[0]
+        assert victim.exitcode is None and victim.is_alive()
+        victim.terminate()
+        victim.join(5)
+        assert victim.exitcode == -signal.SIGTERM and not victim.is_alive()
+        victim.kill()  # exited already: a no-op, never another process
+        assert pool.map(h.square, range(4)) == [0, 1, 4, 9]
