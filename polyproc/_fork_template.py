@@ -1,29 +1,30 @@
-"""The fork template: a single-threaded process that forks a pool's workers.
+"""The fork template: a single-threaded process that forks replacement workers.
 
 Why.  Under the fork start method a pool must start workers long after it
 was created: a worker is killed, times out, or retires (``maxtasksperchild``,
-``max_memory_per_child``).  The scheduler does that from its own thread,
-while the caller's threads (and other pools' schedulers) run.  A child
+``max_memory_per_child``).  The scheduler did that from its own thread,
+while the caller's threads (and other pools' schedulers) ran.  A child
 forked from a multi-threaded process inherits every lock exactly as it was
 at the fork: one held by another thread (a user's ``threading.Lock``, a C
-library's malloc lock, ``logging``'s module lock) stays held for ever in
-the child, which then hangs the first time it takes it.  (``logging``'s own
-fork hook takes its lock before every fork, so the *scheduler* blocks until
-whichever thread holds it lets go.)  Python 3.12+ warns about it
-(``DeprecationWarning: This process is multi-threaded, use of fork() may
-lead to deadlocks in the child``), and 3.14 moved the default start method
-off fork for this reason.
+library's malloc lock) stays held for ever in the child, which then hangs
+the first time it takes it; ``logging``'s fork hook even takes its module
+lock before every fork, so the *scheduler* stalled for as long as any
+thread held that lock.  Python 3.12+ warns (``DeprecationWarning: This
+process is multi-threaded, use of fork() may lead to deadlocks in the
+child``), and 3.14 moved the default start method off fork for this reason.
 
-The design.  When a pool starts with the fork method, the caller's thread
-forks one *template* process, as the stdlib forks its first workers from
-that thread.  The template runs no thread and no user code: it waits for
-requests from the scheduler and forks every worker of the pool (the first
-ones too) from its one thread::
+The design.  ``Pool()`` (in the caller's thread, where the stdlib forks its
+workers) forks one *template* process, then the first workers, as the
+stdlib does.  The template runs no thread and no user code: it waits for
+requests from the scheduler and forks every later worker from its one
+thread, so no worker is ever forked from a multi-threaded process by
+polyproc::
 
   caller's process                               | template (one thread)    | workers
                                                  |                          |
-  Pool() -> ForkTemplate(): fork  ---------------+-> template_main          |
-  ProcessScheduler._spawn_worker                 |                          |
+  Pool(): ForkTemplate(): fork ------------------+-> template_main          |
+          first workers: ctx.Process.start() ----+--------------------------+-> worker_main
+  PoolScheduler thread, _spawn_worker            |                          |
    -> ForkTemplate.spawn: SpawnRequest ----------+-> Pipe(), Popen: fork ---+-> worker_main
                                       <----------+-- Spawned + 2 fds        |   (its end of the
       (its end of the worker's pipe and the      |   (SCM_RIGHTS)           |    pipe, the write
@@ -41,26 +42,36 @@ ones too) from its one thread::
   end (EOF: the worker exited) and keeps a copy to know when to reap.
 * Exit code: the template is the real parent; it reaps the worker and
   reports ``os.waitstatus_to_exitcode`` (negative signal numbers included,
-  which ``describe_exit`` names).
+  which ``describe_exit`` names).  ``TemplateWorker`` gives the scheduler
+  the part of ``Process`` it uses on top of that.
 * Parent death: the template checks its parent's sentinel and
   ``os.getppid()`` at least every ``PARENT_POLL_SECONDS`` and exits when
   the parent is gone; each worker's daemon watchdog (``_child.py``) then
   sees its own parent, the template, go.  Worst case about 0.2 s.
+* Shutdown: when the scheduler stops its workers it sends ``StopRequest``;
+  the template reports the exits of the workers it forked, then exits, so
+  its exit overlaps theirs.
 * State: a worker sees the caller's memory as of ``Pool()``, whenever it
-  is forked, which is what the stdlib's first workers see; a replacement
-  forked by the stdlib (from its handler thread) would see later state.
-* ``multiprocessing.active_children()`` in the caller lists the template,
-  not the workers (they are the template's children); ``parent_process()``
-  in a worker is still the caller, as under forkserver.
+  is forked, which is what the stdlib's first workers see.  (The stdlib
+  forks a replacement from its handler thread, so it sees later state.)
+* The first workers are the caller's children; replacements are the
+  template's, so ``multiprocessing.active_children()`` lists the template
+  and the first workers still running, not the replacements.
+  ``parent_process()`` in every worker is the caller, as under forkserver.
+
+Why the first workers are not forked by the template too: the caller would
+then wait for the template's start-up and a round trip per worker; measured
+on the 2-core development machine, ``Pool(2)`` took 3.5 ms longer that way,
+against about 1 ms for the one extra fork this way.
 
 Rejected alternatives (see docs/pool.md): forking replacements from the
-scheduler thread (the bug); forking them from the caller's thread (a pool
-is replaced while no caller thread is in a Pool call); spawning or
-forkserver for replacements only (a different state than the first
-workers, the main-module import and its guard, 50 ms per worker);
-``os.posix_spawn``/``vfork`` (spawn's semantics, not fork's); a template
-made lazily on the first replacement (from the scheduler thread: the same
-bug).
+scheduler thread (the bug); from a caller's thread (a worker dies while no
+caller thread is in a Pool call); spawn or forkserver for replacements
+only (other state than the first workers, the main-module import and its
+guard, 50 ms per worker); ``os.posix_spawn``/``vfork`` (spawn's semantics,
+not fork's); a template made on the first replacement (from the scheduler
+thread: the same bug); a worker that forks its own replacement (its state
+is no longer that of Pool() time; it is multi-threaded too, its watchdog).
 
 The stdlib's fork ``Popen`` launches each worker in the template, so the
 child side (``_bootstrap``, the at-exit handling that differs between
@@ -102,7 +113,7 @@ class SpawnRequest(NamedTuple):
 
 
 class StopRequest(NamedTuple):
-    """Scheduler -> template: the pool is finished; exit."""
+    """Scheduler -> template: fork no more; exit once your workers have."""
 
 
 class Spawned(NamedTuple):
@@ -192,6 +203,10 @@ def template_main(sock: socket.socket, parent_end: socket.socket, ctx: Any,
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock.settimeout(SEND_TIMEOUT_SECONDS)
     _Template(sock, ctx, table, config, name_format).serve()
+    # Nothing to flush or finalize here (the template runs no user code and
+    # writes nothing); the stdlib's exit path would only add time to every
+    # pool's close.
+    os._exit(0)
 
 
 class _Template:
@@ -211,10 +226,11 @@ class _Template:
         self.parent_sentinel = sentinel if isinstance(sentinel, int) else None
         self.live: dict[int, popen_fork.Popen] = {}  # by sentinel fd
         self.exiting: list[popen_fork.Popen] = []    # sentinel at EOF, not reaped yet
+        self.stopping = False  # asked to stop: exit once no worker is left
 
     def serve(self) -> None:
-        while True:
-            waitables: list = [self.sock, *self.live]
+        while not (self.stopping and not self.live and not self.exiting):
+            waitables: list = [self.sock, *self.live] if not self.stopping else [*self.live]
             if self.parent_sentinel is not None:
                 waitables.append(self.parent_sentinel)
             timeout = REAP_POLL_SECONDS if self.exiting else PARENT_POLL_SECONDS
@@ -237,15 +253,17 @@ class _Template:
                 or (self.parent_sentinel is not None and self.parent_sentinel in ready))
 
     def handle_request(self) -> bool:
-        """Serve one request; False when the template must exit."""
+        """Serve one request; False when the template must exit at once."""
         try:
             received = _receive(self.sock)
         except OSError:
             return False
-        if received is None or isinstance(received[0], StopRequest):
+        if received is None:  # the caller closed its end: no one to report to
             return False
         request = received[0]
-        if isinstance(request, SpawnRequest):
+        if isinstance(request, StopRequest):
+            self.stopping = True
+        elif isinstance(request, SpawnRequest):
             return self.spawn(request)
         return True
 
@@ -343,7 +361,7 @@ class ForkTemplate:
         self._running: weakref.WeakValueDictionary[int, TemplateWorker] = \
             weakref.WeakValueDictionary()
         self._gone: str | None = None  # why no more workers can be started
-        self._closed = False
+        self._stopped = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._process = _TemplateProcess(
             target=template_main, args=(theirs, ours, ctx, table, config, name_format),
@@ -370,11 +388,13 @@ class ForkTemplate:
         template is gone, ``OSError`` if its fork failed.
         """
         with self._lock:
+            if self._stopped:
+                self._mark_gone("the pool is shutting down")
             self._check_usable()
             try:
                 _send(self._sock, SpawnRequest(slot, number))
             except OSError as exc:
-                self._mark_gone(f"the connection to it failed ({exc})")
+                self._mark_gone(_gone_words(self._process, exc))
                 self._check_usable()
             while True:
                 received = self._next_record(None)
@@ -407,22 +427,32 @@ class ForkTemplate:
                 if self._next_record(remaining) is None:  # timed out, or gone
                     return
 
-    def close(self) -> None:
-        """Stop the template and wait for it (at most about two seconds).
+    def stop(self) -> None:
+        """Ask the template to fork no more and to exit once its workers have.
 
-        Workers still running keep running until their own watchdog sees
-        the template gone.  Idempotent.
+        Does not wait for the template.  Idempotent; ``spawn`` raises
+        ``ProcessError`` after it.
         """
         with self._lock:
-            if self._closed:
+            if self._stopped:
                 return
-            self._closed = True
-            self._gone = self._gone or "the pool was closed"
+            self._stopped = True
             try:
                 _send(self._sock, StopRequest())
             except OSError:
                 pass
-            self._sock.close()
+
+    def close(self) -> None:
+        """Stop the template and wait for it to exit (at most about two seconds).
+
+        Call it once the workers it forked are gone: the template waits for
+        them.  Idempotent.
+        """
+        self.stop()
+        with self._lock:
+            self._mark_gone("the pool was closed")
+            if self._sock.fileno() != -1:
+                self._sock.close()
         self._process.join(CLOSE_TIMEOUT_SECONDS)
         if self._process.exitcode is None:
             self._process.kill()
@@ -440,15 +470,15 @@ class ForkTemplate:
         if not ready:
             return None
         if self._sock not in ready:
-            self._mark_gone(f"it {_exit_words(self._process)}")
+            self._mark_gone(_gone_words(self._process))
             return None
         try:
             received = _receive(self._sock)
         except OSError as exc:
-            received = None
-            self._mark_gone(f"the connection to it failed ({exc})")
+            self._mark_gone(_gone_words(self._process, exc))
+            return None
         if received is None:
-            self._mark_gone(f"it {_exit_words(self._process)}")
+            self._mark_gone(_gone_words(self._process))
             return None
         message, fds = received
         if isinstance(message, WorkerExited):
@@ -469,17 +499,18 @@ class ForkTemplate:
                 f"pool is broken.  Was it killed from outside?  Create a new pool.")
 
 
-def _exit_words(process: Any) -> str:
+def _gone_words(process: Any, error: OSError | None = None) -> str:
+    """Why the template no longer answers, in words: its exit, or *error*."""
     process.join(CLOSE_TIMEOUT_SECONDS)
     code = process.exitcode
     if code is None:
-        return "stopped answering"
+        return f"the connection to it failed ({error})" if error else "it stopped answering"
     if code < 0:
         try:
-            return f"was killed by {signal.Signals(-code).name}"
+            return f"it was killed by {signal.Signals(-code).name}"
         except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
+            return f"it was killed by signal {-code}"
+    return f"it exited with code {code}"
 
 
 class TemplateWorker:

@@ -172,7 +172,7 @@ class ProcessScheduler:
         self._template = self._start_template()
         try:
             for slot in range(processes):
-                self._spawn_worker(slot)
+                self._spawn_worker(slot, in_caller_thread=True)
         except BaseException:
             if self._template is not None:
                 self._template.close()
@@ -627,28 +627,30 @@ class ProcessScheduler:
 
     # -- worker processes -------------------------------------------------
     def _start_template(self) -> ForkTemplate | None:
-        """Under fork, the process that forks every worker (_fork_template.py).
+        """Under fork, the process that forks replacement workers (_fork_template.py).
 
-        Forked here, in the caller's thread, as the stdlib forks its first
-        workers; the scheduler thread never forks.  None under spawn and
-        forkserver, which never fork this process.
+        Forked here, in the caller's thread, before the first workers, as
+        the stdlib forks those; the scheduler thread never forks.  None
+        under spawn and forkserver, which never fork this process.
         """
         if self._ctx.get_start_method() != "fork":
             return None
         with _sigint_shielded_start():
             return ForkTemplate(self._ctx, self._table, self._config)
 
-    def _spawn_worker(self, slot: int) -> None:
+    def _spawn_worker(self, slot: int, in_caller_thread: bool = False) -> None:
         """Start a worker for *slot*.
 
-        Raises ``ProcessError`` if the fork template is gone, and what
+        Under fork, only the caller's thread forks this process (the first
+        workers, in ``__init__``); later workers are forked by the template.
+        Raises ``ProcessError`` if the template is gone, and what
         ``Process.start()`` raises.
         """
         base = slot * m.SLOT_WIDTH
         for i in range(m.SLOT_WIDTH):
             self._table[base + i] = 0.0
         self._worker_counter += 1
-        if self._template is not None:
+        if self._template is not None and not in_caller_thread:
             process, parent_conn = self._template.spawn(slot, self._worker_counter)
             self._workers[slot] = WorkerHandle(process, parent_conn, slot)
             return
@@ -677,6 +679,7 @@ class ProcessScheduler:
                     return
 
     def _shutdown_workers(self) -> None:
+        self._stop_template()
         for w in self._workers.values():
             w.shutdown_sent = True
             try:
@@ -689,6 +692,7 @@ class ProcessScheduler:
         self._kill_workers()
 
     def _kill_workers(self) -> None:
+        self._stop_template()
         workers = list(self._workers.values())
         for w in workers:
             if w.process.exitcode is None:
@@ -711,6 +715,12 @@ class ProcessScheduler:
             w.assigned.clear()
             w.conn.close()
         self._workers.clear()
+
+    def _stop_template(self) -> None:
+        # No worker is started after this: the template exits as soon as
+        # the workers it forked have, while the others shut down.
+        if self._template is not None:
+            self._template.stop()
 
     def _close_resources(self) -> None:
         if self._template is not None:

@@ -67,29 +67,31 @@ def test_replacement_worker_runs_while_parent_threads_hold_locks(ctx):
 
 
 @pytest.mark.timeout(60)
-def test_workers_are_forked_by_a_single_threaded_template():
+def test_replacements_are_forked_by_a_single_threaded_template():
     with FORK.Pool(2, maxtasksperchild=1) as pool:
-        # From here on every fork of a worker is a replacement, made while
-        # this process runs the scheduler thread (and one more).
+        # The first workers are forked by this thread in Pool(), as the
+        # stdlib's are; from here on every worker is a replacement, needed
+        # while this process runs the scheduler thread and one more.
+        first = {w.pid for w in pool._pool}
         idle = threading.Event()
         extra = threading.Thread(target=idle.wait, args=(30,), daemon=True)
         extra.start()
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                # One task per chunk, one chunk per worker: six workers in all.
+                # One task per chunk, one chunk per worker: eight workers.
                 lineages = pool.map(fh.lineage, range(6), chunksize=1)
                 _kill_and_wait(pool._pool[0].pid)
-                lineages += pool.map(fh.lineage, range(4), chunksize=1)
-            templates = {p.pid for p in polyproc.active_children()}
-            parents = {ppid for _, ppid, _ in lineages}
-            assert len({pid for pid, _, _ in lineages}) >= 6
-            assert os.getpid() not in parents
-            assert len(parents) == 1 and parents <= templates
+                lineages += pool.map(fh.lineage, range(2), chunksize=1)
+            children = {p.pid for p in polyproc.active_children()}
+            replacements = [(pid, ppid) for pid, ppid, _ in lineages if pid not in first]
+            assert len(replacements) >= 6
+            parents = {ppid for _, ppid in replacements}
+            assert len(parents) == 1 and os.getpid() not in parents
             template = psutil.Process(parents.pop())
-            assert template.ppid() == os.getpid()
+            assert template.pid in children and template.ppid() == os.getpid()
             assert template.num_threads() == 1
-            # parent_process() in a worker is still the pool's owner.
+            # parent_process() in every worker is still the pool's owner.
             assert {owner for _, _, owner in lineages} == {os.getpid()}
             # Python 3.12+ warns when a multi-threaded process forks.
             assert not [w for w in caught if "multi-threaded" in str(w.message)]
@@ -116,15 +118,18 @@ def test_replacements_see_the_state_of_pool_creation(monkeypatch):
 
 @pytest.mark.timeout(60)
 def test_killed_template_breaks_the_pool_with_a_clear_error():
-    with FORK.Pool(2) as pool:
-        assert pool.map(h.square, range(4)) == [0, 1, 4, 9]  # workers up
-        workers = [w.pid for w in pool._pool]
-        (template,) = polyproc.active_children()
+    with FORK.Pool(1) as pool:
+        (worker,) = [w.pid for w in pool._pool]
+        assert pool.apply(h.pid_of) == worker
+        (template,) = [p for p in polyproc.active_children() if p.pid != worker]
         os.kill(template.pid, signal.SIGKILL)
-        # Their parent gone, the workers' watchdog ends them; no worker can
-        # be forked any more, so the pool breaks instead of waiting.
-        assert _wait_gone(workers, 2)
-        with pytest.raises(ProcessError, match="template process .* is gone"):
+        assert _wait_gone([template.pid], 5)
+        # The first worker is this process's child and goes on; once it
+        # dies no worker can be forked any more, and the pool breaks
+        # instead of waiting for one.
+        _kill_and_wait(worker)
+        with pytest.raises(ProcessError, match="template process .* is gone: it was "
+                                               "killed by SIGKILL"):
             pool.apply_async(h.square, (3,)).get(timeout=10)
         with pytest.raises(ProcessError, match="template process"):
             pool.apply_async(h.square, (3,)).get(timeout=10)
