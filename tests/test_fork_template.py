@@ -149,3 +149,16 @@ def test_worker_exit_codes_come_from_the_template():
         assert victim.exitcode == -signal.SIGTERM and not victim.is_alive()
         victim.kill()  # exited already: a no-op, never another process
         assert pool.map(h.square, range(4)) == [0, 1, 4, 9]
+
+
+@pytest.mark.timeout(60)
+def test_progress_bar_leaves_no_thread_behind(capfd):
+    # tqdm's monitor thread outlived the call by up to 10 s: the next Pool()
+    # then forked a multi-threaded process (a warning on Python 3.12+).
+    before = {t.ident for t in threading.enumerate()}
+    with FORK.Pool(2) as pool:
+        assert pool.map(h.square, range(20), progress=True) == [x * x for x in range(20)]
+        pool.close()
+        pool.join()
+    assert "20/20" in capfd.readouterr().err
+    assert {t.ident for t in threading.enumerate()} <= before
