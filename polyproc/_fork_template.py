@@ -55,8 +55,9 @@ polyproc::
   is forked, which is what the stdlib's first workers see.  (The stdlib
   forks a replacement from its handler thread, so it sees later state.)
 * The first workers are the caller's children; replacements are the
-  template's, so ``multiprocessing.active_children()`` lists the template
-  and the first workers still running, not the replacements.
+  template's, so ``multiprocessing.active_children()`` lists the first
+  workers still running, not the replacements, and not the template (it is
+  forked with ``os.fork``, not as a ``Process``: see ``_TemplateChild``).
   ``parent_process()`` in every worker is the caller, as under forkserver.
 
 Why the first workers are not forked by the template too: the caller would
@@ -89,9 +90,8 @@ import time
 import weakref
 from multiprocessing import connection as mp_connection
 from multiprocessing import popen_fork, util
-from multiprocessing.context import ForkProcess as _StdlibForkProcess
-from multiprocessing.process import parent_process
-from typing import Any, NamedTuple
+from multiprocessing.process import current_process
+from typing import Any, Callable, NamedTuple
 
 from ._exceptions import ProcessError
 from ._worker import worker_main
@@ -188,42 +188,36 @@ def _receive(sock: socket.socket) -> tuple[Any, list[int]] | None:
 
 # --- the template process ---------------------------------------------------
 
-def template_main(sock: socket.socket, parent_end: socket.socket, ctx: Any,
-                  table: Any, config: Any, name_format: str) -> None:
-    """The template's whole life (the target of its Process).
+def template_main(sock: socket.socket, parent_sentinel: int, parent: tuple[int, str],
+                  ctx: Any, table: Any, config: Any, name_format: str) -> None:
+    """The template's whole life, in the child of the fork in ``ForkTemplate``.
 
-    *ctx* makes the worker Process objects (polyproc's, or the stdlib's
-    when an Executor was given a stdlib context); *table* and *config* are
-    the pool's progress table and ``WorkerConfig``, inherited by the fork.
+    *parent_sentinel* reaches EOF when the caller is gone; *parent* is the
+    caller's pid and process name.  *ctx* makes the worker Process objects
+    (polyproc's, or the stdlib's when an Executor was given a stdlib
+    context); *table* and *config* are the pool's progress table and
+    ``WorkerConfig``, inherited by the fork.
     """
-    parent_end.close()  # only the caller holds the caller's end
     # Born with SIGINT blocked (ProcessScheduler's _sigint_shielded_start);
     # ignored as well, so that a Ctrl-C never ends the template.  Workers
     # inherit both and install their own handler (worker_main).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock.settimeout(SEND_TIMEOUT_SECONDS)
-    _Template(sock, ctx, table, config, name_format).serve()
-    # Nothing to flush or finalize here (the template runs no user code and
-    # writes nothing); the stdlib's exit path would only add time to every
-    # pool's close.
-    os._exit(0)
+    _Template(sock, parent_sentinel, parent, ctx, table, config, name_format).serve()
 
 
 class _Template:
     """The template's loop: fork on request, reap, report, watch the parent."""
 
-    def __init__(self, sock: socket.socket, ctx: Any, table: Any, config: Any,
-                 name_format: str):
+    def __init__(self, sock: socket.socket, parent_sentinel: int, parent: tuple[int, str],
+                 ctx: Any, table: Any, config: Any, name_format: str):
         self.sock = sock
+        self.parent_sentinel = parent_sentinel
+        self.parent_pid, self.parent_name = parent
         self.ctx = ctx
         self.table = table
         self.config = config
         self.name_format = name_format
-        parent = parent_process()
-        self.parent_pid = parent.pid if parent is not None else os.getppid()
-        self.parent_name = parent.name if parent is not None else "MainProcess"
-        sentinel = getattr(parent, "_sentinel", None)
-        self.parent_sentinel = sentinel if isinstance(sentinel, int) else None
         self.live: dict[int, popen_fork.Popen] = {}  # by sentinel fd
         self.exiting: list[popen_fork.Popen] = []    # sentinel at EOF, not reaped yet
         self.stopping = False  # asked to stop: exit once no worker is left
@@ -231,8 +225,7 @@ class _Template:
     def serve(self) -> None:
         while not (self.stopping and not self.live and not self.exiting):
             waitables: list = [self.sock, *self.live] if not self.stopping else [*self.live]
-            if self.parent_sentinel is not None:
-                waitables.append(self.parent_sentinel)
+            waitables.append(self.parent_sentinel)
             timeout = REAP_POLL_SECONDS if self.exiting else PARENT_POLL_SECONDS
             ready = mp_connection.wait(waitables, timeout)
             if self.parent_is_gone(ready):
@@ -249,8 +242,7 @@ class _Template:
         # The sentinel reaches EOF when the caller is gone, unless a process
         # the caller forked later holds a copy of its write end: getppid
         # covers that case (as in the workers' watchdog).
-        return (os.getppid() != self.parent_pid
-                or (self.parent_sentinel is not None and self.parent_sentinel in ready))
+        return os.getppid() != self.parent_pid or self.parent_sentinel in ready
 
     def handle_request(self) -> bool:
         """Serve one request; False when the template must exit at once."""
@@ -332,12 +324,77 @@ def _run_worker(template_ends: tuple, conn: Any, table: Any, slot: int,
 
 # --- the caller's side --------------------------------------------------------
 
-class _TemplateProcess(_StdlibForkProcess):
-    """The stdlib's fork Process: no daemon watchdog thread in the template.
+class _TemplateChild:
+    """The template as a child of the caller: pid, sentinel, exit code.
 
-    The template must stay single-threaded (that is its purpose); it
-    watches its parent in its own loop instead.
+    Forked with ``os.fork`` rather than as a ``multiprocessing.Process``:
+    the stdlib's child bootstrap (stdin, after-fork hooks, finalizers, exit
+    handlers) cost about 1.5 ms of CPU per pool and did nothing for a
+    process that runs no user code.  Not in ``active_children()`` either:
+    the template is the pool's machinery, not a process the caller made.
     """
+
+    def __init__(self, run: Callable[[int], None]):
+        """Fork; the child runs ``run(caller_sentinel)``, then exits.
+
+        Raises ``OSError`` if the fork fails.
+        """
+        # The template's death: EOF on alive_r once the template (the only
+        # holder of alive_w) has exited.  The caller's death, for the
+        # template: EOF on caller_r once the caller's caller_w is gone.
+        alive_r, alive_w = os.pipe()
+        caller_r, caller_w = os.pipe()
+        # As the stdlib's Popen does: unflushed output copied into the
+        # template would be printed again by each worker it forks.
+        util._flush_std_streams()
+        try:
+            pid = os.fork()
+        except BaseException:
+            for fd in (alive_r, alive_w, caller_r, caller_w):
+                os.close(fd)
+            raise
+        if pid == 0:  # the template: never return into the caller's stack
+            code = 1
+            try:
+                os.close(alive_r)
+                os.close(caller_w)
+                run(caller_r)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(alive_w)
+        os.close(caller_r)
+        self.pid = pid
+        self.sentinel = alive_r
+        self._caller_w = caller_w
+        self.reaped = False
+        self.exitcode: int | None = None  # None if unknown, even once reaped
+
+    def join(self, timeout: float | None) -> None:
+        """Wait up to *timeout* s for the template to exit, then reap it."""
+        if self.reaped or not mp_connection.wait([self.sentinel], timeout):
+            return
+        self.reaped = True
+        try:
+            _, status = os.waitpid(self.pid, 0)  # exiting: its files are closed
+        except ChildProcessError:  # reaped by someone else's waitpid(-1)
+            return
+        self.exitcode = os.waitstatus_to_exitcode(status)
+
+    def kill(self) -> None:
+        if not self.reaped:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        """Release the descriptors (after join)."""
+        for fd in (self.sentinel, self._caller_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class ForkTemplate:
@@ -351,8 +408,7 @@ class ForkTemplate:
                  name_format: str = "PolyPoolWorker-{}"):
         """Fork the template from the calling thread.
 
-        Raises what ``Process.start()`` raises (``OSError`` when fork fails,
-        ``AssertionError`` in a daemon process).
+        Raises ``OSError`` when fork fails.
         """
         self._lock = threading.Lock()
         # Workers not known to have exited, by pid: an exit report sets the
@@ -362,12 +418,16 @@ class ForkTemplate:
             weakref.WeakValueDictionary()
         self._gone: str | None = None  # why no more workers can be started
         self._stopped = False
+        self._closed = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._process = _TemplateProcess(
-            target=template_main, args=(theirs, ours, ctx, table, config, name_format),
-            name="PolyPoolTemplate", daemon=True)
+        caller = (os.getpid(), current_process().name)
+
+        def run_template(caller_sentinel: int) -> None:  # in the child
+            ours.close()  # only the caller holds the caller's end
+            template_main(theirs, caller_sentinel, caller, ctx, table, config, name_format)
+
         try:
-            self._process.start()
+            self._process = _TemplateChild(run_template)
         except BaseException:
             ours.close()
             raise
@@ -377,7 +437,7 @@ class ForkTemplate:
         self._name_format = name_format
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> int:
         return self._process.pid
 
     def spawn(self, slot: int, number: int) -> tuple[TemplateWorker, mp_connection.Connection]:
@@ -450,13 +510,16 @@ class ForkTemplate:
         """
         self.stop()
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             self._mark_gone("the pool was closed")
-            if self._sock.fileno() != -1:
-                self._sock.close()
-        self._process.join(CLOSE_TIMEOUT_SECONDS)
-        if self._process.exitcode is None:
-            self._process.kill()
+            self._sock.close()
             self._process.join(CLOSE_TIMEOUT_SECONDS)
+            if not self._process.reaped:
+                self._process.kill()
+                self._process.join(CLOSE_TIMEOUT_SECONDS)
+            self._process.close()
 
     # -- under the lock --------------------------------------------------------
     def _next_record(self, timeout: float | None) -> tuple[Any, list[int]] | None:
@@ -503,8 +566,10 @@ def _gone_words(process: Any, error: OSError | None = None) -> str:
     """Why the template no longer answers, in words: its exit, or *error*."""
     process.join(CLOSE_TIMEOUT_SECONDS)
     code = process.exitcode
-    if code is None:
+    if not process.reaped:
         return f"the connection to it failed ({error})" if error else "it stopped answering"
+    if code is None:
+        return "it exited (its exit status was collected elsewhere)"
     if code < 0:
         try:
             return f"it was killed by {signal.Signals(-code).name}"

@@ -3,7 +3,7 @@
 Run as ``python daemon_parent.py METHOD daemon|nondaemon|pool``.  Prints
 ``child <pid> [<pid>...]`` once the child (or every worker of a
 ``polyproc.Pool``, and under fork the pool's template process, which forks
-them) runs, then blocks on stdin until the test kills it.
+its replacement workers) runs, then blocks on stdin until the test kills it.
 """
 import sys
 import threading
@@ -23,10 +23,13 @@ if __name__ == "__main__":
     if kind == "pool":
         pool = ctx.Pool(2)
         pool.map(abs, range(4))  # the workers are up and running
-        # The workers, and every child of ours: under fork that is the
-        # template process that forked the workers, which must die too.
-        procs = {p.pid for p in pool._pool} | {p.pid for p in polyproc.active_children()}
-        pids = " ".join(str(pid) for pid in sorted(procs))
+        # The workers, and under fork the template process that forks the
+        # replacements, which must die too.
+        procs = [p.pid for p in pool._pool]
+        template = getattr(pool._backend, "_template", None)
+        if template is not None:
+            procs.append(template.pid)
+        pids = " ".join(str(pid) for pid in procs)
         print(f"child {pids}", flush=True)
         sys.stdin.readline()
         sys.exit(0)
