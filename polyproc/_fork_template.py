@@ -608,7 +608,7 @@ class TemplateWorker:
 
     @property
     def exitcode(self) -> int | None:
-        """The exit code once the template has reported it; never blocks."""
+        """The exit code once the template has reported it; does not wait for it."""
         if self._exitcode is None and self._has_exited():
             self._template.wait_exit(self, 0)
         return self._exitcode

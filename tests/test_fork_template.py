@@ -21,17 +21,21 @@ import _pool_helpers as h
 FORK = polyproc.get_context("fork")
 
 
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _wait_gone(pids, seconds: float) -> bool:
     """True once none of *pids* runs (zombies count as gone), within *seconds*."""
     deadline = time.monotonic() + seconds
-    while True:
-        alive = [p for p in pids if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive:
-            return True
+    while any(_running(p) for p in pids):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
+    return True
 
 
 def _kill_and_wait(pid: int) -> None:
