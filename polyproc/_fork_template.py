@@ -62,8 +62,9 @@ polyproc::
 
 Why the first workers are not forked by the template too: the caller would
 then wait for the template's start-up and a round trip per worker; measured
-on the 2-core development machine, ``Pool(2)`` took 3.5 ms longer that way,
-against about 1 ms for the one extra fork this way.
+on the 2-core development machine, ``Pool(2)`` took 3.5 ms longer that way.
+What remains is the template's own fork and exit, about 2.5 ms of CPU per
+pool (docs/pool.md has the measurements).
 
 Rejected alternatives (see docs/pool.md): forking replacements from the
 scheduler thread (the bug); from a caller's thread (a worker dies while no
