@@ -22,7 +22,9 @@ pool fails them instead of leaving a ``get()`` blocked forever.
 """
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 import sys
 import threading
 import time
@@ -89,8 +91,25 @@ def _check_options(timeout: float | None, retries: int) -> None:
 def _progress_bar(progress: bool, total: int | None):
     if not progress:
         return None
+    return _progress_bar_class()(total=total, file=sys.stderr, unit="task", miniters=1)
+
+
+@functools.lru_cache(maxsize=None)
+def _progress_bar_class():
+    """tqdm without its monitor thread.
+
+    The monitor would outlive the call by up to 10 s, and a fork from a
+    process with a thread running is unsafe (Python 3.12+ warns at the next
+    ``Pool()``).  It only forces a refresh when tqdm's dynamic ``miniters``
+    grew too large; with ``miniters=1`` (one update per batch of results)
+    there is nothing for it to do.
+    """
     from tqdm import tqdm  # imported only when asked for
-    return tqdm(total=total, file=sys.stderr, unit="task")
+
+    class PolyprocProgressBar(tqdm):
+        monitor_interval = 0
+
+    return PolyprocProgressBar
 
 
 class Pool:

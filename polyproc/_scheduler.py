@@ -73,6 +73,7 @@ from . import _messages as m
 from . import _serialization, _shm_pool
 from ._exceptions import (InitializerError, ProcessError, SerializationError,
                           TaskTimeoutError, UnloadableError, WorkerLostError)
+from ._fork_template import ForkTemplate
 from ._remote_errors import rebuild_exception
 from ._tasks import TaskChunk
 from ._worker import WorkerConfig, worker_main
@@ -170,8 +171,14 @@ class ProcessScheduler:
         self._startup_failures = 0
         self._ever_ready = False
         self._worker_counter = 0
-        for slot in range(processes):
-            self._spawn_worker(slot)
+        self._template = self._start_template()
+        try:
+            for slot in range(processes):
+                self._spawn_worker(slot, in_caller_thread=True)
+        except BaseException:
+            if self._template is not None:
+                self._template.close()
+            raise
         self._thread = threading.Thread(target=self._run, name="PoolScheduler",
                                         daemon=True)
         self._thread.start()
@@ -637,12 +644,35 @@ class ProcessScheduler:
                     pass
 
     # -- worker processes -------------------------------------------------
-    def _spawn_worker(self, slot: int) -> None:
+    def _start_template(self) -> ForkTemplate | None:
+        """Under fork, the process that forks replacement workers (_fork_template.py).
+
+        Forked here, in the caller's thread, before the first workers, as
+        the stdlib forks those; the scheduler thread never forks.  None
+        under spawn and forkserver, which never fork this process.
+        """
+        if self._ctx.get_start_method() != "fork":
+            return None
+        with _sigint_shielded_start("fork"):
+            return ForkTemplate(self._ctx, self._table, self._config)
+
+    def _spawn_worker(self, slot: int, in_caller_thread: bool = False) -> None:
+        """Start a worker for *slot*.
+
+        Under fork, only the caller's thread forks this process (the first
+        workers, in ``__init__``); later workers are forked by the template.
+        Raises ``ProcessError`` if the template is gone, and what
+        ``Process.start()`` raises.
+        """
         base = slot * m.SLOT_WIDTH
         for i in range(m.SLOT_WIDTH):
             self._table[base + i] = 0.0
-        parent_conn, child_conn = mp_connection.Pipe(duplex=True)
         self._worker_counter += 1
+        if self._template is not None and not in_caller_thread:
+            process, parent_conn = self._template.spawn(slot, self._worker_counter)
+            self._workers[slot] = WorkerHandle(process, parent_conn, slot)
+            return
+        parent_conn, child_conn = mp_connection.Pipe(duplex=True)
         process = self._ctx.Process(
             target=worker_main, args=(child_conn, self._table, slot, self._config),
             name=f"PolyPoolWorker-{self._worker_counter}", daemon=True)
@@ -660,9 +690,14 @@ class ProcessScheduler:
             return
         for slot in range(self.size):
             if slot not in self._workers:
-                self._spawn_worker(slot)
+                try:
+                    self._spawn_worker(slot)
+                except ProcessError as exc:  # the fork template is gone
+                    self._break(exc)
+                    return
 
     def _shutdown_workers(self) -> None:
+        self._stop_template()
         for w in self._workers.values():
             w.shutdown_sent = True
             try:
@@ -675,6 +710,7 @@ class ProcessScheduler:
         self._kill_workers()
 
     def _kill_workers(self) -> None:
+        self._stop_template()
         workers = list(self._workers.values())
         for w in workers:
             if w.process.exitcode is None:
@@ -698,7 +734,15 @@ class ProcessScheduler:
             w.conn.close()
         self._workers.clear()
 
+    def _stop_template(self) -> None:
+        # No worker is started after this: the template exits as soon as
+        # the workers it forked have, while the others shut down.
+        if self._template is not None:
+            self._template.stop()
+
     def _close_resources(self) -> None:
+        if self._template is not None:
+            self._template.close()
         for c in list(self._pending) + list(self._requeued):
             c.release()
         for fd in (self._wakeup_r, self._wakeup_w):

@@ -2,7 +2,8 @@
 
 Run as ``python daemon_parent.py METHOD daemon|nondaemon|pool``.  Prints
 ``child <pid> [<pid>...]`` once the child (or every worker of a
-``polyproc.Pool``) runs, then blocks on stdin until the test kills it.
+``polyproc.Pool``, and under fork the pool's template process, which forks
+its replacement workers) runs, then blocks on stdin until the test kills it.
 """
 import sys
 import threading
@@ -22,7 +23,13 @@ if __name__ == "__main__":
     if kind == "pool":
         pool = ctx.Pool(2)
         pool.map(abs, range(4))  # the workers are up and running
-        pids = " ".join(str(p.pid) for p in polyproc.active_children())
+        # The workers, and under fork the template process that forks the
+        # replacements, which must die too.
+        procs = [p.pid for p in pool._pool]
+        template = getattr(pool._backend, "_template", None)
+        if template is not None:
+            procs.append(template.pid)
+        pids = " ".join(str(pid) for pid in procs)
         print(f"child {pids}", flush=True)
         sys.stdin.readline()
         sys.exit(0)

@@ -1,0 +1,168 @@
+"""The fork template (polyproc/_fork_template.py): under fork, no worker is
+forked from a multi-threaded process."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import warnings
+
+import psutil
+import pytest
+
+import polyproc
+from polyproc import ProcessError
+
+import _fork_template_helpers as fh
+import _pool_helpers as h
+
+FORK = polyproc.get_context("fork")
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_gone(pids, seconds: float) -> bool:
+    """True once none of *pids* runs (zombies count as gone), within *seconds*."""
+    deadline = time.monotonic() + seconds
+    while any(_running(p) for p in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _kill_and_wait(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_gone([pid], 5)
+
+
+@pytest.mark.timeout(60)
+def test_replacement_worker_runs_while_parent_threads_hold_locks(ctx):
+    # Forked from the scheduler thread, a replacement would inherit USER_LOCK
+    # held (and the fork itself would wait for logging's lock, which
+    # logging's fork hook takes): its task would hang.
+    with ctx.Pool(1) as pool:
+        victim = pool.apply(h.pid_of)
+        holding, release = threading.Event(), threading.Event()
+
+        def hold_locks():
+            with fh.USER_LOCK, logging._lock:
+                holding.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold_locks, daemon=True)
+        holder.start()
+        try:
+            assert holding.wait(5)
+            _kill_and_wait(victim)
+            took_lock, logged, pid = pool.apply_async(fh.take_lock_and_log).get(timeout=10)
+        finally:
+            release.set()
+            holder.join(5)
+    assert pid != victim
+    assert took_lock and logged == 1
+
+
+@pytest.mark.timeout(60)
+def test_replacements_are_forked_by_a_single_threaded_template():
+    with FORK.Pool(2, maxtasksperchild=1) as pool:
+        # The first workers are forked by this thread in Pool(), as the
+        # stdlib's are; from here on every worker is a replacement, needed
+        # while this process runs the scheduler thread and one more.
+        first = {w.pid for w in pool._pool}
+        idle = threading.Event()
+        extra = threading.Thread(target=idle.wait, args=(30,), daemon=True)
+        extra.start()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                # One task per chunk, one chunk per worker: eight workers.
+                lineages = pool.map(fh.lineage, range(6), chunksize=1)
+                _kill_and_wait(pool._pool[0].pid)
+                lineages += pool.map(fh.lineage, range(2), chunksize=1)
+            replacements = [(pid, ppid) for pid, ppid, _ in lineages if pid not in first]
+            assert len(replacements) >= 6
+            parents = {ppid for _, ppid in replacements}
+            assert len(parents) == 1 and os.getpid() not in parents
+            template = psutil.Process(parents.pop())
+            assert template.pid == pool._backend._template.pid
+            assert template.ppid() == os.getpid()
+            assert template.num_threads() == 1
+            # parent_process() in every worker is still the pool's owner.
+            assert {owner for _, _, owner in lineages} == {os.getpid()}
+            # Python 3.12+ warns when a multi-threaded process forks.
+            assert not [w for w in caught if "multi-threaded" in str(w.message)]
+        finally:
+            idle.set()
+            extra.join(5)
+        pool.close()
+        pool.join()
+    assert not any(_running(pid) for pid, _, _ in lineages)
+    assert not psutil.pid_exists(template.pid)  # exited, and reaped by the pool
+
+
+@pytest.mark.timeout(60)
+def test_replacements_see_the_state_of_pool_creation(monkeypatch):
+    # A replacement sees the memory of Pool() time, as the first workers do.
+    with FORK.Pool(1) as pool:
+        monkeypatch.setattr(fh, "STATE", "changed after Pool()")
+        first_state, first_pid = pool.apply(fh.state)
+        _kill_and_wait(first_pid)
+        state, pid = pool.apply_async(fh.state).get(timeout=10)
+    assert pid != first_pid
+    assert first_state == state == "at Pool()"
+
+
+@pytest.mark.timeout(60)
+def test_killed_template_breaks_the_pool_with_a_clear_error():
+    with FORK.Pool(1) as pool:
+        (worker,) = [w.pid for w in pool._pool]
+        assert pool.apply(h.pid_of) == worker
+        template = pool._backend._template.pid
+        os.kill(template, signal.SIGKILL)
+        assert _wait_gone([template], 5)
+        # The first worker is this process's child and goes on; once it
+        # dies no worker can be forked any more, and the pool breaks
+        # instead of waiting for one.
+        _kill_and_wait(worker)
+        with pytest.raises(ProcessError, match="template process .* is gone: it was "
+                                               "killed by SIGKILL"):
+            pool.apply_async(h.square, (3,)).get(timeout=10)
+        with pytest.raises(ProcessError, match="template process"):
+            pool.apply_async(h.square, (3,)).get(timeout=10)
+    assert not psutil.pid_exists(template)  # reaped by the pool
+
+
+@pytest.mark.timeout(60)
+def test_worker_exit_codes_come_from_the_template():
+    # The workers are not our children: their exit status is the template's
+    # to read, and it must still name the signal (describe_exit).
+    with FORK.Pool(2) as pool:
+        assert pool.map(h.square, range(4)) == [0, 1, 4, 9]  # workers up
+        victim = pool._pool[0]
+        assert victim.exitcode is None and victim.is_alive()
+        victim.terminate()
+        victim.join(5)
+        assert victim.exitcode == -signal.SIGTERM and not victim.is_alive()
+        victim.kill()  # exited already: a no-op, never another process
+        assert pool.map(h.square, range(4)) == [0, 1, 4, 9]
+
+
+@pytest.mark.timeout(60)
+def test_progress_bar_leaves_no_thread_behind(capfd):
+    # tqdm's monitor thread outlived the call by up to 10 s: the next Pool()
+    # then forked a multi-threaded process (a warning on Python 3.12+).
+    before = {t.ident for t in threading.enumerate()}
+    with FORK.Pool(2) as pool:
+        assert pool.map(h.square, range(20), progress=True) == [x * x for x in range(20)]
+        pool.close()
+        pool.join()
+    assert "20/20" in capfd.readouterr().err
+    assert {t.ident for t in threading.enumerate()} <= before
