@@ -74,6 +74,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from . import _messages as m
+from . import _ownership
 from . import _serialization
 from ._exceptions import (ExecutorInitializerError, ExecutorWorkerLostError,
                           InitializerError, WorkerLostError)
@@ -142,6 +143,19 @@ class _ExecutorFuture(Future):
                 self.claimed = True
                 self.set_running_or_notify_cancel()  # CANCELLED_AND_NOTIFIED
         return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        """``Future.result``; raises ``InheritedPoolError`` at once in a forked
+        child while the call is unfinished (nothing there would finish it)."""
+        if self._core.pid != _ownership.pid and not self.done():
+            _ownership.check_owner(self._core.pid, "this Executor's future")
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """``Future.exception``; in a forked child as ``result()``."""
+        if self._core.pid != _ownership.pid and not self.done():
+            _ownership.check_owner(self._core.pid, "this Executor's future")
+        return super().exception(timeout)
 
     def claim(self) -> bool:
         """Mark running for a hand-over (holding the core's lock).
@@ -237,7 +251,7 @@ class _ExecutorCore:
         # Set by Executor right after this core exists (the scheduler needs
         # the core's abort_all to be built).
         self.backend: ProcessScheduler = None  # type: ignore[assignment]
-        self.pid = os.getpid()  # forked children inherit a copy; it is not theirs
+        self.pid = _ownership.pid  # forked children inherit a copy; it is not theirs
 
     def window(self, chunk: TaskChunk) -> int:
         """How many chunks like *chunk* may be in the scheduler's hands."""
@@ -290,7 +304,16 @@ class _ExecutorCore:
             self.in_flight.add(chunk.sink)
             self.backend.submit([chunk])
 
+    def owned(self) -> bool:
+        """Whether this process made the executor (not a fork child's copy)."""
+        return self.pid == _ownership.pid
+
     def shutdown(self, cancel_futures: bool) -> None:
+        if not self.owned():
+            # A fork child's copy (shutdown(), its finalizer at exit): mark
+            # it, and leave the parent's scheduler and workers alone.
+            self.shut_down = True
+            return
         with self.lock:
             self.shut_down = True
             cancelled = list(self.waiting) if cancel_futures else []
@@ -377,7 +400,7 @@ def _python_exit() -> None:
     # A forked child (a worker, a Process) runs this hook too when it exits
     # (``BaseProcess._bootstrap`` calls ``threading._shutdown``), with a copy
     # of its parent's cores: those are the parent's to shut down, not its own.
-    cores = [core for core in list(_live_cores) if core.pid == os.getpid()]
+    cores = [core for core in list(_live_cores) if core.owned()]
     for core in cores:
         core.shutdown(cancel_futures=interrupted)
         if interrupted:
@@ -450,8 +473,9 @@ class Executor(_StdExecutor):
 
         Never blocks.  Raises ``RuntimeError`` after ``shutdown()``,
         ``SerializationError`` (a ``ValueError``) at once if *fn*, *args* or
-        *kwargs* cannot be pickled, and the initializer's error once the
-        executor is broken.  Every keyword argument goes to *fn*, as with
+        *kwargs* cannot be pickled, the initializer's error once the
+        executor is broken, and ``InheritedPoolError`` (a ``RuntimeError``)
+        in a child made by fork after the executor was.  Every keyword argument goes to *fn*, as with
         ``ProcessPoolExecutor``; polyproc's per-task options are set with
         ``options()``.
         """
@@ -475,6 +499,8 @@ class Executor(_StdExecutor):
                 timeout: float | None, retries: int) -> Future:
         # The hot path of "10,000 submits": _submit_chunks inlined for one call.
         core = self._core
+        if core.pid != _ownership.pid:
+            _ownership.check_owner(core.pid, "this Executor")
         if core.shut_down:  # checked again under the lock by enqueue()
             raise RuntimeError("cannot schedule new futures after shutdown")
         if not callable(fn):
@@ -522,10 +548,11 @@ class Executor(_StdExecutor):
         *cancel_futures*, calls that have not started are cancelled (their
         futures' ``cancel()`` returns True and they never run).  With
         *wait*, blocks until every call that was not cancelled has finished
-        and the workers have exited.
+        and the workers have exited.  In a child made by fork it only
+        marks the child's copy shut down: the workers are the parent's.
         """
         self._core.shutdown(cancel_futures)
-        if wait:
+        if wait and self._core.owned():
             self._core.backend.join()
 
     def __reduce__(self):
@@ -541,6 +568,7 @@ class Executor(_StdExecutor):
     def _submit_chunks(self, fn: Callable, call: int, pieces: list[list], chunksize: int,
                        timeout: float | None, retries: int) -> list[Future]:
         core = self._core
+        _ownership.check_owner(core.pid, "this Executor")
         if core.shut_down:  # checked again under the lock by enqueue()
             raise RuntimeError("cannot schedule new futures after shutdown")
         _check_options(timeout, retries)

@@ -12,11 +12,23 @@ the same small interface:
     submit(chunks)            queue chunks; outcomes go to chunk.sink
     task_seconds(func)        measured mean seconds per task of func, or None
     add_feeder()/remove_feeder()  an imap feeder is still submitting
+    cancel(sink)              stop running the chunks of one call (Ctrl-C)
     close() / terminate() / join(timeout)
 
 Results reach the caller through the sinks in _results.py.  The
 ``_SinkRegistry`` knows every unfinished result so that terminating the
 pool fails them instead of leaving a ``get()`` blocked forever.
+
+Ctrl-C (``KeyboardInterrupt``) while a call submits or waits for its
+results *cancels that call* (``_SinkRegistry.cancel``), not the pool: its
+queued chunks are dropped, the workers running its tasks are stopped and
+replaced, its result fails for any other waiter, and the pool stays
+``RUN`` for the next call, as the stdlib's does (a notebook user
+interrupts a cell and runs it again).  Other calls are not touched.
+
+A Pool belongs to the process that made it (_ownership.py): in a forked
+child every call raises ``InheritedPoolError`` at once, and clean-up only
+marks the child's copy.
 """
 from __future__ import annotations
 
@@ -29,6 +41,7 @@ from multiprocessing import util
 from typing import Any, Callable, Iterable
 
 from . import _messages as m
+from . import _ownership
 from . import _serialization
 from ._exceptions import ProcessError, SerializationError
 from ._results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
@@ -41,6 +54,11 @@ RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 # Inputs that map() and imap() cut into chunks by slicing, keeping their type.
 _SLICEABLE = (list, tuple, range)
 
+_CANCELLED_MESSAGE = (
+    "this call was cancelled: a KeyboardInterrupt (Ctrl-C) interrupted it while "
+    "it waited for its results, and its unfinished tasks were stopped.  The pool "
+    "keeps running: submit the call again to run it.")
+
 
 class _SinkRegistry:
     """Unfinished results of one pool, so that they can all be failed at once."""
@@ -51,6 +69,7 @@ class _SinkRegistry:
         self._sinks: set = set()
         self.backend = None
         self.terminated = False
+        self.pid = _ownership.pid  # the process that owns the pool
 
     def register_sink(self, sink) -> None:
         self._sinks.add(sink)
@@ -62,6 +81,18 @@ class _SinkRegistry:
         sinks, self._sinks = self._sinks, set()
         for sink in list(sinks):
             sink.abort(exc)
+
+    def cancel(self, sink) -> None:
+        """Cancel one call (Ctrl-C): stop its tasks, fail its result; the pool runs on.
+
+        The backend is told first, so that nothing more of the call is
+        dispatched; then the result fails (``ProcessError``) for anyone
+        else waiting on it.  Deliveries that raced ahead are kept.
+        """
+        sink.cancelled = True
+        if self.backend is not None:
+            self.backend.cancel(sink)
+        sink.abort(ProcessError(_CANCELLED_MESSAGE))
 
     def terminate(self) -> None:
         """Stop the pool now: workers killed, unfinished results failed."""
@@ -161,7 +192,7 @@ class Pool:
             "pool objects cannot be passed between processes or pickled")
 
     def __del__(self, _warn=warnings.warn, RUN=RUN):
-        if getattr(self, "_state", None) == RUN:
+        if getattr(self, "_state", None) == RUN and self._owned():
             _warn(f"unclosed running multiprocessing pool {self!r}",
                   ResourceWarning, source=self)
 
@@ -177,8 +208,19 @@ class Pool:
         """The worker processes (as the stdlib's private ``_pool`` list)."""
         return [w.process for w in list(getattr(self._backend, "_workers", {}).values())]
 
+    def _owned(self) -> bool:
+        """Whether this process made the pool (not a fork child's copy of it)."""
+        return self._registry.pid == _ownership.pid
+
     def _check_running(self) -> None:
-        if self._state != RUN:
+        """Raise unless the pool can take work here and now.
+
+        ``InheritedPoolError`` in a forked child (nothing there runs the
+        call); ``ValueError("Pool not running")`` once closed or terminated,
+        including by its finalizer at interpreter exit.
+        """
+        _ownership.check_owner(self._registry.pid, "this Pool")
+        if self._state != RUN or self._registry.terminated:
             raise ValueError("Pool not running")
 
     def apply(self, func: Callable, args: Iterable = (), kwds: dict = {}, *,
@@ -265,23 +307,36 @@ class Pool:
                           retries, progress)
 
     def close(self) -> None:
-        """Prevent further submissions; workers exit once all work is done."""
+        """Prevent further submissions; workers exit once all work is done.
+
+        In a forked child it only closes the child's copy: the workers are
+        the parent's.
+        """
         if self._state == RUN:
             self._state = CLOSE
-            self._backend.close()
+            if self._owned():
+                self._backend.close()
 
     def terminate(self) -> None:
-        """Stop the workers at once; unfinished results fail with ``ProcessError``."""
+        """Stop the workers at once; unfinished results fail with ``ProcessError``.
+
+        In a forked child it only marks the child's copy terminated.
+        """
         self._state = TERMINATE
-        self._terminate()
+        if self._owned():
+            self._terminate()
 
     def join(self) -> None:
-        """Wait for the workers to exit; call ``close()`` or ``terminate()`` first."""
+        """Wait for the workers to exit; call ``close()`` or ``terminate()`` first.
+
+        In a forked child it returns at once: there is nothing of its own to wait for.
+        """
         if self._state == RUN:
             raise ValueError("Pool is still running")
         elif self._state not in (CLOSE, TERMINATE):
             raise ValueError("In unknown state")
-        self._backend.join()
+        if self._owned():
+            self._backend.join()
 
     # -- building chunks ----------------------------------------------------
     def _function_blob(self, func: Callable):
@@ -313,7 +368,8 @@ class Pool:
         """Chunk and submit a sized sequence from the caller's thread.
 
         Raises ``SerializationError`` (and fails *sink*) if an item can't be
-        pickled; chunks already submitted then run for nothing.
+        pickled; chunks already submitted then run for nothing.  Ctrl-C here
+        cancels the call (``_SinkRegistry.cancel``) before it propagates.
         """
         try:
             for start in range(0, len(items), chunksize):
@@ -328,6 +384,9 @@ class Pool:
                     # while this thread pickles the rest: without this it
                     # can wait a whole GIL switch interval (5 ms) for its turn.
                     time.sleep(0)
+        except KeyboardInterrupt:
+            self._registry.cancel(sink)
+            raise
         except BaseException as exc:
             sink.abort(exc)
             raise
@@ -388,7 +447,7 @@ def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
     try:
         try:
             for piece in iter_slices(iterable, chunksize, grow_limit):
-                if registry.terminated:
+                if registry.terminated or sink.cancelled:
                     return
                 backend.submit(_chunks_for_piece(fn_blob, fn_name, call, piece, start,
                                                  sink, timeout, retries, serialize))

@@ -12,10 +12,15 @@ Differences from the stdlib, all where the stdlib would hang or mislead:
 
 * ``MapResult`` raises the error of the *lowest-index* failed task (the
   stdlib raises whichever arrived first): the same run gives the same error.
-* Ctrl-C while waiting in ``get``/``wait``/``next`` terminates the pool
-  before re-raising ``KeyboardInterrupt`` (README: no orphans, no hang).
+* Ctrl-C while waiting in ``get``/``wait``/``next`` cancels that call
+  before re-raising ``KeyboardInterrupt``: its tasks stop (no orphans,
+  no worker stuck in an interrupted task) and the result fails with
+  ``ProcessError`` for any other waiter; the pool keeps running (the
+  stdlib leaves the call running).
 * A terminated pool fails pending results instead of leaving ``get()``
   blocked forever.
+* Waiting on an unfinished result in a forked child raises
+  ``InheritedPoolError`` (nothing there would ever finish it).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import time
 import traceback
 from typing import Any, Callable
 
+from . import _ownership
 from ._exceptions import TimeoutError
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
@@ -50,6 +56,7 @@ class _Sink:
         self._core = core
         self._progress = progress
         self._pending = length  # tasks not delivered yet (None: not known yet)
+        self.cancelled = False  # set by the registry's cancel(): stop feeding it
         core.register_sink(self)
 
     def _count(self, n: int) -> None:
@@ -63,8 +70,11 @@ class _Sink:
             self._progress = None
 
     def _interrupted(self) -> None:
-        """Ctrl-C while waiting: stop the pool, then let the interrupt propagate."""
-        self._core.terminate()
+        """Ctrl-C while waiting: cancel this call, then let the interrupt propagate."""
+        self._core.cancel(self)
+
+    def _check_owner(self) -> None:
+        _ownership.check_owner(self._core.pid, "this Pool's result")
 
 
 class ApplyResult(_Sink):
@@ -104,6 +114,7 @@ class ApplyResult(_Sink):
         """Wait until the result is available or until *timeout* seconds pass."""
         if self._done:
             return
+        self._check_owner()
         try:
             if self._done_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
                 self._done_lock.release()
@@ -240,6 +251,7 @@ class IMapIterator(_Sink):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError
+                self._check_owner()
                 try:
                     self._cond.wait(remaining)
                 except KeyboardInterrupt:

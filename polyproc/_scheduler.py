@@ -56,6 +56,9 @@ When its sentinel fires without a ``Retiring`` message:
 * IDLE (killed between tasks): nothing is blamed, everything is requeued;
   a chunk that sees more than ``MAX_UNBLAMED_DEATHS`` such deaths fails,
   so that nothing is retried forever.
+* Killed by the scheduler to cancel a call (Ctrl-C in its caller,
+  ``cancel``): nothing is blamed; that call's chunks are dropped, the
+  other calls' chunks it held are requeued.
 """
 from __future__ import annotations
 
@@ -114,7 +117,8 @@ class WorkerHandle:
     """The scheduler's view of one worker process."""
 
     __slots__ = ("process", "conn", "slot", "ready", "assigned", "dispatch_ends",
-                 "retiring", "shutdown_sent", "timed_out", "chunks_given")
+                 "retiring", "shutdown_sent", "timed_out", "chunks_given",
+                 "cancelled_sinks")
 
     def __init__(self, process, conn, slot: int):
         self.process = process
@@ -127,6 +131,8 @@ class WorkerHandle:
         self.shutdown_sent = False
         self.timed_out: tuple[int, int] | None = None  # (chunk_id, task index)
         self.chunks_given = 0
+        # Calls whose tasks it held when it was killed to cancel them.
+        self.cancelled_sinks: set = set()
 
 
 class ProcessScheduler:
@@ -134,7 +140,8 @@ class ProcessScheduler:
 
     The backend interface the Pool API layer uses (_pool.py): ``size``,
     ``submit(chunks)``, ``task_seconds()``, ``add_feeder()``/
-    ``remove_feeder()``, ``close()``, ``terminate()``, ``join(timeout)``.
+    ``remove_feeder()``, ``cancel(sink)``, ``close()``, ``terminate()``,
+    ``join(timeout)``.
     """
 
     def __init__(self, ctx, processes: int, initializer, initargs,
@@ -153,6 +160,7 @@ class ProcessScheduler:
         self._table = ctx.RawArray("d", processes * m.SLOT_WIDTH)
         self._pending: collections.deque[TaskChunk] = collections.deque()
         self._requeued: collections.deque[TaskChunk] = collections.deque()
+        self._cancel_requests: collections.deque = collections.deque()  # of sinks
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_w, False)
         self._wakeup_armed = False
@@ -198,6 +206,15 @@ class ProcessScheduler:
             self._feeders -= 1
         self._wake()
 
+    def cancel(self, sink) -> None:
+        """Stop running the chunks of *sink*'s call (never blocks).
+
+        The PoolScheduler thread drops its queued chunks and kills the
+        workers that hold any of them (``_apply_cancels``); they are replaced.
+        """
+        self._cancel_requests.append(sink)
+        self._wake(force=True)
+
     def close(self) -> None:
         if self.state == RUN:
             self.state = CLOSE
@@ -232,6 +249,7 @@ class ProcessScheduler:
         try:
             while self.state != TERMINATE:
                 self._wakeup_armed = False
+                self._apply_cancels()
                 self._dispatch_chunks()
                 if self.state == CLOSE and self._all_done():
                     self._shutdown_workers()
@@ -500,12 +518,39 @@ class ProcessScheduler:
                     f"if __name__ == '__main__':"))
         if not lost:
             return
-        if w.retiring or w.shutdown_sent:
-            self._requeue([c.subchunk(0, c.count) for c in lost])
+        if w.retiring or w.shutdown_sent or w.cancelled_sinks:
+            # Not a failure: nothing is blamed.  A worker killed to cancel
+            # a call gives back the other calls' chunks, which run again.
+            self._requeue([c.subchunk(0, c.count) for c in lost
+                           if c.sink not in w.cancelled_sinks])
             for c in lost:
                 c.release()
             return
         self._recover_lost_chunks(w, lost, exitcode)
+
+    # -- cancellation (Ctrl-C in a caller) ---------------------------------
+    def _apply_cancels(self) -> None:
+        """Drop the queued chunks of cancelled calls; kill the workers holding theirs.
+
+        A killed worker may also hold chunks of other calls: they go back
+        to the queue (``_on_worker_exit``) and run again on another worker,
+        so no other call loses or fails a task.  The worker is replaced.
+        """
+        if not self._cancel_requests:
+            return
+        sinks = set()
+        while self._cancel_requests:
+            sinks.add(self._cancel_requests.popleft())
+        _drop_chunks_of(self._pending, sinks)
+        _drop_chunks_of(self._requeued, sinks)
+        for w in self._workers.values():
+            if not any(c.sink in sinks for c in w.assigned):
+                continue
+            w.cancelled_sinks = w.cancelled_sinks | sinks
+            try:
+                w.process.kill()
+            except (OSError, ValueError):
+                pass
 
     def _recover_lost_chunks(self, w: WorkerHandle, lost: list[TaskChunk],
                              exitcode: int | None) -> None:
@@ -719,6 +764,23 @@ def _sigint_shielded_start():
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _drop_chunks_of(queue: collections.deque, sinks: set) -> None:
+    """Remove (and release) the chunks of *sinks* from *queue*, keeping the order.
+
+    Caller threads may append to the queue meanwhile (``submit``): it is
+    emptied from the left, their appends included, and what stays goes
+    back in front of anything appended since.
+    """
+    kept = []
+    while queue:
+        chunk = queue.popleft()
+        if chunk.sink in sinks:
+            chunk.release()
+        else:
+            kept.append(chunk)
+    queue.extendleft(reversed(kept))
 
 
 def _deliver(chunk: TaskChunk, offset: int, values: list, errors: dict) -> None:

@@ -1,9 +1,12 @@
 """Task functions for the Pool tests (importable, so spawn workers find them)."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import linecache
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -154,3 +157,131 @@ def return_unloadable(x):
     if x == 2:
         return LoadsNowhere()
     return x
+
+
+# -- Ctrl-C and fork children (the parent's side and the tasks) ---------------
+
+def square_unless_held(x, hold_dir):
+    """x * x; but while *hold_dir*/hold exists, block until it goes (at most 30 s).
+
+    Before blocking it leaves *hold_dir*/started-<x> holding this worker's
+    pid (written whole: renamed into place), so the test knows it runs.
+    """
+    hold = os.path.join(hold_dir, "hold")
+    if os.path.exists(hold):
+        started = os.path.join(hold_dir, f"started-{x}")
+        with open(started + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(started + ".tmp", started)
+        deadline = time.monotonic() + 30
+        while os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    return x * x
+
+
+@contextlib.contextmanager
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt in the main thread while inside.
+
+    The test run may have been started with SIGINT ignored (a shell's
+    background job passes that on), and then no Ctrl-C test means anything.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _main_thread_blocked_in(module_file: str) -> bool:
+    """Whether the main thread waits at a blocking call of *module_file*.
+
+    Its innermost frame outside threading.py must be in that module, at a
+    line that acquires a lock or waits on a condition: a Ctrl-C then lands
+    inside that wait, as a user's does, not on the way into it.
+    """
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_filename.endswith("threading.py"):
+        frame = frame.f_back
+    if frame is None or not frame.f_code.co_filename.endswith(module_file):
+        return False
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+    return "acquire(" in line or ".wait(" in line
+
+
+class CtrlC(threading.Thread):
+    """Sends this process one SIGINT, like a Ctrl-C, once *ready()* is true
+    and the main thread is blocked waiting in *module_file*; ``sent_at``
+    (time.monotonic) says when.  Gives up after *limit* seconds."""
+
+    def __init__(self, module_file: str, ready=lambda: True, limit: float = 20.0):
+        super().__init__(daemon=True)
+        self.module_file = module_file
+        self.ready = ready
+        self.limit = limit
+        self.sent_at = None
+
+    def run(self):
+        deadline = time.monotonic() + self.limit
+        while time.monotonic() < deadline:
+            if self.ready() and _main_thread_blocked_in(self.module_file):
+                self.sent_at = time.monotonic()
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.005)
+
+
+def _outcome(call) -> tuple:
+    """(name of the exception *call* raised, or "ok"; seconds it took)."""
+    started = time.monotonic()
+    try:
+        call()
+        name = "ok"
+    except BaseException as exc:  # noqa: B902 -- report whatever it was
+        name = type(exc).__name__
+        if name == "InheritedPoolError" and "Create the Pool" not in str(exc):
+            name = "InheritedPoolError without its advice"
+    return name, time.monotonic() - started
+
+
+def inherited_pool_outcomes(pool, unfinished) -> dict:
+    """In a fork child: what each use of the parent's *pool* does.
+
+    *unfinished* is a result the parent made that cannot finish yet.
+    """
+    def enter():
+        with pool:
+            pass
+    calls = {
+        "apply_async": lambda: pool.apply_async(square, (2,)),
+        "map": lambda: pool.map(square, [1, 2]),
+        "map_async": lambda: pool.map_async(square, [1, 2]),
+        "imap": lambda: pool.imap(square, iter([1])),
+        "with": enter,
+        "unfinished.get": lambda: unfinished.get(timeout=10),
+        "unfinished.wait": lambda: unfinished.wait(timeout=10),
+        # Clean-up of the child's copy: returns, and leaves the parent's alone.
+        "close": pool.close,
+        "join": pool.join,
+        "terminate": pool.terminate,
+    }
+    return {name: _outcome(call) for name, call in calls.items()}
+
+
+def inherited_executor_outcomes(executor, unfinished) -> dict:
+    """In a fork child: what each use of the parent's *executor* does."""
+    calls = {
+        "submit": lambda: executor.submit(square, 2),
+        "map": lambda: executor.map(square, [1, 2]),
+        "unfinished.result": lambda: unfinished.result(timeout=10),
+        "unfinished.exception": lambda: unfinished.exception(timeout=10),
+        "shutdown": lambda: executor.shutdown(wait=True),
+    }
+    return {name: _outcome(call) for name, call in calls.items()}
+
+
+def report_inherited_outcomes(pool, pool_result, executor, future, conn):
+    """Target of a Process under fork: send both reports to the parent."""
+    conn.send((inherited_pool_outcomes(pool, pool_result),
+               inherited_executor_outcomes(executor, future)))
+    conn.close()
