@@ -85,6 +85,7 @@ RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 TARGET_BATCH_SECONDS = 0.02   # work per Dispatch message once task times are known
 MAX_BATCH_CHUNKS = 256
 PREFETCH_BYTES = 32 * 1024     # a second Dispatch may wait in a busy worker's pipe if smaller
+PREFETCH_AHEAD_SECONDS = 0.1   # ... and if the work ahead of it is known to end sooner
 MAX_UNBLAMED_DEATHS = 3
 MAX_STARTUP_FAILURES = 3
 TIMEOUT_POLL_SECONDS = 0.05
@@ -300,11 +301,19 @@ class ProcessScheduler:
         if self.broken is not None:
             self._fail_queued(self.broken)
             return
-        for w in list(self._workers.values()):
+        workers = [w for w in self._workers.values()
+                   if w.ready and not w.retiring and not w.shutdown_sent]
+        # Idle workers first, then the prefetches: a chunk prefetched by a
+        # busy worker waits behind its running task, however long it runs
+        # (for ever, if it hangs), while an idle worker could start it now.
+        for w in workers:
             if not (self._pending or self._requeued):
                 return
-            if not w.ready or w.retiring or w.shutdown_sent:
-                continue
+            if not w.assigned and self._may_send(w):
+                self._send_dispatch(w)
+        for w in workers:
+            if not (self._pending or self._requeued):
+                return
             while (self._pending or self._requeued) and self._may_send(w):
                 self._send_dispatch(w)
 
@@ -316,7 +325,23 @@ class ProcessScheduler:
         if len(w.dispatch_ends) >= 2:
             return False
         head = self._requeued[0] if self._requeued else self._pending[0]
-        return len(head.payload) < PREFETCH_BYTES
+        return len(head.payload) < PREFETCH_BYTES and self._ends_soon(w)
+
+    def _ends_soon(self, w: WorkerHandle) -> bool:
+        """Whether the work *w* holds is known to take under ``PREFETCH_AHEAD_SECONDS``.
+
+        Only then is more work prefetched onto it: a chunk prefetched
+        behind a long task, or one of unknown length (a first call; a task
+        that hangs), waits there while another worker could run it.
+        """
+        timings = self._task_seconds_by_func
+        seconds = 0.0
+        for c in w.assigned:
+            per_task = timings.get(c.func)
+            if per_task is None:
+                return False
+            seconds += per_task * c.count
+        return seconds < PREFETCH_AHEAD_SECONDS
 
     def _send_dispatch(self, w: WorkerHandle) -> None:
         """Send *w* the next batch of queued chunks in one ``Dispatch`` message.

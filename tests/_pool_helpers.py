@@ -231,6 +231,17 @@ class CtrlC(threading.Thread):
             time.sleep(0.005)
 
 
+def wait_workers_ready(backend, limit: float = 20.0) -> None:
+    """Return once every worker of a ProcessScheduler said it is ready."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        workers = list(backend._workers.values())
+        if len(workers) == backend.size and all(w.ready for w in workers):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the pool's workers were not ready within {limit} s")
+
+
 def _outcome(call) -> tuple:
     """(name of the exception *call* raised, or "ok"; seconds it took)."""
     started = time.monotonic()

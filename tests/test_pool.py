@@ -441,6 +441,21 @@ def test_parent_sigkill_takes_workers_down(method):
 
 
 @pytest.mark.timeout(40)
+def test_an_idle_worker_takes_new_work_before_a_busy_one_prefetches_it(ctx_fs, tmp_path):
+    # Otherwise a call waits behind a long (or hung, or interrupted and
+    # still running) task while another worker sits idle.
+    hold = tmp_path / "hold"
+    hold.touch()
+    with ctx_fs.Pool(2) as pool:
+        h.wait_workers_ready(pool._backend)
+        blocked = pool.apply_async(h.square_unless_held, (4, str(tmp_path)))
+        assert pool.apply_async(h.square, (3,)).get(timeout=10) == 9
+        assert pool.map(h.square, range(4), chunksize=1) == [0, 1, 4, 9]
+        hold.unlink()
+        assert blocked.get(timeout=20) == 16
+
+
+@pytest.mark.timeout(40)
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_ctrl_c_from_the_terminal_then_the_pool_runs_on(method):
     # A terminal's Ctrl-C reaches the whole process group; the script
