@@ -19,8 +19,9 @@ import sys as _sys
 from . import _shm_tracker  # noqa: F401
 from . import context as _context
 from ._exceptions import (AuthenticationError, BufferTooShort,
-                          FrameTooLargeError, InitializerError,
-                          InsecureAddressError, MainGuardError,
+                          FrameTooLargeError, InheritedPoolError,
+                          InitializerError, InsecureAddressError,
+                          MainGuardError,
                           ManagerConnectionError, ManagerProtocolError,
                           ProcessError, QueueGoneError, RemoteError,
                           RemoteTraceback, SerializationError,
@@ -51,6 +52,7 @@ _EXTRA_NAMES = [
     "RemoteError", "RemoteTraceback", "SerializationError", "MainGuardError",
     "StdinUnavailableError", "QueueGoneError", "ManagerConnectionError",
     "ManagerProtocolError", "FrameTooLargeError", "InsecureAddressError",
+    "InheritedPoolError",
 ]
 Executor = _context._default_context.Executor
 
