@@ -36,7 +36,7 @@ from multiprocessing import process as _mp_process
 
 from ._exceptions import InheritedPoolError
 
-__all__ = ["pid", "check_owner"]
+__all__ = ["check_owner", "pid"]
 
 pid = os.getpid()
 
@@ -60,7 +60,8 @@ def check_owner(owner_pid: int, what: str) -> None:
 def _after_fork_in_child() -> None:
     global pid
     pid = os.getpid()
-    children = _mp_process._children  # rebound by _bootstrap: look it up now
+    # Rebound by _bootstrap: looked up now, not at import.
+    children = _mp_process._children  # type: ignore[attr-defined]
     for child in list(children):
         if child._parent_pid != pid:
             children.discard(child)

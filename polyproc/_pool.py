@@ -56,8 +56,8 @@ _SLICEABLE = (list, tuple, range)
 
 _CANCELLED_MESSAGE = (
     "this call was cancelled: a KeyboardInterrupt (Ctrl-C) interrupted it while "
-    "it waited for its results, and its unfinished tasks were stopped.  The pool "
-    "keeps running: submit the call again to run it.")
+    "it submitted its tasks or waited for its results, and its unfinished tasks "
+    "were stopped.  The pool keeps running: submit the call again to run it.")
 
 
 class _SinkRegistry:

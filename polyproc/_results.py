@@ -111,7 +111,12 @@ class ApplyResult(_Sink):
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait until the result is available or until *timeout* seconds pass."""
+        """Wait until the result is available or until *timeout* seconds pass.
+
+        Ctrl-C while waiting cancels the call (its tasks stop, the pool runs
+        on) and re-raises ``KeyboardInterrupt``.  Raises
+        ``InheritedPoolError`` in a forked child if the result is unfinished.
+        """
         if self._done:
             return
         self._check_owner()
@@ -127,7 +132,9 @@ class ApplyResult(_Sink):
 
         Blocks until then, or raises ``multiprocessing.TimeoutError`` after
         *timeout* seconds.  If the call raised, that exception is re-raised,
-        with the worker's traceback as its ``__cause__``.
+        with the worker's traceback as its ``__cause__``; a call cancelled by
+        Ctrl-C raises ``ProcessError``.  Ctrl-C and forked children: see
+        ``wait()``.
         """
         if not self._done:
             self.wait(timeout)
@@ -241,7 +248,10 @@ class IMapIterator(_Sink):
         """Return the next result, waiting at most *timeout* seconds for it.
 
         Raises ``multiprocessing.TimeoutError`` when it does not come in
-        time, ``StopIteration`` after the last result.
+        time, ``StopIteration`` after the last result.  Ctrl-C while waiting
+        cancels the call and re-raises ``KeyboardInterrupt`` (results that
+        had arrived stay available, then ``ProcessError``); in a forked child
+        waiting raises ``InheritedPoolError``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
