@@ -70,9 +70,16 @@ class _SinkRegistry:
         self.backend = None
         self.terminated = False
         self.pid = _ownership.pid  # the process that owns the pool
+        # Thread ident -> the results made so far by the blocking call
+        # (map, apply...) that thread is in (see _CancelOnInterrupt).
+        self.blocking_calls: dict[int, list] = {}
 
     def register_sink(self, sink) -> None:
         self._sinks.add(sink)
+        if self.blocking_calls:
+            made = self.blocking_calls.get(threading.get_ident())
+            if made is not None:
+                made.append(sink)
 
     def unregister_sink(self, sink) -> None:
         self._sinks.discard(sink)
@@ -89,6 +96,8 @@ class _SinkRegistry:
         dispatched; then the result fails (``ProcessError``) for anyone
         else waiting on it.  Deliveries that raced ahead are kept.
         """
+        if sink.cancelled:
+            return
         sink.cancelled = True
         if self.backend is not None:
             self.backend.cancel(sink)
@@ -100,6 +109,37 @@ class _SinkRegistry:
         if self.backend is not None:
             self.backend.terminate()
         self.abort_all(ProcessError("the pool was terminated before this task finished"))
+
+
+class _CancelOnInterrupt:
+    """``with`` around a blocking call (map, starmap, apply): Ctrl-C anywhere
+    inside it cancels what it submitted.
+
+    The result objects cancel on an interrupt *while waiting*, and
+    submission on one *while submitting*; this also covers the instants in
+    between (a signal is handled between any two bytecodes).  A result is
+    known from the moment it registers, before any of its tasks is
+    submitted.
+    """
+
+    __slots__ = ("registry", "ident", "outer")
+
+    def __init__(self, registry: _SinkRegistry):
+        self.registry = registry
+
+    def __enter__(self) -> None:
+        self.ident = threading.get_ident()
+        self.outer = self.registry.blocking_calls.get(self.ident)
+        self.registry.blocking_calls[self.ident] = []
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        calls = self.registry.blocking_calls
+        made = calls.pop(self.ident, [])
+        if self.outer is not None:
+            calls[self.ident] = self.outer
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            for sink in made:
+                self.registry.cancel(sink)
 
 
 def _terminate_pool(registry: _SinkRegistry) -> None:
@@ -226,7 +266,9 @@ class Pool:
     def apply(self, func: Callable, args: Iterable = (), kwds: dict = {}, *,
               timeout: float | None = None, retries: int = 0) -> Any:
         """Equivalent of ``func(*args, **kwds)``, run in a worker; blocks for the result."""
-        return self.apply_async(func, args, kwds, timeout=timeout, retries=retries).get()
+        with _CancelOnInterrupt(self._registry):
+            return self.apply_async(func, args, kwds, timeout=timeout,
+                                    retries=retries).get()
 
     def apply_async(self, func: Callable, args: Iterable = (), kwds: dict = {},
                     callback: Callable | None = None,
@@ -257,17 +299,20 @@ class Pool:
         """Apply *func* to each element of *iterable*, collecting the results in a list.
 
         Blocks until every task has finished; then raises the exception of
-        the first (lowest-index) task that failed, if any.
+        the first (lowest-index) task that failed, if any.  Ctrl-C cancels
+        the call (its tasks stop; the pool runs on) and re-raises.
         """
-        return self._map_async(func, iterable, m.CALL_MAP, chunksize, None, None,
-                               timeout, retries, progress).get()
+        with _CancelOnInterrupt(self._registry):
+            return self._map_async(func, iterable, m.CALL_MAP, chunksize, None, None,
+                                   timeout, retries, progress).get()
 
     def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
                 *, timeout: float | None = None, retries: int = 0,
                 progress: bool = False) -> list:
         """Like ``map()`` but each element is unpacked as the arguments: ``func(*item)``."""
-        return self._map_async(func, iterable, m.CALL_STAR, chunksize, None, None,
-                               timeout, retries, progress).get()
+        with _CancelOnInterrupt(self._registry):
+            return self._map_async(func, iterable, m.CALL_STAR, chunksize, None, None,
+                                   timeout, retries, progress).get()
 
     def map_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
                   callback: Callable | None = None, error_callback: Callable | None = None,
@@ -451,6 +496,13 @@ def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
                     return
                 backend.submit(_chunks_for_piece(fn_blob, fn_name, call, piece, start,
                                                  sink, timeout, retries, serialize))
+                if sink.cancelled:
+                    # Cancelled (Ctrl-C in the caller's thread) while this
+                    # piece went in: the scheduler may have handled that
+                    # cancel before the piece arrived.  Asking again makes
+                    # it drop the piece (or stop the worker running it).
+                    backend.cancel(sink)
+                    return
                 start += len(piece)
         except Exception as exc:  # the input iterable raised
             sink.deliver(start, [None], {0: exc})

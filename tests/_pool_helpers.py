@@ -179,6 +179,66 @@ def square_unless_held(x, hold_dir):
     return x * x
 
 
+class InterruptWhenPickled:
+    """An argument that, pickled in the parent while a call submits its
+    tasks, waits (at most 20 s) for the file *started* to exist, then sends
+    this process SIGINT: a Ctrl-C in the middle of the submission.  With
+    *resume_when*, pickling then also waits for that file (the test's sign
+    that the interrupt was handled).  It arrives in the worker as *value*."""
+
+    def __init__(self, started: str, value, resume_when: str | None = None):
+        self.started = started
+        self.value = value
+        self.resume_when = resume_when
+
+    def __reduce__(self):
+        _wait_for_file(self.started)
+        os.kill(os.getpid(), signal.SIGINT)
+        if self.resume_when is not None:
+            _wait_for_file(self.resume_when)
+        return (_identity, (self.value,))
+
+
+@contextlib.contextmanager
+def interrupt_when_returning(function_name: str, started: str):
+    """Inside: when a function named *function_name* returns in this thread,
+    wait for the file *started*, then send this process SIGINT.
+
+    Its KeyboardInterrupt then comes out of that call, just after it
+    returned: a Ctrl-C at an exact instant that no timer could aim at (a
+    trace function only picks the moment; the signal and its handler are
+    the real ones).
+    """
+    def on_call(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == function_name:
+            return on_event
+        return None
+
+    def on_event(frame, event, arg):
+        if event == "return":
+            sys.settrace(previous)
+            _wait_for_file(started)
+            os.kill(os.getpid(), signal.SIGINT)
+        return on_event
+
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
+
+
+def _wait_for_file(path: str, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _identity(value):
+    return value
+
+
 @contextlib.contextmanager
 def ctrl_c_raises():
     """SIGINT raises KeyboardInterrupt in the main thread while inside.
@@ -193,7 +253,7 @@ def ctrl_c_raises():
         signal.signal(signal.SIGINT, previous)
 
 
-def _main_thread_blocked_in(module_file: str) -> bool:
+def main_thread_blocked_in(module_file: str) -> bool:
     """Whether the main thread waits at a blocking call of *module_file*.
 
     Its innermost frame outside threading.py must be in that module, at a
@@ -224,7 +284,7 @@ class CtrlC(threading.Thread):
     def run(self):
         deadline = time.monotonic() + self.limit
         while time.monotonic() < deadline:
-            if self.ready() and _main_thread_blocked_in(self.module_file):
+            if self.ready() and main_thread_blocked_in(self.module_file):
                 self.sent_at = time.monotonic()
                 os.kill(os.getpid(), signal.SIGINT)
                 return
