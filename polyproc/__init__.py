@@ -19,8 +19,9 @@ import sys as _sys
 from . import _shm_tracker  # noqa: F401
 from . import context as _context
 from ._exceptions import (AuthenticationError, BufferTooShort,
-                          FrameTooLargeError, InitializerError,
-                          InsecureAddressError, MainGuardError,
+                          FrameTooLargeError, InheritedPoolError,
+                          InitializerError, InsecureAddressError,
+                          MainGuardError,
                           ManagerConnectionError, ManagerProtocolError,
                           ProcessError, QueueGoneError, RemoteError,
                           RemoteTraceback, SerializationError,
@@ -52,6 +53,7 @@ _EXTRA_NAMES = [
     "StdinUnavailableError", "QueueGoneError", "ManagerConnectionError",
     "ManagerProtocolError", "FrameTooLargeError", "InsecureAddressError",
     "process_cpu_count",
+    "InheritedPoolError",
 ]
 Executor = _context._default_context.Executor
 # The CPUs this process may use (3.13's os.process_cpu_count, on every

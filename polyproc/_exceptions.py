@@ -22,7 +22,7 @@ __all__ = [
     "SerializationTypeError", "SerializationPicklingError",
     "SerializationAttributeError", "UnloadableError", "pickling_error",
     "add_note", "MainGuardError", "StdinUnavailableError",
-    "QueueGoneError",
+    "QueueGoneError", "InheritedPoolError",
 ]
 
 
@@ -204,6 +204,20 @@ class StdinUnavailableError(EOFError):
     Subclasses ``EOFError`` because that is what the stdlib child raises
     (its stdin is ``/dev/null``), so existing ``except EOFError`` code keeps
     working.
+    """
+
+
+class InheritedPoolError(ProcessError, RuntimeError):
+    """A Pool or Executor (or one of its results) was used in a forked child.
+
+    ``os.fork()`` (or a ``Process`` under the fork start method) copies the
+    pool object into the child, but not its scheduler thread, and its
+    workers remain the parent's: nothing in the child would ever run the
+    call, so it raises at once instead of hanging.  Subclasses
+    ``RuntimeError`` because using an object outside the process (or
+    thread, or event loop) that owns it is one, and it is what code
+    written for ``concurrent.futures`` catches for an executor that cannot
+    take work (``BrokenExecutor``, "cannot schedule new futures").
     """
 
 

@@ -79,6 +79,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from . import _exceptions
 from . import _messages as m
+from . import _ownership
 from . import _serialization
 from ._cpu import process_cpu_count
 from ._exceptions import (ExecutorInitializerError, ExecutorUnloadableError,
@@ -190,6 +191,19 @@ class _ExecutorFuture(Future):
                     raise
                 _LOGGER.exception("exception calling callback for %r", self)
 
+    def result(self, timeout: float | None = None) -> Any:
+        """``Future.result``; raises ``InheritedPoolError`` at once in a forked
+        child while the call is unfinished (nothing there would finish it)."""
+        if self._core.pid != _ownership.pid and not self.done():
+            _ownership.check_owner(self._core.pid, "this Executor's future")
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """``Future.exception``; in a forked child as ``result()``."""
+        if self._core.pid != _ownership.pid and not self.done():
+            _ownership.check_owner(self._core.pid, "this Executor's future")
+        return super().exception(timeout)
+
     def claim(self) -> bool:
         """Mark running for a hand-over (holding the core's lock).
 
@@ -284,7 +298,7 @@ class _ExecutorCore:
         # Set by Executor right after this core exists (the scheduler needs
         # the core's abort_all to be built).
         self.backend: ProcessScheduler = None  # type: ignore[assignment]
-        self.pid = os.getpid()  # forked children inherit a copy; it is not theirs
+        self.pid = _ownership.pid  # forked children inherit a copy; it is not theirs
 
     def window(self, chunk: TaskChunk) -> int:
         """How many chunks like *chunk* may be in the scheduler's hands."""
@@ -337,7 +351,16 @@ class _ExecutorCore:
             self.in_flight.add(chunk.sink)
             self.backend.submit([chunk])
 
+    def owned(self) -> bool:
+        """Whether this process made the executor (not a fork child's copy)."""
+        return self.pid == _ownership.pid
+
     def shutdown(self, cancel_futures: bool) -> None:
+        if not self.owned():
+            # A fork child's copy (shutdown(), its finalizer at exit): mark
+            # it, and leave the parent's scheduler and workers alone.
+            self.shut_down = True
+            return
         with self.lock:
             self.shut_down = True
             cancelled = list(self.waiting) if cancel_futures else []
@@ -424,7 +447,7 @@ def _python_exit() -> None:
     # A forked child (a worker, a Process) runs this hook too when it exits
     # (``BaseProcess._bootstrap`` calls ``threading._shutdown``), with a copy
     # of its parent's cores: those are the parent's to shut down, not its own.
-    cores = [core for core in list(_live_cores) if core.pid == os.getpid()]
+    cores = [core for core in list(_live_cores) if core.owned()]
     for core in cores:
         core.shutdown(cancel_futures=interrupted)
         if interrupted:
@@ -500,12 +523,14 @@ class Executor(_StdExecutor):
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)`` to run in a worker; return a Future.
 
-        Never blocks.  Raises ``RuntimeError`` after ``shutdown()`` and the
-        initializer's error once the executor is broken.  If *fn*, *args*
-        or *kwargs* cannot be pickled, the future fails with what pickle
-        raised, as ``ProcessPoolExecutor``'s does.  Every keyword argument
-        goes to *fn*, as with ``ProcessPoolExecutor``; polyproc's per-task
-        options are set with ``options()``.
+        Never blocks.  Raises ``RuntimeError`` after ``shutdown()``, the
+        initializer's error once the executor is broken, and
+        ``InheritedPoolError`` (a ``RuntimeError``) in a child made by fork
+        after the executor was.  If *fn*, *args* or *kwargs* cannot be
+        pickled, the future fails with what pickle raised, as
+        ``ProcessPoolExecutor``'s does.  Every keyword argument goes to
+        *fn*, as with ``ProcessPoolExecutor``; polyproc's per-task options
+        are set with ``options()``.
         """
         return self._submit(fn, args, kwargs, None, 0)
 
@@ -527,6 +552,8 @@ class Executor(_StdExecutor):
                 timeout: float | None, retries: int) -> Future:
         # The hot path of "10,000 submits": _submit_chunks inlined for one call.
         core = self._core
+        if core.pid != _ownership.pid:
+            _ownership.check_owner(core.pid, "this Executor")
         if core.shut_down:  # checked again under the lock by enqueue()
             raise RuntimeError("cannot schedule new futures after shutdown")
         if not callable(fn):
@@ -620,10 +647,11 @@ class Executor(_StdExecutor):
         *cancel_futures*, calls that have not started are cancelled (their
         futures' ``cancel()`` returns True and they never run).  With
         *wait*, blocks until every call that was not cancelled has finished
-        and the workers have exited.
+        and the workers have exited.  In a child made by fork it only
+        marks the child's copy shut down: the workers are the parent's.
         """
         self._core.shutdown(cancel_futures)
-        if wait:
+        if wait and self._core.owned():
             self._core.backend.join()
 
     def terminate_workers(self) -> None:
@@ -683,6 +711,7 @@ class Executor(_StdExecutor):
                        timeout: float | None, retries: int,
                        first: int = 0) -> list[Future]:
         core = self._core
+        _ownership.check_owner(core.pid, "this Executor")
         if core.shut_down:  # checked again under the lock by enqueue()
             raise RuntimeError("cannot schedule new futures after shutdown")
         _check_options(timeout, retries)

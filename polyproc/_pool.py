@@ -14,11 +14,23 @@ the backend for local worker processes is ``_scheduler.ProcessScheduler``;
     submit(chunks)            queue chunks; outcomes go to chunk.sink
     task_seconds(func)        measured mean seconds per task of func, or None
     add_feeder()/remove_feeder()  an imap feeder is still submitting
+    cancel(sink)              stop running the chunks of one call (Ctrl-C)
     close() / terminate() / join(timeout)
 
 Results reach the caller through the sinks in _results.py.  The
 ``_SinkRegistry`` knows every unfinished result so that terminating the
 pool fails them instead of leaving a ``get()`` blocked forever.
+
+Ctrl-C (``KeyboardInterrupt``) while a call submits or waits for its
+results *cancels that call* (``_SinkRegistry.cancel``), not the pool: its
+queued chunks are dropped, the workers running its tasks are stopped and
+replaced, its result fails for any other waiter, and the pool stays
+``RUN`` for the next call, as the stdlib's does (a notebook user
+interrupts a cell and runs it again).  Other calls are not touched.
+
+A Pool belongs to the process that made it (_ownership.py): in a forked
+child every call raises ``InheritedPoolError`` at once, and clean-up only
+marks the child's copy.
 """
 from __future__ import annotations
 
@@ -34,6 +46,7 @@ from multiprocessing import util
 from typing import Any, Callable, Iterable
 
 from . import _messages as m
+from . import _ownership
 from . import _serialization
 from ._cpu import process_cpu_count
 from ._exceptions import ProcessError
@@ -47,6 +60,11 @@ RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 # Inputs that map() and imap() cut into chunks by slicing, keeping their type.
 _SLICEABLE = (list, tuple, range)
 
+_CANCELLED_MESSAGE = (
+    "this call was cancelled: a KeyboardInterrupt (Ctrl-C) interrupted it while "
+    "it submitted its tasks or waited for its results, and its unfinished tasks "
+    "were stopped.  The pool keeps running: submit the call again to run it.")
+
 
 class _SinkRegistry:
     """Unfinished results of one pool, so that they can all be failed at once."""
@@ -57,9 +75,17 @@ class _SinkRegistry:
         self._sinks: set = set()
         self.backend = None
         self.terminated = False
+        self.pid = _ownership.pid  # the process that owns the pool
+        # Thread ident -> the results made so far by the blocking call
+        # (map, apply...) that thread is in (see _CancelOnInterrupt).
+        self.blocking_calls: dict[int, list] = {}
 
     def register_sink(self, sink) -> None:
         self._sinks.add(sink)
+        if self.blocking_calls:
+            made = self.blocking_calls.get(threading.get_ident())
+            if made is not None:
+                made.append(sink)
 
     def unregister_sink(self, sink) -> None:
         self._sinks.discard(sink)
@@ -69,12 +95,57 @@ class _SinkRegistry:
         for sink in list(sinks):
             sink.abort(exc)
 
+    def cancel(self, sink) -> None:
+        """Cancel one call (Ctrl-C): stop its tasks, fail its result; the pool runs on.
+
+        The backend is told first, so that nothing more of the call is
+        dispatched; then the result fails (``ProcessError``) for anyone
+        else waiting on it.  Deliveries that raced ahead are kept.
+        """
+        if sink.cancelled:
+            return
+        sink.cancelled = True
+        if self.backend is not None:
+            self.backend.cancel(sink)
+        sink.abort(ProcessError(_CANCELLED_MESSAGE))
+
     def terminate(self) -> None:
         """Stop the pool now: workers killed, unfinished results failed."""
         self.terminated = True
         if self.backend is not None:
             self.backend.terminate()
         self.abort_all(ProcessError("the pool was terminated before this task finished"))
+
+
+class _CancelOnInterrupt:
+    """``with`` around a blocking call (map, starmap, apply): Ctrl-C anywhere
+    inside it cancels what it submitted.
+
+    The result objects cancel on an interrupt *while waiting*, and
+    submission on one *while submitting*; this also covers the instants in
+    between (a signal is handled between any two bytecodes).  A result is
+    known from the moment it registers, before any of its tasks is
+    submitted.
+    """
+
+    __slots__ = ("registry", "ident", "outer")
+
+    def __init__(self, registry: _SinkRegistry):
+        self.registry = registry
+
+    def __enter__(self) -> None:
+        self.ident = threading.get_ident()
+        self.outer = self.registry.blocking_calls.get(self.ident)
+        self.registry.blocking_calls[self.ident] = []
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        calls = self.registry.blocking_calls
+        made = calls.pop(self.ident, [])
+        if self.outer is not None:
+            calls[self.ident] = self.outer
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            for sink in made:
+                self.registry.cancel(sink)
 
 
 def _terminate_pool(registry: _SinkRegistry) -> None:
@@ -186,7 +257,7 @@ class Pool:
             "pool objects cannot be passed between processes or pickled")
 
     def __del__(self, _warn=warnings.warn, RUN=RUN):
-        if getattr(self, "_state", None) == RUN:
+        if getattr(self, "_state", None) == RUN and self._owned():
             _warn(f"unclosed running multiprocessing pool {self!r}",
                   ResourceWarning, source=self)
 
@@ -202,14 +273,27 @@ class Pool:
         """The worker processes (as the stdlib's private ``_pool`` list)."""
         return [w.process for w in list(getattr(self._backend, "_workers", {}).values())]
 
+    def _owned(self) -> bool:
+        """Whether this process made the pool (not a fork child's copy of it)."""
+        return self._registry.pid == _ownership.pid
+
     def _check_running(self) -> None:
-        if self._state != RUN:
+        """Raise unless the pool can take work here and now.
+
+        ``InheritedPoolError`` in a forked child (nothing there runs the
+        call); ``ValueError("Pool not running")`` once closed or terminated,
+        including by its finalizer at interpreter exit.
+        """
+        _ownership.check_owner(self._registry.pid, "this Pool")
+        if self._state != RUN or self._registry.terminated:
             raise ValueError("Pool not running")
 
     def apply(self, func: Callable, args: Iterable = (), kwds: dict = {}, *,
               timeout: float | None = None, retries: int = 0) -> Any:
         """Equivalent of ``func(*args, **kwds)``, run in a worker; blocks for the result."""
-        return self.apply_async(func, args, kwds, timeout=timeout, retries=retries).get()
+        with _CancelOnInterrupt(self._registry):
+            return self.apply_async(func, args, kwds, timeout=timeout,
+                                    retries=retries).get()
 
     def apply_async(self, func: Callable, args: Iterable = (), kwds: dict = {},
                     callback: Callable | None = None,
@@ -244,17 +328,20 @@ class Pool:
         """Apply *func* to each element of *iterable*, collecting the results in a list.
 
         Blocks until every task has finished; then raises the exception of
-        the first (lowest-index) task that failed, if any.
+        the first (lowest-index) task that failed, if any.  Ctrl-C cancels
+        the call (its tasks stop; the pool runs on) and re-raises.
         """
-        return self._map_async(func, iterable, m.CALL_MAP, chunksize, None, None,
-                               timeout, retries, progress).get()
+        with _CancelOnInterrupt(self._registry):
+            return self._map_async(func, iterable, m.CALL_MAP, chunksize, None, None,
+                                   timeout, retries, progress).get()
 
     def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
                 *, timeout: float | None = None, retries: int = 0,
                 progress: bool = False) -> list:
         """Like ``map()`` but each element is unpacked as the arguments: ``func(*item)``."""
-        return self._map_async(func, iterable, m.CALL_STAR, chunksize, None, None,
-                               timeout, retries, progress).get()
+        with _CancelOnInterrupt(self._registry):
+            return self._map_async(func, iterable, m.CALL_STAR, chunksize, None, None,
+                                   timeout, retries, progress).get()
 
     def map_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
                   callback: Callable | None = None, error_callback: Callable | None = None,
@@ -303,23 +390,36 @@ class Pool:
                           retries, progress, buffersize)
 
     def close(self) -> None:
-        """Prevent further submissions; workers exit once all work is done."""
+        """Prevent further submissions; workers exit once all work is done.
+
+        In a forked child it only closes the child's copy: the workers are
+        the parent's.
+        """
         if self._state == RUN:
             self._state = CLOSE
-            self._backend.close()
+            if self._owned():
+                self._backend.close()
 
     def terminate(self) -> None:
-        """Stop the workers at once; unfinished results fail with ``ProcessError``."""
+        """Stop the workers at once; unfinished results fail with ``ProcessError``.
+
+        In a forked child it only marks the child's copy terminated.
+        """
         self._state = TERMINATE
-        self._terminate()
+        if self._owned():
+            self._terminate()
 
     def join(self) -> None:
-        """Wait for the workers to exit; call ``close()`` or ``terminate()`` first."""
+        """Wait for the workers to exit; call ``close()`` or ``terminate()`` first.
+
+        In a forked child it returns at once: there is nothing of its own to wait for.
+        """
         if self._state == RUN:
             raise ValueError("Pool is still running")
         elif self._state not in (CLOSE, TERMINATE):
             raise ValueError("In unknown state")
-        self._backend.join()
+        if self._owned():
+            self._backend.join()
 
     # -- building chunks ----------------------------------------------------
     def _function_blob(self, func: Callable):
@@ -356,7 +456,8 @@ class Pool:
         """Chunk and submit a sized sequence from the caller's thread.
 
         An item that can't be pickled fails at its own position (see
-        ``_chunks_for_piece``); the others run.
+        ``_chunks_for_piece``); the others run.  Ctrl-C here cancels the
+        call (``_SinkRegistry.cancel``) before it propagates.
         """
         try:
             for start in range(0, len(items), chunksize):
@@ -371,6 +472,9 @@ class Pool:
                     # while this thread pickles the rest: without this it
                     # can wait a whole GIL switch interval (5 ms) for its turn.
                     time.sleep(0)
+        except KeyboardInterrupt:
+            self._registry.cancel(sink)
+            raise
         except BaseException as exc:
             sink.abort(exc)
             raise
@@ -589,10 +693,17 @@ def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
             pieces = (iter_slices(iterable, chunksize, grow_limit) if buffered is None
                       else _window_slices(iterable, chunksize, grow_limit, *buffered))
             for piece in pieces:
-                if registry.terminated:
+                if registry.terminated or sink.cancelled:
                     return
                 backend.submit(_chunks_for_piece(fn_blob, fn_name, call, piece, start,
                                                  sink, timeout, retries, serialize))
+                if sink.cancelled:
+                    # Cancelled (Ctrl-C in the caller's thread) while this
+                    # piece went in: the scheduler may have handled that
+                    # cancel before the piece arrived.  Asking again makes
+                    # it drop the piece (or stop the worker running it).
+                    backend.cancel(sink)
+                    return
                 start += len(piece)
         except Exception as exc:  # the input iterable raised
             sink.deliver(start, [None], {0: exc})

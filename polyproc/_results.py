@@ -12,10 +12,15 @@ Differences from the stdlib, all where the stdlib would hang or mislead:
 
 * ``MapResult`` raises the error of the *lowest-index* failed task (the
   stdlib raises whichever arrived first): the same run gives the same error.
-* Ctrl-C while waiting in ``get``/``wait``/``next`` terminates the pool
-  before re-raising ``KeyboardInterrupt`` (README: no orphans, no hang).
+* Ctrl-C while waiting in ``get``/``wait``/``next`` cancels that call
+  before re-raising ``KeyboardInterrupt``: its tasks stop (no orphans,
+  no worker stuck in an interrupted task) and the result fails with
+  ``ProcessError`` for any other waiter; the pool keeps running (the
+  stdlib leaves the call running).
 * A terminated pool fails pending results instead of leaving ``get()``
   blocked forever.
+* Waiting on an unfinished result in a forked child raises
+  ``InheritedPoolError`` (nothing there would ever finish it).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import time
 import traceback
 from typing import Any, Callable
 
+from . import _ownership
 from ._exceptions import TimeoutError
 
 __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
@@ -50,6 +56,7 @@ class _Sink:
         self._core = core
         self._progress = progress
         self._pending = length  # tasks not delivered yet (None: not known yet)
+        self.cancelled = False  # set by the registry's cancel(): stop feeding it
         core.register_sink(self)
 
     def _count(self, n: int) -> None:
@@ -63,8 +70,11 @@ class _Sink:
             self._progress = None
 
     def _interrupted(self) -> None:
-        """Ctrl-C while waiting: stop the pool, then let the interrupt propagate."""
-        self._core.terminate()
+        """Ctrl-C while waiting: cancel this call, then let the interrupt propagate."""
+        self._core.cancel(self)
+
+    def _check_owner(self) -> None:
+        _ownership.check_owner(self._core.pid, "this Pool's result")
 
 
 class ApplyResult(_Sink):
@@ -101,9 +111,15 @@ class ApplyResult(_Sink):
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait until the result is available or until *timeout* seconds pass."""
+        """Wait until the result is available or until *timeout* seconds pass.
+
+        Ctrl-C while waiting cancels the call (its tasks stop, the pool runs
+        on) and re-raises ``KeyboardInterrupt``.  Raises
+        ``InheritedPoolError`` in a forked child if the result is unfinished.
+        """
         if self._done:
             return
+        self._check_owner()
         try:
             if self._done_lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
                 self._done_lock.release()
@@ -116,7 +132,9 @@ class ApplyResult(_Sink):
 
         Blocks until then, or raises ``multiprocessing.TimeoutError`` after
         *timeout* seconds.  If the call raised, that exception is re-raised,
-        with the worker's traceback as its ``__cause__``.
+        with the worker's traceback as its ``__cause__``; a call cancelled by
+        Ctrl-C raises ``ProcessError``.  Ctrl-C and forked children: see
+        ``wait()``.
         """
         if not self._done:
             self.wait(timeout)
@@ -230,7 +248,10 @@ class IMapIterator(_Sink):
         """Return the next result, waiting at most *timeout* seconds for it.
 
         Raises ``multiprocessing.TimeoutError`` when it does not come in
-        time, ``StopIteration`` after the last result.
+        time, ``StopIteration`` after the last result.  Ctrl-C while waiting
+        cancels the call and re-raises ``KeyboardInterrupt`` (results that
+        had arrived stay available, then ``ProcessError``); in a forked child
+        waiting raises ``InheritedPoolError``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -240,6 +261,7 @@ class IMapIterator(_Sink):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError
+                self._check_owner()
                 try:
                     self._cond.wait(remaining)
                 except KeyboardInterrupt:

@@ -56,6 +56,9 @@ When its sentinel fires without a ``Retiring`` message:
 * IDLE (killed between tasks): nothing is blamed, everything is requeued;
   a chunk that sees more than ``MAX_UNBLAMED_DEATHS`` such deaths fails,
   so that nothing is retried forever.
+* Killed by the scheduler to cancel a call (Ctrl-C in its caller,
+  ``cancel``): nothing is blamed; that call's chunks are dropped, the
+  other calls' chunks it held are requeued.
 """
 from __future__ import annotations
 
@@ -83,6 +86,7 @@ RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 TARGET_BATCH_SECONDS = 0.02   # work per Dispatch message once task times are known
 MAX_BATCH_CHUNKS = 256
 PREFETCH_BYTES = 32 * 1024     # a second Dispatch may wait in a busy worker's pipe if smaller
+PREFETCH_AHEAD_SECONDS = 0.1   # ... and if the work ahead of it is known to end sooner
 MAX_UNBLAMED_DEATHS = 3
 MAX_STARTUP_FAILURES = 3
 TIMEOUT_POLL_SECONDS = 0.05
@@ -117,7 +121,8 @@ class WorkerHandle:
     """The scheduler's view of one worker process."""
 
     __slots__ = ("process", "conn", "slot", "ready", "assigned", "dispatch_ends",
-                 "retiring", "shutdown_sent", "timed_out", "chunks_given")
+                 "retiring", "shutdown_sent", "timed_out", "chunks_given",
+                 "cancelled_sinks")
 
     def __init__(self, process, conn, slot: int):
         self.process = process
@@ -130,6 +135,8 @@ class WorkerHandle:
         self.shutdown_sent = False
         self.timed_out: tuple[int, int] | None = None  # (chunk_id, task index)
         self.chunks_given = 0
+        # Calls whose tasks it held when it was killed to cancel them.
+        self.cancelled_sinks: set = set()
 
 
 class ProcessScheduler:
@@ -137,7 +144,8 @@ class ProcessScheduler:
 
     The backend interface the Pool API layer uses (_pool.py): ``size``,
     ``submit(chunks)``, ``task_seconds()``, ``add_feeder()``/
-    ``remove_feeder()``, ``close()``, ``terminate()``, ``join(timeout)``.
+    ``remove_feeder()``, ``cancel(sink)``, ``close()``, ``terminate()``,
+    ``join(timeout)``.
     """
 
     def __init__(self, ctx, processes: int, initializer, initargs,
@@ -156,6 +164,7 @@ class ProcessScheduler:
         self._table = ctx.RawArray("d", processes * m.SLOT_WIDTH)
         self._pending: collections.deque[TaskChunk] = collections.deque()
         self._requeued: collections.deque[TaskChunk] = collections.deque()
+        self._cancel_requests: collections.deque = collections.deque()  # of sinks
         self._wakeup_r, self._wakeup_w = os.pipe()
         os.set_blocking(self._wakeup_w, False)
         self._wakeup_armed = False
@@ -207,6 +216,15 @@ class ProcessScheduler:
             self._feeders -= 1
         self._wake()
 
+    def cancel(self, sink) -> None:
+        """Stop running the chunks of *sink*'s call (never blocks).
+
+        The PoolScheduler thread drops its queued chunks and kills the
+        workers that hold any of them (``_apply_cancels``); they are replaced.
+        """
+        self._cancel_requests.append(sink)
+        self._wake(force=True)
+
     def close(self) -> None:
         if self.state == RUN:
             self.state = CLOSE
@@ -241,6 +259,7 @@ class ProcessScheduler:
         try:
             while self.state != TERMINATE:
                 self._wakeup_armed = False
+                self._apply_cancels()
                 self._dispatch_chunks()
                 if self.state == CLOSE and self._all_done():
                     self._shutdown_workers()
@@ -291,11 +310,19 @@ class ProcessScheduler:
         if self.broken is not None:
             self._fail_queued(self.broken)
             return
-        for w in list(self._workers.values()):
+        workers = [w for w in self._workers.values()
+                   if w.ready and not w.retiring and not w.shutdown_sent]
+        # Idle workers first, then the prefetches: a chunk prefetched by a
+        # busy worker waits behind its running task, however long it runs
+        # (for ever, if it hangs), while an idle worker could start it now.
+        for w in workers:
             if not (self._pending or self._requeued):
                 return
-            if not w.ready or w.retiring or w.shutdown_sent:
-                continue
+            if not w.assigned and self._may_send(w):
+                self._send_dispatch(w)
+        for w in workers:
+            if not (self._pending or self._requeued):
+                return
             while (self._pending or self._requeued) and self._may_send(w):
                 self._send_dispatch(w)
 
@@ -307,7 +334,23 @@ class ProcessScheduler:
         if len(w.dispatch_ends) >= 2:
             return False
         head = self._requeued[0] if self._requeued else self._pending[0]
-        return len(head.payload) < PREFETCH_BYTES
+        return len(head.payload) < PREFETCH_BYTES and self._ends_soon(w)
+
+    def _ends_soon(self, w: WorkerHandle) -> bool:
+        """Whether the work *w* holds is known to take under ``PREFETCH_AHEAD_SECONDS``.
+
+        Only then is more work prefetched onto it: a chunk prefetched
+        behind a long task, or one of unknown length (a first call; a task
+        that hangs), waits there while another worker could run it.
+        """
+        timings = self._task_seconds_by_func
+        seconds = 0.0
+        for c in w.assigned:
+            per_task = timings.get(c.func)
+            if per_task is None:
+                return False
+            seconds += per_task * c.count
+        return seconds < PREFETCH_AHEAD_SECONDS
 
     def _send_dispatch(self, w: WorkerHandle) -> None:
         """Send *w* the next batch of queued chunks in one ``Dispatch`` message.
@@ -525,12 +568,39 @@ class ProcessScheduler:
                     f"if __name__ == '__main__':"))
         if not lost:
             return
-        if w.retiring or w.shutdown_sent:
-            self._requeue([c.subchunk(0, c.count) for c in lost])
+        if w.retiring or w.shutdown_sent or w.cancelled_sinks:
+            # Not a failure: nothing is blamed.  A worker killed to cancel
+            # a call gives back the other calls' chunks, which run again.
+            self._requeue([c.subchunk(0, c.count) for c in lost
+                           if c.sink not in w.cancelled_sinks])
             for c in lost:
                 c.release()
             return
         self._recover_lost_chunks(w, lost, exitcode)
+
+    # -- cancellation (Ctrl-C in a caller) ---------------------------------
+    def _apply_cancels(self) -> None:
+        """Drop the queued chunks of cancelled calls; kill the workers holding theirs.
+
+        A killed worker may also hold chunks of other calls: they go back
+        to the queue (``_on_worker_exit``) and run again on another worker,
+        so no other call loses or fails a task.  The worker is replaced.
+        """
+        if not self._cancel_requests:
+            return
+        sinks = set()
+        while self._cancel_requests:
+            sinks.add(self._cancel_requests.popleft())
+        _drop_chunks_of(self._pending, sinks)
+        _drop_chunks_of(self._requeued, sinks)
+        for w in self._workers.values():
+            if not any(c.sink in sinks for c in w.assigned):
+                continue
+            w.cancelled_sinks = w.cancelled_sinks | sinks
+            try:
+                w.process.kill()
+            except (OSError, ValueError):
+                pass
 
     def _recover_lost_chunks(self, w: WorkerHandle, lost: list[TaskChunk],
                              exitcode: int | None) -> None:
@@ -806,6 +876,23 @@ def _timing_key(func: bytes) -> bytes | tuple[int, int]:
     if len(func) <= MAX_TIMING_KEY_BYTES:
         return func
     return (len(func), hash(func))
+
+
+def _drop_chunks_of(queue: collections.deque, sinks: set) -> None:
+    """Remove (and release) the chunks of *sinks* from *queue*, keeping the order.
+
+    Caller threads may append to the queue meanwhile (``submit``): it is
+    emptied from the left, their appends included, and what stays goes
+    back in front of anything appended since.
+    """
+    kept = []
+    while queue:
+        chunk = queue.popleft()
+        if chunk.sink in sinks:
+            chunk.release()
+        else:
+            kept.append(chunk)
+    queue.extendleft(reversed(kept))
 
 
 def _deliver(chunk: TaskChunk, offset: int, values: list, errors: dict) -> None:

@@ -9,7 +9,9 @@ processes.
 
 Threads cannot be killed, so ``timeout=`` is refused with a clear error
 rather than promised and not kept; ``retries=`` is accepted and never
-needed (a thread does not die under a task).
+needed (a thread does not die under a task).  For the same reason a call
+cancelled by Ctrl-C (``cancel``) only loses its queued chunks: the tasks
+already running finish, and their results are dropped.
 """
 from __future__ import annotations
 
@@ -63,6 +65,10 @@ class ThreadBackend:
         if stop:
             self._stop_threads()
 
+    def cancel(self, sink) -> None:
+        """Skip the queued chunks of *sink*'s call (the registry has set
+        ``sink.cancelled``; ``_work`` checks it); running ones finish."""
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -91,6 +97,8 @@ class ThreadBackend:
             chunk = self._queue.get()
             if chunk is _STOP or self._terminated:
                 return
+            if chunk.sink.cancelled:
+                continue
             self._run_chunk(chunk)
             # Not kept while waiting for the next one: the chunk holds the
             # task's function and arguments, which must die with the task.

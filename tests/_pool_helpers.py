@@ -1,10 +1,14 @@
 """Task functions for the Pool tests (importable, so spawn workers find them)."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
+
+import linecache
 import os
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -290,3 +294,201 @@ class ExitsWhenPickledError(Exception):
 
 def raise_it(cls, message="raised by the task"):
     raise cls(message)
+
+# -- Ctrl-C and fork children (the parent's side and the tasks) ---------------
+
+def square_unless_held(x, hold_dir):
+    """x * x; but while *hold_dir*/hold exists, block until it goes (at most 30 s).
+
+    Before blocking it leaves *hold_dir*/started-<x> holding this worker's
+    pid (written whole: renamed into place), so the test knows it runs.
+    """
+    hold = os.path.join(hold_dir, "hold")
+    if os.path.exists(hold):
+        started = os.path.join(hold_dir, f"started-{x}")
+        with open(started + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(started + ".tmp", started)
+        deadline = time.monotonic() + 30
+        while os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    return x * x
+
+
+class InterruptWhenPickled:
+    """An argument that, pickled in the parent while a call submits its
+    tasks, waits (at most 20 s) for the file *started* to exist, then sends
+    this process SIGINT: a Ctrl-C in the middle of the submission.  With
+    *resume_when*, pickling then also waits for that file (the test's sign
+    that the interrupt was handled).  It arrives in the worker as *value*."""
+
+    def __init__(self, started: str, value, resume_when: str | None = None):
+        self.started = started
+        self.value = value
+        self.resume_when = resume_when
+
+    def __reduce__(self):
+        _wait_for_file(self.started)
+        os.kill(os.getpid(), signal.SIGINT)
+        if self.resume_when is not None:
+            _wait_for_file(self.resume_when)
+        return (_identity, (self.value,))
+
+
+@contextlib.contextmanager
+def interrupt_when_returning(function_name: str, started: str):
+    """Inside: when a function named *function_name* returns in this thread,
+    wait for the file *started*, then send this process SIGINT.
+
+    Its KeyboardInterrupt then comes out of that call, just after it
+    returned: a Ctrl-C at an exact instant that no timer could aim at (a
+    trace function only picks the moment; the signal and its handler are
+    the real ones).
+    """
+    def on_call(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == function_name:
+            return on_event
+        return None
+
+    def on_event(frame, event, arg):
+        if event == "return":
+            sys.settrace(previous)
+            _wait_for_file(started)
+            os.kill(os.getpid(), signal.SIGINT)
+        return on_event
+
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
+
+
+def _wait_for_file(path: str, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _identity(value):
+    return value
+
+
+@contextlib.contextmanager
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt in the main thread while inside.
+
+    The test run may have been started with SIGINT ignored (a shell's
+    background job passes that on), and then no Ctrl-C test means anything.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def main_thread_blocked_in(module_file: str) -> bool:
+    """Whether the main thread waits at a blocking call of *module_file*.
+
+    Its innermost frame outside threading.py must be in that module, at a
+    line that acquires a lock or waits on a condition: a Ctrl-C then lands
+    inside that wait, as a user's does, not on the way into it.
+    """
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code.co_filename.endswith("threading.py"):
+        frame = frame.f_back
+    if frame is None or not frame.f_code.co_filename.endswith(module_file):
+        return False
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+    return "acquire(" in line or ".wait(" in line
+
+
+class CtrlC(threading.Thread):
+    """Sends this process one SIGINT, like a Ctrl-C, once *ready()* is true
+    and the main thread is blocked waiting in *module_file*; ``sent_at``
+    (time.monotonic) says when.  Gives up after *limit* seconds."""
+
+    def __init__(self, module_file: str, ready=lambda: True, limit: float = 20.0):
+        super().__init__(daemon=True)
+        self.module_file = module_file
+        self.ready = ready
+        self.limit = limit
+        self.sent_at = None
+
+    def run(self):
+        deadline = time.monotonic() + self.limit
+        while time.monotonic() < deadline:
+            if self.ready() and main_thread_blocked_in(self.module_file):
+                self.sent_at = time.monotonic()
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.005)
+
+
+def wait_workers_ready(backend, limit: float = 20.0) -> None:
+    """Return once every worker of a ProcessScheduler said it is ready."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        workers = list(backend._workers.values())
+        if len(workers) == backend.size and all(w.ready for w in workers):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the pool's workers were not ready within {limit} s")
+
+
+def _outcome(call) -> tuple:
+    """(name of the exception *call* raised, or "ok"; seconds it took)."""
+    started = time.monotonic()
+    try:
+        call()
+        name = "ok"
+    except BaseException as exc:  # noqa: BLE001 -- report whatever it was
+        name = type(exc).__name__
+        if name == "InheritedPoolError" and "Create the Pool" not in str(exc):
+            name = "InheritedPoolError without its advice"
+    return name, time.monotonic() - started
+
+
+def inherited_pool_outcomes(pool, unfinished) -> dict:
+    """In a fork child: what each use of the parent's *pool* does.
+
+    *unfinished* is a result the parent made that cannot finish yet.
+    """
+    def enter():
+        with pool:
+            pass
+    calls = {
+        "apply_async": lambda: pool.apply_async(square, (2,)),
+        "map": lambda: pool.map(square, [1, 2]),
+        "map_async": lambda: pool.map_async(square, [1, 2]),
+        "imap": lambda: pool.imap(square, iter([1])),
+        "with": enter,
+        "unfinished.get": lambda: unfinished.get(timeout=10),
+        "unfinished.wait": lambda: unfinished.wait(timeout=10),
+        # Clean-up of the child's copy: returns, and leaves the parent's alone.
+        "close": pool.close,
+        "join": pool.join,
+        "terminate": pool.terminate,
+    }
+    return {name: _outcome(call) for name, call in calls.items()}
+
+
+def inherited_executor_outcomes(executor, unfinished) -> dict:
+    """In a fork child: what each use of the parent's *executor* does."""
+    calls = {
+        "submit": lambda: executor.submit(square, 2),
+        "map": lambda: executor.map(square, [1, 2]),
+        "unfinished.result": lambda: unfinished.result(timeout=10),
+        "unfinished.exception": lambda: unfinished.exception(timeout=10),
+        "shutdown": lambda: executor.shutdown(wait=True),
+    }
+    return {name: _outcome(call) for name, call in calls.items()}
+
+
+def report_inherited_outcomes(pool, pool_result, executor, future, conn):
+    """Target of a Process under fork: send both reports to the parent."""
+    conn.send((inherited_pool_outcomes(pool, pool_result),
+               inherited_executor_outcomes(executor, future)))
+    conn.close()

@@ -536,6 +536,7 @@ import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {_TESTS_DIR!r})
 import _executor_helpers as h
+import _pool_helpers as ph
 import polyproc
 ex = polyproc.Executor(1, mp_context=polyproc.get_context(sys.argv[1]))
 """
@@ -614,6 +615,106 @@ def test_workers_exit_when_the_parent_is_sigkilled(ctx_fs):
     for p in alive:
         p.kill()
     assert not alive, "workers outlived their SIGKILLed parent by more than 1.5 s"
+
+
+# -- Ctrl-C while waiting, then more work ----------------------------------------
+# concurrent.futures semantics: Ctrl-C in result() cancels nothing; leaving
+# map's iterator cancels the calls not handed to a worker yet, and the calls
+# already running finish.  Either way the executor takes new work.
+
+@pytest.mark.timeout(40)
+def test_ctrl_c_in_result_then_the_executor_runs_on(ctx, tmp_path):
+    release = str(tmp_path / "release")
+    ex = _executor(ctx, workers=2)
+    try:
+        ph.wait_workers_ready(ex._core.backend)  # the new work must find one idle
+        blocked = ex.submit(h.block_until, release, 20, "released")
+        ctrl_c = ph.CtrlC("concurrent/futures/_base.py")
+        with ph.ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
+            ctrl_c.start()
+            blocked.result()
+        assert time.monotonic() - ctrl_c.sent_at < 2
+        assert ex.submit(h.square, 3).result(WAIT) == 9
+        assert list(ex.map(h.square, range(10), timeout=WAIT)) == [x * x for x in range(10)]
+        h.touch(release)
+        assert blocked.result(WAIT) == "released"
+    finally:
+        ex.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        ex.submit(h.square, 3)
+
+
+@pytest.mark.timeout(40)
+def test_ctrl_c_in_map_iteration_then_the_same_map_again(ctx, tmp_path):
+    # One worker, two calls in its window: the rest of the map waits in the
+    # executor, and leaving the iterator by Ctrl-C cancels it.
+    hold = tmp_path / "hold"
+    hold.touch()
+    dirs = [str(tmp_path)] * 8
+    ex = _executor(ctx, workers=1)
+    try:
+        ctrl_c = ph.CtrlC("concurrent/futures/_base.py", (tmp_path / "started-0").exists)
+        with ph.ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
+            ctrl_c.start()
+            for _ in ex.map(ph.square_unless_held, range(8), dirs):
+                pass
+        assert time.monotonic() - ctrl_c.sent_at < 2
+        hold.unlink()  # the calls already running finish
+        assert ex.submit(h.square, 3).result(WAIT) == 9
+        assert not (tmp_path / "started-7").exists(), "a cancelled call ran"
+        # The notebook: run the interrupted cell again, get the whole result.
+        assert list(ex.map(ph.square_unless_held, range(8), dirs, timeout=WAIT)) == [
+            x * x for x in range(8)]
+    finally:
+        ex.shutdown()
+
+
+# -- an executor inherited by a forked child --------------------------------------
+
+@pytest.mark.timeout(40)
+def test_forked_child_using_the_parents_executor_raises_at_once(ctx_fs, tmp_path):
+    import json
+    from multiprocessing.connection import wait
+    hold = tmp_path / "hold"
+    hold.touch()
+    ex = _executor(ctx_fs, workers=2)
+    try:
+        assert ex.submit(h.square, 1).result(WAIT) == 1
+        pids = sorted(ex._processes)
+        unfinished = ex.submit(ph.square_unless_held, 3, str(tmp_path))
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:  # never return into pytest from here
+            code = 1
+            try:
+                os.close(r)
+                report = ph.inherited_executor_outcomes(ex, unfinished)
+                os.write(w, json.dumps(report).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        try:
+            with os.fdopen(r) as f:
+                assert wait([f], 20), "the forked child hangs"
+                outcomes = json.loads(f.read())
+        except BaseException:
+            os.kill(child, signal.SIGKILL)
+            raise
+        finally:
+            _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        for name in ("submit", "map", "unfinished.result", "unfinished.exception"):
+            assert outcomes[name][0] == "InheritedPoolError", (name, outcomes[name])
+        assert outcomes["shutdown"][0] == "ok"
+        assert max(seconds for _, seconds in outcomes.values()) < 1, outcomes
+        # The parent's executor, its workers and its pending future are untouched.
+        assert sorted(ex._processes) == pids
+        hold.unlink()
+        assert unfinished.result(WAIT) == 9
+        assert ex.submit(h.square, 5).result(WAIT) == 25
+    finally:
+        ex.shutdown()
 
 
 def _running(process) -> bool:

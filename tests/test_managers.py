@@ -387,6 +387,42 @@ def test_connections_of_finished_threads_are_closed(manager):
     assert me.num_fds() <= before + 2
 
 
+@pytest.mark.timeout(60)
+def test_proxies_work_in_a_bare_fork_child(ctx_fs):
+    # Unlike a Pool, proxies are meant for children: one inherited through
+    # os.fork() opens its own connection on its first call there.
+    import os
+    import signal
+    from multiprocessing.connection import wait
+    with ctx_fs.Manager() as m:
+        d, q, lock = m.dict(), m.Queue(), m.Lock()
+        d["parent"] = 1              # the parent's connections are open
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:  # never return into pytest from here
+            code = 1
+            try:
+                d["child"] = os.getpid()
+                with lock:
+                    q.put(list(m.list([1, 2])))
+                code = 0
+            finally:
+                os.write(w, bytes([code]))
+                os._exit(code)
+        os.close(w)
+        try:
+            assert wait([r], 20), "the forked child hangs"
+            assert os.read(r, 1) == b"\0"
+        except BaseException:
+            os.kill(child, signal.SIGKILL)
+            raise
+        finally:
+            os.close(r)
+            os.waitpid(child, 0)
+        assert d["child"] == child and q.get(timeout=10) == [1, 2]
+        assert d["parent"] == 1      # and the parent's still work
+
+
 def test_temporary_proxy_passed_to_process(ctx):
     # Process.start() drops its args at once: the child must still reach
     # the object (inherited under fork, unpickled under spawn/forkserver).

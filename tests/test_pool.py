@@ -1,6 +1,7 @@
 """polyproc.Pool: the stdlib's API, and the failures the stdlib hangs on."""
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import random
@@ -35,11 +36,15 @@ def pool(ctx_fs):
 
 def wait_gone(pids, seconds):
     """True once none of *pids* is running (zombies count as gone), within *seconds*."""
+    def running(pid):
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # gone (and reaped) between two looks
+            return False
+
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p)
-                 and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive:
+        if not any(running(p) for p in pids):
             return True
         time.sleep(0.02)
     return False
@@ -550,6 +555,308 @@ def test_parent_sigkill_takes_workers_down(method):
     proc.kill()
     proc.wait(5)
     assert wait_gone(pids, 1.5)
+
+
+@pytest.mark.timeout(40)
+def test_an_idle_worker_takes_new_work_before_a_busy_one_prefetches_it(ctx_fs, tmp_path):
+    # Otherwise a call waits behind a long (or hung, or interrupted and
+    # still running) task while another worker sits idle.
+    hold = tmp_path / "hold"
+    hold.touch()
+    with ctx_fs.Pool(2) as pool:
+        h.wait_workers_ready(pool._backend)
+        blocked = pool.apply_async(h.square_unless_held, (4, str(tmp_path)))
+        assert pool.apply_async(h.square, (3,)).get(timeout=10) == 9
+        assert pool.map(h.square, range(4), chunksize=1) == [0, 1, 4, 9]
+        hold.unlink()
+        assert blocked.get(timeout=20) == 16
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_ctrl_c_from_the_terminal_then_the_pool_runs_on(method):
+    # A terminal's Ctrl-C reaches the whole process group; the script
+    # catches the interrupt and uses the pool again (pool_sigint.py).
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "pool_sigint.py"), method,
+                             "map", "reuse"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        proc.stdout.readline()  # the workers' pids: the pool is up
+        # Tasks run (one per worker at most), and the parent waits for the
+        # map's results; the order of those lines varies.
+        before: list[str] = []
+        while not ("parent waiting" in before
+                   and any(x.startswith("task started") for x in before)):
+            line = proc.stdout.readline()
+            assert line, f"the script ended early after {before}"
+            before.append(line.strip())
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = [line for line in out.splitlines() if not line.startswith("task started")]
+    assert proc.returncode == 0, err
+    assert lines[:4] == ["interrupted", str([x * x for x in range(10)]),
+                         str([x * x for x in range(5)]), "49"], out
+    assert "Traceback" not in err, err
+
+
+def _interrupt_then_reuse(pool, tmp_path, wait_in: str) -> None:
+    """Ctrl-C while waiting in *wait_in*; then the pool must serve new calls.
+
+    "submit": Ctrl-C while ``map`` still submits its tasks.  "feeding":
+    while ``imap``'s feeder thread prepares a piece of a generator, which
+    it submits after the interrupt was handled.
+
+    The interrupted call's tasks block while ``tmp_path/hold`` exists, so
+    anything of it still queued or running after the interrupt would hold
+    up the calls that follow it, and its workers would stay alive.
+    """
+    hold = tmp_path / "hold"
+    hold.touch()
+    fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
+    started_0 = str(tmp_path / "started-0")
+    ctrl_c = h.CtrlC("_results.py", lambda: os.path.exists(started_0))
+    handled = str(tmp_path / "interrupt-handled")
+    with h.ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
+        if wait_in == "submit":
+            # Pickling item 2 waits for task 0 to run, then sends SIGINT.
+            items = [0, 1, h.InterruptWhenPickled(started_0, 2), 3, 4, 5, 6, 7]
+            pool.map(fn, items, chunksize=1)
+        if wait_in == "feeding":
+            item_2 = h.InterruptWhenPickled(started_0, 2, resume_when=handled)
+            list(pool.imap(fn, iter([0, 1, item_2, 3, 4, 5, 6, 7]), chunksize=1))
+        ctrl_c.start()
+        if wait_in == "map":
+            pool.map(fn, range(8), chunksize=1)
+        elif wait_in == "imap":
+            list(pool.imap(fn, iter(range(8)), chunksize=1))
+        else:
+            pool.apply_async(fn, (0,)).get()
+    open(handled, "w").close()
+    if ctrl_c.sent_at is not None:
+        assert time.monotonic() - ctrl_c.sent_at < 2, "KeyboardInterrupt came late"
+    started_pids = [int(p.read_text()) for p in tmp_path.glob("started-*")]
+    assert started_pids and pool._state == "RUN"
+    assert pool.map_async(h.square, range(20)).get(timeout=20) == [x * x for x in range(20)]
+    assert pool.apply_async(h.square, (7,)).get(timeout=20) == 49
+    assert wait_gone(started_pids, 5), "workers of the interrupted call still run"
+    for late in (2, 7):
+        assert not (tmp_path / f"started-{late}").exists(), f"cancelled task {late} started"
+    hold.unlink()
+    # The notebook: run the interrupted cell again, get the whole result.
+    assert pool.map(fn, range(8)) == [x * x for x in range(8)]
+
+
+@pytest.mark.timeout(40)
+def test_ctrl_c_in_map_cancels_the_call_and_the_pool_runs_on(ctx, tmp_path):
+    with ctx.Pool(2) as pool:
+        _interrupt_then_reuse(pool, tmp_path, "map")
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("wait_in", ["imap", "get", "submit", "feeding"])
+def test_ctrl_c_in_imap_get_or_submission_cancels_the_call(ctx_fs, tmp_path, wait_in):
+    with ctx_fs.Pool(2) as pool:
+        _interrupt_then_reuse(pool, tmp_path, wait_in)
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("call", ["map", "starmap", "apply"])
+def test_ctrl_c_between_submitting_and_waiting_cancels_the_call(tmp_path, call):
+    # The instant after a blocking call's tasks went in and before it waits
+    # for them: neither the submission's nor the result's handler covers it.
+    hold = tmp_path / "hold"
+    hold.touch()
+    fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
+    submits = {"map": "_map_async", "starmap": "_map_async", "apply": "apply_async"}
+    with polyproc.get_context("fork").Pool(1) as pool:
+        with h.ctrl_c_raises(), pytest.raises(KeyboardInterrupt), \
+                h.interrupt_when_returning(submits[call], str(tmp_path / "started-0")):
+            if call == "map":
+                pool.map(fn, range(4), chunksize=1)
+            elif call == "starmap":
+                pool.starmap(fn, [(x,) for x in range(4)], chunksize=1)
+            else:
+                pool.apply(fn, (0,))
+        # The one worker ran the interrupted task: it was stopped, replaced.
+        assert pool.apply_async(h.square, (3,)).get(timeout=20) == 9
+        assert not (tmp_path / "started-1").exists()
+
+
+@pytest.mark.timeout(40)
+def test_ctrl_c_leaves_other_calls_results_alone(ctx_fs, tmp_path):
+    # One worker: the other call's task waits behind the interrupted one
+    # (in the pool's queue, or prefetched by the worker that is killed).
+    hold = tmp_path / "hold"
+    hold.touch()
+    fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
+    with ctx_fs.Pool(1) as pool:
+        interrupted = pool.map_async(fn, [0, 1])
+        other = pool.apply_async(h.square, (5,))
+        ctrl_c = h.CtrlC("_results.py", (tmp_path / "started-0").exists)
+        with h.ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
+            ctrl_c.start()
+            interrupted.get()
+        assert other.get(timeout=20) == 25
+        with pytest.raises(polyproc.ProcessError, match="cancelled"):
+            interrupted.get(timeout=5)
+
+
+@pytest.mark.timeout(30)
+def test_ctrl_c_in_thread_pool_map_skips_its_queued_tasks(tmp_path):
+    from polyproc.pool import ThreadPool
+    hold = tmp_path / "hold"
+    hold.touch()
+    fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
+    with ThreadPool(2) as pool:
+        ctrl_c = h.CtrlC("_results.py", (tmp_path / "started-0").exists)
+        with h.ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
+            ctrl_c.start()
+            pool.map(fn, range(8), chunksize=1)
+        assert time.monotonic() - ctrl_c.sent_at < 2
+        hold.unlink()  # threads cannot be stopped: the running tasks finish
+        assert pool.map_async(h.square, range(5)).get(timeout=10) == [0, 1, 4, 9, 16]
+        assert pool.apply_async(h.square, (7,)).get(timeout=10) == 49
+        assert not (tmp_path / "started-7").exists(), "a cancelled task started"
+
+
+def test_terminated_pool_refuses_calls_at_once(ctx_fs):
+    pool = ctx_fs.Pool(1)
+    pool.terminate()
+    started = time.monotonic()
+    for call in (lambda: pool.apply_async(h.square, (2,)),
+                 lambda: pool.map_async(h.square, [1]),
+                 lambda: pool.imap(h.square, iter([1]))):
+        with pytest.raises(ValueError, match="Pool not running"):
+            call()
+    assert time.monotonic() - started < 1
+    pool.join()
+
+
+def test_pool_terminated_by_its_finalizer_refuses_calls(ctx_fs):
+    # At interpreter exit the pool's finalizer terminates it while the
+    # object lives on: later calls (another atexit hook, a daemon thread)
+    # must not be accepted into a dead scheduler.
+    pool = ctx_fs.Pool(1)
+    pool._terminate()
+    with pytest.raises(ValueError, match="Pool not running"):
+        pool.apply_async(h.square, (2,))
+    pool.terminate()
+
+
+# -- a pool inherited by a forked child --------------------------------------
+
+def _assert_inherited_pool_outcomes(outcomes: dict) -> None:
+    for name in ("apply_async", "map", "map_async", "imap", "with",
+                 "unfinished.get", "unfinished.wait"):
+        assert outcomes[name][0] == "InheritedPoolError", (name, outcomes[name])
+    for name in ("close", "join", "terminate"):
+        assert outcomes[name][0] == "ok", (name, outcomes[name])
+    slowest = max(outcomes.items(), key=lambda item: item[1][1])
+    assert slowest[1][1] < 1, f"{slowest[0]} took {slowest[1][1]:.2f} s in the child"
+
+
+def _read_child_report(fd: int, child_pid: int):
+    """The JSON a forked child wrote to *fd*, within a bound; reap the child."""
+    import json
+    from multiprocessing.connection import wait
+    try:
+        with os.fdopen(fd, "r") as f:
+            assert wait([f], 20), "the forked child hangs"
+            report = json.loads(f.read())
+    except BaseException:
+        os.kill(child_pid, signal.SIGKILL)
+        raise
+    finally:
+        _, status = os.waitpid(child_pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return report
+
+
+@pytest.mark.timeout(40)
+def test_forked_child_using_the_parents_pool_raises_at_once(ctx_fs, tmp_path):
+    import json
+    hold = tmp_path / "hold"
+    hold.touch()
+    pool = ctx_fs.Pool(2)
+    try:
+        pids = sorted(p.pid for p in pool._pool)
+        unfinished = pool.apply_async(h.square_unless_held, (3, str(tmp_path)))
+        r, w = os.pipe()
+        child = os.fork()
+        if child == 0:  # never return into pytest from here
+            code = 1
+            try:
+                os.close(r)
+                report = h.inherited_pool_outcomes(pool, unfinished)
+                os.write(w, json.dumps(report).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        _assert_inherited_pool_outcomes(_read_child_report(r, child))
+        # The parent's pool, its workers and its pending result are untouched.
+        assert sorted(p.pid for p in pool._pool) == pids
+        hold.unlink()
+        assert unfinished.get(timeout=20) == 9
+        assert pool.map(h.square, range(10)) == [x * x for x in range(10)]
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+@pytest.mark.timeout(40)
+def test_fork_process_using_the_parents_pool_raises_at_once(tmp_path):
+    ctx = polyproc.get_context("fork")
+    hold = tmp_path / "hold"
+    hold.touch()
+    with ctx.Pool(2) as pool, ctx.Executor(1) as ex:
+        pids = sorted(p.pid for p in pool._pool)
+        result = pool.apply_async(h.square_unless_held, (3, str(tmp_path)))
+        future = ex.submit(h.square_unless_held, 4, str(tmp_path))
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=h.report_inherited_outcomes,
+                        args=(pool, result, ex, future, writer))
+        p.start()
+        writer.close()
+        try:
+            assert reader.poll(20), "the child hangs"
+            pool_outcomes, executor_outcomes = reader.recv()
+        finally:
+            p.join(10)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+        assert p.exitcode == 0
+        _assert_inherited_pool_outcomes(pool_outcomes)
+        for name in ("submit", "map", "unfinished.result", "unfinished.exception"):
+            assert executor_outcomes[name][0] == "InheritedPoolError", (
+                name, executor_outcomes[name])
+        assert executor_outcomes["shutdown"][0] == "ok"
+        assert max(seconds for _, seconds in executor_outcomes.values()) < 1
+        assert sorted(p.pid for p in pool._pool) == pids
+        hold.unlink()
+        assert result.get(timeout=20) == 9 and future.result(timeout=20) == 16
+        assert pool.map(h.square, range(5)) == [0, 1, 4, 9, 16]
+        assert ex.submit(h.square, 6).result(timeout=20) == 36
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_forked_child_exiting_normally_leaves_the_parents_workers(method):
+    # A bare os.fork() child that exits through the interpreter's normal
+    # exit runs multiprocessing's atexit hook with a copy of its parent's
+    # list of children (pool_fork_child.py).
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "pool_fork_child.py"), method],
+                          check=False, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["child:", "InheritedPoolError", "InheritedPoolError",
+                                   "parent:", "workers", "unchanged", "ok"], proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.timeout(60)
