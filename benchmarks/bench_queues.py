@@ -6,6 +6,11 @@ until every consumer has reported that it got its share.
 
 * ``queue_1p1c_64B``: 100,000 messages of 64 bytes, one producer (this
   process) and one consumer process.  Target: >= 3x the stdlib's msgs/s.
+* ``queue_1p1c_64B_parent_puts``: the same, with the consumer's process
+  start and join inside the timed region, as a user's program has them.
+* ``queue_1p1c_64B_child_puts``: the reverse direction: the producer is a
+  child process (started, and joined, inside the timed region) and this
+  process consumes, blocking in ``get()``.  Target >= 3x for both.
 * ``queue_4p4c_64B``: the same 100,000 messages from 4 producer processes to
   4 consumer processes (each consumer stops at a sentinel).  Target >= 3x.
 * ``queue_batch_64B``: 1p1c again with ``put_many``/``get_many`` batches of
@@ -83,6 +88,12 @@ def _produce(q, n, start):
         put(MSG)
 
 
+def _produce_now(q, n):
+    put = q.put
+    for _ in range(n):
+        put(MSG)
+
+
 # --- contenders ---------------------------------------------------------------
 
 def _one_to_one(make_queue, batched=False, items=None, n=N_SMALL):
@@ -109,6 +120,44 @@ def _one_to_one(make_queue, batched=False, items=None, n=N_SMALL):
         consumer.join()
         if got != n:
             raise RuntimeError(f"consumer got {got} of {n}")
+        return elapsed
+    return run
+
+
+def _parent_puts_started(make_queue, n=N_SMALL):
+    """1p1c, producer here; the consumer child's start and join are timed."""
+    def run() -> float:
+        q = make_queue()
+        reader, writer = _fork.Pipe(duplex=False)
+        consumer = _fork.Process(target=_consume, args=(q, n, writer, False))
+        start = time.perf_counter()
+        consumer.start()
+        put = q.put
+        for _ in range(n):
+            put(MSG)
+        got = reader.recv()
+        consumer.join()
+        elapsed = time.perf_counter() - start
+        if got != n:
+            raise RuntimeError(f"consumer got {got} of {n}")
+        return elapsed
+    return run
+
+
+def _child_puts_started(make_queue, n=N_SMALL):
+    """1p1c, producer in a child (start and join timed), this process gets."""
+    def run() -> float:
+        q = make_queue()
+        producer = _fork.Process(target=_produce_now, args=(q, n))
+        start = time.perf_counter()
+        producer.start()
+        get = q.get
+        for _ in range(n):
+            get(timeout=30)
+        producer.join()
+        elapsed = time.perf_counter() - start
+        if producer.exitcode != 0:
+            raise RuntimeError(f"producer exited with {producer.exitcode}")
         return elapsed
     return run
 
@@ -163,6 +212,26 @@ def scenarios() -> list[Scenario]:
             },
             work=(N_SMALL, "msgs"),
             target=">= 3x stdlib msgs/s",
+        ),
+        Scenario(
+            name="queue_1p1c_64B_parent_puts",
+            contenders={
+                "stdlib": _parent_puts_started(_stdlib_queue),
+                "polyproc": _parent_puts_started(_polyproc_queue),
+                "faster-fifo": _parent_puts_started(_ff_queue),
+            },
+            work=(N_SMALL, "msgs"),
+            target=">= 3x stdlib msgs/s, consumer start timed",
+        ),
+        Scenario(
+            name="queue_1p1c_64B_child_puts",
+            contenders={
+                "stdlib": _child_puts_started(_stdlib_queue),
+                "polyproc": _child_puts_started(_polyproc_queue),
+                "faster-fifo": _child_puts_started(_ff_queue),
+            },
+            work=(N_SMALL, "msgs"),
+            target=">= 3x stdlib msgs/s, producer start timed",
         ),
         Scenario(
             name="queue_batch_64B",
