@@ -110,16 +110,14 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing import resource_tracker, util
-from typing import Callable, Iterable, Sequence
 
 from . import _queue_shm as _shm
-from ._queue_waiters import (GET_WAITERS as _GET_WAITERS, JOIN_WAITERS as _JOIN_WAITERS,
-                             PUT_WAITERS as _PUT_WAITERS, WAITABLE as _WAITABLE,
-                             Fifo, Waiters, deadline as _deadline, expired as _expired,
-                             fifo_path, spin_until_differ, wait_slice as _slice)
+from . import _queue_waiters as _waiting
+from ._queue_waiters import Fifo, Waiters, fifo_path, spin_until_differ
 
-__all__ = ["Ring", "Timeout", "QueueGone"]
+__all__ = ["QueueGone", "Ring", "Timeout"]
 
 # --- control segment layout -------------------------------------------------
 # u64 slots (index into a u64 view).  Each side's hot fields share a cache
@@ -130,6 +128,8 @@ _TAIL, _NPUT, _P_FLAG, _P_TAIL, _P_NPUT = 16, 17, 18, 19, 20   # put side
 _HEAD, _NGOT, _G_FLAG, _G_HEAD, _G_NGOT = 32, 33, 34, 35, 36   # get side
 # 48-51: waiter counts and the FIFO switch; 160-211: the waiter registry
 # (both _queue_waiters').  Rarely written.
+_GET_WAITERS, _PUT_WAITERS = _waiting.GET_WAITERS, _waiting.PUT_WAITERS
+_JOIN_WAITERS, _WAITABLE = _waiting.JOIN_WAITERS, _waiting.WAITABLE
 _TDONE = 64                                            # JoinableQueue
 # u32 futex words (index into a u32 view).  Consumers wait for TAIL to move
 # and producers of a full bounded queue for NGOT to: the low halves of those
@@ -353,7 +353,7 @@ class Ring:
         """
         h = self._h
         done = 0
-        deadline = _deadline(block, timeout)
+        deadline = _waiting.deadline(block, timeout)
         registered: int | None = None
         try:
             while done < len(payloads):
@@ -367,7 +367,7 @@ class Ring:
                     added = self._append(payloads[done:] if done else payloads)
                     done += added
                     if not added:                       # bounded and full
-                        if not block or _expired(deadline):
+                        if not block or _waiting.expired(deadline):
                             raise Timeout
                         registered = self._waiters.add(_PUT_WAITERS)
                 except BaseException:
@@ -381,7 +381,7 @@ class Ring:
                     if h[_GET_WAITERS]:
                         self._wake_getters()
                 else:
-                    _shm.futex_wait(self._not_full, seq, _slice(deadline))
+                    _shm.futex_wait(self._not_full, seq, _waiting.wait_slice(deadline))
             return done
         except Timeout:
             if done:
@@ -517,7 +517,7 @@ class Ring:
     def get(self, max_items: int, block: bool, timeout: float | None) -> list[bytes]:
         """Take 1 to *max_items* payloads in order; raise ``Timeout`` if none came."""
         h = self._h
-        deadline = _deadline(block, timeout)
+        deadline = _waiting.deadline(block, timeout)
         registered: int | None = None
         spun = not block
         try:
@@ -534,7 +534,7 @@ class Ring:
                         registered = None
                     items = self._take(max_items)
                     if not items:
-                        if not block or _expired(deadline):
+                        if not block or _waiting.expired(deadline):
                             raise Timeout
                         registered = self._waiters.add(_GET_WAITERS)
                 except BaseException:
@@ -546,7 +546,7 @@ class Ring:
                     if h[_PUT_WAITERS]:
                         self._wake_putters()
                     return items
-                _shm.futex_wait(self._not_empty, seq, _slice(deadline))
+                _shm.futex_wait(self._not_empty, seq, _waiting.wait_slice(deadline))
         finally:
             if registered is not None:
                 self._waiters.withdraw(_GET_WAITERS, registered, self._get_lock,
@@ -619,7 +619,7 @@ class Ring:
 
     def join(self, timeout: float | None = None) -> bool:
         h = self._h
-        deadline = _deadline(True, timeout)
+        deadline = _waiting.deadline(True, timeout)
         registered: int | None = None
         try:
             while True:
@@ -631,12 +631,12 @@ class Ring:
                         registered = None
                     if h[_TDONE] >= h[_NPUT]:
                         return True
-                    if _expired(deadline):
+                    if _waiting.expired(deadline):
                         return False
                     registered = self._waiters.add(_JOIN_WAITERS)
                 finally:
                     _release(self._done_lock)
-                _shm.futex_wait(self._all_done, seq, _slice(deadline))
+                _shm.futex_wait(self._all_done, seq, _waiting.wait_slice(deadline))
         finally:
             if registered is not None:
                 self._waiters.withdraw(_JOIN_WAITERS, registered, self._done_lock,

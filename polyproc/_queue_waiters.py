@@ -48,14 +48,22 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 from . import _queue_shm as _shm
 from ._queue_shm import WAIT_SLICE
 
 __all__ = [
-    "GET_WAITERS", "PUT_WAITERS", "JOIN_WAITERS", "WAITABLE", "Waiters",
-    "Fifo", "fifo_path", "spin_until_differ", "deadline", "expired",
+    "GET_WAITERS",
+    "JOIN_WAITERS",
+    "PUT_WAITERS",
+    "WAITABLE",
+    "Fifo",
+    "Waiters",
+    "deadline",
+    "expired",
+    "fifo_path",
+    "spin_until_differ",
     "wait_slice",
 ]
 
