@@ -122,6 +122,11 @@ if AVAILABLE:
     trylock = _mutex_trylock
     unlock = _mutex_unlock
     recover = _mutex_consistent
+else:  # pragma: no cover - queues.py uses the stdlib's queues there
+    def _unavailable(addr: int) -> int:
+        raise OSError(errno.ENOSYS, "polyproc's shared-memory queues need x86-64 Linux")
+
+    trylock = unlock = recover = _unavailable
 
 EOWNERDEAD = errno.EOWNERDEAD
 

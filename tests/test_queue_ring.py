@@ -319,3 +319,19 @@ def test_spinning_sees_a_change_and_gives_up_without_one(ring):
     assert not _queue_waiters.spin_until_differ(h, H._TAIL, H._HEAD)
     ring.put_one(b"x", True, None)
     assert _queue_waiters.spin_until_differ(h, H._TAIL, H._HEAD)
+
+
+# ------------------------------------------------------------ elsewhere
+
+def test_without_the_shared_memory_queues_the_stdlib_queues_are_used():
+    # Elsewhere than x86-64 Linux _queue_shm has no C calls to offer, and
+    # importing polyproc.queues (hence _queue_ring) must still work.
+    import subprocess
+    import sys
+    code = ("import polyproc._platform as p; p.ORDERED_SHARED_MEMORY = False\n"
+            "import multiprocessing.queues, polyproc.queues as q\n"
+            "assert q.Queue is multiprocessing.queues.Queue, q.Queue\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
