@@ -1,11 +1,18 @@
 """Queues: polyproc beside the stdlib and faster-fifo (issue 4's targets).
 
 Each repetition makes a fresh queue and starts its processes (fork) *before*
-the clock starts; what is timed is moving the messages, from the first put
-until every consumer has reported that it got its share.
+the clock starts (unless a scenario says otherwise); what is timed is moving
+the messages, from the first put until every consumer has reported that it
+got its share.
 
 * ``queue_1p1c_64B``: 100,000 messages of 64 bytes, one producer (this
   process) and one consumer process.  Target: >= 3x the stdlib's msgs/s.
+* ``queue_1p1c_64B_parent_puts``: the same as a user's program has it:
+  the consumer's process start and join inside the timed region, and the
+  consumer calling plain ``get()``.
+* ``queue_1p1c_64B_child_puts``: the reverse direction: the producer is a
+  child process (started, and joined, inside the timed region) and this
+  process consumes, blocking in plain ``get()``.  Target >= 3x for both.
 * ``queue_4p4c_64B``: the same 100,000 messages from 4 producer processes to
   4 consumer processes (each consumer stops at a sentinel).  Target >= 3x.
 * ``queue_batch_64B``: 1p1c again with ``put_many``/``get_many`` batches of
@@ -13,6 +20,13 @@ until every consumer has reported that it got its share.
   batch call and moves the messages one at a time.
 * ``queue_numpy_16MB``: 24 NumPy arrays of 16 MB, 1p1c.  Target >= 5x the
   stdlib's bytes/s.
+
+The consumers of the other scenarios call ``get(timeout=30)`` so that a
+broken contender cannot hang the run.  That is not free for the stdlib: a
+timeout sends its ``get`` through ``poll()`` and a timed semaphore wait,
+about 1.6x its time per message (docs/queues.md, "Performance").  The
+``_parent_puts``/``_child_puts`` scenarios use plain ``get()`` for every
+contender.
 """
 from __future__ import annotations
 
@@ -68,6 +82,13 @@ def _consume(q, n, done, batched):
     done.send(got)
 
 
+def _get_n(q, n, done):
+    get = q.get
+    for _ in range(n):
+        get()
+    done.send(n)
+
+
 def _consume_until_none(q, done):
     got = 0
     get = q.get
@@ -78,6 +99,12 @@ def _consume_until_none(q, done):
 
 def _produce(q, n, start):
     start.wait()
+    put = q.put
+    for _ in range(n):
+        put(MSG)
+
+
+def _produce_now(q, n):
     put = q.put
     for _ in range(n):
         put(MSG)
@@ -109,6 +136,44 @@ def _one_to_one(make_queue, batched=False, items=None, n=N_SMALL):
         consumer.join()
         if got != n:
             raise RuntimeError(f"consumer got {got} of {n}")
+        return elapsed
+    return run
+
+
+def _parent_puts_started(make_queue, n=N_SMALL):
+    """1p1c, producer here; the consumer child's start and join are timed."""
+    def run() -> float:
+        q = make_queue()
+        reader, writer = _fork.Pipe(duplex=False)
+        consumer = _fork.Process(target=_get_n, args=(q, n, writer))
+        start = time.perf_counter()
+        consumer.start()
+        put = q.put
+        for _ in range(n):
+            put(MSG)
+        got = reader.recv()
+        consumer.join()
+        elapsed = time.perf_counter() - start
+        if got != n:
+            raise RuntimeError(f"consumer got {got} of {n}")
+        return elapsed
+    return run
+
+
+def _child_puts_started(make_queue, n=N_SMALL):
+    """1p1c, producer in a child (start and join timed), this process gets."""
+    def run() -> float:
+        q = make_queue()
+        producer = _fork.Process(target=_produce_now, args=(q, n))
+        start = time.perf_counter()
+        producer.start()
+        get = q.get
+        for _ in range(n):
+            get()
+        producer.join()
+        elapsed = time.perf_counter() - start
+        if producer.exitcode != 0:
+            raise RuntimeError(f"producer exited with {producer.exitcode}")
         return elapsed
     return run
 
@@ -163,6 +228,26 @@ def scenarios() -> list[Scenario]:
             },
             work=(N_SMALL, "msgs"),
             target=">= 3x stdlib msgs/s",
+        ),
+        Scenario(
+            name="queue_1p1c_64B_parent_puts",
+            contenders={
+                "stdlib": _parent_puts_started(_stdlib_queue),
+                "polyproc": _parent_puts_started(_polyproc_queue),
+                "faster-fifo": _parent_puts_started(_ff_queue),
+            },
+            work=(N_SMALL, "msgs"),
+            target=">= 3x stdlib msgs/s, consumer start timed",
+        ),
+        Scenario(
+            name="queue_1p1c_64B_child_puts",
+            contenders={
+                "stdlib": _child_puts_started(_stdlib_queue),
+                "polyproc": _child_puts_started(_polyproc_queue),
+                "faster-fifo": _child_puts_started(_ff_queue),
+            },
+            work=(N_SMALL, "msgs"),
+            target=">= 3x stdlib msgs/s, producer start timed",
         ),
         Scenario(
             name="queue_batch_64B",

@@ -3,21 +3,21 @@
 A queue is three named files under ``/dev/shm`` (see ``_queue_shm`` for
 the OS pieces and why they were chosen)::
 
-    control  "/ppq_<token>"       4 KiB: counters, three robust mutexes, three futex words
+    control  "/ppq_<token>"       4 KiB: counters, three robust mutexes, waiter registry
     data     "/ppq_<token>_data"  the ring of records, a power of two in bytes (grows)
     fifo     "/ppq_<token>_fifo"  a named pipe, only for stdlib code that waits on
                                   ``q._reader`` (see "waitable" below)
 
     producer process                          consumer process
     ----------------                          ----------------
-    put(obj)                                  get()
-      payload = dumps(obj)   (in the caller:    lock GET_LOCK
-        unpicklable -> raises here)               record at HEAD -> bytes
-      lock PUT_LOCK                               commit HEAD += size, NGOT += 1
-      write record at TAIL  -------- ring ------>  NOT_FULL += 1
-      commit TAIL += size, NPUT += 1            unlock, wake producers if any wait
-      NOT_EMPTY += 1                            loads(bytes)    (outside the lock)
-      unlock, wake consumers if any wait
+    Queue.put(obj)                            Queue.get()
+      payload = dumps(obj)   (in the caller:    Ring.get_one() -> _take()
+        unpicklable -> raises here)               lock GET_LOCK
+      Ring.put_one(payload) -> _append()          record at HEAD -> bytes
+        lock PUT_LOCK                             commit HEAD += size, NGOT += 1
+        write record at TAIL  ---- ring ---->     unlock, wake producers if any wait
+        commit TAIL += size, NPUT += 1          loads(bytes)    (outside the lock)
+        unlock, wake consumers if any wait
 
 A *record* is an 8-byte length followed by the payload, padded to 8 bytes;
 a payload that runs past the end of the ring continues at its start.
@@ -69,25 +69,40 @@ Design decisions and their trade-offs
   capacity.  The ring never shrinks; its pages live in ``/dev/shm`` (RAM),
   as the stdlib's unbounded queue buffers in the producer's memory.
 
-* **Waiting.**  A consumer that finds the queue empty first spins briefly,
-  yielding its CPU every few checks (a put usually follows within
-  microseconds when the queue is busy, and a futex sleep/wake pair costs
-  far more), then registers as a waiter and
-  sleeps on the ``NOT_EMPTY`` futex word.  Producers bump that word on
-  every put and make the wake-up system call only when a waiter is
-  registered.  Producers of a full bounded queue sleep on ``NOT_FULL`` the
-  same way.  Waits are cut into slices of ``WAIT_SLICE`` so Ctrl-C is seen
-  promptly and a waiter counter left high by a killed process costs only
-  spare wake-ups.
+* **One code path per side.**  Records are written and their commit made
+  in one place, ``_append``, and read and committed in one place,
+  ``_take``; ``put_one``/``get_one`` (one item, the common case) are the
+  entries of ``put``/``get`` that skip their waiting set-up while the lock
+  is free to take, and fall back to them for anything else (a busy lock, a
+  full bounded queue, an empty one after a short spin).
 
-* **No lost wake-up.**  A consumer reads the ``NOT_EMPTY`` word *before* it
-  finds the ring empty, registers as a waiter under ``GET_LOCK`` and
-  sleeps only while the word still has the value it read (the kernel
-  compares it after a full barrier).  A producer bumps the word under
-  ``PUT_LOCK`` after moving ``TAIL`` and reads the waiter count only after
-  unlocking, which is an atomic exchange (a full barrier).  So either the
-  producer sees the waiter and wakes it, or the consumer's futex sees the
-  new word and does not sleep.  The slices above are the safety net.
+* **Waiting** (``_queue_waiters``).  A consumer that finds the queue empty
+  first spins briefly, yielding its CPU every few checks (a put usually
+  follows within microseconds when the queue is busy, and a futex
+  sleep/wake pair costs far more), then registers as a waiter and sleeps
+  on the ``NOT_EMPTY`` futex word, which every put's commit changes.
+  Producers make the wake-up system call only when a waiter is registered.
+  Producers of a full bounded queue sleep on ``NOT_FULL`` the same way.
+  Waits are cut into slices of ``WAIT_SLICE`` so Ctrl-C is seen promptly
+  and a waiter counter left high by a killed process costs only spare
+  wake-ups.
+
+* **No lost wake-up.**  A consumer's futex word (``NOT_EMPTY``) is the low
+  half of ``TAIL``, so every commit of a put changes it.  A consumer reads
+  it *before* it finds the ring empty, registers as a waiter under
+  ``GET_LOCK`` and sleeps only while the word still has the value it read
+  (the kernel compares it after a full barrier).  A producer moves ``TAIL``
+  under ``PUT_LOCK`` and reads the waiter count only after unlocking,
+  which is an atomic exchange (a full barrier).  So either the producer
+  sees the waiter and wakes it, or the consumer's futex sees the new word
+  and does not sleep.  Producers of a full bounded queue wait the same way
+  on the low half of ``NGOT`` (``NOT_FULL``): ``NGOT`` is what their
+  fullness test reads, and the last counter a get's commit stores (``HEAD``
+  would not do: a producer could read the new ``HEAD`` and the old
+  ``NGOT``, find the queue full and sleep on a word that no longer
+  changes).  A wrap of the low half (2**32 commits or bytes while one
+  process goes to sleep) could only cost one slice.  The slices above are
+  the safety net.
 """
 from __future__ import annotations
 
@@ -95,13 +110,14 @@ import os
 import secrets
 import time
 import weakref
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing import resource_tracker, util
-from typing import Iterable, Sequence
 
 from . import _queue_shm as _shm
-from ._queue_shm import WAIT_SLICE
+from . import _queue_waiters as _waiting
+from ._queue_waiters import Fifo, Waiters, fifo_path, spin_until_differ
 
-__all__ = ["Ring", "Timeout", "QueueGone"]
+__all__ = ["QueueGone", "Ring", "Timeout"]
 
 # --- control segment layout -------------------------------------------------
 # u64 slots (index into a u64 view).  Each side's hot fields share a cache
@@ -110,32 +126,27 @@ __all__ = ["Ring", "Timeout", "QueueGone"]
 _MAGIC, _CAP, _MAXSIZE = 0, 1, 2                       # read-mostly
 _TAIL, _NPUT, _P_FLAG, _P_TAIL, _P_NPUT = 16, 17, 18, 19, 20   # put side
 _HEAD, _NGOT, _G_FLAG, _G_HEAD, _G_NGOT = 32, 33, 34, 35, 36   # get side
-_GET_WAITERS, _PUT_WAITERS, _JOIN_WAITERS = 48, 49, 50        # rarely written
-_WAITABLE = 51          # someone waits on the queue's FIFO (see QueueReader)
-# Waiter registry (see Ring._add_waiter): _SLOTS pids per waiter kind, in
-# the order GET_, PUT_, JOIN_WAITERS, then one overflow count per kind.
-_SLOTS = 16
-_SLOTS_BASE = 160
-_OVERFLOW = _SLOTS_BASE + 3 * _SLOTS
-_IDLE_WAKES_BEFORE_RECOUNT = 64
+# 48-51: waiter counts and the FIFO switch; 160-211: the waiter registry
+# (both _queue_waiters').  Rarely written.
+_GET_WAITERS, _PUT_WAITERS = _waiting.GET_WAITERS, _waiting.PUT_WAITERS
+_JOIN_WAITERS, _WAITABLE = _waiting.JOIN_WAITERS, _waiting.WAITABLE
 _TDONE = 64                                            # JoinableQueue
-# u32 futex words (index into a u32 view), each on its side's line.
-_NOT_EMPTY, _NOT_FULL, _ALL_DONE = 2 * 24, 2 * 40, 2 * 72
+# u32 futex words (index into a u32 view).  Consumers wait for TAIL to move
+# and producers of a full bounded queue for NGOT to: the low halves of those
+# counters are their futex words (little-endian), so a commit changes the
+# word it must change with the store it makes anyway.
+_NOT_EMPTY, _NOT_FULL, _ALL_DONE = 2 * _TAIL, 2 * _NGOT, 2 * 72
 # Robust mutexes (byte offsets), one line each.
 _PUT_LOCK, _GET_LOCK, _DONE_LOCK = 640, 768, 896
 _CONTROL_SIZE = 4096
 _MAGIC_VALUE = 0x5050_5155_4555_0001         # "PPQUEU" v1
 
 INITIAL_CAPACITY = 1 << 20
-# A consumer that finds the queue empty checks again _SPIN times before it
-# sleeps, giving its CPU away (sched_yield) every _YIELD_EVERY checks: on a
-# machine with more processes than cores the producer it waits for may be
-# queued behind it on the same core.  Measured on the 2-core machine with
-# other work running: pure spinning lost up to 2x against yielding.
-_SPIN = 400
-_YIELD_EVERY = 20
-_yield = os.sched_yield
 _U32 = 0xFFFF_FFFF
+# Bare C calls on the fast paths (see _queue_shm.trylock).
+_trylock = _shm.trylock
+_unlock = _shm.unlock
+_EOWNERDEAD = _shm.EOWNERDEAD
 
 
 class Timeout(Exception):
@@ -149,15 +160,33 @@ class QueueGone(Exception):
 # name -> this process's live handle on that queue (see Ring.attach).
 _handles: "weakref.WeakValueDictionary[str, Ring]" = weakref.WeakValueDictionary()
 
-_try = _shm.mutex_try
-_release = _shm.mutex_release
-
 
 def _lock(addr: int, deadline: float | None) -> int:
+    """Lock the mutex at *addr*: 1 if its owner died (repair!), else 0; Timeout at *deadline*."""
     got = _shm.mutex_acquire(addr, deadline)
     if got is None:
         raise Timeout
     return got
+
+
+def _release(addr: int) -> None:
+    rc = _unlock(addr)
+    if rc:
+        raise _shm.unlock_error(rc)
+
+
+def _locked_after_death(rc: int, addr: int, repair: Callable[[], None]) -> bool:
+    """After ``trylock`` returned *rc* (not 0): True if it locked anyway.
+
+    That is ``EOWNERDEAD``: the previous owner died holding the lock, which
+    is ours now; the state it protects is repaired before this returns.
+    False when the lock is busy.
+    """
+    if rc != _EOWNERDEAD:
+        return False
+    _shm.recover(addr)
+    repair()
+    return True
 
 
 class Ring:
@@ -187,8 +216,8 @@ class Ring:
         # value only underestimates the free space; the producer re-reads it
         # (a cache miss: consumers write that line) only when short of room.
         self._head_seen = 0
-        self._fifo_fd: int | None = None
-        self._idle_wakes = 0
+        self._waiters = Waiters(self._h)
+        self._fifo = Fifo(name)
         self._map_data()
         weakref.finalize(self, os.close, data_fd)
         if owner:
@@ -212,7 +241,7 @@ class Ring:
             _shm.unlink_segment(name)
             raise
         try:
-            os.mkfifo(_fifo_path(name), 0o600)
+            os.mkfifo(fifo_path(name), 0o600)
         except BaseException:
             _shm.unlink_segment(name)
             _shm.unlink_segment(name + "_data")
@@ -290,101 +319,31 @@ class Ring:
         nput, ngot = self._counts()
         return max(0, nput - ngot)
 
-    # ------------------------------------------------------------ fast paths
-    #
-    # One item, lock free to take, room in the ring: the common case, written
-    # out flat because every attribute lookup and call shows in msgs/s.
-    # Anything else (busy lock, full, ring to grow or remap) goes the general
-    # way below, which handles it all.
+    def has_items(self) -> bool:
+        return self._h[_TAIL] != self._h[_HEAD]
+
+    # ------------------------------------------------------------ put side
 
     def put_one(self, payload, block: bool, timeout: float | None) -> None:
-        got = _try(self._put_lock)
-        if got is None:
-            self.put((payload,), block, timeout)
+        """``put((payload,), block, timeout)``, minus its waiting set-up when no wait is needed."""
+        lock = self._put_lock
+        rc = _trylock(lock)
+        if rc and not _locked_after_death(rc, lock, self._repair_put):
+            self.put((payload,), block, timeout)        # busy: may have to wait
             return
-        h = self._h
-        done = False
         try:
-            if got:
-                self._repair_put()
-            cap, data, dq = self._m
-            maxsize = self.maxsize
-            if h[_CAP] == cap and not (maxsize and h[_NPUT] - h[_NGOT] >= maxsize):
-                tail = h[_TAIL]
-                n = len(payload)
-                size = 8 + ((n + 7) & ~7)
-                if tail + size - self._head_seen > cap:
-                    self._head_seen = h[_HEAD]
-                if tail + size - self._head_seen <= cap:
-                    pos = tail & (cap - 1)
-                    dq[pos >> 3] = n
-                    start = (pos + 8) & (cap - 1)
-                    if start + n <= cap:
-                        data[start:start + n] = payload
-                    else:
-                        self._put_bytes(tail + 8, payload)
-                    tail += size
-                    nput = h[_NPUT] + 1
-                    h[_P_TAIL] = tail
-                    h[_P_NPUT] = nput
-                    h[_P_FLAG] = 1
-                    h[_TAIL] = tail
-                    h[_NPUT] = nput
-                    h[_P_FLAG] = 0
-                    self._f[_NOT_EMPTY] = (self._f[_NOT_EMPTY] + 1) & _U32
-                    done = True
-                    if h[_WAITABLE]:
-                        self._signal()
+            added = self._append((payload,))
         except BaseException:
             self._repair_put()     # Ctrl-C mid-commit: finish it (see _repair_put)
             raise
         finally:
-            _release(self._put_lock)
-        if not done:
+            rc = _unlock(lock)
+            if rc:
+                raise _shm.unlock_error(rc)
+        if not added:                                   # bounded and full
             self.put((payload,), block, timeout)
-        elif h[_GET_WAITERS]:
-            self._wake(self._not_empty, self._get_lock, _GET_WAITERS)
-
-    def get_one(self, block: bool, timeout: float | None):
-        got = _try(self._get_lock)
-        if got is None:
-            return self.get(1, block, timeout)[0]
-        h = self._h
-        payload = None
-        try:
-            if got:
-                self._repair_get()
-            head = h[_HEAD]
-            cap, data, dq = self._m
-            if head != h[_TAIL] and h[_CAP] == cap:
-                pos = head & (cap - 1)
-                n = dq[pos >> 3]
-                start = (pos + 8) & (cap - 1)
-                if start + n <= cap:
-                    payload = data[start:start + n]
-                else:
-                    payload = self._read(head + 8, n)
-                head += 8 + ((n + 7) & ~7)
-                ngot = h[_NGOT] + 1
-                h[_G_HEAD] = head
-                h[_G_NGOT] = ngot
-                h[_G_FLAG] = 1
-                h[_HEAD] = head
-                h[_NGOT] = ngot
-                h[_G_FLAG] = 0
-                self._f[_NOT_FULL] = (self._f[_NOT_FULL] + 1) & _U32
-        except BaseException:
-            self._repair_get()
-            raise
-        finally:
-            _release(self._get_lock)
-        if payload is None:
-            return self.get(1, block, timeout)[0]
-        if h[_PUT_WAITERS]:
-            self._wake(self._not_full, self._put_lock, _PUT_WAITERS)
-        return payload
-
-    # ------------------------------------------------------------ put side
+        elif self._h[_GET_WAITERS]:
+            self._wake_getters()
 
     def put(self, payloads: Sequence, block: bool, timeout: float | None) -> int:
         """Append *payloads* in order; return how many were put.
@@ -394,87 +353,99 @@ class Ring:
         """
         h = self._h
         done = 0
-        deadline = _deadline(block, timeout)
+        deadline = _waiting.deadline(block, timeout)
         registered: int | None = None
         try:
-            while True:
+            while done < len(payloads):
                 seq = self._f[_NOT_FULL]
-                lock_deadline = deadline if block else time.monotonic() + 1.0
-                if _lock(self._put_lock, lock_deadline):
+                if _lock(self._put_lock, deadline if block else _soon()):
                     self._repair_put()
                 try:
                     if registered is not None:
-                        self._drop_waiter(_PUT_WAITERS, registered)
+                        self._waiters.drop(_PUT_WAITERS, registered)
                         registered = None
-                    room = len(payloads) - done
-                    if self.maxsize:
-                        room = min(room, self.maxsize - (h[_NPUT] - h[_NGOT]))
-                    if room > 0:
-                        self._write(payloads, done, done + room)
-                        done += room
-                    elif not block or _expired(deadline):
-                        raise Timeout
-                    else:
-                        registered = self._add_waiter(_PUT_WAITERS)
+                    added = self._append(payloads[done:] if done else payloads)
+                    done += added
+                    if not added:                       # bounded and full
+                        if not block or _waiting.expired(deadline):
+                            raise Timeout
+                        registered = self._waiters.add(_PUT_WAITERS)
                 except BaseException:
                     self._repair_put()
                     raise
                 finally:
-                    _shm.mutex_release(self._put_lock)
-                # Read GET_WAITERS only after the unlock, a full barrier: see
-                # "no lost wake-up" in the module docstring.
-                if room > 0 and h[_GET_WAITERS]:
-                    self._wake(self._not_empty, self._get_lock, _GET_WAITERS)
-                if done == len(payloads):
-                    return done
-                if room <= 0:
-                    _shm.futex_wait(self._not_full, seq, _slice(deadline))
+                    _release(self._put_lock)
+                if added:
+                    # Read GET_WAITERS only after the unlock, a full barrier:
+                    # see "no lost wake-up" in the module docstring.
+                    if h[_GET_WAITERS]:
+                        self._wake_getters()
+                else:
+                    _shm.futex_wait(self._not_full, seq, _waiting.wait_slice(deadline))
+            return done
         except Timeout:
             if done:
                 return done
             raise
         finally:
             if registered is not None:
-                self._unregister(self._put_lock, _PUT_WAITERS, registered, self._repair_put)
+                self._waiters.withdraw(_PUT_WAITERS, registered, self._put_lock,
+                                       self._repair_put)
 
-    def _write(self, payloads: Sequence, first: int, stop: int) -> None:
-        """Write records ``payloads[first:stop]`` and commit them (PUT_LOCK held)."""
+    def _append(self, payloads: Sequence) -> int:
+        """Write *payloads* as records and commit them (PUT_LOCK held).
+
+        The one place where records are written and committed.  A bounded
+        queue takes as many as it has room for: returns how many it took,
+        0 when it is full.  Grows the ring when a record does not fit.
+        """
         h = self._h
+        count = len(payloads)
+        if self.maxsize:
+            room = self.maxsize - (h[_NPUT] - h[_NGOT])
+            if room < count:
+                if room <= 0:
+                    return 0
+                payloads = payloads[:room]
+                count = room
+        # Only a PUT_LOCK holder grows the ring, so the capacity cannot
+        # change under us from here on (except by our own _grow).
+        m = self._m
+        if m[0] != h[_CAP]:
+            self._map_data()
+            m = self._m
+        cap, data, dq = m
         tail = h[_TAIL]
-        for i in range(first, stop):
-            payload = payloads[i]
+        for payload in payloads:
             n = len(payload)
             size = 8 + ((n + 7) & ~7)
-            if self._m[0] != h[_CAP]:
-                self._map_data()
-            if tail + size - self._head_seen > self._m[0]:
+            if tail + size - self._head_seen > cap:
                 self._head_seen = h[_HEAD]
-            if tail + size - self._head_seen > self._m[0]:
-                self._grow(tail, size)
-            cap, data, dq = self._m
+                if tail + size - self._head_seen > cap:
+                    self._grow(tail, size)
+                    cap, data, dq = self._m
             pos = tail & (cap - 1)
             dq[pos >> 3] = n
             start = (pos + 8) & (cap - 1)
-            end = start + n
-            if end <= cap:
-                data[start:end] = payload
-            else:
-                cut = cap - start
-                view = memoryview(payload)
-                data[start:cap] = view[:cut]
-                data[0:n - cut] = view[cut:]
+            if start + n <= cap:
+                data[start:start + n] = payload
+            else:                       # runs past the end: continues at 0
+                self._put_bytes(tail + 8, payload)
             tail += size
-        nput = h[_NPUT] + (stop - first)
-        # Commit through the redo record (see module docstring).
+        # The commit, through the redo record (see module docstring): a
+        # kill between the stores of TAIL and NPUT is finished by the next
+        # locker, an exception by _repair_put before the lock is released.
+        # Storing TAIL also changes the consumers' futex word (_NOT_EMPTY).
+        nput = h[_NPUT] + count
         h[_P_TAIL] = tail
         h[_P_NPUT] = nput
         h[_P_FLAG] = 1
         h[_TAIL] = tail
         h[_NPUT] = nput
         h[_P_FLAG] = 0
-        self._f[_NOT_EMPTY] = (self._f[_NOT_EMPTY] + 1) & _U32
         if h[_WAITABLE]:
-            self._signal()
+            self._fifo.signal()
+        return count
 
     def _repair_put(self) -> None:
         """Finish a commit that was cut short (PUT_LOCK held).
@@ -490,7 +461,7 @@ class Ring:
             h[_NPUT] = h[_P_NPUT]
             h[_P_FLAG] = 0
             if h[_WAITABLE]:
-                self._signal()
+                self._fifo.signal()
 
     def _grow(self, tail: int, size: int) -> None:
         """Enlarge the ring so a *size*-byte record fits at *tail* (PUT_LOCK held)."""
@@ -514,67 +485,100 @@ class Ring:
             self._put_bytes(head, live)
             h[_CAP] = new_cap               # the commit point
         finally:
-            _shm.mutex_release(self._get_lock)
+            _release(self._get_lock)
+
+    def _wake_getters(self) -> None:
+        self._waiters.wake(self._not_empty, _GET_WAITERS, self._get_lock, self._repair_get)
 
     # ------------------------------------------------------------ get side
+
+    def get_one(self, block: bool, timeout: float | None):
+        """``get(1, block, timeout)[0]``, minus its waiting set-up when an item is there."""
+        h = self._h
+        lock = self._get_lock
+        rc = _trylock(lock)
+        if rc and not _locked_after_death(rc, lock, self._repair_get):
+            return self.get(1, block, timeout)[0]       # busy
+        try:
+            items = self._take(1)
+        except BaseException:
+            self._repair_get()
+            raise
+        finally:
+            rc = _unlock(lock)
+            if rc:
+                raise _shm.unlock_error(rc)
+        if not items:                                   # empty: may have to wait
+            return self.get(1, block, timeout)[0]
+        if h[_PUT_WAITERS]:
+            self._wake_putters()
+        return items[0]
 
     def get(self, max_items: int, block: bool, timeout: float | None) -> list[bytes]:
         """Take 1 to *max_items* payloads in order; raise ``Timeout`` if none came."""
         h = self._h
-        deadline = _deadline(block, timeout)
+        deadline = _waiting.deadline(block, timeout)
         registered: int | None = None
         spun = not block
         try:
             while True:
                 if not spun and h[_TAIL] == h[_HEAD]:
                     spun = True
-                    for i in range(_SPIN):
-                        if h[_TAIL] != h[_HEAD]:
-                            break
-                        if i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                            _yield()
+                    spin_until_differ(h, _TAIL, _HEAD)
                 seq = self._f[_NOT_EMPTY]
-                lock_deadline = deadline if block else time.monotonic() + 1.0
-                if _lock(self._get_lock, lock_deadline):
+                if _lock(self._get_lock, deadline if block else _soon()):
                     self._repair_get()
-                items = None
                 try:
                     if registered is not None:
-                        self._drop_waiter(_GET_WAITERS, registered)
+                        self._waiters.drop(_GET_WAITERS, registered)
                         registered = None
-                    if h[_TAIL] != h[_HEAD]:
-                        items = self._take(max_items)
-                    elif not block or _expired(deadline):
-                        raise Timeout
-                    else:
-                        registered = self._add_waiter(_GET_WAITERS)
+                    items = self._take(max_items)
+                    if not items:
+                        if not block or _waiting.expired(deadline):
+                            raise Timeout
+                        registered = self._waiters.add(_GET_WAITERS)
                 except BaseException:
                     self._repair_get()
                     raise
                 finally:
-                    _shm.mutex_release(self._get_lock)
-                if items is not None:
+                    _release(self._get_lock)
+                if items:
                     if h[_PUT_WAITERS]:
-                        self._wake(self._not_full, self._put_lock, _PUT_WAITERS)
+                        self._wake_putters()
                     return items
-                _shm.futex_wait(self._not_empty, seq, _slice(deadline))
+                _shm.futex_wait(self._not_empty, seq, _waiting.wait_slice(deadline))
         finally:
             if registered is not None:
-                self._unregister(self._get_lock, _GET_WAITERS, registered, self._repair_get)
+                self._waiters.withdraw(_GET_WAITERS, registered, self._get_lock,
+                                       self._repair_get)
 
     def _take(self, max_items: int) -> list[bytes]:
-        """Copy out and commit up to *max_items* records (GET_LOCK held)."""
+        """Copy out and commit up to *max_items* records (GET_LOCK held); [] if empty.
+
+        The one place where records are read and their removal committed.
+        """
         h = self._h
-        if self._m[0] != h[_CAP]:
-            self._map_data()
-        cap, data, dq = self._m
         head, tail = h[_HEAD], h[_TAIL]
-        items = []
-        while head != tail and len(items) < max_items:
+        items: list[bytes] = []
+        if head == tail:
+            return items
+        m = self._m
+        if m[0] != h[_CAP]:
+            self._map_data()
+            m = self._m
+        cap, data, dq = m
+        while True:
             pos = head & (cap - 1)
             n = dq[pos >> 3]
-            items.append(self._read(head + 8, n))
+            start = (pos + 8) & (cap - 1)
+            if start + n <= cap:
+                items.append(data[start:start + n])
+            else:                       # runs past the end: continues at 0
+                items.append(data[start:cap] + data[0:start + n - cap])
             head += 8 + ((n + 7) & ~7)
+            if head == tail or len(items) == max_items:
+                break
+        # The commit, through the redo record (see _append).
         ngot = h[_NGOT] + len(items)
         h[_G_HEAD] = head
         h[_G_NGOT] = ngot
@@ -582,15 +586,18 @@ class Ring:
         h[_HEAD] = head
         h[_NGOT] = ngot
         h[_G_FLAG] = 0
-        self._f[_NOT_FULL] = (self._f[_NOT_FULL] + 1) & _U32
         return items
 
     def _repair_get(self) -> None:
+        """Finish a commit that was cut short (GET_LOCK held); see ``_repair_put``."""
         h = self._h
         if h[_G_FLAG]:
             h[_HEAD] = h[_G_HEAD]
             h[_NGOT] = h[_G_NGOT]
             h[_G_FLAG] = 0
+
+    def _wake_putters(self) -> None:
+        self._waiters.wake(self._not_full, _PUT_WAITERS, self._put_lock, self._repair_put)
 
     # ------------------------------------------------------------ joinable
 
@@ -606,13 +613,13 @@ class Ring:
                 self._f[_ALL_DONE] = (self._f[_ALL_DONE] + 1) & _U32
             waiters = h[_JOIN_WAITERS]
         finally:
-            _shm.mutex_release(self._done_lock)
+            _release(self._done_lock)
         if finished and waiters:
             _shm.futex_wake(self._all_done)
 
     def join(self, timeout: float | None = None) -> bool:
         h = self._h
-        deadline = _deadline(True, timeout)
+        deadline = _waiting.deadline(True, timeout)
         registered: int | None = None
         try:
             while True:
@@ -620,34 +627,31 @@ class Ring:
                 _lock(self._done_lock, None)
                 try:
                     if registered is not None:
-                        self._drop_waiter(_JOIN_WAITERS, registered)
+                        self._waiters.drop(_JOIN_WAITERS, registered)
                         registered = None
                     if h[_TDONE] >= h[_NPUT]:
                         return True
-                    if _expired(deadline):
+                    if _waiting.expired(deadline):
                         return False
-                    registered = self._add_waiter(_JOIN_WAITERS)
+                    registered = self._waiters.add(_JOIN_WAITERS)
                 finally:
-                    _shm.mutex_release(self._done_lock)
-                _shm.futex_wait(self._all_done, seq, _slice(deadline))
+                    _release(self._done_lock)
+                _shm.futex_wait(self._all_done, seq, _waiting.wait_slice(deadline))
         finally:
             if registered is not None:
-                self._unregister(self._done_lock, _JOIN_WAITERS, registered, lambda: None)
+                self._waiters.withdraw(_JOIN_WAITERS, registered, self._done_lock,
+                                       _nothing_to_repair)
 
     # ------------------------------------------------------------ waitable
     #
-    # Stdlib code waits on ``q._reader`` with ``multiprocessing.connection.
-    # wait()`` (``concurrent.futures.ProcessPoolExecutor`` does so on its
-    # result queue), which needs a file descriptor that is readable while the
-    # queue holds items.  The queue's FIFO ("/dev/shm/<name>_fifo", opened by
-    # name, so any process can write to it) is that descriptor.  It costs
-    # nothing until a reader asks for it (``make_waitable``): from then on
-    # every commit also writes one byte, under PUT_LOCK.  ``take_for_reader``
-    # takes PUT_LOCK too, so between a commit and its byte no reader can
-    # look, and it leaves exactly one byte in the FIFO when items remain:
-    # the FIFO is readable exactly while the queue is not empty, as long as
-    # items leave through the reader (items taken with plain ``get`` may
-    # leave a stale byte; ``poll`` and ``recv`` tolerate that).
+    # The queue's FIFO (see _queue_waiters.Fifo) costs nothing until a
+    # reader asks for it (``make_waitable``): from then on every commit also
+    # writes one byte, under PUT_LOCK.  ``take_for_reader`` takes PUT_LOCK
+    # too, so between a commit and its byte no reader can look, and it
+    # leaves exactly one byte in the FIFO when items remain: the FIFO is
+    # readable exactly while the queue is not empty, as long as items leave
+    # through the reader (items taken with plain ``get`` may leave a stale
+    # byte; ``poll`` and ``recv`` tolerate that).
 
     def make_waitable(self) -> int:
         """Switch the FIFO on; return this handle's descriptor of it."""
@@ -658,10 +662,10 @@ class Ring:
             try:
                 h[_WAITABLE] = 1
                 if h[_TAIL] != h[_HEAD]:
-                    self._signal()
+                    self._fifo.signal()
             finally:
                 _release(self._put_lock)
-        return self._fifo()
+        return self._fifo.fileno()
 
     def take_for_reader(self):
         """One payload for ``QueueReader.recv``, keeping the FIFO level-true."""
@@ -671,19 +675,13 @@ class Ring:
             self._rearm(take=False)
         return payload
 
-    def has_items(self) -> bool:
-        return self._h[_TAIL] != self._h[_HEAD]
-
     def _rearm(self, take: bool):
+        """Under PUT_LOCK: empty the FIFO, take one item if *take*, signal if items remain."""
         h = self._h
         if _lock(self._put_lock, None):
             self._repair_put()
         try:
-            try:
-                while os.read(self._fifo(), 4096):
-                    pass
-            except BlockingIOError:
-                pass
+            self._fifo.drain()
             payload = None
             if take:
                 try:
@@ -691,105 +689,12 @@ class Ring:
                 except Timeout:
                     pass
             if h[_TAIL] != h[_HEAD]:
-                self._signal()
+                self._fifo.signal()
             return payload
         finally:
             _release(self._put_lock)
 
-    def _fifo(self) -> int:
-        if self._fifo_fd is None:
-            fd = os.open(_fifo_path(self.name), os.O_RDWR | os.O_NONBLOCK)
-            weakref.finalize(self, os.close, fd)
-            self._fifo_fd = fd
-        return self._fifo_fd
-
-    def _signal(self) -> None:
-        try:
-            os.write(self._fifo(), b"\0")
-        except BlockingIOError:         # full: readable already
-            pass
-
     # ------------------------------------------------------------ helpers
-
-    def _unregister(self, lock: int, kind: int, token: int, repair) -> None:
-        # Left a wait by an exception (Ctrl-C): take our waiter mark back.
-        if _lock(lock, None):
-            repair()
-        try:
-            self._drop_waiter(kind, token)
-        finally:
-            _shm.mutex_release(lock)
-
-    # Waiter registry.  Notifiers read only the count (``kind``: GET_, PUT_
-    # or JOIN_WAITERS), to skip the wake-up system call when nobody sleeps.
-    # A count kept by increments would stay high forever after a waiter is
-    # SIGKILLed, and every put would then pay a useless system call (+1 µs,
-    # 60% of a put).  So each waiter writes its pid into a slot, and the
-    # count is recomputed from the slots, dropping dead pids, every time a
-    # waiter comes or goes (under the side's lock, off the fast path).  More
-    # than _SLOTS waiters of one kind are counted in an overflow word
-    # without that healing.
-
-    def _wake(self, futex: int, lock: int, kind: int) -> None:
-        """Wake the waiters of *kind*; now and then heal a count nobody answers.
-
-        A registered waiter may be between two slices of its wait, so one
-        wake-up that finds nobody proves nothing; many in a row, with no
-        waiter coming or going meanwhile, mean the count is probably stale
-        (its waiter was killed): recount, if the lock is free right now.
-        """
-        if _shm.futex_wake(futex):
-            self._idle_wakes = 0
-            return
-        self._idle_wakes += 1
-        if self._idle_wakes >= _IDLE_WAKES_BEFORE_RECOUNT:
-            self._idle_wakes = 0
-            got = _try(lock)
-            if got is not None:
-                try:
-                    if got:             # its holder died: repair first
-                        (self._repair_get if lock == self._get_lock
-                         else self._repair_put)()
-                    self._recount(kind)
-                finally:
-                    _release(lock)
-
-    def _add_waiter(self, kind: int) -> int:
-        """Register this thread as a waiter (lock of that side held); return its slot."""
-        h = self._h
-        base = _SLOTS_BASE + _SLOTS * (kind - _GET_WAITERS)
-        me = os.getpid()
-        token = -1
-        for slot in range(base, base + _SLOTS):
-            if h[slot] == 0:
-                h[slot] = me
-                token = slot
-                break
-        if token < 0:
-            h[_OVERFLOW + kind - _GET_WAITERS] += 1
-        self._recount(kind)
-        return token
-
-    def _drop_waiter(self, kind: int, token: int) -> None:
-        h = self._h
-        if token >= 0:
-            h[token] = 0
-        else:
-            overflow = _OVERFLOW + kind - _GET_WAITERS
-            h[overflow] = max(0, h[overflow] - 1)
-        self._recount(kind)
-
-    def _recount(self, kind: int) -> None:
-        h = self._h
-        base = _SLOTS_BASE + _SLOTS * (kind - _GET_WAITERS)
-        me = os.getpid()
-        count = h[_OVERFLOW + kind - _GET_WAITERS]
-        for slot in range(base, base + _SLOTS):
-            pid = h[slot]
-            if pid and pid != me and not _alive(pid):
-                h[slot] = pid = 0
-            count += pid != 0
-        h[kind] = count
 
     def _read(self, offset: int, n: int) -> bytes:
         cap, data, _ = self._m
@@ -811,34 +716,14 @@ class Ring:
             ring[0:end - cap] = data[cut:]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:     # exists, belongs to someone else
-        return True
-    return True
+def _soon() -> float:
+    # A non-blocking call still waits for a lock held for microseconds, but
+    # gives up after a second rather than hang behind a stuck holder.
+    return time.monotonic() + 1.0
 
 
-def _fifo_path(name: str) -> str:
-    return "/dev/shm" + name + "_fifo"
-
-
-def _deadline(block: bool, timeout: float | None) -> float | None:
-    if not block or timeout is None:
-        return None
-    return time.monotonic() + max(0.0, timeout)
-
-
-def _expired(deadline: float | None) -> bool:
-    return deadline is not None and time.monotonic() >= deadline
-
-
-def _slice(deadline: float | None) -> float:
-    if deadline is None:
-        return WAIT_SLICE
-    return min(WAIT_SLICE, deadline - time.monotonic())
+def _nothing_to_repair() -> None:
+    pass
 
 
 def _remove_segments(names: Iterable[str], owner_pid: int) -> None:

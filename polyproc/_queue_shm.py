@@ -53,7 +53,7 @@ from . import _platform
 
 __all__ = [
     "AVAILABLE", "MUTEX_SIZE", "mutex_init", "mutex_acquire", "mutex_try",
-    "mutex_release",
+    "mutex_release", "trylock", "unlock", "recover", "unlock_error", "EOWNERDEAD",
     "futex_wait", "futex_wake", "create_segment", "open_segment",
     "unlink_segment", "address_of", "reserve",
 ]
@@ -113,6 +113,22 @@ if AVAILABLE:
                        ctypes.c_long)
     _futex_poke = _fn(_plibc, "syscall", [ctypes.c_long, _vp, ctypes.c_int, ctypes.c_int,
                                           _vp, _vp, ctypes.c_int], ctypes.c_long)
+
+    # The bare C calls, for the queue's fast paths, where a Python function
+    # around each of them would show in msgs/s: ``trylock(addr)`` returns 0
+    # (locked), EBUSY, or EOWNERDEAD (locked, its previous owner died: call
+    # ``recover(addr)`` and repair); ``unlock(addr)`` returns 0 or an errno
+    # (see ``unlock_error``).
+    trylock = _mutex_trylock
+    unlock = _mutex_unlock
+    recover = _mutex_consistent
+else:  # pragma: no cover - queues.py uses the stdlib's queues there
+    def _unavailable(addr: int) -> int:
+        raise OSError(errno.ENOSYS, "polyproc's shared-memory queues need x86-64 Linux")
+
+    trylock = unlock = recover = _unavailable
+
+EOWNERDEAD = errno.EOWNERDEAD
 
 
 def address_of(buffer: mmap.mmap, offset: int = 0) -> int:
@@ -199,7 +215,12 @@ def mutex_try(addr: int) -> int | None:
 def mutex_release(addr: int) -> None:
     rc = _mutex_unlock(addr)
     if rc:
-        raise OSError(rc, f"cannot unlock a queue's shared mutex: {os.strerror(rc)}")
+        raise unlock_error(rc)
+
+
+def unlock_error(rc: int) -> OSError:
+    """The error for an unlock that returned *rc* (not the owner: a bug)."""
+    return OSError(rc, f"cannot unlock a queue's shared mutex: {os.strerror(rc)}")
 
 
 # ---------------------------------------------------------------- futex
