@@ -32,7 +32,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import psutil
@@ -138,14 +138,14 @@ class Snapshot:
     processes: frozenset
 
     @classmethod
-    def take(cls) -> "Snapshot":
+    def take(cls) -> Snapshot:
         prefix = _shm.session_prefix()
         return cls(frozenset(f for f in os.listdir("/dev/shm") if f.startswith(prefix)),
                    frozenset(os.listdir("/proc/self/fd")),
                    frozenset(t.ident for t in threading.enumerate()),
                    frozenset(p.pid for p in psutil.Process().children(recursive=True)))
 
-    def leaked_since(self, before: "Snapshot") -> dict[str, int]:
+    def leaked_since(self, before: Snapshot) -> dict[str, int]:
         return {field.name: len(getattr(self, field.name) - getattr(before, field.name))
                 for field in dataclasses.fields(self)}
 
@@ -323,12 +323,14 @@ def _soak_one_api(ctx, api: str, seconds: float, processes: int, retries: int,
     A call that raises (the pool broke) fails its round's inputs with that
     error; a pool that broke ends this API's rounds.
     """
-    if api == "executor":
-        pool = ctx.Executor(processes)
-        pids = lambda: list(pool._processes)  # noqa: E731
-    else:
-        pool = ctx.Pool(processes)
-        pids = lambda: [p.pid for p in pool._pool]  # noqa: E731
+    pool = ctx.Executor(processes) if api == "executor" else ctx.Pool(processes)
+
+    def pids() -> list[int]:
+        """The pids of the pool's workers, those still starting included."""
+        if api == "executor":
+            return list(pool._processes)
+        return [p.pid for p in pool._pool]
+
     killer = Killer(pids, KILL_INTERVALS[ctx.get_start_method()], seed)
     killer.start()
     start = first_input

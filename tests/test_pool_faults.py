@@ -230,8 +230,7 @@ def test_workers_killed_between_tasks_cost_no_retries(gate):
                        what="the task dispatched")
             holder = next(w for w in list(backend._workers.values()) if w.assigned)
             os.kill(holder.process.pid, signal.SIGKILL)
-            wait_until(lambda: holder.slot not in backend._workers
-                       or backend._workers[holder.slot] is not holder,
+            wait_until(lambda holder=holder: backend._workers.get(holder.slot) is not holder,
                        what="the death handled")
         gate.let_in(1)  # a replacement starts: the task runs there
         assert result.get(30) == 49
