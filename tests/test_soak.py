@@ -30,4 +30,4 @@ def test_every_input_has_one_outcome_and_nothing_is_left_over():
     assert not report.failed, details
     assert not any(report.leaked.values()), (
         f"left over after the pools closed: {report.leaked} "
-        f"(segments: /dev/shm entries of this session)")
+        f"(segments: /dev/shm entries of this session)\n{details}")
