@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test bench clean
+.PHONY: demo test soak bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ demo: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The soak of tests/test_soak.py (part of `make test`, 20 s), longer and on
+# every start method: SOAK_SECONDS in all, shared by the start methods.
+SOAK_SECONDS ?= 600
+soak: $(VENV)/.installed-test
+	$(PY) tests/_soak.py --seconds $(SOAK_SECONDS)
 
 bench: $(VENV)/.installed-bench
 	$(PY) -m compileall -q polyproc benchmarks > /dev/null

@@ -139,7 +139,8 @@ PHASE_DUMPING = 3.0   # pickling and sending results
 
 # Layout of one worker's slot in the progress table (a RawArray of doubles).
 SLOT_PHASE = 0
-SLOT_CHUNK = 1    # chunk id being loaded/run, or the last one being dumped
+SLOT_CHUNK = 1    # chunk id being loaded/run, the last one being dumped, or
+                  # (IDLE) the last one run, its results not sent yet; -1: none
 SLOT_TASK = 2     # index within the chunk of the task running
 SLOT_STARTED = 3  # time.monotonic() when that task started
 SLOT_WIDTH = 4

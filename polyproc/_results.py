@@ -258,6 +258,8 @@ class IMapIterator(_Sink):
             while not self._items:
                 if self._exhausted():
                     raise StopIteration
+                if self._items:
+                    break  # _exhausted() queued the abort error: no wait for it
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError

@@ -35,30 +35,75 @@ scheduler always knows which tasks were on which worker.
 
 Who is to blame when a worker dies.  Every worker writes into its slot of
 a shared progress table what it is doing: loading chunk c, running task i
-of chunk c since time t, dumping results up to chunk c (see _worker.py).
-When its sentinel fires without a ``Retiring`` message:
+of chunk c since time t, dumping results up to chunk c, idle after chunk c
+with its results not sent yet, idle with nothing unsent (see _worker.py).
+A worker runs the chunks it holds in dispatch order, so the chunk its slot
+names splits them into chunks that *ran* (results unsent), that chunk, and
+chunks that *never started*.  When its sentinel fires without a
+``Retiring`` message:
 
-* RUNNING task i of chunk c: task i fails with ``WorkerLostError`` (or
-  ``TaskTimeoutError`` if the scheduler killed it for its ``timeout``), or
-  runs again if it has ``retries`` left.  Everything else the worker held
-  is requeued, tasks that had finished but whose results were not sent yet
-  included (they run again: results are delivered exactly once, but a task
-  may *run* twice).
-* LOADING or DUMPING a run of several tasks: the culprit is one of them
-  but unknown, so they are requeued as one-task chunks; if it happens
-  again, the one task then on the worker is known.
+* RUNNING task i of chunk c: task i is *charged* (below).  Everything else
+  the worker held is requeued uncharged, tasks that had finished but whose
+  results were not sent yet included (they run again: results are
+  delivered exactly once, but a task may *run* twice).
+* LOADING chunk c: if c is one task, it is charged; if several, the culprit
+  is one of them but unknown, so they are requeued uncharged as one-task
+  chunks, and if it happens again the one task then on the worker is known.
 * RUNNING a chunk of microsecond tasks (``TRACK_NONE``): for functions
   whose tasks take under ``FAST_TASK_SECONDS``, recording the index would
   double the cost of each task, so the worker runs the chunk from C without
-  it; a death there is handled like LOADING.  A task that kills its worker
-  every time is still blamed exactly (on its one-task re-run); one killed
-  from outside (the OOM killer) simply runs again.
-* IDLE (killed between tasks): nothing is blamed, everything is requeued;
-  a chunk that sees more than ``MAX_UNBLAMED_DEATHS`` such deaths fails,
-  so that nothing is retried forever.
+  it; a death there is handled like LOADING.
+* DUMPING, or IDLE after chunk c: the chunks up to c ran and one of them may
+  have left the process to die (a result that kills it when pickled, a
+  thread a task started).  Each of their tasks is requeued uncharged as an
+  *isolated* one-task chunk, which is dispatched alone, so that its results
+  are sent alone; an isolated task that is the one suspect of such a death
+  again is charged.
+* IDLE with nothing unsent (waiting for work; killed between tasks): no
+  task it held had started.  Nothing is charged, everything is requeued.
 * Killed by the scheduler to cancel a call (Ctrl-C in its caller,
   ``cancel``): nothing is blamed; that call's chunks are dropped, the
   other calls' chunks it held are requeued.
+
+What a retry costs.  ``retries=N`` is the number of re-runs of a task whose
+worker died while the death was pinned on it: a *charge* re-runs the task
+with one retry fewer, or, with none left, fails it with ``WorkerLostError``
+(``TaskTimeoutError`` if the scheduler killed it for its ``timeout``).  No
+other limit fails a task: a death that cannot be pinned on one task costs
+no task a retry (a worker killed from outside while it waits for work, or
+while it holds several suspects).  Nothing is retried for ever all the
+same, because every death does one of four things, and only the first
+recurs without bound, only while something outside keeps killing workers:
+
+1. charges no task, because none that the worker held had started: the
+   tasks it held run again, but the death was not caused by them (a task
+   of which the death could be a late effect, such as a thread it left,
+   was delivered already and never runs again);
+2. splits a chunk of several tasks into one-task chunks, which happens
+   once per task;
+3. isolates one-task chunks, once per task (an isolated task stays
+   isolated, retries included);
+4. charges one task, at most N + 1 times per task.
+
+So a task that kills its worker every time fails after N + 1 runs that
+were charged, plus at most one run while it was not known to be the
+culprit (in a chunk of several, or sending results with others).
+
+Start-up.  A worker that dies before it has reported ready holds no task.
+If it was killed (a signal sent to it: SIGKILL from the OOM killer, which
+picks the newest, biggest process, SIGTERM, or this scheduler's own kill),
+it is a lost worker like any other and is replaced.  If it failed on its
+own (an exit code: an import error in the main module, a missing
+``__main__`` guard, ``os._exit`` in the initializer; or a crash signal such
+as SIGSEGV), a new worker would fail the same way: the pool breaks at once
+if no worker was ever ready, else after ``MAX_STARTUP_FAILURES`` in a row,
+with a ``ProcessError`` naming the exit code and what it means
+(``describe_startup_failure``).  An initializer that raises is reported by
+the worker itself and breaks the pool with ``InitializerError``.  Kills
+alone break the pool only when no worker can start at all: none ready for
+``STARTUP_STALL_SECONDS`` while at least ``MAX_KILLED_STARTS`` were killed
+while starting; otherwise the pool would respawn workers for ever while
+its callers wait.
 """
 from __future__ import annotations
 
@@ -87,8 +132,9 @@ TARGET_BATCH_SECONDS = 0.02   # work per Dispatch message once task times are kn
 MAX_BATCH_CHUNKS = 256
 PREFETCH_BYTES = 32 * 1024     # a second Dispatch may wait in a busy worker's pipe if smaller
 PREFETCH_AHEAD_SECONDS = 0.1   # ... and if the work ahead of it is known to end sooner
-MAX_UNBLAMED_DEATHS = 3
-MAX_STARTUP_FAILURES = 3
+MAX_STARTUP_FAILURES = 3    # workers in a row that fail to start on their own
+MAX_KILLED_STARTS = 10      # workers in a row killed while starting, none ready,
+STARTUP_STALL_SECONDS = 60.0  # ... and none ready for this long: the pool breaks
 TIMEOUT_POLL_SECONDS = 0.05
 FAST_TASK_SECONDS = 20e-6      # below this, a task's progress is not recorded
 SHUTDOWN_GRACE_SECONDS = 0.5
@@ -115,6 +161,53 @@ def describe_exit(exitcode: int | None) -> str:
         return f"{cause} (exit code {exitcode})"
     return (f"exited with code {exitcode}: os._exit() or a C extension called "
             f"exit() inside the task")
+
+
+# Signals a process raises on itself when its own code crashes.  Any other
+# signal was sent to it: by the kernel's OOM killer, by a person or a
+# supervisor, or by this scheduler (terminate, kill).
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                           signal.SIGABRT, signal.SIGSYS, signal.SIGTRAP})
+
+
+def _failed_on_its_own(exitcode: int | None) -> bool:
+    """Whether a worker that died while starting did so through its own code.
+
+    An exit (any code: an uncaught exception is 1, ``os._exit(n)`` is n) or
+    a crash signal is the worker's own doing, and a new worker would do the
+    same.  A signal sent to it, or an unknown exit code, is not.
+    """
+    if exitcode is None:
+        return False
+    if exitcode >= 0:
+        return True
+    return -exitcode in {int(s) for s in CRASH_SIGNALS}
+
+
+def describe_startup_failure(exitcode: int | None, start_method: str,
+                             initializer: str | None = None) -> str:
+    """The message of the error that breaks a pool whose workers fail to start."""
+    if exitcode is not None and exitcode < 0:
+        what = f"crashed: {describe_exit(exitcode)}"
+    elif exitcode == 1:
+        what = ("exited with code 1, the code of an uncaught exception; the "
+                "worker's traceback is on standard error above")
+    else:
+        what = (f"exited with code {exitcode} (sys.exit() or os._exit() in code it "
+                f"ran while starting, or exit() in a C extension)")
+    steps = []
+    if start_method in ("spawn", "forkserver"):
+        steps.append(
+            f"imports the main module (under the {start_method} start method it "
+            f"must import without error in a new process, and code that creates "
+            f"pools or processes must be under if __name__ == '__main__':)")
+    if initializer is not None:
+        steps.append(f"runs the pool's initializer {initializer}()")
+    how = (" then ".join(steps) if steps else
+           "runs no code of yours (under fork: only os.register_at_fork handlers)")
+    return (f"a pool worker died while starting, before it could run any task: it "
+            f"{what}.  While starting, a worker {how}.  A new worker would fail "
+            f"the same way, so the pool stops here.")
 
 
 class WorkerHandle:
@@ -156,7 +249,8 @@ class ProcessScheduler:
         self._abort_all = abort_all
         init_blob = (None if initializer is None
                      else _serialization.dumps_function(initializer))
-        self._initializer_name = getattr(initializer, "__qualname__", repr(initializer))
+        self._initializer_name = (None if initializer is None else
+                                  getattr(initializer, "__qualname__", repr(initializer)))
         self._config = WorkerConfig(init_blob,
                                     _serialization.dumps(tuple(initargs), "initargs"),
                                     maxtasksperchild, max_memory_per_child)
@@ -178,6 +272,8 @@ class ProcessScheduler:
         self._feeders = 0
         self._feeders_lock = threading.Lock()
         self._startup_failures = 0
+        self._killed_starts = 0
+        self._last_ready = time.monotonic()
         self._ever_ready = False
         self._worker_counter = 0
         self._template = self._start_template()
@@ -385,6 +481,8 @@ class ProcessScheduler:
             estimate = TARGET_BATCH_SECONDS if per_task is None else per_task * head.count
             if batch and seconds + estimate > TARGET_BATCH_SECONDS:
                 break
+            if head.isolated and batch:
+                break  # a suspect goes alone (see "What a retry costs")
             chunk = requeued.popleft() if requeued else pending.popleft()
             if chunk.timeout is not None:
                 chunk.tracking = m.TRACK_TIME
@@ -396,7 +494,7 @@ class ProcessScheduler:
             batch.append(chunk)
             size += len(chunk.payload)
             seconds += estimate
-            if w.assigned and size >= PREFETCH_BYTES:
+            if chunk.isolated or (w.assigned and size >= PREFETCH_BYTES):
                 break
         w.assigned.extend(batch)
         w.dispatch_ends.append(batch[-1].chunk_id)
@@ -476,6 +574,8 @@ class ProcessScheduler:
             w.ready = True
             self._ever_ready = True
             self._startup_failures = 0
+            self._killed_starts = 0
+            self._last_ready = time.monotonic()
         elif isinstance(msg, m.Retiring):
             w.retiring = True
         elif isinstance(msg, m.InitializerFailed):
@@ -551,21 +651,7 @@ class ProcessScheduler:
         lost = list(w.assigned)
         w.assigned.clear()
         if not w.ready and self.broken is None and self.state != TERMINATE:
-            # A worker that dies before it is ready ran none of our code: its
-            # start-up failed (the main module could not be imported, or
-            # starts processes without the __main__ guard).  Respawning it
-            # would fail the same way forever (the stdlib's loop), so the
-            # pool breaks at once if no worker ever started, or after a few
-            # failures in a row if some did.
-            self._startup_failures += 1
-            if not self._ever_ready or self._startup_failures >= MAX_STARTUP_FAILURES:
-                self._break(ProcessError(
-                    f"a pool worker died while starting, before it could run any "
-                    f"task (exit code {exitcode}); its standard error above says "
-                    f"why.  Under the spawn and forkserver start methods each "
-                    f"worker imports the main module: it must be importable, and "
-                    f"code that creates pools or processes must be under "
-                    f"if __name__ == '__main__':"))
+            self._on_death_while_starting(exitcode)
         if not lost:
             return
         if w.retiring or w.shutdown_sent or w.cancelled_sinks:
@@ -602,53 +688,106 @@ class ProcessScheduler:
             except (OSError, ValueError):
                 pass
 
+    def _on_death_while_starting(self, exitcode: int | None) -> None:
+        """A worker died before it was ready (it holds no task): go on, or break.
+
+        See "Start-up" in the module docstring.  Killed (by a signal sent
+        to it, which is also how this scheduler kills), it is a lost worker
+        like any other, replaced at the next step.  Failed on its own, it
+        would fail the same way forever: the pool breaks.
+        """
+        if not _failed_on_its_own(exitcode):
+            self._on_killed_while_starting(exitcode)
+            return
+        self._startup_failures += 1
+        if not self._ever_ready or self._startup_failures >= MAX_STARTUP_FAILURES:
+            self._break(ProcessError(describe_startup_failure(
+                exitcode, self._ctx.get_start_method(), self._initializer_name)))
+
+    def _on_killed_while_starting(self, exitcode: int | None) -> None:
+        """A lost worker; the pool breaks only when no worker can start at all.
+
+        That is: none is ready now, none has been for
+        ``STARTUP_STALL_SECONDS``, and at least ``MAX_KILLED_STARTS`` were
+        killed while starting meanwhile (the OOM killer kills every new
+        worker of a main module too big for the memory left).  Without this
+        the pool would respawn workers for ever while its callers wait.
+        """
+        if any(x.ready for x in self._workers.values()):
+            return  # the pool makes progress meanwhile
+        self._killed_starts += 1
+        stalled = time.monotonic() - self._last_ready
+        if self._killed_starts < MAX_KILLED_STARTS or stalled < STARTUP_STALL_SECONDS:
+            return
+        self._break(ProcessError(
+            f"no pool worker could start for {stalled:.0f} s: {self._killed_starts} "
+            f"in a row were killed while starting, the last one "
+            f"{describe_exit(exitcode)}.  Something kills every new worker: the "
+            f"OOM killer, if importing the main module or running the initializer "
+            f"takes more memory than is free, or a supervisor that signals new "
+            f"processes.  Use fewer processes or free memory, then create a new "
+            f"pool."))
+
     def _recover_lost_chunks(self, w: WorkerHandle, lost: list[TaskChunk],
                              exitcode: int | None) -> None:
+        """Blame, isolate or requeue what a dead worker held (module docstring).
+
+        *lost* is in dispatch order, which is the order the worker runs
+        chunks in: the chunk its slot names splits it into chunks that ran
+        before it (their results unsent), that chunk, and chunks it never
+        started.
+        """
         base = w.slot * m.SLOT_WIDTH
         phase = self._table[base + m.SLOT_PHASE]
         chunk_id = int(self._table[base + m.SLOT_CHUNK])
         task = int(self._table[base + m.SLOT_TASK])
         index = next((i for i, c in enumerate(lost) if c.chunk_id == chunk_id), None)
         requeue: list[TaskChunk] = []
-        if (phase == m.PHASE_RUNNING and index is not None
-                and lost[index].tracking == m.TRACK_NONE):
-            phase = m.PHASE_LOADING  # which task is unknown: isolate them all
-        if phase == m.PHASE_RUNNING and index is not None:
-            for c in lost[:index]:
-                requeue.append(c.subchunk(0, c.count))
-            requeue += self._blame(w, lost[index], task, exitcode)
-            for c in lost[index + 1:]:
-                requeue.append(c.subchunk(0, c.count))
-        elif phase in (m.PHASE_LOADING, m.PHASE_DUMPING) and index is not None:
-            suspects = [lost[index]] if phase == m.PHASE_LOADING else lost[:index + 1]
-            rest = lost[index + 1:] if phase == m.PHASE_LOADING else lost[index + 1:]
-            before = lost[:index] if phase == m.PHASE_LOADING else []
-            for c in before:
-                requeue.append(c.subchunk(0, c.count))
-            if len(suspects) == 1 and suspects[0].count == 1:
-                requeue += self._blame(w, suspects[0], 0, exitcode)
-            else:
-                for c in suspects:
-                    requeue += [c.subchunk(i, i + 1) for i in range(c.count)]
-            for c in rest:
-                requeue.append(c.subchunk(0, c.count))
+        if index is None:
+            # Waiting for work (or past the end of what it held): no task
+            # it held had started, and none is charged.
+            requeue += [c.subchunk(0, c.count) for c in lost]
         else:
-            for c in lost:
-                c.deaths += 1
-                if c.deaths > MAX_UNBLAMED_DEATHS:
-                    exc = WorkerLostError(
-                        f"workers died {c.deaths} times while holding tasks "
-                        f"{c.start}..{c.start + c.count - 1} of {c.func_name}(), "
-                        f"the last one {describe_exit(exitcode)}",
-                        w.process.pid, exitcode, c.describe_task(0))
-                    _fail_chunk(c, exc)
+            current, ran, rest = lost[index], lost[:index], lost[index + 1:]
+            if phase == m.PHASE_RUNNING and current.tracking == m.TRACK_NONE:
+                phase = m.PHASE_LOADING  # which task is unknown: isolate them all
+            if phase == m.PHASE_RUNNING:
+                requeue += [c.subchunk(0, c.count) for c in ran]
+                requeue += self._blame(w, current, task, exitcode)
+            elif phase == m.PHASE_LOADING:
+                requeue += [c.subchunk(0, c.count) for c in ran]
+                if current.count == 1:
+                    requeue += self._blame(w, current, 0, exitcode)
                 else:
-                    fresh = c.subchunk(0, c.count)
-                    fresh.deaths = c.deaths
-                    requeue.append(fresh)
+                    requeue += [current.subchunk(i, i + 1) for i in range(current.count)]
+            else:
+                # DUMPING, or IDLE after `current` ran: every chunk up to it
+                # ran and its results were not sent; one of them may have
+                # left the process to die (a result that kills it when
+                # pickled, a thread of a task).
+                requeue += self._isolate_or_blame(w, ran + [current], exitcode)
+            requeue += [c.subchunk(0, c.count) for c in rest]
         for c in lost:
             c.release()
         self._requeue(requeue)
+
+    def _isolate_or_blame(self, w: WorkerHandle, suspects: list[TaskChunk],
+                          exitcode: int | None) -> list[TaskChunk]:
+        """Chunks that ran before the worker died (results unsent): which one?
+
+        A task already sent alone (isolated) is the one: it is charged.
+        Otherwise each task runs again alone, and no retry is used: the next
+        death among them is pinned on one.
+        """
+        if len(suspects) == 1 and suspects[0].count == 1 and suspects[0].isolated:
+            return self._blame(w, suspects[0], 0, exitcode)
+        isolated = []
+        for c in suspects:
+            for i in range(c.count):
+                single = c.subchunk(i, i + 1)
+                single.isolated = True
+                isolated.append(single)
+        return isolated
 
     def _blame(self, w: WorkerHandle, chunk: TaskChunk, task: int,
                exitcode: int | None) -> list[TaskChunk]:
@@ -664,7 +803,9 @@ class ProcessScheduler:
                 f"and replaced", chunk.timeout, chunk.describe_task(task))
             _deliver(chunk, task, [None], {0: exc})
         elif chunk.retries > 0:
-            requeue.append(chunk.subchunk(task, task + 1, retries=chunk.retries - 1))
+            retry = chunk.subchunk(task, task + 1, retries=chunk.retries - 1)
+            retry.isolated = chunk.isolated
+            requeue.append(retry)
         else:
             exc = WorkerLostError(
                 f"the worker process (pid {w.process.pid}) running task "

@@ -44,7 +44,7 @@ class TaskChunk:
     """A run of consecutive tasks of one call, as the scheduler tracks it."""
 
     __slots__ = ("chunk_id", "func", "func_name", "call", "items", "payload",
-                 "start", "sink", "timeout", "retries", "deaths", "tracking",
+                 "start", "sink", "timeout", "retries", "isolated", "tracking",
                  "count")
 
     def __init__(self, func: bytes, func_name: str, call: int, items: list,
@@ -61,7 +61,9 @@ class TaskChunk:
         self.sink = sink
         self.timeout = timeout
         self.retries = retries
-        self.deaths = 0
+        # Sent alone in its Dispatch, so that a death while its result is
+        # sent is pinned on it (set by the scheduler, see _scheduler.py).
+        self.isolated = False
         self.tracking = m.TRACK_INDEX  # set by the scheduler at dispatch
 
     def describe_task(self, index: int) -> str:

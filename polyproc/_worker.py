@@ -149,6 +149,7 @@ class _Worker:
             # knows the chunk's size.
             if isinstance(exc, SerializationError):
                 exc = _unloadable_task(exc)
+            self.mark(m.PHASE_IDLE, job.chunk_id)
             return m.ChunkDone(job.chunk_id, [], {-1: _exception_payload(exc)},
                                time.perf_counter() - started)
         call_fn = item_caller(fn, job.call)
@@ -171,7 +172,9 @@ class _Worker:
             self.run_items_untracked(fn, job.call, call_fn, items, values, errors)
         else:
             self.run_items(call_fn, items, values, errors)
-        self.mark(m.PHASE_IDLE)
+        # Idle, with this chunk's outcome not sent yet: the scheduler tells
+        # the chunks that ran from those that did not start by this id.
+        self.mark(m.PHASE_IDLE, job.chunk_id)
         return m.ChunkDone(job.chunk_id, values, errors,
                            time.perf_counter() - started)
 

@@ -262,6 +262,21 @@ def test_random_kills_every_task_exactly_once(ctx_fs):
         assert (ok and value == i) or (not ok and f"[task {i}]" in str(value)), (i, value)
 
 
+@pytest.mark.parametrize("method", ["imap", "imap_unordered"])
+def test_imap_raises_at_once_when_the_pool_is_terminated(method):
+    """next() used to wait its whole timeout (for ever without one) once the
+    pool had been terminated or had broken."""
+    with polyproc.get_context("fork").Pool(2) as p:
+        it = getattr(p, method)(h.sleep_for, [30] * 4)
+        p.terminate()
+        started = time.monotonic()
+        with pytest.raises(polyproc.ProcessError, match="terminated"):
+            it.next(timeout=20)
+        assert time.monotonic() - started < 5
+        with pytest.raises(StopIteration):
+            it.next(timeout=5)
+
+
 def test_retries_run_task_again(pool, tmp_path):
     marker = tmp_path / "first"
     assert pool.apply(h.die_first_time, (str(marker),), retries=1) == "ok"
