@@ -41,6 +41,9 @@ the segment) and hangs a ``weakref.finalize`` on the mapping; the mapping
 dies when the last object built on it (a NumPy array, a memoryview) dies,
 and the finalizer writes FREE.  Only then may the sender refill it, so the
 receiver never sees a later send: copy semantics hold.
+The sender may refill it from that moment on, even if it dies right after:
+whoever wrote FREE unlinks the segment (because its sender is gone) only if
+it still reads FREE at the same generation (``_unlink_unless_refilled``).
 
 A forked child inherits its parent's mappings, and a private mapping still
 shows the segment's pages until they are written.  So before every
@@ -330,15 +333,31 @@ def trim() -> None:
 _live: dict[int, mmap.mmap] = {}
 
 
-def _receiver_done(key: int, header: mmap.mmap, name: str) -> None:
+def _receiver_done(key: int, header: mmap.mmap, name: str, generation: int) -> None:
     _live.pop(key, None)
     _put(header, _STATE, FREE)
     sender = _shm.creator_pid(name)
     if _get(header, _ORPHANED) or (sender is not None and not _alive(sender)):
         # Nobody will refill it: a sender that exited, even one that could
         # not say so (os._exit, SIGKILL), leaves the unlinking to us.
-        _shm.unlink(name)
+        _unlink_unless_refilled(header, name, generation)
     header.close()
+
+
+def _unlink_unless_refilled(header: mmap.mmap, name: str, generation: int) -> None:
+    """Unlink segment *name*, which this process set FREE at *generation*,
+    unless its sender has refilled it since.
+
+    Call only once the sender can never refill it again (orphaned, or
+    dead), and only after finding that out.  The sender may refill a
+    segment from the moment it reads FREE: in the meantime it may have
+    refilled this one, handed a payload naming it to a carrier, and died,
+    and that payload's receiver (or the tracker) is then the one to unlink
+    it.  Read in this order, a FREE state of the same generation means no
+    payload can name the segment any more.
+    """
+    if _get(header, _STATE) == FREE and _get(header, _GENERATION) == generation:
+        _shm.unlink(name)
 
 
 def attach(ref: _shm.SegmentRef) -> memoryview:
@@ -366,7 +385,7 @@ def attach(ref: _shm.SegmentRef) -> memoryview:
     _put(header, _STATE, OPENED)
     key = id(data)
     _live[key] = header
-    weakref.finalize(data, _receiver_done, key, header, ref.name)
+    weakref.finalize(data, _receiver_done, key, header, ref.name, ref.generation)
     return memoryview(data)[HEADER:HEADER + ref.size]
 
 
@@ -404,7 +423,7 @@ def release(ref: _shm.SegmentRef) -> None:
         if state in (PENDING, IN_FLIGHT):
             _put(header, _STATE, FREE)
             if _get(header, _ORPHANED):
-                _shm.unlink(ref.name)
+                _unlink_unless_refilled(header, ref.name, ref.generation)
         elif state == OPENED and not _alive(_get(header, _RECEIVER)):
             if _pool is None or not _pool.drop(ref.name):
                 _shm.unlink(ref.name)  # another's: it forgets it at its next send

@@ -312,3 +312,46 @@ def send_one_shot_and_recycled_then_block(conn, nbytes: int, seed: int, sent) ->
 
 def is_recyclable_name(name: str) -> bool:
     return _shm.is_recyclable_name(name)
+
+
+# -- Pausing a receiver right after it freed a recycled segment ----------------
+
+def send_again_on_request(conn, nbytes: int, seed: int, sent) -> None:
+    """Send an array, then another of the same size when asked (refilling the
+    first one's segment if its receiver freed it), say so, then wait to be
+    killed."""
+    conn.send(pattern(nbytes, seed))
+    conn.recv()
+    conn.send(pattern(nbytes, seed + 1))
+    sent.set()
+    conn.recv()  # never comes: SIGKILL
+
+
+def pause_after_freeing(action) -> list:
+    """Run *action()* in this thread right after it next writes FREE into a
+    recycled segment's header (a receiver's finalizer, or ``release``),
+    before that code decides whether to unlink the segment.
+
+    Returns a list that gets the exception *action* raised, if any (the
+    finalizer that runs it would only print it).
+    """
+    import sys
+
+    from polyproc import _shm_pool
+
+    put = _shm_pool._put.__code__
+    errors: list = []
+
+    def hook(frame, event, value):
+        if (event != "return" or frame.f_code is not put
+                or frame.f_locals["offset"] != _shm_pool._STATE
+                or frame.f_locals["value"] != _shm_pool.FREE):
+            return
+        sys.setprofile(None)
+        try:
+            action()
+        except BaseException as exc:  # noqa: BLE001 -- report whatever it was
+            errors.append(exc)
+
+    sys.setprofile(hook)
+    return errors

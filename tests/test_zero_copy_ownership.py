@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import polyproc
-from polyproc import _shm_pool, _shm_tracker
+from polyproc import _serialization, _shm_pool, _shm_tracker
 
 import _zero_copy_helpers as h
 from _zero_copy_helpers import MiB, our_segments, pattern
@@ -46,17 +46,17 @@ def _kill_worker_holding_its_result(ctx, where: str, tmp_path,
     report, once = ctx.Queue(), str(tmp_path / "paused")
     with ctx.Pool(1, initializer=h.pause_result_at,
                   initargs=(where, report, once, one_shot)) as pool:
-        rerun = pool.apply_async(h.make_pattern, ((2 * MiB, 1),))
+        lost = pool.apply_async(h.make_pattern, ((2 * MiB, 1),))
         pid, names = report.get(timeout=30)
         assert names and all(h.exists(n) for n in names), "no segment to lose"
         assert all(h.is_recyclable_name(n) != one_shot for n in names)
         os.kill(pid, signal.SIGKILL)
         h.wait_until(lambda: not any(h.exists(n) for n in names), WITHIN_S,
                      f"segments {names} of the killed worker removed")
-        # The task had run: its worker died holding its unsent result, so
-        # it runs again, uncharged (docs/pool.md, "Retries"), and its result
-        # arrives whole, through a new segment.
-        assert np.array_equal(rerun.get(timeout=30), pattern(2 * MiB, 1))
+        # A death while sending results is pinned on no task: the task runs
+        # again alone on a replacement, without using a retry (docs/pool.md,
+        # "Retries"), and its result arrives.
+        assert np.array_equal(lost.get(timeout=30), pattern(2 * MiB, 1))
         # The pool goes on, through shared memory again.
         again = pool.apply(h.make_pattern, ((2 * MiB, 2),))
         assert np.array_equal(again, pattern(2 * MiB, 2))
@@ -135,6 +135,82 @@ def test_a_queue_item_of_a_killed_producer_waits_for_its_consumer(ctx):
     del got
     gc.collect()                                    # the consumer unlinks it
     assert not h.exists(name)
+
+
+# -- A segment freed, refilled at once, and its sender killed --------------------------
+# A sender refills a segment from the moment its receiver (or a carrier)
+# writes FREE into it, so the one that freed it must not unlink it on the
+# strength of "its sender is gone" read afterwards: by then a new payload may
+# name it.  (Seen in the soak: a worker refilled the segment of a result the
+# parent had just dropped, sent it and was killed; the parent's finalizer
+# then found the worker dead and unlinked the segment of the unread result.)
+
+def _sender_that_refills_on_request(ctx):
+    r, w = ctx.Pipe()
+    sent = ctx.Event()
+    p = ctx.Process(target=h.send_again_on_request, args=(w, 4 * MiB, 8, sent))
+    p.start()
+    return r, p, sent
+
+
+def _refill_then_kill(r, p, sent, name: str, wait_for_tracker: bool = False):
+    """What the receiver does while stopped right after writing FREE."""
+    def refill_then_kill() -> None:
+        r.send("again")
+        assert sent.wait(30), "the sender did not send again"
+        assert h.segments_of(p.pid) == [name], "the sender did not refill the segment"
+        p.kill()
+        p.join(30)
+        if wait_for_tracker:
+            h.wait_until(lambda: h.orphaned(name), WITHIN_S,
+                         "the tracker saw the sender die")
+    return refill_then_kill
+
+
+@pytest.mark.timeout(60)
+def test_a_freed_segment_refilled_by_a_sender_killed_at_once_still_arrives(ctx):
+    # The receiver's finalizer frees the segment, the sender refills it for
+    # its next message and is killed, then the finalizer looks at the sender.
+    r, p, sent = _sender_that_refills_on_request(ctx)
+    try:
+        first = r.recv()
+        (name,) = h.segments_of(p.pid)
+        errors = h.pause_after_freeing(_refill_then_kill(r, p, sent, name))
+        del first                                   # the finalizer runs here
+        gc.collect()
+        assert not errors, errors
+        second = r.recv()
+        assert np.array_equal(second, pattern(4 * MiB, 9))
+        del second
+        gc.collect()                                # its last receiver unlinks it
+        assert not h.exists(name)
+    finally:
+        sys.setprofile(None)
+        p.kill()
+        p.join(30)
+
+
+@pytest.mark.timeout(60)
+def test_a_released_segment_refilled_by_a_sender_killed_at_once_still_arrives(ctx):
+    # The same with a carrier that gives a payload back unread (release),
+    # and the tracker marking the segment orphaned before release looks.
+    r, p, sent = _sender_that_refills_on_request(ctx)
+    try:
+        payload = r.recv_bytes()                    # never loaded
+        (name,) = h.segments_of(p.pid)
+        errors = h.pause_after_freeing(
+            _refill_then_kill(r, p, sent, name, wait_for_tracker=True))
+        _serialization.release(payload)
+        assert not errors, errors
+        second = r.recv()
+        assert np.array_equal(second, pattern(4 * MiB, 9))
+        del second
+        gc.collect()
+        assert not h.exists(name)
+    finally:
+        sys.setprofile(None)
+        p.kill()
+        p.join(30)
 
 
 # -- A program that exits normally leaves nothing -----------------------------------------
