@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from typing import TYPE_CHECKING
 from multiprocessing import (AuthenticationError, BufferTooShort,
                              ProcessError, TimeoutError)
 
@@ -282,6 +283,15 @@ def _make_pool_exceptions() -> None:
 
 __all__ += ["ExecutorWorkerLostError", "ExecutorInitializerError",
             "ExecutorUnloadableError"]
+
+if TYPE_CHECKING:
+    # The classes _make_executor_exceptions builds, as type checkers see
+    # them (module __getattr__ would make them Any).
+    from concurrent.futures.process import BrokenProcessPool
+
+    class ExecutorWorkerLostError(WorkerLostError, BrokenProcessPool): ...
+    class ExecutorInitializerError(InitializerError, BrokenProcessPool): ...
+    class ExecutorUnloadableError(UnloadableError, BrokenProcessPool): ...
 
 
 def _make_executor_exceptions() -> None:

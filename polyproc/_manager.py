@@ -40,7 +40,8 @@ import threading
 from multiprocessing import connection, util
 from multiprocessing.managers import Array, Namespace, State, Value
 from multiprocessing.process import AuthenticationString, current_process
-from typing import Any, Callable, TYPE_CHECKING
+from types import TracebackType
+from typing import Any, Callable, TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:          # ssl is imported only by those who use TLS
     import ssl
@@ -68,6 +69,9 @@ __all__ = ["BaseManager", "SyncManager", "SharedMemoryManager", "State",
            "Namespace", "Value", "Array"]
 
 _PARENT_POLL = 0.5      # seconds between checks that the parent is alive
+
+# ``with SyncManager() as m``: m is a SyncManager, for type checkers.
+_ManagerT = TypeVar("_ManagerT", bound="BaseManager")
 
 
 class BaseManager:
@@ -313,7 +317,7 @@ class BaseManager:
         return _unwrap(self._client().request(Control("number_of_objects"),
                                               "number_of_objects"), None)
 
-    def __enter__(self):
+    def __enter__(self: _ManagerT) -> _ManagerT:
         if self._state.value == State.INITIAL:
             self.start()
         if self._state.value != State.STARTED:
@@ -322,7 +326,8 @@ class BaseManager:
             raise ProcessError(f"Unknown state {self._state.value!r}")
         return self
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc_val: BaseException | None, exc_tb: TracebackType | None) -> None:
         self.shutdown()
 
     @property

@@ -22,13 +22,17 @@ buffers, which the stdlib end cannot read: use ``send_bytes`` there.
 """
 from __future__ import annotations
 
+import io
 import multiprocessing.connection as _std
 import os
 import socket
 import sys
 from multiprocessing import reduction as _reduction
-from multiprocessing.connection import *  # noqa: F401,F403
-from typing import Any
+# The stdlib's ``__all__`` is Client, Listener, Pipe and wait: the first
+# three are polyproc's (below), ``wait`` is reused.  Not a star import, so
+# that type checkers see polyproc's Pipe, Listener and Client.
+from multiprocessing.connection import wait as wait
+from typing import TYPE_CHECKING, Any
 
 from . import _serialization
 
@@ -37,6 +41,15 @@ __all__ = list(getattr(_std, "__all__", ()))
 
 class Connection(_std.Connection):
     """A connection whose ``send``/``recv`` move large buffers through shared memory."""
+
+    if TYPE_CHECKING:
+        # The stdlib's private methods that send and recv use (typeshed
+        # leaves them out).
+        def _check_closed(self) -> None: ...
+        def _check_readable(self) -> None: ...
+        def _check_writable(self) -> None: ...
+        def _send_bytes(self, buf: bytes | memoryview) -> None: ...
+        def _recv_bytes(self, maxsize: int | None = None) -> io.BytesIO: ...
 
     def send(self, obj: Any) -> None:
         """Send a (picklable) object.
