@@ -119,14 +119,14 @@ def add_note(exc: BaseException, note: str) -> None:
     has no cause or context (so that a printed traceback shows it)."""
     if sys.version_info >= (3, 11):
         exc.add_note(note)
-        return
-    try:
-        notes = exc.__notes__  # type: ignore[attr-defined]
-    except AttributeError:
-        notes = exc.__notes__ = []  # type: ignore[attr-defined]
-    notes.append(note)
-    if exc.__cause__ is None and exc.__context__ is None:
-        exc.__cause__ = SerializationError(note)
+    else:  # (an else, so that type checkers of 3.11+ skip it)
+        try:
+            notes = exc.__notes__  # type: ignore[attr-defined]
+        except AttributeError:
+            notes = exc.__notes__ = []  # type: ignore[attr-defined]
+        notes.append(note)
+        if exc.__cause__ is None and exc.__context__ is None:
+            exc.__cause__ = SerializationError(note)
 
 
 def pickling_error(message: str, original: BaseException) -> BaseException:

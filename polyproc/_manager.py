@@ -38,8 +38,9 @@ import os
 import signal
 import threading
 from multiprocessing import connection, util
-from multiprocessing.managers import Array, Namespace, State, Value
-from multiprocessing.process import AuthenticationString, current_process
+# Array, State, Value, AuthenticationString: the stdlib's, not in typeshed.
+from multiprocessing.managers import Array, Namespace, State, Value  # type: ignore[attr-defined]
+from multiprocessing.process import AuthenticationString, current_process  # type: ignore[attr-defined]
 from types import TracebackType
 from typing import Any, Callable, TYPE_CHECKING, TypeVar
 
@@ -463,7 +464,7 @@ class SharedMemoryServer(Server):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        from multiprocessing.managers import _SharedMemoryTracker
+        from multiprocessing.managers import _SharedMemoryTracker  # type: ignore[attr-defined]
         self.shared_memory_context = _SharedMemoryTracker(
             f"shm_{self.address}_{os.getpid()}", [])
 

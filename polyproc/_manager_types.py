@@ -226,7 +226,9 @@ class ServerCondition(threading.Condition):
 
     def __init__(self, lock: Any = None) -> None:
         self._held_lock = ServerRLock() if lock is None else lock
-        super().__init__(self._held_lock)
+        # A ServerRLock has what Condition uses of a lock (acquire, release,
+        # _is_owned, ...) without being one of typeshed's lock types.
+        super().__init__(self._held_lock)  # type: ignore[arg-type]
 
     def locked(self) -> bool:
         return self._held_lock.locked()
