@@ -82,14 +82,14 @@ class Connection(_std.Connection):
         return _serialization.loads(buf.getbuffer(),
                                     "object received from a Connection")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         # The stdlib registers its reducer for its own class only; this is
         # the same, rebuilding a polyproc Connection on the other side.
         return _rebuild_connection, (_reduction.DupFd(self.fileno()),
                                      self.readable, self.writable)
 
 
-def _rebuild_connection(df, readable: bool, writable: bool) -> Connection:
+def _rebuild_connection(df: Any, readable: bool, writable: bool) -> Connection:
     return Connection(df.detach(), readable, writable)
 
 
@@ -131,7 +131,7 @@ class Listener(_std.Listener):
         return _adopt(super().accept())
 
 
-def Client(address, family: str | None = None,
+def Client(address: str | bytes | tuple[str, int], family: str | None = None,
            authkey: bytes | None = None) -> Connection:
     """Returns a connection to the address of a ``Listener``.
 
@@ -140,5 +140,5 @@ def Client(address, family: str | None = None,
     return _adopt(_std.Client(address, family, authkey))
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     return getattr(_std, name)

@@ -202,12 +202,12 @@ class Process(PolyProcess):
     _start_method = None
 
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: BaseProcess) -> Any:
         from .context import _default_context
         return _default_context.get_context().Process._Popen(process_obj)
 
     @staticmethod
-    def _after_fork():
+    def _after_fork() -> None:
         from .context import _default_context
         return _default_context.get_context().Process._after_fork()
 
@@ -216,7 +216,7 @@ class ForkProcess(PolyProcess):
     _start_method = "fork"
 
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: BaseProcess) -> Any:
         from multiprocessing.popen_fork import Popen
         return Popen(process_obj)
 
@@ -225,12 +225,12 @@ class SpawnProcess(PolyProcess):
     _start_method = "spawn"
 
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: BaseProcess) -> Any:
         from multiprocessing.popen_spawn_posix import Popen
         return Popen(process_obj)
 
     @staticmethod
-    def _after_fork():
+    def _after_fork() -> None:
         # The process was spawned: nothing was inherited, nothing to reset.
         pass
 
@@ -239,7 +239,7 @@ class ForkServerProcess(PolyProcess):
     _start_method = "forkserver"
 
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: BaseProcess) -> Any:
         from multiprocessing.popen_forkserver import Popen
         try:
             return Popen(process_obj)
