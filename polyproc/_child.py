@@ -185,7 +185,7 @@ def install_stdin_guard() -> None:
     if isinstance(current, NoStdin):
         return
     if current is None or getattr(current, "closed", True):
-        current = open(os.devnull, encoding="utf-8")
+        current = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - becomes sys.stdin
     sys.stdin = NoStdin(current)
 
 

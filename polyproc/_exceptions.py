@@ -241,6 +241,17 @@ class QueueGoneError(ProcessError, FileNotFoundError):
 
 __all__ += ["UnpicklableResultError"]
 
+if TYPE_CHECKING:
+    # What _make_pool_exceptions builds, as type checkers see it (it is also
+    # a multiprocessing.pool.MaybeEncodingError, which typeshed lacks).
+    class UnpicklableResultError(SerializationError):
+        exc: str
+        value: str
+        reason: BaseException | None
+
+        def __init__(self, message: str, exc: str = "", value: str = "",
+                     reason: BaseException | None = None) -> None: ...
+
 
 def _make_pool_exceptions() -> None:
     from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]

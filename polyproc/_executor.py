@@ -68,7 +68,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import os
 import sys
 import threading
 import time
@@ -159,7 +158,7 @@ class _ExecutorFuture(Future):
 
     _done_callbacks: list[Callable[[Future], object]]  # the stdlib Future's, untyped there
 
-    def __init__(self, core: "_ExecutorCore"):
+    def __init__(self, core: _ExecutorCore):
         super().__init__()
         self._core = core
         self.claimed = False
@@ -233,7 +232,7 @@ class _FutureSink:
     __slots__ = ("core", "future", "start", "count", "as_list", "values",
                  "first_error", "remaining")
 
-    def __init__(self, core: "_ExecutorCore", future: _ExecutorFuture, start: int = 0,
+    def __init__(self, core: _ExecutorCore, future: _ExecutorFuture, start: int = 0,
                  count: int = 1, as_list: bool = False):
         self.core = core
         self.future = future
@@ -435,7 +434,7 @@ class _ExecutorCore:
 
 # Every executor's core, for the interpreter-exit hook: weak, so that a core
 # goes once its executor was dropped and its PoolScheduler thread has ended.
-_live_cores: "weakref.WeakSet[_ExecutorCore]" = weakref.WeakSet()
+_live_cores: weakref.WeakSet[_ExecutorCore] = weakref.WeakSet()
 
 
 def _python_exit() -> None:
@@ -542,7 +541,7 @@ class Executor(_StdExecutor):
         return self._submit(fn, args, kwargs, None, 0)
 
     def options(self, *, timeout: float | None = None,
-                retries: int = 0) -> "ExecutorOptions":
+                retries: int = 0) -> ExecutorOptions:
         """This executor with per-task options for the calls made through it.
 
         ``ex.options(timeout=30, retries=2).submit(fn, x)``: *timeout* is the

@@ -544,7 +544,7 @@ class ForkTemplate:
         if received is None:
             self._mark_gone(_gone_words(self._process))
             return None
-        message, fds = received
+        message, _fds = received
         if isinstance(message, WorkerExited):
             worker = self._running.pop(message.pid, None)
             if worker is not None:

@@ -42,7 +42,7 @@ from multiprocessing import connection, util
 from multiprocessing.managers import Array, Namespace, State, Value  # type: ignore[attr-defined]
 from multiprocessing.process import AuthenticationString, current_process  # type: ignore[attr-defined]
 from types import TracebackType
-from typing import Any, Callable, TYPE_CHECKING, TypeVar
+from typing import Any, Callable, ClassVar, TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:          # ssl is imported only by those who use TLS
     import ssl
@@ -86,7 +86,7 @@ class BaseManager:
     name raises ``KeyError``, as the stdlib's does.
     """
 
-    _registry: dict = {}
+    _registry: ClassVar[dict] = {}
     _Server = Server
 
     def __init__(self, address: Any = None, authkey: bytes | None = None,
@@ -117,10 +117,10 @@ class BaseManager:
         self._ctx = ctx
         self._shutdown_timeout = shutdown_timeout
         self._ssl_context = ssl_context
-        self._options = dict(max_frame_size=max_frame_size,
-                             handshake_timeout=handshake_timeout,
-                             frame_timeout=frame_timeout,
-                             max_pending=max_pending)
+        self._options = {"max_frame_size": max_frame_size,
+                         "handshake_timeout": handshake_timeout,
+                         "frame_timeout": frame_timeout,
+                         "max_pending": max_pending}
         self._finalizer: Any = None
         self._process: Any = None
 

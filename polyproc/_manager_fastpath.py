@@ -79,7 +79,6 @@ import stat
 import struct
 import threading
 import time
-from typing import Any
 
 from . import _platform
 from ._exceptions import ManagerProtocolError

@@ -140,7 +140,7 @@ class BaseProxy:
             self._incref()
 
     def _callmethod(self, methodname: str, args: tuple = (),
-                    kwds: dict = {}) -> Any:
+                    kwds: dict = {}) -> Any:  # noqa: B006 - the stdlib's signature; not mutated
         """Call *methodname* of the referent and return (or raise) the result."""
         if self._pid != _manager_client.pid:
             self._attach()
@@ -172,8 +172,8 @@ class BaseProxy:
         return self._getvalue()
 
     def __repr__(self) -> str:
-        return "<%s object, typeid %r at %#x>" % (
-            type(self).__name__, self._token.typeid, id(self))
+        return (f"<{type(self).__name__} object, typeid {self._token.typeid!r} "
+                f"at {id(self):#x}>")
 
     def __str__(self) -> str:
         """Return representation of the referent (or a fall-back if that fails)."""
@@ -246,7 +246,8 @@ def _forwarding_method(name: str) -> Any:
     return method
 
 
-def MakeProxyType(name: str, exposed: Any, _cache: dict = {}) -> type:
+def MakeProxyType(name: str, exposed: Any,
+                  _cache: dict = {}) -> type:  # noqa: B006 - a shared cache, as the stdlib's
     """Return a proxy type whose methods are given by *exposed*."""
     exposed = tuple(exposed)
     try:
@@ -275,7 +276,7 @@ def AutoProxy(token: Token, serializer: str, manager: Any = None,
         client = get_client(_address(token), key)
         exposed = _unwrap(client.request(Control("get_methods", (token.id,)),
                                          "get_methods"), None)
-    ProxyType = MakeProxyType("AutoProxy[%s]" % cast(str, token.typeid), exposed)
+    ProxyType = MakeProxyType(f"AutoProxy[{cast(str, token.typeid)}]", exposed)
     proxy = ProxyType(token, serializer, manager=manager, authkey=authkey,
                       incref=incref, manager_owned=manager_owned)
     proxy._isauto = True

@@ -498,7 +498,7 @@ class Server:
         in the caller; the call itself has run)."""
         try:
             return Ok(xmlrpc_marshal(result))
-        except Exception as exc:  # noqa: BLE001 - whatever the marshaller raises
+        except Exception as exc:  # whatever the marshaller raises
             return FailedText(type(exc).__qualname__,
                               f"the result cannot be sent with "
                               f"serializer='xmlrpclib': {exc}",

@@ -122,10 +122,7 @@ class ServerLock:
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         outcome = _sliced_wait(lambda step: (self._lock.acquire(True, step), None),
                                blocking, timeout)
-        if outcome is None:
-            got = self._lock.acquire(blocking, timeout)
-        else:
-            got = outcome[0]
+        got = self._lock.acquire(blocking, timeout) if outcome is None else outcome[0]
         if got:
             self._held_by(current_connection())
         return got
@@ -253,10 +250,7 @@ class ServerSemaphore:
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         outcome = _sliced_wait(lambda step: (self._sem.acquire(True, step), None),
                                blocking, timeout)
-        if outcome is None:
-            got = self._sem.acquire(blocking, timeout)
-        else:
-            got = outcome[0]
+        got = self._sem.acquire(blocking, timeout) if outcome is None else outcome[0]
         conn = current_connection()
         if got and conn is not None:
             conn.undo.append(self._sem.release)

@@ -49,7 +49,7 @@ import pickle
 import socket
 import struct
 from multiprocessing import connection as _std_connection
-from typing import Any, NamedTuple, TYPE_CHECKING, Union
+from typing import Any, NamedTuple, TYPE_CHECKING
 
 if TYPE_CHECKING:          # ssl is imported only by those who use TLS
     import ssl
@@ -69,7 +69,7 @@ __all__ = [
     "xmlrpc_marshal",
 ]
 
-Address = Union[str, tuple]
+Address = str | tuple
 
 DEFAULT_MAX_FRAME_SIZE = 256 * 2**20
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import sys
 import threading
 import time
@@ -173,7 +172,7 @@ def _progress_bar(progress: bool, total: int | None):
     return _progress_bar_class()(total=total, file=sys.stderr, unit="task", miniters=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _progress_bar_class():
     """tqdm without its monitor thread.
 
@@ -569,7 +568,7 @@ class Pool:
 
 def _check_chunksize(chunksize: int | None) -> None:
     if chunksize is not None and chunksize < 1:
-        raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
+        raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
 
 
 def _check_callable(func: Callable) -> None:

@@ -111,7 +111,7 @@ class ApplyResult(_Sink, Generic[_T]):
         Raises ``ValueError`` if the result is not ready.
         """
         if not self._done:
-            raise ValueError("{0!r} not ready".format(self))
+            raise ValueError(f"{self!r} not ready")
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:

@@ -109,7 +109,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import math
 import os
 import signal
 import threading

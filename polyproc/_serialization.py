@@ -249,7 +249,8 @@ def _dumps_zero_copy(obj: Any, what: str, to_pickle: Any = None,
             view = memoryview(buffer)
             if view.nbytes < ZERO_COPY_THRESHOLD or not view.contiguous:
                 return True  # in-band (a non-contiguous one fails there, as in the stdlib)
-            large.append(buffer)
+            # (only this iteration's dumps_with calls it: this `large`)
+            large.append(buffer)  # noqa: B023
             return False
 
         try:

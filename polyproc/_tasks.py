@@ -82,7 +82,7 @@ class TaskChunk:
                              [f"{k}={_short_repr(v)}" for k, v in kw.items()])
         return f"{self.func_name}({args}) [task {self.start + index}]"
 
-    def subchunk(self, lo: int, hi: int, retries: int | None = None) -> "TaskChunk":
+    def subchunk(self, lo: int, hi: int, retries: int | None = None) -> TaskChunk:
         """A new chunk for items[lo:hi], serialized afresh from the objects."""
         items = self.items[lo:hi]
         payload = (None if self.payload is None

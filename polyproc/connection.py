@@ -120,7 +120,8 @@ else:
 
 
 class Listener(_std.Listener):
-    """As ``multiprocessing.connection.Listener``; ``accept()`` returns a polyproc ``Connection``."""
+    """As ``multiprocessing.connection.Listener``; ``accept()`` returns a
+    polyproc ``Connection``."""
 
     def accept(self) -> Connection:
         """Accept a connection on the bound socket; blocks until a client connects.

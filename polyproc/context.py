@@ -23,7 +23,6 @@ Adapted from ``multiprocessing.context``.  What is reused and what changed:
 from __future__ import annotations
 
 import multiprocessing.context as _std_context
-import os
 import sys
 from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal,
                     overload)
@@ -171,7 +170,7 @@ class _PolyFactories(_FactoriesBase):
         try:
             ctx = _concrete_contexts[method]
         except KeyError:
-            raise ValueError("cannot find context for %r" % method) from None
+            raise ValueError(f"cannot find context for {method!r}") from None
         ctx._check_available()
         return ctx
 
@@ -219,7 +218,7 @@ class DefaultContext(BaseContext):
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
         if method is not None and method not in _concrete_contexts:
-            raise ValueError("cannot find context for %r" % method)
+            raise ValueError(f"cannot find context for {method!r}")
         # _actual_context: the stdlib's record of a method set already
         # (private, so not in typeshed).
         std_default: Any = _std_context._default_context

@@ -18,7 +18,7 @@ __all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult",
 # The stdlib's state names, for code that reads them.
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
-from ._public import fixup_module_metadata as _fixup
+from ._public import fixup_module_metadata as _fixup  # noqa: E402 - after the names it fixes
 
 _fixup(__name__, globals())
 del _fixup

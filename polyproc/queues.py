@@ -369,5 +369,5 @@ def __getattr__(name: str) -> Any:
 if not _queue_shm.AVAILABLE:  # pragma: no cover - non-Linux
     # The stdlib's classes stand in: a platform fallback that type checkers,
     # describing polyproc's own classes, are told to ignore.
-    from multiprocessing.queues import (JoinableQueue, Queue,  # type: ignore[assignment]  # noqa: F811
+    from multiprocessing.queues import (JoinableQueue, Queue,  # type: ignore[assignment]
                                         SimpleQueue)

@@ -6,7 +6,7 @@ module ``__getattr__``) rather than copying it.  Code written as
 ``from multiprocessing.reduction import X`` works as ``from polyproc.reduction import X``.
 """
 import multiprocessing.reduction as _std
-from multiprocessing.reduction import *  # noqa: F401,F403
+from multiprocessing.reduction import *  # noqa: F403
 from typing import Any
 
 __all__ = list(getattr(_std, "__all__", ()))

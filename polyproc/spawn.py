@@ -6,7 +6,7 @@ module ``__getattr__``) rather than copying it.  Code written as
 ``from multiprocessing.spawn import X`` works as ``from polyproc.spawn import X``.
 """
 import multiprocessing.spawn as _std
-from multiprocessing.spawn import *  # noqa: F401,F403
+from multiprocessing.spawn import *  # noqa: F403
 from typing import Any
 
 __all__ = list(getattr(_std, "__all__", ()))
