@@ -74,6 +74,11 @@ def main() -> None:
     assert_type(polyproc.Manager(), polyproc.managers.SyncManager)
     with polyproc.Manager() as manager:
         assert_type(manager, polyproc.managers.SyncManager)
+        shared = manager.dict()         # the methods register() adds
+        shared["key"] = manager.list([1, 2])
+        manager.Queue().put(1)
+        with manager.Lock():
+            pass
 
     assert_type(polyproc.Lock().locked(), bool)
     assert_type(polyproc.Pipe()[0], polyproc.connection.Connection)
