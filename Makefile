@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test soak bench clean
+.PHONY: demo test lint soak bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(VENV)/.installed-test: $(VENV)/.installed-base
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.installed-lint: $(VENV)/.installed-base
+	$(PY) -m pip install -q -e '.[lint]'
+	touch $@
+
 $(VENV)/.installed-bench: $(VENV)/.installed-base
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
@@ -33,6 +37,12 @@ demo: $(VENV)/.installed-base
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The type checker and the linter, configured in pyproject.toml ([tool.mypy],
+# [tool.ruff]); the versions are pinned in the lint extra.
+lint: $(VENV)/.installed-lint
+	$(PY) -m mypy
+	$(PY) -m ruff check polyproc tests
 
 # The soak of tests/test_soak.py (part of `make test`, 20 s), longer and on
 # every start method: SOAK_SECONDS in all, shared by the start methods.

@@ -48,6 +48,7 @@ import os
 import signal
 import sys
 import time
+from types import FrameType
 from typing import Any, Callable, NoReturn
 
 from ._exceptions import StdinUnavailableError
@@ -133,10 +134,11 @@ class NoStdin(io.TextIOBase):
     def readlines(self, hint: int = -1) -> list[str]:  # type: ignore[override]
         raise StdinUnavailableError(_stdin_message())
 
-    def __iter__(self) -> NoStdin:
+    # typeshed's IOBase iterates bytes; a text stream, as this one, str.
+    def __iter__(self) -> NoStdin:  # type: ignore[override]
         return self
 
-    def __next__(self) -> str:
+    def __next__(self) -> str:  # type: ignore[override]
         raise StdinUnavailableError(_stdin_message())
 
     # the rest: like the /dev/null file the stdlib installs
@@ -153,7 +155,7 @@ class NoStdin(io.TextIOBase):
         self._devnull.close()
 
     @property
-    def closed(self) -> bool:  # type: ignore[override]
+    def closed(self) -> bool:
         return self._devnull.closed
 
     @property
@@ -183,7 +185,7 @@ def install_stdin_guard() -> None:
     if isinstance(current, NoStdin):
         return
     if current is None or getattr(current, "closed", True):
-        current = open(os.devnull, encoding="utf-8")
+        current = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - becomes sys.stdin
     sys.stdin = NoStdin(current)
 
 
@@ -218,15 +220,15 @@ class _ParentWatch:
         self.identity = _fd_identity(sentinel) if sentinel is not None else None
         self.sentinel = sentinel if self.identity is not None else None
 
-    def _sentinel_says_gone(self, timeout: float) -> bool:
+    def _sentinel_says_gone(self, sentinel: int, timeout: float) -> bool:
         from multiprocessing.connection import wait
         try:
-            ready = bool(wait([self.sentinel], timeout))
+            ready = bool(wait([sentinel], timeout))
         except (OSError, ValueError):
             ready = True  # closed under us: the identity check decides
         if not ready:
             return False
-        if _fd_identity(self.sentinel) == self.identity:
+        if _fd_identity(sentinel) == self.identity:
             return True  # EOF: the parent, the only writer, is gone
         self.sentinel = None
         return False
@@ -235,7 +237,7 @@ class _ParentWatch:
         """Block up to *timeout* s; True as soon as the parent is known gone."""
         if self.sentinel is None:
             time.sleep(timeout)
-        elif self._sentinel_says_gone(timeout):
+        elif self._sentinel_says_gone(self.sentinel, timeout):
             return True
         return os.getppid() != self.ppid
 
@@ -327,7 +329,7 @@ def _in_fork_server_preload() -> bool:
     if forkserver is None:
         return False
     in_main = False
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code is forkserver._serve_one.__code__:
             return False
@@ -341,7 +343,7 @@ def _main_path_being_imported() -> str | None:
     # The frame running the main module's code (named __mp_main__ by the
     # stdlib's spawn.prepare).  Not sys.modules["__mp_main__"]: importing
     # multiprocessing or polyproc during that import rebinds it.
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_globals.get("__name__") == "__mp_main__":
             return frame.f_globals.get("__file__")

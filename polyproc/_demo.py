@@ -103,8 +103,8 @@ def cpu_bound_map(processes: int) -> Row:
         raise SystemExit(f"demo: the answers differ: serial {serial}, "
                          f"stdlib {stdlib}, polyproc {poly}")
     return Row(f"count primes below {n:,} (map)", serial_s, stdlib_s, poly_s,
-               [f"{serial:,} primes, the same from all three; pool times are "
-                f"the best of {ROUNDS} alternating runs"])
+               [(f"{serial:,} primes, the same from all three; pool times are "
+                 f"the best of {ROUNDS} alternating runs")])
 
 
 def many_tiny_tasks(processes: int) -> Row:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from typing import TYPE_CHECKING
 from multiprocessing import (AuthenticationError, BufferTooShort,
                              ProcessError, TimeoutError)
 
@@ -118,14 +119,14 @@ def add_note(exc: BaseException, note: str) -> None:
     has no cause or context (so that a printed traceback shows it)."""
     if sys.version_info >= (3, 11):
         exc.add_note(note)
-        return
-    try:
-        notes = exc.__notes__  # type: ignore[attr-defined]
-    except AttributeError:
-        notes = exc.__notes__ = []  # type: ignore[attr-defined]
-    notes.append(note)
-    if exc.__cause__ is None and exc.__context__ is None:
-        exc.__cause__ = SerializationError(note)
+    else:  # (an else, so that type checkers of 3.11+ skip it)
+        try:
+            notes = exc.__notes__  # type: ignore[attr-defined]
+        except AttributeError:
+            notes = exc.__notes__ = []  # type: ignore[attr-defined]
+        notes.append(note)
+        if exc.__cause__ is None and exc.__context__ is None:
+            exc.__cause__ = SerializationError(note)
 
 
 def pickling_error(message: str, original: BaseException) -> BaseException:
@@ -240,6 +241,17 @@ class QueueGoneError(ProcessError, FileNotFoundError):
 
 __all__ += ["UnpicklableResultError"]
 
+if TYPE_CHECKING:
+    # What _make_pool_exceptions builds, as type checkers see it (it is also
+    # a multiprocessing.pool.MaybeEncodingError, which typeshed lacks).
+    class UnpicklableResultError(SerializationError):
+        exc: str
+        value: str
+        reason: BaseException | None
+
+        def __init__(self, message: str, exc: str = "", value: str = "",
+                     reason: BaseException | None = None) -> None: ...
+
 
 def _make_pool_exceptions() -> None:
     from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
@@ -282,6 +294,15 @@ def _make_pool_exceptions() -> None:
 
 __all__ += ["ExecutorWorkerLostError", "ExecutorInitializerError",
             "ExecutorUnloadableError"]
+
+if TYPE_CHECKING:
+    # The classes _make_executor_exceptions builds, as type checkers see
+    # them (module __getattr__ would make them Any).
+    from concurrent.futures.process import BrokenProcessPool
+
+    class ExecutorWorkerLostError(WorkerLostError, BrokenProcessPool): ...
+    class ExecutorInitializerError(InitializerError, BrokenProcessPool): ...
+    class ExecutorUnloadableError(UnloadableError, BrokenProcessPool): ...
 
 
 def _make_executor_exceptions() -> None:

@@ -68,14 +68,13 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import os
 import sys
 import threading
 import time
 import weakref
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future, InvalidStateError
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 from . import _exceptions
 from . import _messages as m
@@ -92,6 +91,11 @@ if TYPE_CHECKING:
     from ._scheduler import ProcessScheduler
 
 __all__ = ["Executor"]
+
+# For type checkers, as typeshed's ``concurrent.futures.Executor``: a
+# submitted call's parameters (_P) and result (_T).
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 # The stdlib's logger for exceptions raised by done-callbacks.
 _LOGGER = logging.getLogger("concurrent.futures")
@@ -154,7 +158,7 @@ class _ExecutorFuture(Future):
 
     _done_callbacks: list[Callable[[Future], object]]  # the stdlib Future's, untyped there
 
-    def __init__(self, core: "_ExecutorCore"):
+    def __init__(self, core: _ExecutorCore):
         super().__init__()
         self._core = core
         self.claimed = False
@@ -228,7 +232,7 @@ class _FutureSink:
     __slots__ = ("core", "future", "start", "count", "as_list", "values",
                  "first_error", "remaining")
 
-    def __init__(self, core: "_ExecutorCore", future: _ExecutorFuture, start: int = 0,
+    def __init__(self, core: _ExecutorCore, future: _ExecutorFuture, start: int = 0,
                  count: int = 1, as_list: bool = False):
         self.core = core
         self.future = future
@@ -430,7 +434,7 @@ class _ExecutorCore:
 
 # Every executor's core, for the interpreter-exit hook: weak, so that a core
 # goes once its executor was dropped and its PoolScheduler thread has ended.
-_live_cores: "weakref.WeakSet[_ExecutorCore]" = weakref.WeakSet()
+_live_cores: weakref.WeakSet[_ExecutorCore] = weakref.WeakSet()
 
 
 def _python_exit() -> None:
@@ -482,10 +486,11 @@ class Executor(_StdExecutor):
     used (the stdlib switches to spawn); workers start with the executor.
     """
 
-    def __init__(self, max_workers: int | None = None, mp_context=None,
-                 initializer: Callable | None = None, initargs: Iterable = (), *,
+    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
+                 initializer: Callable[..., object] | None = None,
+                 initargs: Iterable[Any] = (), *,
                  max_tasks_per_child: int | None = None,
-                 max_memory_per_child: int | None = None):
+                 max_memory_per_child: int | None = None) -> None:
         from .process import current_process
         if getattr(current_process(), "_inheriting", False):
             from ._child import refuse_start_while_importing_main
@@ -520,7 +525,8 @@ class Executor(_StdExecutor):
         # Dropped without shutdown(): let its work finish, then stop its workers.
         weakref.finalize(self, core.shutdown, False)
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[_P, _T], /,
+               *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)`` to run in a worker; return a Future.
 
         Never blocks.  Raises ``RuntimeError`` after ``shutdown()``, the
@@ -535,7 +541,7 @@ class Executor(_StdExecutor):
         return self._submit(fn, args, kwargs, None, 0)
 
     def options(self, *, timeout: float | None = None,
-                retries: int = 0) -> "ExecutorOptions":
+                retries: int = 0) -> ExecutorOptions:
         """This executor with per-task options for the calls made through it.
 
         ``ex.options(timeout=30, retries=2).submit(fn, x)``: *timeout* is the
@@ -573,9 +579,10 @@ class Executor(_StdExecutor):
             raise
         return future
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
+            timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None,
-            retries: int = 0) -> Iterator:
+            retries: int = 0) -> Iterator[_T]:
         """Return an iterator equivalent to ``map(fn, *iterables)``, run in workers.
 
         Every call is submitted at once, *chunksize* calls per scheduler
@@ -822,12 +829,14 @@ class ExecutorOptions:
         self._timeout = timeout
         self._retries = retries
 
-    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[_P, _T], /,
+               *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """``Executor.submit`` with these options."""
         return self._executor._submit(fn, args, kwargs, self._timeout, self._retries)
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1, buffersize: int | None = None) -> Iterator:
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
+            timeout: float | None = None,
+            chunksize: int = 1, buffersize: int | None = None) -> Iterator[_T]:
         """``Executor.map`` with these options; *timeout* is map's overall one."""
         return self._executor._map(fn, iterables, timeout, chunksize, self._timeout,
                                    self._retries, buffersize)

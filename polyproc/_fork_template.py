@@ -137,7 +137,7 @@ class WorkerExited(NamedTuple):
 
 # kind byte, three int32 fields (unused ones are 0)
 _RECORD = struct.Struct("=Bxxxiii")
-_KINDS: dict[int, type] = {1: SpawnRequest, 2: StopRequest, 3: Spawned,
+_KINDS: dict[int, type[NamedTuple]] = {1: SpawnRequest, 2: StopRequest, 3: Spawned,
                            4: SpawnFailed, 5: WorkerExited}
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 _FDS_SPACE = socket.CMSG_SPACE(2 * array.array("i").itemsize)
@@ -347,7 +347,7 @@ class _TemplateChild:
         caller_r, caller_w = os.pipe()
         # As the stdlib's Popen does: unflushed output copied into the
         # template would be printed again by each worker it forks.
-        util._flush_std_streams()
+        util._flush_std_streams()  # type: ignore[attr-defined]  # private, not in typeshed
         try:
             pid = os.fork()
         except BaseException:
@@ -544,7 +544,7 @@ class ForkTemplate:
         if received is None:
             self._mark_gone(_gone_words(self._process))
             return None
-        message, fds = received
+        message, _fds = received
         if isinstance(message, WorkerExited):
             worker = self._running.pop(message.pid, None)
             if worker is not None:

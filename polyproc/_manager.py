@@ -38,9 +38,11 @@ import os
 import signal
 import threading
 from multiprocessing import connection, util
-from multiprocessing.managers import Array, Namespace, State, Value
-from multiprocessing.process import AuthenticationString, current_process
-from typing import Any, Callable, TYPE_CHECKING
+# Array, State, Value, AuthenticationString: the stdlib's, not in typeshed.
+from multiprocessing.managers import Array, Namespace, State, Value  # type: ignore[attr-defined]
+from multiprocessing.process import AuthenticationString, current_process  # type: ignore[attr-defined]
+from types import TracebackType
+from typing import Any, Callable, ClassVar, TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:          # ssl is imported only by those who use TLS
     import ssl
@@ -69,6 +71,9 @@ __all__ = ["BaseManager", "SyncManager", "SharedMemoryManager", "State",
 
 _PARENT_POLL = 0.5      # seconds between checks that the parent is alive
 
+# ``with SyncManager() as m``: m is a SyncManager, for type checkers.
+_ManagerT = TypeVar("_ManagerT", bound="BaseManager")
+
 
 class BaseManager:
     """Base class for managers.
@@ -81,7 +86,7 @@ class BaseManager:
     name raises ``KeyError``, as the stdlib's does.
     """
 
-    _registry: dict = {}
+    _registry: ClassVar[dict] = {}
     _Server = Server
 
     def __init__(self, address: Any = None, authkey: bytes | None = None,
@@ -112,10 +117,10 @@ class BaseManager:
         self._ctx = ctx
         self._shutdown_timeout = shutdown_timeout
         self._ssl_context = ssl_context
-        self._options = dict(max_frame_size=max_frame_size,
-                             handshake_timeout=handshake_timeout,
-                             frame_timeout=frame_timeout,
-                             max_pending=max_pending)
+        self._options = {"max_frame_size": max_frame_size,
+                         "handshake_timeout": handshake_timeout,
+                         "frame_timeout": frame_timeout,
+                         "max_pending": max_pending}
         self._finalizer: Any = None
         self._process: Any = None
 
@@ -313,7 +318,7 @@ class BaseManager:
         return _unwrap(self._client().request(Control("number_of_objects"),
                                               "number_of_objects"), None)
 
-    def __enter__(self):
+    def __enter__(self: _ManagerT) -> _ManagerT:
         if self._state.value == State.INITIAL:
             self.start()
         if self._state.value != State.STARTED:
@@ -322,7 +327,8 @@ class BaseManager:
             raise ProcessError(f"Unknown state {self._state.value!r}")
         return self
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc_val: BaseException | None, exc_tb: TracebackType | None) -> None:
         self.shutdown()
 
     @property
@@ -420,6 +426,31 @@ class SyncManager(BaseManager):
     Python), ``Value``, ``Array``, ``Namespace``.
     """
 
+    if TYPE_CHECKING:
+        # The methods register() adds below, as type checkers see them (as
+        # typeshed declares the stdlib's).  Last in the class: ``list``,
+        # ``dict`` and ``set`` would shadow the builtins in annotations.
+        def Queue(self, maxsize: int = 0) -> QueueProxy: ...
+        def JoinableQueue(self, maxsize: int = 0) -> QueueProxy: ...
+        def Event(self) -> EventProxy: ...
+        def Lock(self) -> AcquirerProxy: ...
+        def RLock(self) -> AcquirerProxy: ...
+        def Semaphore(self, value: int = 1) -> AcquirerProxy: ...
+        def BoundedSemaphore(self, value: int = 1) -> AcquirerProxy: ...
+        def Condition(self, lock: Any = None) -> ConditionProxy: ...
+        def Barrier(self, parties: int, action: Callable[[], object] | None = None,
+                    timeout: float | None = None) -> BarrierProxy: ...
+        def Pool(self, processes: int | None = None,
+                 initializer: Callable[..., object] | None = None,
+                 initargs: Any = (), maxtasksperchild: int | None = None,
+                 **kwds: Any) -> PoolProxy: ...
+        def Value(self, typecode: Any, value: Any, lock: bool = True) -> ValueProxy: ...
+        def Array(self, typecode: Any, sequence: Any, lock: bool = True) -> ArrayProxy: ...
+        def Namespace(self, **kwds: Any) -> NamespaceProxy: ...
+        def list(self, *args: Any) -> ListProxy: ...
+        def dict(self, *args: Any, **kwds: Any) -> DictProxy: ...
+        def set(self, *args: Any) -> SetProxy: ...
+
 
 if _platform.ORDERED_SHARED_MEMORY:
     # Items in shared memory, reached without the server from this machine
@@ -458,7 +489,7 @@ class SharedMemoryServer(Server):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        from multiprocessing.managers import _SharedMemoryTracker
+        from multiprocessing.managers import _SharedMemoryTracker  # type: ignore[attr-defined]
         self.shared_memory_context = _SharedMemoryTracker(
             f"shm_{self.address}_{os.getpid()}", [])
 

@@ -79,7 +79,6 @@ import stat
 import struct
 import threading
 import time
-from typing import Any
 
 from . import _platform
 from ._exceptions import ManagerProtocolError
@@ -287,7 +286,9 @@ class FastChannel(Channel):
         pending = chan._end - chan._start
         self._buf[:pending] = chan._buf[chan._start:chan._end]
         self._end = pending
-        chan.sock = None     # the socket is ours now; chan.__del__ must not close it
+        # The socket is ours now; chan.__del__ must not close it.  (chan is
+        # dead from here, so its type keeps the socket a live channel has.)
+        chan.sock = None  # type: ignore[assignment]
         self._map = segment
         view = memoryview(segment)
         mine, theirs = _LANE_CONTROL[lane], _LANE_CONTROL[1 - lane]

@@ -31,8 +31,9 @@ import types
 import weakref
 from multiprocessing.context import get_spawning_popen
 from multiprocessing.managers import Token
-from multiprocessing.process import AuthenticationString, current_process
-from typing import Any
+# AuthenticationString: the stdlib's, not in typeshed.
+from multiprocessing.process import AuthenticationString, current_process  # type: ignore[attr-defined]
+from typing import Any, Protocol, cast
 
 from ._exceptions import RemoteError, RemoteTraceback
 from . import _manager_client
@@ -56,6 +57,17 @@ _getpid = os.getpid
 proxies_pickled = 0
 
 
+# polyproc's servers make every Token with a str typeid, their address and
+# an int id; typeshed's Token also allows bytes and None (as the stdlib's
+# own code would).  Stated once here, for type checkers.
+def _address(token: Token) -> str | tuple[Any, ...]:
+    return cast("str | tuple[Any, ...]", token.address)
+
+
+def _ident(token: Token) -> int:
+    return cast(int, token.id)
+
+
 def _local_decref(server: Any, ident: int, pid: int) -> None:
     if _getpid() == pid:
         try:
@@ -73,18 +85,23 @@ class BaseProxy:
     ``ManagerConnectionError`` when the server is gone.
     """
 
+    # Set by each proxy type (MakeProxyType, the classes below): the
+    # referent's methods it may call, and which of them return proxies.
+    _exposed_: tuple[str, ...]
+    _method_to_typeid_: dict[str, str]
+
     def __init__(self, token: Token, serializer: str, manager: Any = None,
                  authkey: bytes | None = None, exposed: Any = None,
                  incref: bool = True, manager_owned: bool = False):
         self._token = token
-        self._id = token.id
+        self._id = _ident(token)
         self._manager = manager
         self._serializer = serializer
         if authkey is None:
             if manager is not None:
                 authkey = manager._authkey
             else:
-                authkey = known_authkey(token.address) or current_process().authkey
+                authkey = known_authkey(_address(token)) or current_process().authkey
         self._authkey = AuthenticationString(authkey)
         self._owned_by_manager = manager_owned
         self._client: Any = None
@@ -92,7 +109,8 @@ class BaseProxy:
         if manager_owned:
             # Unpickled inside the server itself (a proxy stored in a
             # managed dict): the server holds the reference, no network.
-            server = current_process()._manager_server
+            # (set on the server's process by Server.serve_forever)
+            server = current_process()._manager_server  # type: ignore[attr-defined]
             server.local_incref(self._id)
             weakref.finalize(self, _local_decref, server, self._id, _getpid())
         elif incref:
@@ -102,27 +120,27 @@ class BaseProxy:
 
     def _adopt(self) -> None:
         """Own the reference the server already counted for this process."""
-        client = get_client(self._token.address, self._authkey)
+        client = get_client(_address(self._token), self._authkey)
         self._client = client
         self._pid = pid = _getpid()
         weakref.finalize(self, queue_decref,
                          (client.address, client.authkey), self._id, pid)
 
     def _incref(self) -> None:
-        client = get_client(self._token.address, self._authkey)
+        client = get_client(_address(self._token), self._authkey)
         _unwrap(client.request(IncRef(self._id), "incref"), self)
         self._adopt()
 
     def _attach(self) -> None:
         """First call in this process (a fork child, or inside the server)."""
         if self._owned_by_manager:
-            self._client = get_client(self._token.address, self._authkey)
+            self._client = get_client(_address(self._token), self._authkey)
             self._pid = _getpid()
         else:
             self._incref()
 
     def _callmethod(self, methodname: str, args: tuple = (),
-                    kwds: dict = {}) -> Any:
+                    kwds: dict = {}) -> Any:  # noqa: B006 - the stdlib's signature; not mutated
         """Call *methodname* of the referent and return (or raise) the result."""
         if self._pid != _manager_client.pid:
             self._attach()
@@ -154,8 +172,8 @@ class BaseProxy:
         return self._getvalue()
 
     def __repr__(self) -> str:
-        return "<%s object, typeid %r at %#x>" % (
-            type(self).__name__, self._token.typeid, id(self))
+        return (f"<{type(self).__name__} object, typeid {self._token.typeid!r} "
+                f"at {id(self):#x}>")
 
     def __str__(self) -> str:
         """Return representation of the referent (or a fall-back if that fails)."""
@@ -173,7 +191,15 @@ def _xmlrpc_arguments(args: tuple, kwds: dict) -> tuple[tuple, dict]:
     return tuple(args), kwds
 
 
-def _unwrap(reply: Any, proxy: BaseProxy | None) -> Any:
+class _ReplyContext(Protocol):
+    """What _unwrap takes from the proxy (or manager) a reply is for."""
+
+    _manager: Any
+    _serializer: str
+    _authkey: Any
+
+
+def _unwrap(reply: Any, proxy: _ReplyContext | None) -> Any:
     """The value of a reply message, a new proxy, or the raised exception."""
     kind = type(reply)
     if kind is Ok:
@@ -220,7 +246,8 @@ def _forwarding_method(name: str) -> Any:
     return method
 
 
-def MakeProxyType(name: str, exposed: Any, _cache: dict = {}) -> type:
+def MakeProxyType(name: str, exposed: Any,
+                  _cache: dict = {}) -> type:  # noqa: B006 - a shared cache, as the stdlib's
     """Return a proxy type whose methods are given by *exposed*."""
     exposed = tuple(exposed)
     try:
@@ -232,8 +259,8 @@ def MakeProxyType(name: str, exposed: Any, _cache: dict = {}) -> type:
         if not meth.isidentifier():
             raise ValueError(f"exposed method name {meth!r} is not an identifier")
         dic[meth] = _forwarding_method(meth)
+    dic["_exposed_"] = exposed
     ProxyType = type(name, (BaseProxy,), dic)
-    ProxyType._exposed_ = exposed
     _cache[(name, exposed)] = ProxyType
     return ProxyType
 
@@ -245,11 +272,11 @@ def AutoProxy(token: Token, serializer: str, manager: Any = None,
     if authkey is None and manager is not None:
         authkey = manager._authkey
     if exposed is None:
-        key = authkey or known_authkey(token.address) or current_process().authkey
-        client = get_client(token.address, key)
+        key = authkey or known_authkey(_address(token)) or current_process().authkey
+        client = get_client(_address(token), key)
         exposed = _unwrap(client.request(Control("get_methods", (token.id,)),
                                          "get_methods"), None)
-    ProxyType = MakeProxyType("AutoProxy[%s]" % token.typeid, exposed)
+    ProxyType = MakeProxyType(f"AutoProxy[{cast(str, token.typeid)}]", exposed)
     proxy = ProxyType(token, serializer, manager=manager, authkey=authkey,
                       incref=incref, manager_owned=manager_owned)
     proxy._isauto = True
@@ -279,7 +306,7 @@ class IteratorProxy(BaseProxy):
 
 class AcquirerProxy(BaseProxy):
     # "locked": Python 3.14 (gh-115942), offered on every Python.
-    _exposed_ = ("acquire", "release", "locked")
+    _exposed_: tuple[str, ...] = ("acquire", "release", "locked")
 
     def acquire(self, blocking: bool = True, timeout: float | None = None):
         args = (blocking,) if timeout is None else (blocking, timeout)
@@ -401,13 +428,17 @@ class ValueProxy(BaseProxy):
 
     value = property(get, set)
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 # The exposed method lists are the stdlib's, read from its own classes so
 # the two can never disagree, plus what later Pythons added (so that this
 # Python's stdlib lists miss nothing that 3.14's have: docs/compat.md).
 import multiprocessing.managers as _std  # noqa: E402
+
+# The stdlib's proxy classes, for their private _exposed_ and
+# _method_to_typeid_ (and ArrayProxy, BasePoolProxy): not in typeshed.
+_std_proxies: Any = _std
 
 
 def _merged(*lists: tuple) -> tuple:
@@ -430,8 +461,9 @@ _SET_EXPOSED_314 = (
     "symmetric_difference_update", "union", "update",
 )
 
-BaseListProxy = MakeProxyType(
-    "BaseListProxy", _merged(_std.BaseListProxy._exposed_, _LIST_ADDED_314))
+# Built at runtime (MakeProxyType): Any for type checkers, as _BaseDictProxy.
+BaseListProxy: Any = MakeProxyType(
+    "BaseListProxy", _merged(_std_proxies.BaseListProxy._exposed_, _LIST_ADDED_314))
 
 
 class ListProxy(BaseListProxy):
@@ -447,8 +479,8 @@ class ListProxy(BaseListProxy):
 
 
 _BaseDictProxy: Any = MakeProxyType(
-    "_BaseDictProxy", _merged(_std.DictProxy._exposed_, _DICT_ADDED_314))
-_BaseDictProxy._method_to_typeid_ = dict(_std.DictProxy._method_to_typeid_)
+    "_BaseDictProxy", _merged(_std_proxies.DictProxy._exposed_, _DICT_ADDED_314))
+_BaseDictProxy._method_to_typeid_ = dict(_std_proxies.DictProxy._method_to_typeid_)
 
 
 class DictProxy(_BaseDictProxy):
@@ -494,10 +526,10 @@ collections.abc.MutableSequence.register(BaseListProxy)
 collections.abc.MutableMapping.register(_BaseDictProxy)
 collections.abc.MutableSet.register(_BaseSetProxy)
 
-ArrayProxy = MakeProxyType("ArrayProxy", _std.ArrayProxy._exposed_)
+ArrayProxy: Any = MakeProxyType("ArrayProxy", _std_proxies.ArrayProxy._exposed_)
 
-BasePoolProxy = MakeProxyType("PoolProxy", _std.BasePoolProxy._exposed_)
-BasePoolProxy._method_to_typeid_ = dict(_std.BasePoolProxy._method_to_typeid_)
+BasePoolProxy: Any = MakeProxyType("PoolProxy", _std_proxies.BasePoolProxy._exposed_)
+BasePoolProxy._method_to_typeid_ = dict(_std_proxies.BasePoolProxy._method_to_typeid_)
 
 
 class PoolProxy(BasePoolProxy):

@@ -100,7 +100,7 @@ class ServerRingQueue:
 
     def __init__(self, maxsize: int = 0):
         from .queues import JoinableQueue
-        self._queue = JoinableQueue(maxsize)    # created here: the server owns it
+        self._queue: JoinableQueue[Any] = JoinableQueue(maxsize)    # the server owns it
         self._ring = self._queue._ring
         self._held: dict[int, Any] = {}
         self._numbers = itertools.count()

@@ -63,7 +63,8 @@ import traceback
 import weakref
 from collections import Counter
 from multiprocessing import util
-from multiprocessing.managers import Token, public_methods
+# public_methods: the stdlib's, not in typeshed.
+from multiprocessing.managers import Token, public_methods  # type: ignore[attr-defined]
 from multiprocessing.process import current_process
 from typing import Any, NamedTuple, TYPE_CHECKING
 
@@ -228,7 +229,8 @@ class Server:
         Like the stdlib's, it ends with ``sys.exit(0)``: the server process
         is meant to do nothing else.
         """
-        current_process()._manager_server = self
+        # RebuildProxy and BaseProxy find it there (not a stdlib attribute).
+        current_process()._manager_server = self  # type: ignore[attr-defined]
         # A process forked from the server (a SyncManager.Pool's workers)
         # must not keep the clients' sockets open: a client would then never
         # see the server die, and would wait forever for a reply.
@@ -496,7 +498,7 @@ class Server:
         in the caller; the call itself has run)."""
         try:
             return Ok(xmlrpc_marshal(result))
-        except Exception as exc:  # noqa: BLE001 - whatever the marshaller raises
+        except Exception as exc:  # whatever the marshaller raises
             return FailedText(type(exc).__qualname__,
                               f"the result cannot be sent with "
                               f"serializer='xmlrpclib': {exc}",

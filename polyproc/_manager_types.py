@@ -122,10 +122,7 @@ class ServerLock:
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         outcome = _sliced_wait(lambda step: (self._lock.acquire(True, step), None),
                                blocking, timeout)
-        if outcome is None:
-            got = self._lock.acquire(blocking, timeout)
-        else:
-            got = outcome[0]
+        got = self._lock.acquire(blocking, timeout) if outcome is None else outcome[0]
         if got:
             self._held_by(current_connection())
         return got
@@ -226,7 +223,9 @@ class ServerCondition(threading.Condition):
 
     def __init__(self, lock: Any = None) -> None:
         self._held_lock = ServerRLock() if lock is None else lock
-        super().__init__(self._held_lock)
+        # A ServerRLock has what Condition uses of a lock (acquire, release,
+        # _is_owned, ...) without being one of typeshed's lock types.
+        super().__init__(self._held_lock)  # type: ignore[arg-type]
 
     def locked(self) -> bool:
         return self._held_lock.locked()
@@ -251,10 +250,7 @@ class ServerSemaphore:
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         outcome = _sliced_wait(lambda step: (self._sem.acquire(True, step), None),
                                blocking, timeout)
-        if outcome is None:
-            got = self._sem.acquire(blocking, timeout)
-        else:
-            got = outcome[0]
+        got = self._sem.acquire(blocking, timeout) if outcome is None else outcome[0]
         conn = current_connection()
         if got and conn is not None:
             conn.undo.append(self._sem.release)

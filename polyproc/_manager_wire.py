@@ -49,7 +49,7 @@ import pickle
 import socket
 import struct
 from multiprocessing import connection as _std_connection
-from typing import Any, NamedTuple, TYPE_CHECKING, Union
+from typing import Any, NamedTuple, TYPE_CHECKING
 
 if TYPE_CHECKING:          # ssl is imported only by those who use TLS
     import ssl
@@ -69,7 +69,7 @@ __all__ = [
     "xmlrpc_marshal",
 ]
 
-Address = Union[str, tuple]
+Address = str | tuple
 
 DEFAULT_MAX_FRAME_SIZE = 256 * 2**20
 DEFAULT_HANDSHAKE_TIMEOUT = 5.0
@@ -233,7 +233,8 @@ def xmlrpc_marshal(value: Any) -> Any:
 
 def default_address() -> str:
     """A fresh Unix-socket path in polyproc's temporary directory."""
-    return _std_connection.arbitrary_address("AF_UNIX")
+    # (the stdlib's, not in typeshed)
+    return _std_connection.arbitrary_address("AF_UNIX")  # type: ignore[attr-defined]
 
 
 def describe_address(address: Address) -> str:
@@ -253,7 +254,8 @@ def is_loopback(address: Address) -> bool:
         infos = socket.getaddrinfo(host, None)
     except socket.gaierror:
         return False
-    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback
+    # str(): typeshed's sockaddr also covers AF_PACKET's (int, bytes).
+    return all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback
                for info in infos)
 
 
@@ -297,6 +299,7 @@ def connect(address: Address, timeout: float,
             sock.close()
             raise
     else:
+        assert isinstance(address, tuple), "a TCP address is (host, port)"
         sock = socket.create_connection(address[:2], timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         set_keepalive(sock)

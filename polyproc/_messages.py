@@ -101,7 +101,7 @@ class Results(NamedTuple):
     seconds: list     # list[float]
 
     @classmethod
-    def of(cls, done: list) -> "Results":
+    def of(cls, done: list) -> Results:
         return cls([d.chunk_id for d in done], [d.values for d in done],
                    {i: d.errors for i, d in enumerate(done) if d.errors},
                    [d.seconds for d in done])

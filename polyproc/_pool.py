@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import sys
 import threading
 import time
 import warnings
 import weakref
 from multiprocessing import util
-from typing import Any, Callable, Iterable
+from types import TracebackType
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from . import _messages as m
 from . import _ownership
@@ -56,6 +56,13 @@ from ._tasks import (MAX_GROWN_CHUNKSIZE, TaskChunk, auto_chunksize,
                      function_name, iter_slices, make_chunk, TARGET_CHUNK_SECONDS)
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+# For type checkers, as typeshed's ``multiprocessing.pool``: the type of a
+# task's argument (_S) and result (_T), and ``with Pool() as p`` of a
+# subclass (ThreadPool) being that subclass.
+_S = TypeVar("_S")
+_T = TypeVar("_T")
+_PoolT = TypeVar("_PoolT", bound="Pool")
 
 # Inputs that map() and imap() cut into chunks by slicing, keeping their type.
 _SLICEABLE = (list, tuple, range)
@@ -165,7 +172,7 @@ def _progress_bar(progress: bool, total: int | None):
     return _progress_bar_class()(total=total, file=sys.stderr, unit="task", miniters=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _progress_bar_class():
     """tqdm without its monitor thread.
 
@@ -200,9 +207,10 @@ class Pool:
     # (ThreadPool).
     _serialize = True
 
-    def __init__(self, processes: int | None = None, initializer=None,
-                 initargs: Iterable = (), maxtasksperchild: int | None = None,
-                 context=None, *, max_memory_per_child: int | None = None):
+    def __init__(self, processes: int | None = None,
+                 initializer: Callable[..., object] | None = None,
+                 initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
+                 context: Any = None, *, max_memory_per_child: int | None = None) -> None:
         from .process import current_process
         if getattr(current_process(), "_inheriting", False):
             from ._child import refuse_start_while_importing_main
@@ -261,11 +269,12 @@ class Pool:
             _warn(f"unclosed running multiprocessing pool {self!r}",
                   ResourceWarning, source=self)
 
-    def __enter__(self):
+    def __enter__(self: _PoolT) -> _PoolT:
         self._check_running()
         return self
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
+    def __exit__(self, exc_type: type[BaseException] | None,
+                 exc_val: BaseException | None, exc_tb: TracebackType | None) -> None:
         self.terminate()
 
     @property
@@ -288,17 +297,19 @@ class Pool:
         if self._state != RUN or self._registry.terminated:
             raise ValueError("Pool not running")
 
-    def apply(self, func: Callable, args: Iterable = (), kwds: dict = {}, *,
-              timeout: float | None = None, retries: int = 0) -> Any:
+    def apply(self, func: Callable[..., _T], args: Iterable[Any] = (),
+              kwds: Mapping[str, Any] = {}, *,
+              timeout: float | None = None, retries: int = 0) -> _T:
         """Equivalent of ``func(*args, **kwds)``, run in a worker; blocks for the result."""
         with _CancelOnInterrupt(self._registry):
             return self.apply_async(func, args, kwds, timeout=timeout,
                                     retries=retries).get()
 
-    def apply_async(self, func: Callable, args: Iterable = (), kwds: dict = {},
-                    callback: Callable | None = None,
-                    error_callback: Callable | None = None, *,
-                    timeout: float | None = None, retries: int = 0) -> ApplyResult:
+    def apply_async(self, func: Callable[..., _T], args: Iterable[Any] = (),
+                    kwds: Mapping[str, Any] = {},
+                    callback: Callable[[_T], object] | None = None,
+                    error_callback: Callable[[BaseException], object] | None = None, *,
+                    timeout: float | None = None, retries: int = 0) -> ApplyResult[_T]:
         """Asynchronous version of ``apply()``: returns an ``ApplyResult``.
 
         If *func*, *args* or *kwds* cannot be pickled, the result fails
@@ -308,7 +319,7 @@ class Pool:
         self._check_running()
         _check_options(timeout, retries)
         _check_callable(func)
-        result = ApplyResult(self._registry, callback, error_callback)
+        result: ApplyResult[_T] = ApplyResult(self._registry, callback, error_callback)
         try:
             chunk = make_chunk(self._function_blob(func), function_name(func),
                                m.CALL_APPLY, [(tuple(args), dict(kwds))], 0, result,
@@ -322,9 +333,10 @@ class Pool:
         self._backend.submit([chunk])
         return result
 
-    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+    def map(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+            chunksize: int | None = None,
             *, timeout: float | None = None, retries: int = 0,
-            progress: bool = False) -> list:
+            progress: bool = False) -> list[_T]:
         """Apply *func* to each element of *iterable*, collecting the results in a list.
 
         Blocks until every task has finished; then raises the exception of
@@ -335,34 +347,39 @@ class Pool:
             return self._map_async(func, iterable, m.CALL_MAP, chunksize, None, None,
                                    timeout, retries, progress).get()
 
-    def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+    def starmap(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None,
                 *, timeout: float | None = None, retries: int = 0,
-                progress: bool = False) -> list:
+                progress: bool = False) -> list[_T]:
         """Like ``map()`` but each element is unpacked as the arguments: ``func(*item)``."""
         with _CancelOnInterrupt(self._registry):
             return self._map_async(func, iterable, m.CALL_STAR, chunksize, None, None,
                                    timeout, retries, progress).get()
 
-    def map_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
-                  callback: Callable | None = None, error_callback: Callable | None = None,
+    def map_async(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+                  chunksize: int | None = None,
+                  callback: Callable[[list[_T]], object] | None = None,
+                  error_callback: Callable[[BaseException], object] | None = None,
                   *, timeout: float | None = None, retries: int = 0,
-                  progress: bool = False) -> MapResult:
+                  progress: bool = False) -> MapResult[_T]:
         """Asynchronous version of ``map()``: returns a ``MapResult``."""
         return self._map_async(func, iterable, m.CALL_MAP, chunksize, callback,
                                error_callback, timeout, retries, progress)
 
-    def starmap_async(self, func: Callable, iterable: Iterable,
-                      chunksize: int | None = None, callback: Callable | None = None,
-                      error_callback: Callable | None = None, *,
+    def starmap_async(self, func: Callable[..., _T], iterable: Iterable[Iterable[Any]],
+                      chunksize: int | None = None,
+                      callback: Callable[[list[_T]], object] | None = None,
+                      error_callback: Callable[[BaseException], object] | None = None, *,
                       timeout: float | None = None, retries: int = 0,
-                      progress: bool = False) -> MapResult:
+                      progress: bool = False) -> MapResult[_T]:
         """Asynchronous version of ``starmap()``: returns a ``MapResult``."""
         return self._map_async(func, iterable, m.CALL_STAR, chunksize, callback,
                                error_callback, timeout, retries, progress)
 
-    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+    def imap(self, func: Callable[[_S], _T], iterable: Iterable[_S],
+             chunksize: int | None = None,
              buffersize: int | None = None, *, timeout: float | None = None,
-             retries: int = 0, progress: bool = False) -> IMapIterator:
+             retries: int = 0, progress: bool = False) -> IMapIterator[_T]:
         """Like ``map()`` but lazy: an iterator of results, in input order.
 
         When *chunksize* is not given it is chosen adaptively (the stdlib
@@ -381,10 +398,10 @@ class Pool:
         return self._imap(func, iterable, chunksize, IMapIterator, timeout,
                           retries, progress, buffersize)
 
-    def imap_unordered(self, func: Callable, iterable: Iterable,
+    def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
                        chunksize: int | None = None, buffersize: int | None = None,
                        *, timeout: float | None = None, retries: int = 0,
-                       progress: bool = False) -> IMapIterator:
+                       progress: bool = False) -> IMapIterator[_T]:
         """Like ``imap()`` but results come in the order they complete."""
         return self._imap(func, iterable, chunksize, IMapUnorderedIterator, timeout,
                           retries, progress, buffersize)
@@ -427,7 +444,7 @@ class Pool:
         return _serialization.dumps_function(func) if self._serialize else func
 
     def _map_async(self, func, iterable, call, chunksize, callback, error_callback,
-                   timeout, retries, progress) -> MapResult:
+                   timeout, retries, progress) -> MapResult[Any]:
         self._check_running()
         _check_options(timeout, retries)
         _check_chunksize(chunksize)
@@ -439,7 +456,8 @@ class Pool:
         try:
             fn_blob = self._function_blob(func)
         except Exception as exc:  # every task fails with it, as in the stdlib
-            result = MapResult(self._registry, len(items), callback, error_callback)
+            result: MapResult[Any] = MapResult(self._registry, len(items), callback,
+                                               error_callback)
             _fail_from_caller(result, None, exc)
             return result
         if chunksize is None:
@@ -550,7 +568,7 @@ class Pool:
 
 def _check_chunksize(chunksize: int | None) -> None:
     if chunksize is not None and chunksize < 1:
-        raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
+        raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
 
 
 def _check_callable(func: Callable) -> None:

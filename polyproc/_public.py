@@ -19,7 +19,7 @@ def fixup_module_metadata(module_name: str, namespace: dict) -> None:
         seen.add(id(obj))
         mod = getattr(obj, "__module__", None)
         if mod is not None and mod.startswith("polyproc."):
-            obj.__module__ = module_name  # type: ignore[attr-defined]
+            obj.__module__ = module_name
             if isinstance(obj, type):
                 for attr_name, attr_value in obj.__dict__.items():
                     fix_one(qualname + "." + attr_name, attr_name, attr_value)

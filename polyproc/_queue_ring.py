@@ -158,7 +158,7 @@ class QueueGone(Exception):
 
 
 # name -> this process's live handle on that queue (see Ring.attach).
-_handles: "weakref.WeakValueDictionary[str, Ring]" = weakref.WeakValueDictionary()
+_handles: weakref.WeakValueDictionary[str, Ring] = weakref.WeakValueDictionary()
 
 
 def _lock(addr: int, deadline: float | None) -> int:
@@ -231,7 +231,7 @@ class Ring:
     # ------------------------------------------------------------ lifetime
 
     @classmethod
-    def create(cls, maxsize: int) -> "Ring":
+    def create(cls, maxsize: int) -> Ring:
         name = "/ppq_" + secrets.token_hex(8)
         control_fd, control = _shm.create_segment(name, _CONTROL_SIZE)
         os.close(control_fd)
@@ -262,7 +262,7 @@ class Ring:
         return ring
 
     @classmethod
-    def attach(cls, name: str) -> "Ring":
+    def attach(cls, name: str) -> Ring:
         """This process's handle on the queue *name*, mapping it if needed.
 
         One handle per process and queue: a Pool worker that receives the

@@ -46,7 +46,6 @@ import ctypes
 import errno
 import mmap
 import os
-import sys
 import time
 
 from . import _platform

@@ -173,8 +173,10 @@ def _reduces_by_default(cls: type) -> bool:
     """Whether *cls* pickles with a built-in exception's ``__reduce__``
     (``(cls, args, state)``), not one of its own."""
     owner = getattr(cls.__reduce__, "__objclass__", None)
+    # (mypy types cls.__reduce_ex__ as a method bound to the class object,
+    # so it cannot tell that the two may be the same function.)
     return (owner is not None and owner.__module__ == "builtins"
-            and cls.__reduce_ex__ is object.__reduce_ex__)
+            and cls.__reduce_ex__ is object.__reduce_ex__)  # type: ignore[comparison-overlap]
 
 
 def _rebuild_without_init(cls: type, args: tuple, state: dict | None) -> BaseException:
@@ -270,6 +272,6 @@ def rebuild_exception(payload: bytes | memoryview) -> BaseException:
             # raise anything, SystemExit included: in a pool's scheduler
             # thread that would end the thread, so it is caught too.
             pass
-    error = RemoteError(message.type_name, message.message, message.traceback)
-    error.__cause__ = _remote_tb(message.traceback)
-    return error
+    remote = RemoteError(message.type_name, message.message, message.traceback)
+    remote.__cause__ = _remote_tb(message.traceback)
+    return remote

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 from . import _ownership
 from ._exceptions import TimeoutError
@@ -38,6 +38,10 @@ __all__ = ["ApplyResult", "AsyncResult", "MapResult", "IMapIterator",
            "IMapUnorderedIterator"]
 
 _completion_lock = threading.Lock()
+
+# The type of a task's result, for type checkers (as typeshed's
+# ``multiprocessing.pool.ApplyResult[_T]``).
+_T = TypeVar("_T")
 
 
 def _run_callback(callback: Callable, arg: Any) -> None:
@@ -77,7 +81,7 @@ class _Sink:
         _ownership.check_owner(self._core.pid, "this Pool's result")
 
 
-class ApplyResult(_Sink):
+class ApplyResult(_Sink, Generic[_T]):
     """The result of ``apply_async``: one task."""
 
     def __init__(self, core, callback=None, error_callback=None, length: int = 1,
@@ -107,7 +111,7 @@ class ApplyResult(_Sink):
         Raises ``ValueError`` if the result is not ready.
         """
         if not self._done:
-            raise ValueError("{0!r} not ready".format(self))
+            raise ValueError(f"{self!r} not ready")
         return self._success
 
     def wait(self, timeout: float | None = None) -> None:
@@ -127,7 +131,7 @@ class ApplyResult(_Sink):
             self._interrupted()
             raise
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None) -> _T:
         """Return the result when it arrives.
 
         Blocks until then, or raises ``multiprocessing.TimeoutError`` after
@@ -182,8 +186,10 @@ class ApplyResult(_Sink):
 AsyncResult = ApplyResult
 
 
-class MapResult(ApplyResult):
+class MapResult(ApplyResult[list[_T]]):
     """The result of ``map_async``/``starmap_async``: a list, in input order."""
+
+    _pending: int   # the length is known from the start
 
     def __init__(self, core, length: int, callback=None, error_callback=None,
                  progress=None):
@@ -222,7 +228,7 @@ class MapResult(ApplyResult):
         self._complete()
 
 
-class IMapIterator(_Sink):
+class IMapIterator(_Sink, Generic[_T]):
     """The iterator ``imap`` returns: results in input order, as they come.
 
     A task that raised re-raises its exception at its own position; the
@@ -241,10 +247,10 @@ class IMapIterator(_Sink):
         self._length = length       # total tasks, once known
         self._abort: BaseException | None = None
 
-    def __iter__(self):
+    def __iter__(self) -> IMapIterator[_T]:
         return self
 
-    def next(self, timeout: float | None = None) -> Any:
+    def next(self, timeout: float | None = None) -> _T:
         """Return the next result, waiting at most *timeout* seconds for it.
 
         Raises ``multiprocessing.TimeoutError`` when it does not come in

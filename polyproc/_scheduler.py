@@ -109,7 +109,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import math
 import os
 import signal
 import threading
@@ -591,7 +590,7 @@ class ProcessScheduler:
         """Deliver each finished chunk's outcomes; results come in dispatch order."""
         assigned, dispatch_ends = w.assigned, w.dispatch_ends
         all_errors = results.errors
-        timing_func = None
+        timing_func: bytes | None = None
         timing_seconds = 0.0
         timing_tasks = 0
         for index, (chunk_id, values, seconds) in enumerate(
@@ -601,7 +600,7 @@ class ProcessScheduler:
             if dispatch_ends and dispatch_ends[0] == chunk_id:
                 dispatch_ends.popleft()
             if chunk.func is not timing_func:
-                if timing_tasks:
+                if timing_func is not None and timing_tasks:
                     self._learn_timing(timing_func, timing_seconds, timing_tasks)
                 timing_func, timing_seconds, timing_tasks = chunk.func, 0.0, 0
             timing_seconds += seconds
@@ -622,7 +621,7 @@ class ProcessScheduler:
                 # of it never started.
                 self._requeued.appendleft(chunk.subchunk(len(values), chunk.count))
             chunk.release()
-        if timing_tasks:
+        if timing_func is not None and timing_tasks:
             self._learn_timing(timing_func, timing_seconds, timing_tasks)
 
     def _learn_timing(self, func: bytes, seconds: float, tasks: int) -> None:

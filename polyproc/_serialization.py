@@ -149,7 +149,9 @@ def _rebuild_memoryview(data, fmt: str, shape: tuple, readonly: bool) -> memoryv
     if readonly:
         view = view.toreadonly()
     try:
-        return view.cast("B").cast(fmt, shape)
+        # fmt is the sender's memoryview format; typeshed's cast() accepts
+        # only literal formats.
+        return view.cast("B").cast(fmt, shape)  # type: ignore[call-overload]
     except (TypeError, ValueError):  # a format cast() does not know
         return view
 
@@ -161,7 +163,8 @@ class _ExtendedPickler(pickle.Pickler):
         super().__init__(file, PROTOCOL, buffer_callback=buffer_callback)
         from multiprocessing.reduction import ForkingPickler
         self.dispatch_table = copyreg.dispatch_table.copy()
-        self.dispatch_table.update(ForkingPickler._extra_reducers)
+        # The reducers ForkingPickler.register() added (private; not in typeshed).
+        self.dispatch_table.update(ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
 
     def reducer_override(self, obj):
         if type(obj) is not memoryview:
@@ -246,7 +249,8 @@ def _dumps_zero_copy(obj: Any, what: str, to_pickle: Any = None,
             view = memoryview(buffer)
             if view.nbytes < ZERO_COPY_THRESHOLD or not view.contiguous:
                 return True  # in-band (a non-contiguous one fails there, as in the stdlib)
-            large.append(buffer)
+            # (only this iteration's dumps_with calls it: this `large`)
+            large.append(buffer)  # noqa: B023
             return False
 
         try:
@@ -287,8 +291,9 @@ def _to_shared_memory(stream: bytes, large: list[pickle.PickleBuffer],
         for buffer in large:
             created.append(_new_segment(buffer.raw()))
         if len(stream) >= ZERO_COPY_THRESHOLD:
-            body: bytes | _shm.SegmentRef = _new_segment(memoryview(stream))
-            created.append(body)
+            stream_segment = _new_segment(memoryview(stream))
+            created.append(stream_segment)
+            body: bytes | _shm.SegmentRef = stream_segment
         else:
             body = stream
         # PENDING -> IN_FLIGHT: the payload is complete, and from here on
@@ -379,8 +384,13 @@ def _read_header(payload: bytes | bytearray | memoryview) -> ZeroCopyPayload:
     return header
 
 
-def _attach_all(header: ZeroCopyPayload, what: str):
-    """Map every segment of *header*; all are unlinked even if one fails."""
+def _attach_all(header: ZeroCopyPayload,
+                what: str) -> tuple[list[memoryview], bytes | memoryview]:
+    """Map every segment of *header*; all are unlinked even if one fails.
+
+    Returns the buffers' mappings and the pickle stream: the header's
+    bytes, or the mapping of its segment.
+    """
     refs = list(header.buffers)
     if isinstance(header.stream, _shm.SegmentRef):
         refs.append(header.stream)
@@ -392,18 +402,18 @@ def _attach_all(header: ZeroCopyPayload, what: str):
             _release_segment(ref)
             failure = failure or (ref, error)
     if failure is not None:
-        ref, error = failure
-        if isinstance(error, _shm.SegmentGoneError):
-            reason = (f"its shared-memory segment {ref.name} ({ref.size} bytes) "
+        failed_ref, cause = failure
+        if isinstance(cause, _shm.SegmentGoneError):
+            reason = (f"its shared-memory segment {failed_ref.name} ({failed_ref.size} bytes) "
                       "no longer exists: the payload was loaded or released "
                       "before (a payload loads exactly once), or the sending "
                       "session ended and its tracker removed it")
         else:
-            reason = f"its shared-memory segment {ref.name} cannot be mapped: {error}"
-        raise SerializationError(f"cannot unpickle {what}: {reason}.") from error
+            reason = f"its shared-memory segment {failed_ref.name} cannot be mapped: {cause}"
+        raise SerializationError(f"cannot unpickle {what}: {reason}.") from cause
     if isinstance(header.stream, _shm.SegmentRef):
         return mappings[:-1], mappings[-1]
-    return mappings, None
+    return mappings, header.stream
 
 
 def _loads_zero_copy(payload, what: str) -> Any:
@@ -411,8 +421,7 @@ def _loads_zero_copy(payload, what: str) -> Any:
         header = _read_header(payload)
     except Exception as error:
         raise SerializationError(f"cannot unpickle {what}: {error!r}") from error
-    buffers, stream_mapping = _attach_all(header, what)
-    stream = header.stream if stream_mapping is None else stream_mapping
+    buffers, stream = _attach_all(header, what)
     try:
         return pickle.loads(stream, buffers=buffers)
     except Exception as error:
@@ -421,8 +430,8 @@ def _loads_zero_copy(payload, what: str) -> Any:
             "refers to must be importable in the receiving process."
         ) from error
     finally:
-        if stream_mapping is not None:
-            stream_mapping.release()  # its data was copied into objects
+        if isinstance(stream, memoryview):  # a segment's mapping
+            stream.release()  # its data was copied into objects
 
 
 def release(payload: bytes | bytearray | memoryview) -> None:

@@ -37,7 +37,7 @@ from ._exceptions import SegmentGoneError
 try:
     import _posixshmem
 except ImportError:  # Windows: no POSIX shared memory; callers use the pipe
-    _posixshmem = None  # type: ignore[assignment]
+    _posixshmem = None
 
 __all__ = ["SegmentRef", "SegmentGoneError", "create", "create_recyclable",
            "open_existing", "attach", "unlink", "session_prefix"]

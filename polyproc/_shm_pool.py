@@ -77,7 +77,7 @@ import struct
 import threading
 import time
 import weakref
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 from . import _shm, _shm_tracker
 

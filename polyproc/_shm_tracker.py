@@ -106,7 +106,7 @@ import socket
 import sys
 import threading
 import time
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 from ._exceptions import TrackerBusyError
 
@@ -179,7 +179,7 @@ class EndSession(NamedTuple):
 # The tracker's one-datagram replies to EndSession.
 ENDED, KEPT = b"ended", b"kept"
 
-Message = Union[Register, HandOff, Unregister, Drained, EndSession]
+Message = Register | HandOff | Unregister | Drained | EndSession
 
 
 def decode(data: bytes) -> Message:
@@ -223,7 +223,7 @@ class Session(NamedTuple):
         return f"{self.root_pid}:{self.token}"
 
     @classmethod
-    def parse(cls, text: str) -> "Session":
+    def parse(cls, text: str) -> Session:
         pid, token = text.split(":")
         if not token.isalnum() or len(token) > 16:
             raise ValueError(text)
@@ -336,7 +336,7 @@ def _connected() -> int:
             except (ConnectionRefusedError, FileNotFoundError):
                 if time.monotonic() > deadline:
                     raise OSError(errno.ETIMEDOUT,
-                                  "polyproc's shared-memory tracker did not start")
+                                  "polyproc's shared-memory tracker did not start") from None
                 time.sleep(0.005)
 
 

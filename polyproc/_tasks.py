@@ -47,8 +47,11 @@ class TaskChunk:
                  "start", "sink", "timeout", "retries", "isolated", "tracking",
                  "count")
 
-    def __init__(self, func: bytes, func_name: str, call: int, items: list,
-                 payload: bytes, start: int, sink, timeout: float | None,
+    # func and payload: the pickled function and items (bytes) for a backend
+    # that serializes (processes), the function itself and None for one
+    # that does not (threads); Any, since that is the backend's choice.
+    def __init__(self, func: Any, func_name: str, call: int, items: list,
+                 payload: Any, start: int, sink, timeout: float | None,
                  retries: int):
         self.chunk_id = next(_chunk_ids)
         self.func = func
@@ -79,7 +82,7 @@ class TaskChunk:
                              [f"{k}={_short_repr(v)}" for k, v in kw.items()])
         return f"{self.func_name}({args}) [task {self.start + index}]"
 
-    def subchunk(self, lo: int, hi: int, retries: int | None = None) -> "TaskChunk":
+    def subchunk(self, lo: int, hi: int, retries: int | None = None) -> TaskChunk:
         """A new chunk for items[lo:hi], serialized afresh from the objects."""
         items = self.items[lo:hi]
         payload = (None if self.payload is None

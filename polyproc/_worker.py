@@ -253,7 +253,8 @@ class _Worker:
 
     def over_memory(self) -> bool:
         import psutil
-        return psutil.Process().memory_info().rss > self.config.max_memory
+        limit = self.config.max_memory
+        return limit is not None and psutil.Process().memory_info().rss > limit
 
     def serve(self) -> None:
         conn = self.conn

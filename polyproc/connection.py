@@ -22,13 +22,17 @@ buffers, which the stdlib end cannot read: use ``send_bytes`` there.
 """
 from __future__ import annotations
 
+import io
 import multiprocessing.connection as _std
 import os
 import socket
 import sys
 from multiprocessing import reduction as _reduction
-from multiprocessing.connection import *  # noqa: F401,F403
-from typing import Any
+# The stdlib's ``__all__`` is Client, Listener, Pipe and wait: the first
+# three are polyproc's (below), ``wait`` is reused.  Not a star import, so
+# that type checkers see polyproc's Pipe, Listener and Client.
+from multiprocessing.connection import wait as wait
+from typing import TYPE_CHECKING, Any
 
 from . import _serialization
 
@@ -37,6 +41,15 @@ __all__ = list(getattr(_std, "__all__", ()))
 
 class Connection(_std.Connection):
     """A connection whose ``send``/``recv`` move large buffers through shared memory."""
+
+    if TYPE_CHECKING:
+        # The stdlib's private methods that send and recv use (typeshed
+        # leaves them out).
+        def _check_closed(self) -> None: ...
+        def _check_readable(self) -> None: ...
+        def _check_writable(self) -> None: ...
+        def _send_bytes(self, buf: bytes | memoryview) -> None: ...
+        def _recv_bytes(self, maxsize: int | None = None) -> io.BytesIO: ...
 
     def send(self, obj: Any) -> None:
         """Send a (picklable) object.
@@ -69,14 +82,14 @@ class Connection(_std.Connection):
         return _serialization.loads(buf.getbuffer(),
                                     "object received from a Connection")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         # The stdlib registers its reducer for its own class only; this is
         # the same, rebuilding a polyproc Connection on the other side.
         return _rebuild_connection, (_reduction.DupFd(self.fileno()),
                                      self.readable, self.writable)
 
 
-def _rebuild_connection(df, readable: bool, writable: bool) -> Connection:
+def _rebuild_connection(df: Any, readable: bool, writable: bool) -> Connection:
     return Connection(df.detach(), readable, writable)
 
 
@@ -107,7 +120,8 @@ else:
 
 
 class Listener(_std.Listener):
-    """As ``multiprocessing.connection.Listener``; ``accept()`` returns a polyproc ``Connection``."""
+    """As ``multiprocessing.connection.Listener``; ``accept()`` returns a
+    polyproc ``Connection``."""
 
     def accept(self) -> Connection:
         """Accept a connection on the bound socket; blocks until a client connects.
@@ -118,7 +132,7 @@ class Listener(_std.Listener):
         return _adopt(super().accept())
 
 
-def Client(address, family: str | None = None,
+def Client(address: str | bytes | tuple[str, int], family: str | None = None,
            authkey: bytes | None = None) -> Connection:
     """Returns a connection to the address of a ``Listener``.
 
@@ -127,5 +141,5 @@ def Client(address, family: str | None = None,
     return _adopt(_std.Client(address, family, authkey))
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     return getattr(_std, name)

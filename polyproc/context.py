@@ -23,11 +23,33 @@ Adapted from ``multiprocessing.context``.  What is reused and what changed:
 from __future__ import annotations
 
 import multiprocessing.context as _std_context
-import os
 import sys
-from typing import Any
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal,
+                    overload)
 
 from . import process as _process
+
+if TYPE_CHECKING:
+    # For annotations only: the factories import these on first use (the
+    # import cost of ``import polyproc`` stays as it is).  Aliased, because
+    # the methods below carry the same names.
+    from . import synchronize as _synchronize
+    from .connection import Connection as _Connection
+    from .executor import Executor as _Executor
+    from .managers import SyncManager as _SyncManager
+    from .pool import Pool as _Pool
+    from .queues import JoinableQueue as _JoinableQueue
+    from .queues import Queue as _Queue
+    from .queues import SimpleQueue as _SimpleQueue
+
+    # What type checkers see as the factories' base: a stdlib context,
+    # which every polyproc context is at runtime (the mixin comes first
+    # in each one's bases), so that Value, Event, ... are known, and a
+    # polyproc context is accepted wherever a stdlib one is
+    # (``ProcessPoolExecutor(mp_context=...)``).
+    _FactoriesBase = _std_context.BaseContext
+else:
+    _FactoriesBase = object
 
 __all__ = [
     "BaseContext", "DefaultContext", "ForkContext", "SpawnContext",
@@ -40,18 +62,34 @@ __all__ = [
 get_spawning_popen = _std_context.get_spawning_popen
 set_spawning_popen = _std_context.set_spawning_popen
 assert_spawning = _std_context.assert_spawning
-reduction = _std_context.reduction
+if TYPE_CHECKING:
+    # typeshed's context.pyi omits the module's own ``from . import reduction``.
+    from multiprocessing import reduction as reduction
+else:
+    reduction = _std_context.reduction
 ProcessError = _std_context.ProcessError
 BufferTooShort = _std_context.BufferTooShort
 TimeoutError = _std_context.TimeoutError
 AuthenticationError = _std_context.AuthenticationError
 
 
-class _PolyFactories:
-    """The factories polyproc overrides; mixed into every context below."""
+class _PolyFactories(_FactoriesBase):
+    """The factories polyproc overrides; mixed into every context below.
 
-    def Pool(self, processes: int | None = None, initializer=None,
-             initargs=(), maxtasksperchild: int | None = None, **extras: Any):
+    ``Pool``, the queues and ``Manager`` return polyproc's classes where
+    typeshed's stdlib context returns the stdlib's; polyproc's duck-type
+    the stdlib's but do not subclass them, hence ``type: ignore[override]``
+    on each.
+    """
+
+    # Every concrete context sets it to one of polyproc.process's classes.
+    Process: ClassVar[type[_process.PolyProcess]]
+
+    def Pool(  # type: ignore[override]
+            self, processes: int | None = None,
+            initializer: Callable[..., object] | None = None,
+            initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
+            **extras: Any) -> _Pool:
         """Returns a process pool object (``polyproc.pool.Pool``)."""
         from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild,
@@ -59,27 +97,27 @@ class _PolyFactories:
 
     # Lock, RLock, Semaphore, BoundedSemaphore: the stdlib's, with 3.14's
     # locked() on older Pythons (polyproc.synchronize).
-    def Lock(self):
+    def Lock(self) -> _synchronize.Lock:
         """Returns a non-recursive lock object."""
         from .synchronize import Lock
         return Lock(ctx=self.get_context())
 
-    def RLock(self):
+    def RLock(self) -> _synchronize.RLock:
         """Returns a recursive lock object."""
         from .synchronize import RLock
         return RLock(ctx=self.get_context())
 
-    def Semaphore(self, value: int = 1):
+    def Semaphore(self, value: int = 1) -> _synchronize.Semaphore:
         """Returns a semaphore object."""
         from .synchronize import Semaphore
         return Semaphore(value, ctx=self.get_context())
 
-    def BoundedSemaphore(self, value: int = 1):
+    def BoundedSemaphore(self, value: int = 1) -> _synchronize.BoundedSemaphore:
         """Returns a bounded semaphore object."""
         from .synchronize import BoundedSemaphore
         return BoundedSemaphore(value, ctx=self.get_context())
 
-    def Pipe(self, duplex: bool = True):
+    def Pipe(self, duplex: bool = True) -> tuple[_Connection, _Connection]:
         """Returns two connection objects connected by a pipe.
 
         polyproc's connections: ``send``/``recv`` move large buffers through
@@ -88,22 +126,23 @@ class _PolyFactories:
         from .connection import Pipe
         return Pipe(duplex)
 
-    def Queue(self, maxsize: int = 0):
+    def Queue(self, maxsize: int = 0) -> _Queue[Any]:  # type: ignore[override]
         """Returns a queue object."""
         from .queues import Queue
         return Queue(maxsize, ctx=self.get_context())
 
-    def JoinableQueue(self, maxsize: int = 0):
+    def JoinableQueue(  # type: ignore[override]
+            self, maxsize: int = 0) -> _JoinableQueue[Any]:
         """Returns a queue object."""
         from .queues import JoinableQueue
         return JoinableQueue(maxsize, ctx=self.get_context())
 
-    def SimpleQueue(self):
+    def SimpleQueue(self) -> _SimpleQueue[Any]:  # type: ignore[override]
         """Returns a queue object."""
         from .queues import SimpleQueue
         return SimpleQueue(ctx=self.get_context())
 
-    def Manager(self):
+    def Manager(self) -> _SyncManager:  # type: ignore[override]
         """Returns a manager associated with a running server process.
 
         The manager's methods such as ``Lock()``, ``Condition()`` and
@@ -114,19 +153,24 @@ class _PolyFactories:
         m.start()
         return m
 
-    def Executor(self, max_workers: int | None = None, **kwargs: Any):
+    def Executor(self, max_workers: int | None = None, **kwargs: Any) -> _Executor:
         """Returns a ``concurrent.futures.Executor`` on polyproc's scheduler."""
         from .executor import Executor
         kwargs.setdefault("mp_context", self.get_context())
         return Executor(max_workers, **kwargs)
 
-    def get_context(self, method: str | None = None):
+    def get_context(  # type: ignore[override]
+            self, method: str | None = None) -> _PolyFactories:
+        """The context of start method *method*, or this one for ``None``.
+
+        Raises ``ValueError`` for a start method this platform lacks.
+        """
         if method is None:
             return self
         try:
             ctx = _concrete_contexts[method]
         except KeyError:
-            raise ValueError("cannot find context for %r" % method) from None
+            raise ValueError(f"cannot find context for {method!r}") from None
         ctx._check_available()
         return ctx
 
@@ -137,20 +181,22 @@ class BaseContext(_PolyFactories, _std_context.BaseContext):
 
 class ForkContext(_PolyFactories, _std_context.ForkContext):
     _name = "fork"
-    Process = _process.ForkProcess
+    # polyproc's process classes derive from BaseProcess, not from the
+    # stdlib's per-method ones that typeshed declares here.
+    Process = _process.ForkProcess  # type: ignore[assignment]
 
 
 class SpawnContext(_PolyFactories, _std_context.SpawnContext):
     _name = "spawn"
-    Process = _process.SpawnProcess
+    Process = _process.SpawnProcess  # type: ignore[assignment]  # as ForkContext
 
 
 class ForkServerContext(_PolyFactories, _std_context.ForkServerContext):
     _name = "forkserver"
-    Process = _process.ForkServerProcess
+    Process = _process.ForkServerProcess  # type: ignore[assignment]  # as ForkContext
 
 
-_concrete_contexts: dict[str, BaseContext] = {
+_concrete_contexts: dict[str, _PolyFactories] = {
     "fork": ForkContext(),
     "spawn": SpawnContext(),
 }
@@ -163,7 +209,8 @@ class DefaultContext(BaseContext):
 
     Process = _process.Process
 
-    def get_context(self, method: str | None = None):
+    def get_context(  # type: ignore[override]  # as _PolyFactories
+            self, method: str | None = None) -> _PolyFactories:
         if method is None:
             name = _std_context._default_context.get_start_method()
             return _concrete_contexts[name]
@@ -171,8 +218,11 @@ class DefaultContext(BaseContext):
 
     def set_start_method(self, method: str | None, force: bool = False) -> None:
         if method is not None and method not in _concrete_contexts:
-            raise ValueError("cannot find context for %r" % method)
-        if (not force and _std_context._default_context._actual_context is not None
+            raise ValueError(f"cannot find context for {method!r}")
+        # _actual_context: the stdlib's record of a method set already
+        # (private, so not in typeshed).
+        std_default: Any = _std_context._default_context
+        if (not force and std_default._actual_context is not None
                 and getattr(_process.current_process(), "_inheriting", False)):
             # A child importing a script that calls set_start_method() without
             # the __main__ guard: the stdlib raises "context has already been
@@ -181,10 +231,15 @@ class DefaultContext(BaseContext):
             refuse_start_while_importing_main("set_start_method() was called")
         _std_context._default_context.set_start_method(method, force)
 
-    def get_start_method(self, allow_none: bool = False):
+    @overload
+    def get_start_method(self, allow_none: Literal[False] = False) -> str: ...
+    @overload
+    def get_start_method(self, allow_none: bool) -> str | None: ...
+
+    def get_start_method(self, allow_none: bool = False) -> str | None:
         return _std_context._default_context.get_start_method(allow_none)
 
-    def get_all_start_methods(self):
+    def get_all_start_methods(self) -> list[str]:
         return _std_context._default_context.get_all_start_methods()
 
 

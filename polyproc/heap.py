@@ -6,10 +6,11 @@ module ``__getattr__``) rather than copying it.  Code written as
 ``from multiprocessing.heap import X`` works as ``from polyproc.heap import X``.
 """
 import multiprocessing.heap as _std
-from multiprocessing.heap import *  # noqa: F401,F403
+from multiprocessing.heap import *  # noqa: F403
+from typing import Any
 
 __all__ = list(getattr(_std, "__all__", ()))
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     return getattr(_std, name)

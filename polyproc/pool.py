@@ -5,6 +5,8 @@ for the worker processes, ARCHITECTURE.md for the picture); it is not a
 wrapper around ``multiprocessing.pool.Pool``.  The result classes keep the
 stdlib's names.
 """
+import typing as _typing
+
 from ._pool import Pool
 from ._results import (ApplyResult, AsyncResult, IMapIterator,
                        IMapUnorderedIterator, MapResult)
@@ -16,13 +18,20 @@ __all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult",
 # The stdlib's state names, for code that reads them.
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
-from ._public import fixup_module_metadata as _fixup
+from ._public import fixup_module_metadata as _fixup  # noqa: E402 - after the names it fixes
 
 _fixup(__name__, globals())
 del _fixup
 
 
-def __getattr__(name: str):
+if _typing.TYPE_CHECKING:
+    # The stdlib's class, which typeshed leaves out (see __getattr__).
+    class MaybeEncodingError(Exception):
+        exc: str
+        value: str
+
+
+def __getattr__(name: str) -> _typing.Any:
     # ``MaybeEncodingError`` is the stdlib's class itself, so that both
     # ``except multiprocessing.pool.MaybeEncodingError`` and, after
     # ``import polyproc as multiprocessing``, ``except

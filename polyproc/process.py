@@ -49,7 +49,7 @@ from functools import partial
 from multiprocessing.connection import Pipe
 from multiprocessing.process import (BaseProcess, active_children,
                                      current_process, parent_process)
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Imported here, not in the child: a forked child then finds _child (and
 # _remote_errors) already loaded; importing them in every child cost ~4 ms
@@ -71,6 +71,16 @@ class PolyProcess(BaseProcess):
     Same constructor, methods and attributes as ``multiprocessing.Process``,
     plus ``exception``.
     """
+
+    # The stdlib's private attribute and hooks that this class and its
+    # subclasses use or define (typeshed leaves them out).
+    _popen: Any
+    if TYPE_CHECKING:
+        def _check_closed(self) -> None: ...
+        @staticmethod
+        def _Popen(process_obj: BaseProcess) -> Any: ...
+        @staticmethod
+        def _after_fork() -> None: ...
 
     # Defaults on the class, so that __init__ stays the stdlib's.
     _exc_reader: Any = None
@@ -110,8 +120,8 @@ class PolyProcess(BaseProcess):
         if the Process object is closed, and ``AttributeError`` (as the
         stdlib) if it was never started.
         """
-        self._check_closed()  # type: ignore[attr-defined]
-        popen = self._popen  # type: ignore[attr-defined]
+        self._check_closed()
+        popen = self._popen
         if hasattr(popen, "interrupt"):     # 3.14's Popen
             popen.interrupt()
         else:
@@ -121,7 +131,7 @@ class PolyProcess(BaseProcess):
         # In the child.  Wrap run() on the instance, so that subclasses that
         # override run() are covered too; the stdlib does everything else.
         self.run = partial(_child.run_child, self, self.run)  # type: ignore[method-assign]
-        return super()._bootstrap(parent_sentinel)
+        return super()._bootstrap(parent_sentinel)  # type: ignore[misc]  # as _popen
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until the child process terminates, or *timeout* seconds.
@@ -192,12 +202,12 @@ class Process(PolyProcess):
     _start_method = None
 
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: BaseProcess) -> Any:
         from .context import _default_context
         return _default_context.get_context().Process._Popen(process_obj)
 
     @staticmethod
-    def _after_fork():
+    def _after_fork() -> None:
         from .context import _default_context
         return _default_context.get_context().Process._after_fork()
 
@@ -206,7 +216,7 @@ class ForkProcess(PolyProcess):
     _start_method = "fork"
 
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: BaseProcess) -> Any:
         from multiprocessing.popen_fork import Popen
         return Popen(process_obj)
 
@@ -215,12 +225,12 @@ class SpawnProcess(PolyProcess):
     _start_method = "spawn"
 
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: BaseProcess) -> Any:
         from multiprocessing.popen_spawn_posix import Popen
         return Popen(process_obj)
 
     @staticmethod
-    def _after_fork():
+    def _after_fork() -> None:
         # The process was spawned: nothing was inherited, nothing to reset.
         pass
 
@@ -229,7 +239,7 @@ class ForkServerProcess(PolyProcess):
     _start_method = "forkserver"
 
     @staticmethod
-    def _Popen(process_obj):
+    def _Popen(process_obj: BaseProcess) -> Any:
         from multiprocessing.popen_forkserver import Popen
         try:
             return Popen(process_obj)

@@ -48,7 +48,7 @@ from __future__ import annotations
 import types
 from multiprocessing.context import get_spawning_popen
 from queue import Empty, Full
-from typing import Any, Iterable
+from typing import Any, Generic, Iterable, TypeVar
 
 from . import _queue_shm
 from ._exceptions import QueueGoneError
@@ -58,13 +58,17 @@ from ._serialization import dumps, loads, release
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue"]   # as the stdlib's
 
 # Stdlib code sometimes reads ``q._maxsize``; an unbounded stdlib queue
-# reports the semaphore's limit there.
+# reports the semaphore's limit there.  (typeshed omits SEM_VALUE_MAX.)
 try:
-    from multiprocessing.synchronize import SEM_VALUE_MAX as _SEM_VALUE_MAX
+    from multiprocessing.synchronize import SEM_VALUE_MAX as _SEM_VALUE_MAX  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - platforms without sem_open
     _SEM_VALUE_MAX = 2**31 - 1
 
 _WHAT = "queue item"
+
+# The type of the items, for type checkers (as typeshed's
+# ``multiprocessing.queues.Queue[_T]``).
+_T = TypeVar("_T")
 
 
 def _attach(name: str) -> Ring:
@@ -78,7 +82,7 @@ def _attach(name: str) -> Ring:
         ) from None
 
 
-class _RingQueue:
+class _RingQueue(Generic[_T]):
     """What Queue and SimpleQueue share: a handle on a ring, open or closed."""
 
     def __init__(self, maxsize: int) -> None:
@@ -112,7 +116,7 @@ class _RingQueue:
 
     # --- extras: batches -------------------------------------------------
 
-    def put_many(self, items: Iterable[Any], block: bool = True,
+    def put_many(self, items: Iterable[_T], block: bool = True,
                  timeout: float | None = None) -> None:
         """Put every item of *items*, in order, for one lock round trip.
 
@@ -144,7 +148,7 @@ class _RingQueue:
                        "before the queue stayed full")
 
     def get_many(self, max_items: int | None = None, block: bool = True,
-                 timeout: float | None = None) -> list:
+                 timeout: float | None = None) -> list[_T]:
         """Remove and return up to *max_items* items (all available if None).
 
         Blocks, at most *timeout* seconds, until at least one item is
@@ -165,7 +169,7 @@ class _RingQueue:
     # --- stdlib internals that stdlib code reaches for ----------------------
 
     @property
-    def _reader(self) -> "QueueReader":
+    def _reader(self) -> QueueReader[_T]:
         """The readable end, as in the stdlib: ``connection.wait([q._reader])``
         works and ``q._reader.recv()`` takes an item
         (``concurrent.futures.ProcessPoolExecutor`` uses both)."""
@@ -174,10 +178,12 @@ class _RingQueue:
             reader = self.__dict__["_reader_end"] = QueueReader(self)
         return reader
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    # ``Queue[int]`` at runtime: the stdlib's ``types.GenericAlias``, as for
+    # ``multiprocessing.queues.Queue`` (Generic's own alias would do too).
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
-class QueueReader:
+class QueueReader(Generic[_T]):
     """A queue seen as the read end of a pipe (the stdlib's ``q._reader``).
 
     ``fileno()`` is a FIFO that is readable while the queue holds items;
@@ -185,7 +191,7 @@ class QueueReader:
     ``poll(timeout)`` says whether one is there, waiting at most *timeout*.
     """
 
-    def __init__(self, queue: _RingQueue) -> None:
+    def __init__(self, queue: _RingQueue[_T]) -> None:
         self._queue = queue
         self._fd = queue._ring.make_waitable()
         self.closed = False
@@ -193,7 +199,7 @@ class QueueReader:
     def fileno(self) -> int:
         return self._fd
 
-    def recv(self) -> Any:
+    def recv(self) -> _T:
         self._queue._check_closed()
         return loads(self._queue._ring.take_for_reader(), _WHAT)
 
@@ -217,7 +223,7 @@ class QueueReader:
         self.closed = True
 
 
-class Queue(_RingQueue):
+class Queue(_RingQueue[_T]):
     """A process-shared FIFO queue (``multiprocessing.Queue``).
 
     ``maxsize <= 0`` means unbounded: ``put`` then never blocks.
@@ -232,7 +238,7 @@ class Queue(_RingQueue):
         maxsize = self._ring.maxsize
         self._maxsize = maxsize if maxsize > 0 else _SEM_VALUE_MAX
 
-    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj: _T, block: bool = True, timeout: float | None = None) -> None:
         """Put *obj* into the queue.
 
         The object is pickled here and an unpicklable one raises what
@@ -253,7 +259,7 @@ class Queue(_RingQueue):
             release(payload)
             raise
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+    def get(self, block: bool = True, timeout: float | None = None) -> _T:
         """Remove and return an item from the queue.
 
         Blocks (at most *timeout* seconds) until an item is available;
@@ -268,11 +274,11 @@ class Queue(_RingQueue):
             raise Empty from None
         return loads(payload, _WHAT)
 
-    def put_nowait(self, obj: Any) -> None:
+    def put_nowait(self, obj: _T) -> None:
         """Equivalent to ``put(obj, False)``."""
         return self.put(obj, False)
 
-    def get_nowait(self) -> Any:
+    def get_nowait(self) -> _T:
         """Equivalent to ``get(False)``."""
         return self.get(False)
 
@@ -310,7 +316,7 @@ class Queue(_RingQueue):
         """
 
 
-class JoinableQueue(Queue):
+class JoinableQueue(Queue[_T]):
     """A ``Queue`` that also counts unfinished tasks (``task_done``/``join``)."""
 
     def task_done(self) -> None:
@@ -325,18 +331,18 @@ class JoinableQueue(Queue):
         self._ring.join()
 
 
-class SimpleQueue(_RingQueue):
+class SimpleQueue(_RingQueue[_T]):
     """A simplified queue (``multiprocessing.SimpleQueue``): put, get, empty, close."""
 
     def __init__(self, *, ctx: Any = None) -> None:
         super().__init__(0)
 
-    def put(self, obj: Any) -> None:
+    def put(self, obj: _T) -> None:
         """Put *obj* into the queue (pickled here: unpicklable raises at once)."""
         self._check_closed()
         self._ring.put_one(dumps(obj, _WHAT), True, None)
 
-    def get(self) -> Any:
+    def get(self) -> _T:
         """Remove and return an item, blocking until one is available."""
         self._check_closed()
         return loads(self._ring.get_one(True, None), _WHAT)
@@ -361,5 +367,7 @@ def __getattr__(name: str) -> Any:
 
 
 if not _queue_shm.AVAILABLE:  # pragma: no cover - non-Linux
-    from multiprocessing.queues import (JoinableQueue, Queue,  # noqa: F811
+    # The stdlib's classes stand in: a platform fallback that type checkers,
+    # describing polyproc's own classes, are told to ignore.
+    from multiprocessing.queues import (JoinableQueue, Queue,  # type: ignore[assignment]
                                         SimpleQueue)

@@ -12,12 +12,21 @@ anyone).  The classes below are the stdlib's with that method, and
 polyproc's contexts make them; from 3.14 on they are the stdlib's own.
 """
 import multiprocessing.synchronize as _std
-from multiprocessing.synchronize import *  # noqa: F401,F403
+import sys
+# The stdlib's __all__, imported by name rather than with a star, so that
+# type checkers see the classes below (with locked()), not the stdlib's.
+from multiprocessing.synchronize import Condition as Condition
+from multiprocessing.synchronize import Event as Event
 from typing import Any
 
 __all__ = list(getattr(_std, "__all__", ()))
 
-if not hasattr(_std.SemLock, "locked"):
+if sys.version_info >= (3, 14):
+    from multiprocessing.synchronize import BoundedSemaphore as BoundedSemaphore
+    from multiprocessing.synchronize import Lock as Lock
+    from multiprocessing.synchronize import RLock as RLock
+    from multiprocessing.synchronize import Semaphore as Semaphore
+else:
     class _Locked:
         _semlock: Any
 
@@ -26,18 +35,18 @@ if not hasattr(_std.SemLock, "locked"):
             for a semaphore, whether its value is zero."""
             return bool(self._semlock._is_zero())
 
-    class Lock(_Locked, _std.Lock):  # type: ignore[no-redef]
+    class Lock(_Locked, _std.Lock):
         __doc__ = _std.Lock.__doc__
 
-    class RLock(_Locked, _std.RLock):  # type: ignore[no-redef]
+    class RLock(_Locked, _std.RLock):
         __doc__ = _std.RLock.__doc__
 
-    class Semaphore(_Locked, _std.Semaphore):  # type: ignore[no-redef]
+    class Semaphore(_Locked, _std.Semaphore):
         __doc__ = _std.Semaphore.__doc__
 
-    class BoundedSemaphore(_Locked, _std.BoundedSemaphore):  # type: ignore[no-redef]
+    class BoundedSemaphore(_Locked, _std.BoundedSemaphore):
         __doc__ = _std.BoundedSemaphore.__doc__
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     return getattr(_std, name)

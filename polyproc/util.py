@@ -6,10 +6,11 @@ module ``__getattr__``) rather than copying it.  Code written as
 ``from multiprocessing.util import X`` works as ``from polyproc.util import X``.
 """
 import multiprocessing.util as _std
-from multiprocessing.util import *  # noqa: F401,F403
+from multiprocessing.util import *  # noqa: F403
+from typing import Any
 
 __all__ = list(getattr(_std, "__all__", ()))
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     return getattr(_std, name)

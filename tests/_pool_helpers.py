@@ -444,7 +444,7 @@ def _outcome(call) -> tuple:
     try:
         call()
         name = "ok"
-    except BaseException as exc:  # noqa: BLE001 -- report whatever it was
+    except BaseException as exc:  # report whatever it was
         name = type(exc).__name__
         if name == "InheritedPoolError" and "Create the Pool" not in str(exc):
             name = "InheritedPoolError without its advice"

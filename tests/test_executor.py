@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import signal
+import subprocess
 import threading
 import time
 import weakref
@@ -542,8 +543,7 @@ ex = polyproc.Executor(1, mp_context=polyproc.get_context(sys.argv[1]))
 """
 
 
-def _run_script(body: str, *args: str) -> "subprocess.Popen":
-    import subprocess
+def _run_script(body: str, *args: str) -> subprocess.Popen:
     import sys
     return subprocess.Popen([sys.executable, "-c", _SCRIPT_HEAD + body, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -554,7 +554,7 @@ def test_work_submitted_without_shutdown_completes_at_exit(ctx_fs, tmp_path):
     path = str(tmp_path / "done")
     proc = _run_script("ex.submit(h.touch_after, 0.3, sys.argv[2])\n",
                        ctx_fs.get_start_method(), path)
-    out, err = proc.communicate(timeout=WAIT)
+    _out, err = proc.communicate(timeout=WAIT)
     assert proc.returncode == 0, err
     assert os.path.exists(path), "the interpreter exited before the submitted call ran"
 
@@ -727,8 +727,6 @@ def _running(process) -> bool:
 
 @pytest.mark.timeout(30)
 def test_dropped_executor_stops_its_workers(fork_ctx):
-    import gc
-
     import psutil
     ex = _executor(fork_ctx)
     assert ex.submit(h.square, 3).result(WAIT) == 9

@@ -13,6 +13,16 @@ def test_every_stdlib_name_is_exported():
         assert getattr(polyproc, name) is not None
 
 
+def test_stdlib_names_are_the_default_contexts():
+    # As multiprocessing/__init__.py binds them: the default context's bound
+    # methods (so set_start_method() decides what polyproc.Pool() makes),
+    # classes and exceptions, the same objects.
+    default = polyproc.context._default_context
+    for name in multiprocessing.__all__ + ["Executor"]:
+        assert getattr(polyproc, name) == getattr(default, name), name
+    assert polyproc.Pool.__self__ is default
+
+
 @pytest.mark.parametrize("mod", [
     "process", "context", "pool", "queues", "managers", "connection",
     "synchronize", "sharedctypes", "shared_memory", "dummy", "util",

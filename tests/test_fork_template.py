@@ -132,7 +132,7 @@ def test_killed_template_breaks_the_pool_with_a_clear_error():
         # dies no worker can be forked any more, and the pool breaks
         # instead of waiting for one.
         _kill_and_wait(worker)
-        with pytest.raises(ProcessError, match="template process .* is gone: it was "
+        with pytest.raises(ProcessError, match=r"template process .* is gone: it was "
                                                "killed by SIGKILL"):
             pool.apply_async(h.square, (3,)).get(timeout=10)
         with pytest.raises(ProcessError, match="template process"):

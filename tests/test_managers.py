@@ -145,9 +145,8 @@ def test_synchronisation_primitives(manager):
     assert lock.acquire(timeout=1)
     assert not lock.acquire(blocking=False)
     lock.release()
-    with rlock:
-        with rlock:
-            pass
+    with rlock, rlock:
+        pass
     sem, bsem = manager.Semaphore(2), manager.BoundedSemaphore(1)
     assert sem.acquire() and sem.acquire() and not sem.acquire(False)
     bsem.acquire()
@@ -178,12 +177,11 @@ def test_condition_with_managed_lock(manager):
 
 
 def test_pool_method_returns_polyproc_pool():
-    with polyproc.Manager() as m:
-        with m.Pool(2) as pool:
-            assert pool.map(abs, [-1, -2, 3]) == [1, 2, 3]
-            result = pool.apply_async(abs, (-5,))
-            assert result.get(timeout=20) == 5
-            assert sorted(pool.imap_unordered(abs, [-1, -2])) == [1, 2]
+    with polyproc.Manager() as m, m.Pool(2) as pool:
+        assert pool.map(abs, [-1, -2, 3]) == [1, 2, 3]
+        result = pool.apply_async(abs, (-5,))
+        assert result.get(timeout=20) == 5
+        assert sorted(pool.imap_unordered(abs, [-1, -2])) == [1, 2]
 
 
 def test_register_custom_type_autoproxy_and_lambda():

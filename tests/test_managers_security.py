@@ -156,7 +156,7 @@ def test_silent_client_is_dropped_after_timeout(manager):
 
 def test_huge_length_header_after_authentication(manager):
     rss_before = psutil.Process(manager._process.pid).memory_info().rss
-    sock, chan = authenticated(manager.address)
+    sock, _chan = authenticated(manager.address)
     sock.sendall(struct.pack("!Q", 2**62) + b"x" * 100)
     assert closed_by_server(sock, 5)
     rss_after = psutil.Process(manager._process.pid).memory_info().rss
@@ -165,7 +165,7 @@ def test_huge_length_header_after_authentication(manager):
 
 
 def test_half_sent_frame_is_timed_out(manager):
-    sock, chan = authenticated(manager.address)
+    sock, _chan = authenticated(manager.address)
     sock.sendall(struct.pack("!Q", 200_000) + b"partial")
     start = time.monotonic()
     assert closed_by_server(sock, 10 * TIMEOUT + 5)

@@ -156,7 +156,7 @@ def test_thread_pool_same_api():
     lock = threading.Lock()  # unpicklable: fine for threads
     with ThreadPool(3) as tp:
         assert tp.map(lambda x: x + 1, range(5)) == [1, 2, 3, 4, 5]
-        assert tp.apply(lambda l: l.locked(), (lock,)) is False
+        assert tp.apply(lambda held: held.locked(), (lock,)) is False
         assert sorted(tp.imap_unordered(h.square, iter(range(10)))) == [x * x for x in range(10)]
         with pytest.raises(ValueError, match="bad value"):
             tp.apply(h.raise_value_error, (1,))

@@ -77,7 +77,7 @@ def test_single_and_batch_calls_interleave_in_order(ring):
         return [payload(i) for i in range(first, first + n)]
 
     got = []
-    for round_ in range(50):
+    for _ in range(50):
         ring.put_one(next_payloads(1)[0], True, None)
         assert ring.put(next_payloads(3), True, None) == 3
         ring.put_one(next_payloads(1)[0], False, None)

@@ -529,7 +529,7 @@ def test_consumer_sigkilled_mid_get_while_others_go_on(ctx_fs):
     rng = random.Random(5)
     q = ctx_fs.Queue()
     total = 0
-    for round_ in range(4):
+    for _ in range(4):
         started = ctx_fs.Event()
         victim = ctx_fs.Process(target=helpers.get_forever, args=(q, started))
         victim.start()

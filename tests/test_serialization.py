@@ -53,7 +53,7 @@ def test_small_objects_are_plain_protocol_5_pickles(obj):
         assert back == obj
 
 
-@pytest.mark.parametrize("protocol", range(0, pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_any_plain_pickle_loads(protocol):
     obj = {"a": [1, 2.5, "x"], "b": (None, True)}
     assert ser.loads(pickle.dumps(obj, protocol)) == obj
@@ -396,9 +396,9 @@ def test_no_room_anywhere_names_the_size(monkeypatch, fresh_warning):
         return pickle.dumps(obj, 5, buffer_callback=buffer_callback)
 
     monkeypatch.setattr(ser, "_PICKLERS", (no_memory_in_band,) + ser._PICKLERS[1:])
-    with pytest.warns(RuntimeWarning):
-        with pytest.raises(SerializationError, match=r"needs \d+ bytes") as info:
-            ser.dumps(pattern(2 * T))
+    with (pytest.warns(RuntimeWarning),
+          pytest.raises(SerializationError, match=r"needs \d+ bytes") as info):
+        ser.dumps(pattern(2 * T))
     assert isinstance(info.value, ValueError)
     import re
     assert int(re.search(r"needs (\d+) bytes", str(info.value)).group(1)) >= 2 * T

@@ -207,7 +207,7 @@ def test_pool_worker_sigkilled_holding_a_zero_copy_argument():
         result = pool.apply_async(h.report_pid_then_block, (pattern(N, 9), q))
         pid = q.get(timeout=30)
         os.kill(pid, signal.SIGKILL)
-        with pytest.raises(Exception):
+        with pytest.raises(polyproc.WorkerLostError):
             result.get(timeout=30)
         # the pool goes on with a new worker, through shared memory again
         assert pool.apply(h.array_checksum, (pattern(N, 10),)) == \

@@ -15,7 +15,7 @@ import time
 import polyproc
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import _pool_helpers  # noqa: E402  (tests/, for the reuse mode)
+import _pool_helpers  # (tests/, for the reuse mode)
 
 
 def sleepy(x):
