@@ -350,7 +350,7 @@ def pause_after_freeing(action) -> list:
         sys.setprofile(None)
         try:
             action()
-        except BaseException as exc:  # noqa: BLE001 -- report whatever it was
+        except BaseException as exc:  # report whatever it was
             errors.append(exc)
 
     sys.setprofile(hook)
