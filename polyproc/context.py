@@ -177,7 +177,7 @@ class DefaultContext(BaseContext):
             # A child importing a script that calls set_start_method() without
             # the __main__ guard: the stdlib raises "context has already been
             # set"; say what the real problem is (see process.py).
-            from ._child import refuse_start_while_importing_main
+            from ._process.child import refuse_start_while_importing_main
             refuse_start_while_importing_main("set_start_method() was called")
         _std_context._default_context.set_start_method(method, force)
 

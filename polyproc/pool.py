@@ -5,10 +5,10 @@ for the worker processes, ARCHITECTURE.md for the picture); it is not a
 wrapper around ``multiprocessing.pool.Pool``.  The result classes keep the
 stdlib's names.
 """
-from ._pool import Pool
-from ._results import (ApplyResult, AsyncResult, IMapIterator,
+from ._pool.api import Pool
+from ._pool.results import (ApplyResult, AsyncResult, IMapIterator,
                        IMapUnorderedIterator, MapResult)
-from ._thread_backend import ThreadPool
+from ._pool._backends.thread import ThreadPool
 
 __all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult",
            "IMapIterator", "IMapUnorderedIterator", "MaybeEncodingError"]

@@ -1,0 +1,1 @@
+"""The local process backend: worker processes and the thread that runs them."""

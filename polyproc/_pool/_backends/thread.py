@@ -1,0 +1,132 @@
+"""The thread backend behind ``polyproc.pool.ThreadPool``.
+
+The same Pool API layer (_pool.py) on worker *threads*: chunks are passed
+as objects, never pickled (so locks, sockets and lambdas are fine as
+arguments, as with the stdlib's ThreadPool), and run by ``size`` threads
+pulling from one queue.  It also keeps the API layer honest about its
+backend interface (see _pool.py): nothing in that layer may assume
+processes.
+
+Threads cannot be killed, so ``timeout=`` is refused with a clear error
+rather than promised and not kept; ``retries=`` is accepted and never
+needed (a thread does not die under a task).  For the same reason a call
+cancelled by Ctrl-C (``cancel``) only loses its queued chunks: the tasks
+already running finish, and their results are dropped.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable, Iterable
+
+from ..api import Pool
+from ..chunks import TaskChunk, item_caller
+
+_STOP = None
+
+
+class ThreadBackend:
+    def __init__(self, processes: int, initializer: Callable | None,
+                 initargs: Iterable, abort_all: Callable[[BaseException], None]):
+        self.size = processes
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._abort_all = abort_all
+        self._initializer = initializer
+        self._initargs = tuple(initargs)
+        self._lock = threading.Lock()
+        self._feeders = 0
+        self._closed = False
+        self._terminated = False
+        self._task_seconds: float | None = None
+        self._threads = [threading.Thread(target=self._work, name=f"PolyThreadWorker-{i + 1}",
+                                          daemon=True) for i in range(processes)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, chunks: list[TaskChunk]) -> None:
+        for chunk in chunks:
+            if chunk.timeout is not None:
+                raise ValueError("ThreadPool does not support timeout=: a thread "
+                                 "cannot be stopped; use polyproc.Pool for timeouts")
+            self._queue.put(chunk)
+
+    def task_seconds(self, func) -> float | None:
+        return self._task_seconds
+
+    def add_feeder(self) -> None:
+        with self._lock:
+            self._feeders += 1
+
+    def remove_feeder(self) -> None:
+        with self._lock:
+            self._feeders -= 1
+            stop = self._closed and self._feeders == 0
+        if stop:
+            self._stop_threads()
+
+    def cancel(self, sink) -> None:
+        """Skip the queued chunks of *sink*'s call (the registry has set
+        ``sink.cancelled``; ``_work`` checks it); running ones finish."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            stop = self._feeders == 0
+        if stop:
+            self._stop_threads()
+
+    def terminate(self) -> None:
+        self._terminated = True
+        self._stop_threads()
+        self.join()
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+
+    def _stop_threads(self) -> None:
+        for _ in self._threads:
+            self._queue.put(_STOP)
+
+    def _work(self) -> None:
+        if self._initializer is not None:
+            self._initializer(*self._initargs)
+        while True:
+            chunk = self._queue.get()
+            if chunk is _STOP or self._terminated:
+                return
+            if chunk.sink.cancelled:
+                continue
+            self._run_chunk(chunk)
+            # Not kept while waiting for the next one: the chunk holds the
+            # task's function and arguments, which must die with the task.
+            del chunk
+
+    def _run_chunk(self, chunk: TaskChunk) -> None:
+        call_fn = item_caller(chunk.func, chunk.call)
+        values: list = [None] * chunk.count
+        errors: dict = {}
+        started = time.perf_counter()
+        for i, item in enumerate(chunk.items):
+            try:
+                values[i] = call_fn(item)
+            except BaseException as exc:
+                errors[i] = exc
+        self._task_seconds = (time.perf_counter() - started) / max(1, chunk.count)
+        chunk.sink.deliver(chunk.start, values, errors)
+
+
+class ThreadPool(Pool):
+    """A pool of worker threads with the Pool API (``multiprocessing.pool.ThreadPool``)."""
+
+    _serialize = False
+
+    def __init__(self, processes: int | None = None, initializer=None,
+                 initargs: Iterable = ()):
+        Pool.__init__(self, processes, initializer, initargs)
+
+    def _make_backend(self, processes, initializer, initargs, maxtasksperchild,
+                      max_memory_per_child):
+        return ThreadBackend(processes, initializer, initargs, self._registry.abort_all)
