@@ -28,6 +28,7 @@ import sys
 from typing import Any
 
 from . import process as _process
+from ._process import context as _engine_context
 
 __all__ = [
     "BaseContext", "DefaultContext", "ForkContext", "SpawnContext",
@@ -135,19 +136,18 @@ class BaseContext(_PolyFactories, _std_context.BaseContext):
     pass
 
 
-class ForkContext(_PolyFactories, _std_context.ForkContext):
+# The engines' contexts (polyproc._process.context: polyproc's Process for
+# each start method) with the factories above.
+class ForkContext(_PolyFactories, _engine_context.ForkContext):
     _name = "fork"
-    Process = _process.ForkProcess
 
 
-class SpawnContext(_PolyFactories, _std_context.SpawnContext):
+class SpawnContext(_PolyFactories, _engine_context.SpawnContext):
     _name = "spawn"
-    Process = _process.SpawnProcess
 
 
-class ForkServerContext(_PolyFactories, _std_context.ForkServerContext):
+class ForkServerContext(_PolyFactories, _engine_context.ForkServerContext):
     _name = "forkserver"
-    Process = _process.ForkServerProcess
 
 
 _concrete_contexts: dict[str, BaseContext] = {

@@ -46,6 +46,7 @@ if TYPE_CHECKING:          # ssl is imported only by those who use TLS
     import ssl
 
 from .._exceptions import InsecureAddressError, ProcessError
+from .._process.context import default_context
 from .client import (drop_client, get_client, register_authkey,
                               register_client_options)
 from .proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
@@ -107,8 +108,7 @@ class BaseManager:
         self._state.value = State.INITIAL
         self._serializer = serializer
         if ctx is None:
-            from ..context import _default_context
-            ctx = _default_context.get_context()
+            ctx = default_context()
         self._ctx = ctx
         self._shutdown_timeout = shutdown_timeout
         self._ssl_context = ssl_context
@@ -407,9 +407,9 @@ def _watch_control(control: Any, server: Server, creator: int,
 # --- SyncManager ----------------------------------------------------------------
 
 def _make_pool(*args: Any, **kwds: Any) -> Any:
-    # Looked up at call time: polyproc.pool is whatever pool is installed.
-    from .. import pool
-    return pool.Pool(*args, **kwds)
+    # Imported on first use: a manager's server seldom makes pools.
+    from .._pool.api import Pool
+    return Pool(*args, **kwds)
 
 
 class SyncManager(BaseManager):

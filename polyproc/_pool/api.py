@@ -45,10 +45,12 @@ import weakref
 from multiprocessing import util
 from typing import Any, Callable, Iterable
 
+from .. import _public
 from . import messages as m
 from . import ownership as _ownership
 from .._transport import serialization as _serialization
 from .._cpu import process_cpu_count
+from .._process.context import engine_context
 from .._exceptions import ProcessError
 from .results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
                        MapResult)
@@ -221,15 +223,10 @@ class Pool:
             raise TypeError("initializer must be a callable")
         if max_memory_per_child is not None and max_memory_per_child <= 0:
             raise ValueError("max_memory_per_child must be a positive number of bytes or None")
-        from ..context import _default_context, _PolyFactories as _PolyContext
-        if context is None:
-            context = _default_context.get_context()
-        elif not isinstance(context, _PolyContext):
-            # A stdlib context (multiprocessing.get_context("spawn")): use
-            # polyproc's context of the same start method, whose Process
-            # class gives workers the daemon watchdog.
-            context = _default_context.get_context(context.get_start_method())
-        self._ctx = context
+        # None: the default; a stdlib context (multiprocessing.get_context(
+        # "spawn")): polyproc's of the same start method, whose Process class
+        # gives workers the daemon watchdog.
+        self._ctx = engine_context(context)
         self._processes = processes
         self._registry = _SinkRegistry()
         self._backend = self._make_backend(processes, initializer, initargs,
@@ -547,6 +544,11 @@ class Pool:
                   (window, stopped))).start()
         return result
 
+
+
+# Public as ``polyproc.pool.Pool`` (reprs, tracebacks), even where the pool
+# engine is used without the public module (a manager's server).
+_public.fixup_module_metadata("polyproc.pool", {"Pool": Pool})
 
 def _check_chunksize(chunksize: int | None) -> None:
     if chunksize is not None and chunksize < 1:

@@ -82,6 +82,7 @@ from . import messages as m
 from . import ownership as _ownership
 from .._transport import serialization as _serialization
 from .._cpu import process_cpu_count
+from .._process.context import default_context
 from .._exceptions import (ExecutorInitializerError, ExecutorUnloadableError,
                           ExecutorWorkerLostError, InitializerError,
                           UnloadableError, WorkerLostError)
@@ -506,8 +507,7 @@ class Executor(_StdExecutor):
         if max_memory_per_child is not None and max_memory_per_child <= 0:
             raise ValueError("max_memory_per_child must be a positive number of bytes or None")
         if mp_context is None:
-            from ..context import _default_context
-            mp_context = _default_context.get_context()
+            mp_context = default_context()
         from ._backends.process.scheduler import ProcessScheduler
         self._max_workers = max_workers
         self._mp_context = mp_context

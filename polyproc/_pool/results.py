@@ -31,6 +31,7 @@ import time
 import traceback
 from typing import Any, Callable
 
+from .. import _public
 from . import ownership as _ownership
 from .._exceptions import TimeoutError
 
@@ -346,3 +347,9 @@ class IMapUnorderedIterator(IMapIterator):
     """The iterator ``imap_unordered`` returns: results as they complete."""
 
     _ordered = False
+
+
+# Public as ``polyproc.pool.X`` (reprs, pickles), whichever module made them.
+_public.fixup_module_metadata("polyproc.pool", {
+    "ApplyResult": ApplyResult, "MapResult": MapResult, "IMapIterator": IMapIterator,
+    "IMapUnorderedIterator": IMapUnorderedIterator})

@@ -41,6 +41,7 @@ The reader is set only afterwards, so it never travels to the child.
 """
 from __future__ import annotations
 
+import multiprocessing.context as _std_context
 import os
 import signal
 import sys
@@ -194,13 +195,11 @@ class Process(PolyProcess):
 
     @staticmethod
     def _Popen(process_obj):
-        from ..context import _default_context
-        return _default_context.get_context().Process._Popen(process_obj)
+        return _default_method_class()._Popen(process_obj)
 
     @staticmethod
     def _after_fork():
-        from ..context import _default_context
-        return _default_context.get_context().Process._after_fork()
+        return _default_method_class()._after_fork()
 
 
 class ForkProcess(PolyProcess):
@@ -243,6 +242,16 @@ class ForkServerProcess(PolyProcess):
                     + _child.main_guard_message(_main_module_path())
                 ) from error
             raise
+
+
+def _default_method_class() -> type[PolyProcess]:
+    """The class of the default start method: the stdlib's setting, shared
+    with it (see ``polyproc.context``)."""
+    return _CLASS_OF_START_METHOD[_std_context._default_context.get_start_method()]
+
+
+_CLASS_OF_START_METHOD: dict[str, type[PolyProcess]] = {
+    "fork": ForkProcess, "spawn": SpawnProcess, "forkserver": ForkServerProcess}
 
 
 def _main_module_path() -> str | None:
