@@ -1,25 +1,17 @@
 """``polyproc.pool``: the stdlib's ``multiprocessing.pool`` API on polyproc's scheduler.
 
-``Pool`` is polyproc's own (see _pool.py for the API layer, _scheduler.py
-for the worker processes, ARCHITECTURE.md for the picture); it is not a
-wrapper around ``multiprocessing.pool.Pool``.  The result classes keep the
-stdlib's names.
+``Pool`` is polyproc's own (``_pool/api.py`` for the API layer,
+``_pool/backend.py`` for the engines it runs on, ARCHITECTURE.md for the
+picture); it is not a wrapper around ``multiprocessing.pool.Pool``.  The
+result classes keep the stdlib's names.  This module only re-exports.
 """
-from ._pool.api import Pool
+from ._pool.api import Pool, ThreadPool
+from ._pool.backend import CLOSE, RUN, TERMINATE
 from ._pool.results import (ApplyResult, AsyncResult, IMapIterator,
-                       IMapUnorderedIterator, MapResult)
-from ._pool._backends.thread import ThreadPool
+                            IMapUnorderedIterator, MapResult)
 
 __all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult",
            "IMapIterator", "IMapUnorderedIterator", "MaybeEncodingError"]
-
-# The stdlib's state names, for code that reads them.
-RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
-
-from ._public import fixup_module_metadata as _fixup
-
-_fixup(__name__, globals())
-del _fixup
 
 
 def __getattr__(name: str):

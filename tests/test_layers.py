@@ -172,6 +172,18 @@ def test_no_import_cycles_even_through_lazy_imports():
         "others):\n  " + "\n  ".join(" <-> ".join(c) for c in cycles)
 
 
+def test_only_the_backend_loader_reaches_the_backends():
+    # Pool and Executor use the Backend protocol; the engines behind it are
+    # loaded by name (polyproc._pool.backend.load), never imported.
+    inside = "polyproc._pool._backends"
+    reaching = sorted(f"{name} imports {target}"
+                      for name, targets in _graph().items()
+                      if not (name == inside or name.startswith(inside + "."))
+                      for target in targets
+                      if target == inside or target.startswith(inside + "."))
+    assert not reaching, "\n  ".join(["imports of a backend from outside:"] + reaching)
+
+
 def test_the_checks_see_what_they_must():
     # The walk itself: a lazy import inside a function counts, relative
     # imports resolve, and ``from . import sub`` is an import of the module.

@@ -45,7 +45,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
-import pickle
 import socket
 import struct
 from multiprocessing import connection as _std_connection
@@ -55,8 +54,8 @@ if TYPE_CHECKING:          # ssl is imported only by those who use TLS
     import ssl
 
 from .._exceptions import (AuthenticationError, FrameTooLargeError,
-                          ManagerProtocolError, SerializationError)
-from .._transport.serialization import describe, dumps, loads
+                          ManagerProtocolError)
+from .._transport.serialization import describe, dumps, dumps_in_band, loads
 
 __all__ = [
     "Address", "Channel", "listen", "connect", "server_handshake",
@@ -317,24 +316,6 @@ def is_local_peer(sock: socket.socket) -> bool:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except (OSError, ValueError):
         return False
-
-
-def dumps_in_band(obj: Any, what: str = "object") -> bytes:
-    """Like ``_serialization.dumps`` but never through shared memory.
-
-    For links to another machine, where a shared-memory segment's name
-    means nothing.  Plain pickle first, cloudpickle when that fails.
-    """
-    try:
-        return pickle.dumps(obj, 5)
-    except Exception as plain_error:
-        try:
-            import cloudpickle
-            return cloudpickle.dumps(obj, protocol=5)
-        except Exception as error:
-            raise SerializationError(
-                f"cannot pickle {what} {describe(obj)}: {error!r}. Objects "
-                "sent to a manager must be picklable.") from plain_error
 
 
 def set_keepalive(sock: socket.socket) -> None:

@@ -6,18 +6,12 @@ the chunks to a backend.  An argument (or function) that cannot be pickled
 fails its own task, as in the stdlib: ``get()`` (``next()`` for imap)
 raises what pickle raised and ``error_callback`` receives it; ``map``
 therefore raises it at the call.  This layer knows nothing of processes:
-the backend for local worker processes is ``_scheduler.ProcessScheduler``;
-``ThreadPool`` uses ``_thread_backend.ThreadBackend``; a cluster backend
-(Dask) would implement the same small interface:
+it talks to its backend through the ``Backend`` protocol (backend.py),
+loaded by name: ``"process"`` for ``Pool`` (local worker processes, the
+``ProcessScheduler``), ``"thread"`` for ``ThreadPool``.  How arguments are
+serialized is the backend's ``transport``.
 
-    size                      number of workers
-    submit(chunks)            queue chunks; outcomes go to chunk.sink
-    task_seconds(func)        measured mean seconds per task of func, or None
-    add_feeder()/remove_feeder()  an imap feeder is still submitting
-    cancel(sink)              stop running the chunks of one call (Ctrl-C)
-    close() / terminate() / join(timeout)
-
-Results reach the caller through the sinks in _results.py.  The
+Results reach the caller through the sinks in results.py.  The
 ``_SinkRegistry`` knows every unfinished result so that terminating the
 pool fails them instead of leaving a ``get()`` blocked forever.
 
@@ -28,7 +22,7 @@ replaced, its result fails for any other waiter, and the pool stays
 ``RUN`` for the next call, as the stdlib's does (a notebook user
 interrupts a cell and runs it again).  Other calls are not touched.
 
-A Pool belongs to the process that made it (_ownership.py): in a forked
+A Pool belongs to the process that made it (ownership.py): in a forked
 child every call raises ``InheritedPoolError`` at once, and clean-up only
 marks the child's copy.
 """
@@ -46,18 +40,19 @@ from multiprocessing import util
 from typing import Any, Callable, Iterable
 
 from .. import _public
+from . import backend as _backends
 from . import messages as m
 from . import ownership as _ownership
-from .._transport import serialization as _serialization
-from .._cpu import process_cpu_count
 from .._process.context import engine_context
 from .._exceptions import ProcessError
+from .backend import CLOSE, RUN, TERMINATE
 from .results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
                        MapResult)
-from .chunks import (MAX_GROWN_CHUNKSIZE, TaskChunk, auto_chunksize,
-                     function_name, iter_slices, make_chunk, TARGET_CHUNK_SECONDS)
-
-RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+from .chunks import (MAX_GROWN_CHUNKSIZE, TaskChunk, Transport, auto_chunksize,
+                     function_blob, function_name, iter_slices, make_chunk,
+                     TARGET_CHUNK_SECONDS)
+from .options import (WorkerOptions, check_buffersize, check_callable,
+                      check_task_options)
 
 # Inputs that map() and imap() cut into chunks by slicing, keeping their type.
 _SLICEABLE = (list, tuple, range)
@@ -154,13 +149,6 @@ def _terminate_pool(registry: _SinkRegistry) -> None:
     registry.terminate()
 
 
-def _check_options(timeout: float | None, retries: int) -> None:
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
-    if not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an int >= 0, not {retries!r}")
-
-
 def _progress_bar(progress: bool, total: int | None):
     if not progress:
         return None
@@ -198,50 +186,28 @@ class Pool:
     ``starmap`` take ``progress=True`` for a progress bar on stderr.
     """
 
-    # Whether task arguments are pickled (processes) or passed as they are
-    # (ThreadPool).
-    _serialize = True
+    # The engine that runs the tasks (see backend.py): local processes.
+    _backend_name = "process"
 
     def __init__(self, processes: int | None = None, initializer=None,
                  initargs: Iterable = (), maxtasksperchild: int | None = None,
                  context=None, *, max_memory_per_child: int | None = None):
-        from .._process.process import current_process
-        if getattr(current_process(), "_inheriting", False):
-            from .._process.child import refuse_start_while_importing_main
-            refuse_start_while_importing_main()
         self._state = "INIT"  # first: __del__ reads it even if __init__ fails
-        if processes is None:
-            # As the stdlib from 3.13 (os.process_cpu_count), on every
-            # Python, and capped by a container's CPU quota (see _cpu).
-            processes = process_cpu_count() or 1
-        if processes < 1:
-            raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None:
-            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if max_memory_per_child is not None and max_memory_per_child <= 0:
-            raise ValueError("max_memory_per_child must be a positive number of bytes or None")
+        options = WorkerOptions.for_pool(processes, initializer, initargs,
+                                         maxtasksperchild, max_memory_per_child)
         # None: the default; a stdlib context (multiprocessing.get_context(
         # "spawn")): polyproc's of the same start method, whose Process class
         # gives workers the daemon watchdog.
         self._ctx = engine_context(context)
-        self._processes = processes
+        self._processes = options.workers
         self._registry = _SinkRegistry()
-        self._backend = self._make_backend(processes, initializer, initargs,
-                                           maxtasksperchild, max_memory_per_child)
+        self._backend: _backends.Backend = _backends.load(self._backend_name)(
+            options, self._ctx, self._registry.abort_all)
+        self._transport: Transport = self._backend.transport
         self._registry.backend = self._backend
         self._terminate = util.Finalize(self, _terminate_pool, args=(self._registry,),
                                         exitpriority=15)
         self._state = RUN
-
-    def _make_backend(self, processes, initializer, initargs, maxtasksperchild,
-                      max_memory_per_child):
-        from ._backends.process.scheduler import ProcessScheduler
-        return ProcessScheduler(self._ctx, processes, initializer, initargs,
-                                maxtasksperchild, max_memory_per_child,
-                                self._registry.abort_all)
 
     # -- the stdlib's interface --------------------------------------------
     def __repr__(self) -> str:
@@ -268,7 +234,7 @@ class Pool:
     @property
     def _pool(self) -> list:
         """The worker processes (as the stdlib's private ``_pool`` list)."""
-        return [w.process for w in list(getattr(self._backend, "_workers", {}).values())]
+        return self._backend.worker_processes()
 
     def _owned(self) -> bool:
         """Whether this process made the pool (not a fork child's copy of it)."""
@@ -303,13 +269,13 @@ class Pool:
         and *error_callback* receives it.
         """
         self._check_running()
-        _check_options(timeout, retries)
-        _check_callable(func)
+        check_task_options(timeout, retries)
+        check_callable(func)
         result = ApplyResult(self._registry, callback, error_callback)
         try:
             chunk = make_chunk(self._function_blob(func), function_name(func),
                                m.CALL_APPLY, [(tuple(args), dict(kwds))], 0, result,
-                               timeout, retries, self._serialize)
+                               timeout, retries, self._transport)
         except Exception as exc:  # could not be pickled
             _fail_from_caller(result, 0, exc)
             return result
@@ -420,15 +386,16 @@ class Pool:
 
     # -- building chunks ----------------------------------------------------
     def _function_blob(self, func: Callable):
-        """*func* pickled (raises what pickle raised if it can't be)."""
-        return _serialization.dumps_function(func) if self._serialize else func
+        """*func* as the backend takes it (raises what pickle raised if it
+        can't be pickled)."""
+        return function_blob(func, self._transport)
 
     def _map_async(self, func, iterable, call, chunksize, callback, error_callback,
                    timeout, retries, progress) -> MapResult:
         self._check_running()
-        _check_options(timeout, retries)
+        check_task_options(timeout, retries)
         _check_chunksize(chunksize)
-        _check_callable(func)
+        check_callable(func)
         # Lists, tuples and ranges are sliced as they are: a slice of a
         # range is a range, which pickles in a few bytes however long it
         # is, so map(f, range(n)) sends no list of n ints to the workers.
@@ -462,7 +429,7 @@ class Pool:
                 if not isinstance(piece, _SLICEABLE):
                     piece = list(piece)
                 chunks = _chunks_for_piece(fn_blob, fn_name, call, piece, start, sink,
-                                           timeout, retries, self._serialize)
+                                           timeout, retries, self._transport)
                 self._backend.submit(chunks)
                 if start == 0 and len(items) > chunksize:
                     # Let the scheduler thread dispatch the first chunk now,
@@ -479,10 +446,10 @@ class Pool:
     def _imap(self, func, iterable, chunksize, iterator_class, timeout, retries,
               progress, buffersize=None) -> IMapIterator:
         self._check_running()
-        _check_options(timeout, retries)
+        check_task_options(timeout, retries)
         _check_chunksize(chunksize)
-        _check_buffersize(buffersize)
-        _check_callable(func)
+        check_buffersize(buffersize)
+        check_callable(func)
         try:
             fn_blob = self._function_blob(func)
         except Exception as exc:  # the first next() raises it
@@ -514,7 +481,7 @@ class Pool:
         feeder = threading.Thread(
             target=_feed_chunks, name="PoolFeeder", daemon=True,
             args=(self._backend, self._registry, iterable, chunksize, fn_blob, fn_name,
-                  call, result, timeout, retries, self._serialize))
+                  call, result, timeout, retries, self._transport))
         feeder.start()
         return result
 
@@ -540,24 +507,29 @@ class Pool:
         threading.Thread(
             target=_feed_chunks, name="PoolFeeder", daemon=True,
             args=(self._backend, self._registry, iterable, chunksize, fn_blob, fn_name,
-                  m.CALL_MAP, result, timeout, retries, self._serialize,
+                  m.CALL_MAP, result, timeout, retries, self._transport,
                   (window, stopped))).start()
         return result
 
 
 
-# Public as ``polyproc.pool.Pool`` (reprs, tracebacks), even where the pool
+class ThreadPool(Pool):
+    """A pool of worker threads with the Pool API (``multiprocessing.pool.ThreadPool``)."""
+
+    _backend_name = "thread"
+
+    def __init__(self, processes: int | None = None, initializer=None,
+                 initargs: Iterable = ()):
+        Pool.__init__(self, processes, initializer, initargs)
+
+
+# Public as ``polyproc.pool.X`` (reprs, tracebacks), even where the pool
 # engine is used without the public module (a manager's server).
-_public.fixup_module_metadata("polyproc.pool", {"Pool": Pool})
+_public.fixup_module_metadata("polyproc.pool", {"Pool": Pool, "ThreadPool": ThreadPool})
 
 def _check_chunksize(chunksize: int | None) -> None:
     if chunksize is not None and chunksize < 1:
         raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
-
-
-def _check_callable(func: Callable) -> None:
-    if not callable(func):
-        raise TypeError(f"{func!r} is not callable")
 
 
 def _fail_from_caller(sink, position: int | None, exc: BaseException) -> None:
@@ -580,13 +552,6 @@ def _fail_from_caller(sink, position: int | None, exc: BaseException) -> None:
         fail()
         return
     threading.Thread(target=fail, name="PoolErrorCallback", daemon=True).start()
-
-
-def _check_buffersize(buffersize: int | None) -> None:
-    if buffersize is not None and not isinstance(buffersize, int):
-        raise TypeError("buffersize must be an integer or None")
-    if buffersize is not None and buffersize < 1:
-        raise ValueError("buffersize must be None or > 0")
 
 
 _WINDOW_POLL = 0.1   # seconds between checks that a throttled feeder's pool still runs
@@ -675,7 +640,7 @@ def _window_slices(iterable: Iterable, chunksize: int | None, grow_limit,
 
 
 def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
-                 sink, timeout, retries, serialize, buffered=None) -> None:
+                 sink, timeout, retries, transport, buffered=None) -> None:
     """Body of an imap feeder thread: consume the input lazily, submit chunks.
 
     An item that can't be pickled fails at its own position; an input
@@ -698,7 +663,7 @@ def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
                 if registry.terminated or sink.cancelled:
                     return
                 backend.submit(_chunks_for_piece(fn_blob, fn_name, call, piece, start,
-                                                 sink, timeout, retries, serialize))
+                                                 sink, timeout, retries, transport))
                 if sink.cancelled:
                     # Cancelled (Ctrl-C in the caller's thread) while this
                     # piece went in: the scheduler may have handled that
@@ -716,20 +681,20 @@ def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
 
 
 def _chunks_for_piece(fn_blob, fn_name, call, piece, start, sink, timeout,
-                      retries, serialize) -> list[TaskChunk]:
+                      retries, transport) -> list[TaskChunk]:
     """The chunk of *piece*; if it can't be pickled, one chunk per item
     that can, and each item that can't fails at its own position with
     what pickle raised (as the stdlib fails that task)."""
     try:
         return [make_chunk(fn_blob, fn_name, call, piece, start, sink, timeout,
-                           retries, serialize)]
+                           retries, transport)]
     except Exception:
         pass
     chunks = []
     for offset, item in enumerate(piece):
         try:
             chunks.append(make_chunk(fn_blob, fn_name, call, [item], start + offset,
-                                     sink, timeout, retries, serialize))
+                                     sink, timeout, retries, transport))
         except Exception as exc:
             _fail_from_caller(sink, start + offset, exc)
     return chunks

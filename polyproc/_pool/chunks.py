@@ -18,9 +18,15 @@ _scheduler.py) takes away the cost of the extra chunks when tasks are
 tiny.  A call of unknown length (``imap`` over a generator) starts with
 chunks of one item and doubles them, up to what the scheduler's measured
 time per task says fills ``TARGET_CHUNK_SECONDS``.
+
+How a chunk's function and items reach the workers is the backend's
+``transport`` (``Transport``): pickled with buffers through shared memory
+(local processes), pickled into self-contained bytes (another machine), or
+passed as they are (threads).
 """
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 from typing import Any, Callable, Iterable, Iterator
@@ -36,6 +42,36 @@ MAX_GROWN_CHUNKSIZE = 65536
 _chunk_ids = itertools.count(1)
 
 
+class Transport(enum.Enum):
+    """How task functions and arguments reach a backend's workers."""
+
+    #: Pickled; buffers above the zero-copy threshold travel through
+    #: shared-memory segments (``_transport.serialization.dumps``).  Workers
+    #: on this machine.
+    SHARED_MEMORY = "shared memory"
+    #: Pickled into self-contained bytes (``dumps_in_band``): a segment's
+    #: name means nothing on another machine.
+    IN_BAND = "in band"
+    #: Not serialized: the objects themselves (workers in this process).
+    NONE = "none"
+
+
+def _dumps_items(items: list, transport: Transport) -> bytes | None:
+    if transport is Transport.SHARED_MEMORY:
+        return _serialization.dumps(items, "task arguments")
+    if transport is Transport.IN_BAND:
+        return _serialization.dumps_in_band(items, "task arguments")
+    return None
+
+
+def function_blob(fn: Callable, transport: Transport) -> Any:
+    """*fn* as a chunk carries it: pickled (raises what pickle raised if it
+    can't be), or *fn* itself when nothing is serialized."""
+    if transport is Transport.NONE:
+        return fn
+    return _serialization.dumps_function(fn)
+
+
 def function_name(fn: Callable) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
@@ -45,11 +81,11 @@ class TaskChunk:
 
     __slots__ = ("chunk_id", "func", "func_name", "call", "items", "payload",
                  "start", "sink", "timeout", "retries", "isolated", "tracking",
-                 "count")
+                 "count", "transport")
 
     def __init__(self, func: bytes, func_name: str, call: int, items: list,
-                 payload: bytes, start: int, sink, timeout: float | None,
-                 retries: int):
+                 payload: bytes | None, start: int, sink, timeout: float | None,
+                 retries: int, transport: Transport = Transport.SHARED_MEMORY):
         self.chunk_id = next(_chunk_ids)
         self.func = func
         self.func_name = func_name
@@ -61,6 +97,7 @@ class TaskChunk:
         self.sink = sink
         self.timeout = timeout
         self.retries = retries
+        self.transport = transport
         # Sent alone in its Dispatch, so that a death while its result is
         # sent is pinned on it (set by the scheduler, see _scheduler.py).
         self.isolated = False
@@ -82,11 +119,10 @@ class TaskChunk:
     def subchunk(self, lo: int, hi: int, retries: int | None = None) -> "TaskChunk":
         """A new chunk for items[lo:hi], serialized afresh from the objects."""
         items = self.items[lo:hi]
-        payload = (None if self.payload is None
-                   else _serialization.dumps(items, "task arguments"))
-        return TaskChunk(self.func, self.func_name, self.call, items, payload,
-                         self.start + lo, self.sink, self.timeout,
-                         self.retries if retries is None else retries)
+        return TaskChunk(self.func, self.func_name, self.call, items,
+                         _dumps_items(items, self.transport), self.start + lo,
+                         self.sink, self.timeout,
+                         self.retries if retries is None else retries, self.transport)
 
     def release(self) -> None:
         if self.payload is not None:
@@ -137,27 +173,30 @@ def auto_chunksize(length: int, workers: int,
 
 def make_chunk(fn_blob, fn_name: str, call: int, items: list, start: int,
                sink, timeout: float | None, retries: int,
-               serialize: bool = True) -> TaskChunk:
-    """Serialize *items* into a chunk (unless *serialize* is false: threads).
+               transport: Transport = Transport.SHARED_MEMORY) -> TaskChunk:
+    """Serialize *items* into a chunk as *transport* says (threads: not at all).
 
     When they cannot be pickled, raises what ``_serialization.dumps`` raises
     (catchable as the type pickle raised), naming the first item that
     cannot be pickled: its position in the call, its repr and why.
     """
-    if not serialize:
+    if transport is Transport.NONE:
         return TaskChunk(fn_blob, fn_name, call, items, None, start, sink,
-                         timeout, retries)
+                         timeout, retries, transport)
     try:
-        payload = _serialization.dumps(items, "task arguments")
+        payload = _dumps_items(items, transport)
     except Exception:
         for offset, item in enumerate(items):
             # Only to find the culprit (the error that names it is raised
             # from here): give back any segments it made.
-            _serialization.release(_serialization.dumps(
-                item, f"the argument of task {start + offset} of {fn_name}()"))
+            what = f"the argument of task {start + offset} of {fn_name}()"
+            if transport is Transport.SHARED_MEMORY:
+                _serialization.release(_serialization.dumps(item, what))
+            else:
+                _serialization.dumps_in_band(item, what)
         raise
     return TaskChunk(fn_blob, fn_name, call, items, payload, start, sink,
-                     timeout, retries)
+                     timeout, retries, transport)
 
 
 def iter_slices(iterable: Iterable, chunksize: int | None,

@@ -75,22 +75,19 @@ import time
 import weakref
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future, InvalidStateError
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from .. import _exceptions
+from . import backend as _backends
 from . import messages as m
 from . import ownership as _ownership
-from .._transport import serialization as _serialization
-from .._cpu import process_cpu_count
 from .._process.context import default_context
 from .._exceptions import (ExecutorInitializerError, ExecutorUnloadableError,
                           ExecutorWorkerLostError, InitializerError,
                           UnloadableError, WorkerLostError)
-from .api import _check_options
-from .chunks import TaskChunk, function_name, make_chunk
-
-if TYPE_CHECKING:
-    from ._backends.process.scheduler import ProcessScheduler
+from .chunks import TaskChunk, function_blob, function_name, make_chunk
+from .options import (WorkerOptions, check_buffersize, check_callable,
+                      check_task_options)
 
 __all__ = ["Executor"]
 
@@ -298,7 +295,7 @@ class _ExecutorCore:
         self.shut_down = False
         # Set by Executor right after this core exists (the scheduler needs
         # the core's abort_all to be built).
-        self.backend: ProcessScheduler = None  # type: ignore[assignment]
+        self.backend: _backends.Backend = None  # type: ignore[assignment]
         self.pid = _ownership.pid  # forked children inherit a copy; it is not theirs
 
     def window(self, chunk: TaskChunk) -> int:
@@ -487,34 +484,14 @@ class Executor(_StdExecutor):
                  initializer: Callable | None = None, initargs: Iterable = (), *,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None):
-        from .._process.process import current_process
-        if getattr(current_process(), "_inheriting", False):
-            from .._process.child import refuse_start_while_importing_main
-            refuse_start_while_importing_main()
-        if max_workers is None:
-            # os.process_cpu_count() as the stdlib from 3.13, on every
-            # Python, capped by a container's CPU quota (see _cpu).
-            max_workers = process_cpu_count() or 1
-        elif max_workers <= 0:
-            raise ValueError("max_workers must be greater than 0")
-        if initializer is not None and not callable(initializer):
-            raise TypeError("initializer must be a callable")
-        if max_tasks_per_child is not None:
-            if not isinstance(max_tasks_per_child, int):
-                raise TypeError("max_tasks_per_child must be an integer")
-            if max_tasks_per_child <= 0:
-                raise ValueError("max_tasks_per_child must be >= 1")
-        if max_memory_per_child is not None and max_memory_per_child <= 0:
-            raise ValueError("max_memory_per_child must be a positive number of bytes or None")
+        options = WorkerOptions.for_executor(max_workers, initializer, initargs,
+                                             max_tasks_per_child, max_memory_per_child)
         if mp_context is None:
             mp_context = default_context()
-        from ._backends.process.scheduler import ProcessScheduler
-        self._max_workers = max_workers
+        self._max_workers = options.workers
         self._mp_context = mp_context
-        core = _ExecutorCore(max_workers)
-        core.backend = ProcessScheduler(mp_context, max_workers, initializer, initargs,
-                                        max_tasks_per_child, max_memory_per_child,
-                                        core.abort_all)
+        core = _ExecutorCore(options.workers)
+        core.backend = _backends.load("process")(options, mp_context, core.abort_all)
         self._core = core
         _live_cores.add(core)
         # Dropped without shutdown(): let its work finish, then stop its workers.
@@ -545,7 +522,7 @@ class Executor(_StdExecutor):
         a function's own ``timeout=`` or ``retries=`` argument keeps reaching
         the function as it does with the stdlib.
         """
-        _check_options(timeout, retries)
+        check_task_options(timeout, retries)
         return ExecutorOptions(self, timeout, retries)
 
     def _submit(self, fn: Callable, args: tuple, kwargs: dict,
@@ -559,10 +536,11 @@ class Executor(_StdExecutor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         future = _ExecutorFuture(core)
+        transport = core.backend.transport
         try:
-            chunk = make_chunk(_serialization.dumps_function(fn), function_name(fn),
+            chunk = make_chunk(function_blob(fn, transport), function_name(fn),
                                m.CALL_APPLY, [(args, kwargs)], 0,
-                               _FutureSink(core, future), timeout, retries)
+                               _FutureSink(core, future), timeout, retries, transport)
         except Exception as exc:  # could not be pickled
             _fail_unsent(core, future, exc)
             return future
@@ -598,7 +576,7 @@ class Executor(_StdExecutor):
              buffersize: int | None = None) -> Iterator:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        _check_buffersize(buffersize)
+        check_buffersize(buffersize)
         end_time = None if timeout is None else time.monotonic() + timeout
         if buffersize is not None:
             return self._buffered_map(fn, iterables, end_time, chunksize,
@@ -676,7 +654,6 @@ class Executor(_StdExecutor):
 
     def _force_shutdown(self, operation: str) -> None:
         core = self._core
-        processes = list(self._processes.values())
         core.shutdown(cancel_futures=True)
         from concurrent.futures.process import BrokenProcessPool
         # Failed first: a result that still arrives from a worker being
@@ -684,18 +661,9 @@ class Executor(_StdExecutor):
         core.abort_all(BrokenProcessPool(
             f"the executor's workers were stopped by {operation}_workers() "
             f"while this call was running"))
-        if operation == "kill":
-            # The scheduler must see TERMINATE before it sees a worker die,
-            # or it would requeue that worker's tasks and start another.
-            from ._backends.process.scheduler import TERMINATE
-            core.backend.state = TERMINATE
-            for process in processes:
-                try:
-                    process.kill()
-                except (OSError, ValueError):
-                    pass
-        # SIGTERM to whoever is left, SIGKILL after a grace period; joins.
-        core.backend.terminate()
+        # SIGTERM (SIGKILL for kill_workers), SIGKILL after a grace period
+        # to whoever is left; joins.
+        core.backend.terminate(kill=operation == "kill")
 
     def __reduce__(self):
         raise TypeError("Executor objects cannot be passed between processes or pickled")
@@ -703,8 +671,7 @@ class Executor(_StdExecutor):
     @property
     def _processes(self) -> dict:
         """``{pid: process}`` of the current workers (as the stdlib's private attribute)."""
-        return {w.process.pid: w.process
-                for w in list(getattr(self._core.backend, "_workers", {}).values())}
+        return {process.pid: process for process in self._core.backend.worker_processes()}
 
     # -- internals ----------------------------------------------------------
     def _submit_chunks(self, fn: Callable, call: int, pieces: list[list], chunksize: int,
@@ -714,14 +681,14 @@ class Executor(_StdExecutor):
         _ownership.check_owner(core.pid, "this Executor")
         if core.shut_down:  # checked again under the lock by enqueue()
             raise RuntimeError("cannot schedule new futures after shutdown")
-        _check_options(timeout, retries)
-        if not callable(fn):
-            raise TypeError(f"{fn!r} is not callable")
+        check_task_options(timeout, retries)
+        check_callable(fn)
         fn_name = function_name(fn)
         new_futures = [_ExecutorFuture(core) for _ in pieces]
         futures: list[Future] = list(new_futures)
+        transport = core.backend.transport
         try:
-            fn_blob = _serialization.dumps_function(fn)
+            fn_blob = function_blob(fn, transport)
         except Exception as exc:  # every call fails with it
             for future in new_futures:
                 _fail_unsent(core, future, exc)
@@ -734,7 +701,7 @@ class Executor(_StdExecutor):
                                    as_list=chunksize > 1)
                 try:
                     chunks.append(make_chunk(fn_blob, fn_name, call, piece,
-                                             start, sink, timeout, retries))
+                                             start, sink, timeout, retries, transport))
                 except Exception as exc:  # could not be pickled
                     _fail_unsent(core, future, exc)
             core.enqueue(chunks)
@@ -755,14 +722,6 @@ def _fail_unsent(core: _ExecutorCore, future: _ExecutorFuture,
     if core.backend.broken is not None:
         raise _for_executor(core.backend.broken)
     future.set_exception(exc)
-
-
-def _check_buffersize(buffersize: int | None) -> None:
-    """``Executor.map``'s checks of *buffersize* (Python 3.14), same errors."""
-    if buffersize is not None and not isinstance(buffersize, int):
-        raise TypeError("buffersize must be an integer or None")
-    if buffersize is not None and buffersize < 1:
-        raise ValueError("buffersize must be None or > 0")
 
 
 def _batched(iterable: Iterable, n: int) -> Iterator[list]:

@@ -97,7 +97,7 @@ from . import shm_cache as _shm_pool
 from .._exceptions import LargeBufferSignal as _LargeBuffer
 from .._exceptions import SerializationError, pickling_error
 
-__all__ = ["dumps", "loads", "release", "dumps_function", "is_by_reference",
+__all__ = ["dumps", "dumps_in_band", "loads", "release", "dumps_function", "is_by_reference",
            "describe", "ZERO_COPY_THRESHOLD", "ZeroCopyPayload"]
 
 PROTOCOL = 5
@@ -232,6 +232,26 @@ def dumps(obj: Any, what: str = "object") -> bytes:
         del stream
         return _dumps_zero_copy(obj, what, _RawBytes(obj))
     return _to_shared_memory(stream, [], obj, what, _plain_dumps)
+
+
+def dumps_in_band(obj: Any, what: str = "object") -> bytes:
+    """Like ``dumps`` but never through shared memory: self-contained bytes.
+
+    For links to another machine (a remote manager, a remote pool
+    backend), where a shared-memory segment's name means nothing.  Plain
+    pickle first, cloudpickle when that fails; ``SerializationError`` when
+    neither can.
+    """
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception as plain_error:
+        try:
+            import cloudpickle
+            return cloudpickle.dumps(obj, protocol=PROTOCOL)
+        except Exception as error:
+            raise SerializationError(
+                f"cannot pickle {what} {describe(obj)}: {error!r}. Objects "
+                "sent to another machine must be picklable.") from plain_error
 
 
 def _dumps_zero_copy(obj: Any, what: str, to_pickle: Any = None,

@@ -1,11 +1,11 @@
-"""The thread backend behind ``polyproc.pool.ThreadPool``.
+"""The thread backend behind ``polyproc.pool.ThreadPool``: ``load("thread")``.
 
-The same Pool API layer (_pool.py) on worker *threads*: chunks are passed
-as objects, never pickled (so locks, sockets and lambdas are fine as
-arguments, as with the stdlib's ThreadPool), and run by ``size`` threads
-pulling from one queue.  It also keeps the API layer honest about its
-backend interface (see _pool.py): nothing in that layer may assume
-processes.
+The same Pool API layer (``_pool/api.py``) on worker *threads*: chunks are
+passed as objects, never pickled (``Transport.NONE``: locks, sockets and
+lambdas are fine as arguments, as with the stdlib's ThreadPool), and run by
+``size`` threads pulling from one queue.  It also keeps the API layer
+honest about the ``Backend`` protocol (``_pool/backend.py``): nothing in
+that layer may assume processes.
 
 Threads cannot be killed, so ``timeout=`` is refused with a clear error
 rather than promised and not kept; ``retries=`` is accepted and never
@@ -18,22 +18,28 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable
 
-from ..api import Pool
-from ..chunks import TaskChunk, item_caller
+from ..chunks import TaskChunk, Transport, item_caller
+from ..options import WorkerOptions
 
 _STOP = None
 
 
 class ThreadBackend:
-    def __init__(self, processes: int, initializer: Callable | None,
-                 initargs: Iterable, abort_all: Callable[[BaseException], None]):
+    """Runs TaskChunks on worker threads of this process (a ``Backend``)."""
+
+    transport = Transport.NONE
+    broken: BaseException | None = None   # a thread backend never breaks
+
+    def __init__(self, options: WorkerOptions, context: Any,
+                 abort_all: Callable[[BaseException], None]):
+        processes = options.workers
         self.size = processes
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._abort_all = abort_all
-        self._initializer = initializer
-        self._initargs = tuple(initargs)
+        self._initializer = options.initializer
+        self._initargs = options.initargs
         self._lock = threading.Lock()
         self._feeders = 0
         self._closed = False
@@ -69,6 +75,9 @@ class ThreadBackend:
         """Skip the queued chunks of *sink*'s call (the registry has set
         ``sink.cancelled``; ``_work`` checks it); running ones finish."""
 
+    def worker_processes(self) -> list:
+        return []  # threads of this process
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -76,7 +85,8 @@ class ThreadBackend:
         if stop:
             self._stop_threads()
 
-    def terminate(self) -> None:
+    def terminate(self, kill: bool = False) -> None:
+        # Threads cannot be killed: each stops after its current task.
         self._terminated = True
         self._stop_threads()
         self.join()
@@ -117,16 +127,4 @@ class ThreadBackend:
         self._task_seconds = (time.perf_counter() - started) / max(1, chunk.count)
         chunk.sink.deliver(chunk.start, values, errors)
 
-
-class ThreadPool(Pool):
-    """A pool of worker threads with the Pool API (``multiprocessing.pool.ThreadPool``)."""
-
-    _serialize = False
-
-    def __init__(self, processes: int | None = None, initializer=None,
-                 initargs: Iterable = ()):
-        Pool.__init__(self, processes, initializer, initargs)
-
-    def _make_backend(self, processes, initializer, initargs, maxtasksperchild,
-                      max_memory_per_child):
-        return ThreadBackend(processes, initializer, initargs, self._registry.abort_all)
+backend_class = ThreadBackend

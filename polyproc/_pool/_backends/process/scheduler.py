@@ -124,10 +124,10 @@ from ...._exceptions import (InitializerError, ProcessError, SerializationError,
                           TaskTimeoutError, UnloadableError, WorkerLostError)
 from .fork_template import ForkTemplate
 from ...._transport.remote_errors import rebuild_exception
-from ...chunks import TaskChunk
+from ...backend import CLOSE, RUN, TERMINATE
+from ...chunks import TaskChunk, Transport
+from ...options import WorkerOptions
 from .worker import WorkerConfig, worker_main
-
-RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
 TARGET_BATCH_SECONDS = 0.02   # work per Dispatch message once task times are known
 MAX_BATCH_CHUNKS = 256
@@ -236,15 +236,16 @@ class WorkerHandle:
 class ProcessScheduler:
     """Runs TaskChunks on a set of local worker processes.
 
-    The backend interface the Pool API layer uses (_pool.py): ``size``,
-    ``submit(chunks)``, ``task_seconds()``, ``add_feeder()``/
-    ``remove_feeder()``, ``cancel(sink)``, ``close()``, ``terminate()``,
-    ``join(timeout)``.
+    The ``Backend`` of ``Pool`` and ``Executor`` (see ``_pool/backend.py``
+    for the contract of each method), under the name ``"process"``.
     """
 
-    def __init__(self, ctx, processes: int, initializer, initargs,
-                 maxtasksperchild: int | None, max_memory_per_child: int | None,
+    transport = Transport.SHARED_MEMORY
+
+    def __init__(self, options: WorkerOptions, ctx,
                  abort_all: Callable[[BaseException], None]):
+        processes = options.workers
+        initializer = options.initializer
         self.size = processes
         self._ctx = ctx
         self._abort_all = abort_all
@@ -253,9 +254,9 @@ class ProcessScheduler:
         self._initializer_name = (None if initializer is None else
                                   getattr(initializer, "__qualname__", repr(initializer)))
         self._config = WorkerConfig(init_blob,
-                                    _serialization.dumps(tuple(initargs), "initargs"),
-                                    maxtasksperchild, max_memory_per_child)
-        self._maxtasks = maxtasksperchild
+                                    _serialization.dumps(options.initargs, "initargs"),
+                                    options.max_tasks, options.max_memory)
+        self._maxtasks = options.max_tasks
         self._table = ctx.RawArray("d", processes * m.SLOT_WIDTH)
         self._pending: collections.deque[TaskChunk] = collections.deque()
         self._requeued: collections.deque[TaskChunk] = collections.deque()
@@ -322,13 +323,26 @@ class ProcessScheduler:
         self._cancel_requests.append(sink)
         self._wake(force=True)
 
+    def worker_processes(self) -> list:
+        """The worker processes now (a replaced worker is not among them)."""
+        return [w.process for w in list(self._workers.values())]
+
     def close(self) -> None:
         if self.state == RUN:
             self.state = CLOSE
         self._wake()
 
-    def terminate(self) -> None:
+    def terminate(self, kill: bool = False) -> None:
         self.state = TERMINATE
+        if kill:
+            # After TERMINATE: the scheduler must see it before it sees a
+            # worker die, or it would requeue that worker's tasks and start
+            # another.  The rest (SIGTERM, then SIGKILL) is _kill_workers'.
+            for process in self.worker_processes():
+                try:
+                    process.kill()
+                except (OSError, ValueError):
+                    pass
         self._wake(force=True)
         if threading.current_thread() is not self._thread:
             self._thread.join()
