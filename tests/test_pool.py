@@ -457,7 +457,7 @@ def test_a_closure_over_a_large_array_reaches_every_worker(pool):
     big = np.arange(1 << 18, dtype=np.int64)  # 2 MiB, captured by value
     assert pool.map(lambda i: int(big[i]), range(40), chunksize=1) == list(range(40))
     assert pool.apply(h.square, (2,)) == 4  # the map's results are all handled
-    keys = pool._backend._task_seconds_by_func
+    keys = pool._backend._times.by_key
     assert max(len(k) for k in keys if isinstance(k, bytes)) < 64 * 1024
 
 

@@ -12,11 +12,11 @@ loaded by name: ``"process"`` for ``Pool`` (local worker processes, the
 serialized is the backend's ``transport``.
 
 Results reach the caller through the sinks in results.py.  The
-``_SinkRegistry`` knows every unfinished result so that terminating the
+``SinkRegistry`` knows every unfinished result so that terminating the
 pool fails them instead of leaving a ``get()`` blocked forever.
 
 Ctrl-C (``KeyboardInterrupt``) while a call submits or waits for its
-results *cancels that call* (``_SinkRegistry.cancel``), not the pool: its
+results *cancels that call* (``SinkRegistry.cancel``), not the pool: its
 queued chunks are dropped, the workers running its tasks are stopped and
 replaced, its result fails for any other waiter, and the pool stays
 ``RUN`` for the next call, as the stdlib's does (a notebook user
@@ -28,10 +28,6 @@ marks the child's copy.
 """
 from __future__ import annotations
 
-import functools
-import itertools
-import os
-import sys
 import threading
 import time
 import warnings
@@ -44,133 +40,22 @@ from . import backend as _backends
 from . import messages as m
 from . import ownership as _ownership
 from .._process.context import engine_context
-from .._exceptions import ProcessError
 from .backend import CLOSE, RUN, TERMINATE
 from .results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
                        MapResult)
-from .chunks import (MAX_GROWN_CHUNKSIZE, TaskChunk, Transport, auto_chunksize,
-                     function_blob, function_name, iter_slices, make_chunk,
-                     TARGET_CHUNK_SECONDS)
+from .chunks import Transport, auto_chunksize, function_blob, function_name, make_chunk
+from .feeding import BUFFERED, Window, chunks_for_piece, fail_from_caller, feed_chunks
+from .progress import progress_bar
+from .registry import CancelOnInterrupt, SinkRegistry
 from .options import (WorkerOptions, check_buffersize, check_callable,
                       check_task_options)
 
 # Inputs that map() and imap() cut into chunks by slicing, keeping their type.
 _SLICEABLE = (list, tuple, range)
 
-_CANCELLED_MESSAGE = (
-    "this call was cancelled: a KeyboardInterrupt (Ctrl-C) interrupted it while "
-    "it submitted its tasks or waited for its results, and its unfinished tasks "
-    "were stopped.  The pool keeps running: submit the call again to run it.")
 
-
-class _SinkRegistry:
-    """Unfinished results of one pool, so that they can all be failed at once."""
-
-    # No lock: set.add/discard are atomic under the GIL, and abort_all
-    # swaps the set out in one step.  This runs once per apply_async call.
-    def __init__(self):
-        self._sinks: set = set()
-        self.backend = None
-        self.terminated = False
-        self.pid = _ownership.pid  # the process that owns the pool
-        # Thread ident -> the results made so far by the blocking call
-        # (map, apply...) that thread is in (see _CancelOnInterrupt).
-        self.blocking_calls: dict[int, list] = {}
-
-    def register_sink(self, sink) -> None:
-        self._sinks.add(sink)
-        if self.blocking_calls:
-            made = self.blocking_calls.get(threading.get_ident())
-            if made is not None:
-                made.append(sink)
-
-    def unregister_sink(self, sink) -> None:
-        self._sinks.discard(sink)
-
-    def abort_all(self, exc: BaseException) -> None:
-        sinks, self._sinks = self._sinks, set()
-        for sink in list(sinks):
-            sink.abort(exc)
-
-    def cancel(self, sink) -> None:
-        """Cancel one call (Ctrl-C): stop its tasks, fail its result; the pool runs on.
-
-        The backend is told first, so that nothing more of the call is
-        dispatched; then the result fails (``ProcessError``) for anyone
-        else waiting on it.  Deliveries that raced ahead are kept.
-        """
-        if sink.cancelled:
-            return
-        sink.cancelled = True
-        if self.backend is not None:
-            self.backend.cancel(sink)
-        sink.abort(ProcessError(_CANCELLED_MESSAGE))
-
-    def terminate(self) -> None:
-        """Stop the pool now: workers killed, unfinished results failed."""
-        self.terminated = True
-        if self.backend is not None:
-            self.backend.terminate()
-        self.abort_all(ProcessError("the pool was terminated before this task finished"))
-
-
-class _CancelOnInterrupt:
-    """``with`` around a blocking call (map, starmap, apply): Ctrl-C anywhere
-    inside it cancels what it submitted.
-
-    The result objects cancel on an interrupt *while waiting*, and
-    submission on one *while submitting*; this also covers the instants in
-    between (a signal is handled between any two bytecodes).  A result is
-    known from the moment it registers, before any of its tasks is
-    submitted.
-    """
-
-    __slots__ = ("registry", "ident", "outer")
-
-    def __init__(self, registry: _SinkRegistry):
-        self.registry = registry
-
-    def __enter__(self) -> None:
-        self.ident = threading.get_ident()
-        self.outer = self.registry.blocking_calls.get(self.ident)
-        self.registry.blocking_calls[self.ident] = []
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        calls = self.registry.blocking_calls
-        made = calls.pop(self.ident, [])
-        if self.outer is not None:
-            calls[self.ident] = self.outer
-        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
-            for sink in made:
-                self.registry.cancel(sink)
-
-
-def _terminate_pool(registry: _SinkRegistry) -> None:
+def _terminate_pool(registry: SinkRegistry) -> None:
     registry.terminate()
-
-
-def _progress_bar(progress: bool, total: int | None):
-    if not progress:
-        return None
-    return _progress_bar_class()(total=total, file=sys.stderr, unit="task", miniters=1)
-
-
-@functools.lru_cache(maxsize=None)
-def _progress_bar_class():
-    """tqdm without its monitor thread.
-
-    The monitor would outlive the call by up to 10 s, and a fork from a
-    process with a thread running is unsafe (Python 3.12+ warns at the next
-    ``Pool()``).  It only forces a refresh when tqdm's dynamic ``miniters``
-    grew too large; with ``miniters=1`` (one update per batch of results)
-    there is nothing for it to do.
-    """
-    from tqdm import tqdm  # imported only when asked for
-
-    class PolyprocProgressBar(tqdm):
-        monitor_interval = 0
-
-    return PolyprocProgressBar
 
 
 class Pool:
@@ -200,7 +85,7 @@ class Pool:
         # gives workers the daemon watchdog.
         self._ctx = engine_context(context)
         self._processes = options.workers
-        self._registry = _SinkRegistry()
+        self._registry = SinkRegistry()
         self._backend: _backends.Backend = _backends.load(self._backend_name)(
             options, self._ctx, self._registry.abort_all)
         self._transport: Transport = self._backend.transport
@@ -254,7 +139,7 @@ class Pool:
     def apply(self, func: Callable, args: Iterable = (), kwds: dict = {}, *,
               timeout: float | None = None, retries: int = 0) -> Any:
         """Equivalent of ``func(*args, **kwds)``, run in a worker; blocks for the result."""
-        with _CancelOnInterrupt(self._registry):
+        with CancelOnInterrupt(self._registry):
             return self.apply_async(func, args, kwds, timeout=timeout,
                                     retries=retries).get()
 
@@ -277,7 +162,7 @@ class Pool:
                                m.CALL_APPLY, [(tuple(args), dict(kwds))], 0, result,
                                timeout, retries, self._transport)
         except Exception as exc:  # could not be pickled
-            _fail_from_caller(result, 0, exc)
+            fail_from_caller(result, 0, exc)
             return result
         except BaseException:
             self._registry.unregister_sink(result)
@@ -294,7 +179,7 @@ class Pool:
         the first (lowest-index) task that failed, if any.  Ctrl-C cancels
         the call (its tasks stop; the pool runs on) and re-raises.
         """
-        with _CancelOnInterrupt(self._registry):
+        with CancelOnInterrupt(self._registry):
             return self._map_async(func, iterable, m.CALL_MAP, chunksize, None, None,
                                    timeout, retries, progress).get()
 
@@ -302,7 +187,7 @@ class Pool:
                 *, timeout: float | None = None, retries: int = 0,
                 progress: bool = False) -> list:
         """Like ``map()`` but each element is unpacked as the arguments: ``func(*item)``."""
-        with _CancelOnInterrupt(self._registry):
+        with CancelOnInterrupt(self._registry):
             return self._map_async(func, iterable, m.CALL_STAR, chunksize, None, None,
                                    timeout, retries, progress).get()
 
@@ -404,13 +289,13 @@ class Pool:
             fn_blob = self._function_blob(func)
         except Exception as exc:  # every task fails with it, as in the stdlib
             result = MapResult(self._registry, len(items), callback, error_callback)
-            _fail_from_caller(result, None, exc)
+            fail_from_caller(result, None, exc)
             return result
         if chunksize is None:
             chunksize = auto_chunksize(len(items), self._processes,
                                        self._backend.task_seconds(fn_blob))
         result = MapResult(self._registry, len(items), callback, error_callback,
-                           _progress_bar(progress, len(items)))
+                           progress_bar(progress, len(items)))
         self._submit_slices(fn_blob, function_name(func), call, items, chunksize,
                             result, timeout, retries)
         return result
@@ -420,15 +305,15 @@ class Pool:
         """Chunk and submit a sized sequence from the caller's thread.
 
         An item that can't be pickled fails at its own position (see
-        ``_chunks_for_piece``); the others run.  Ctrl-C here cancels the
-        call (``_SinkRegistry.cancel``) before it propagates.
+        ``chunks_for_piece``); the others run.  Ctrl-C here cancels the
+        call (``SinkRegistry.cancel``) before it propagates.
         """
         try:
             for start in range(0, len(items), chunksize):
                 piece = items[start:start + chunksize]
                 if not isinstance(piece, _SLICEABLE):
                     piece = list(piece)
-                chunks = _chunks_for_piece(fn_blob, fn_name, call, piece, start, sink,
+                chunks = chunks_for_piece(fn_blob, fn_name, call, piece, start, sink,
                                            timeout, retries, self._transport)
                 self._backend.submit(chunks)
                 if start == 0 and len(items) > chunksize:
@@ -468,7 +353,7 @@ class Pool:
             if chunksize is None:
                 chunksize = auto_chunksize(length, self._processes,
                                            self._backend.task_seconds(fn_blob))
-            result = iterator_class(self._registry, length, _progress_bar(progress, length))
+            result = iterator_class(self._registry, length, progress_bar(progress, length))
             self._submit_slices(fn_blob, fn_name, call, iterable, chunksize, result,
                                 timeout, retries)
             return result
@@ -476,10 +361,10 @@ class Pool:
         if chunksize is None and total is not None:
             chunksize = auto_chunksize(total, self._processes,
                                        self._backend.task_seconds(fn_blob))
-        result = iterator_class(self._registry, None, _progress_bar(progress, total))
+        result = iterator_class(self._registry, None, progress_bar(progress, total))
         self._backend.add_feeder()
         feeder = threading.Thread(
-            target=_feed_chunks, name="PoolFeeder", daemon=True,
+            target=feed_chunks, name="PoolFeeder", daemon=True,
             args=(self._backend, self._registry, iterable, chunksize, fn_blob, fn_name,
                   call, result, timeout, retries, self._transport))
         feeder.start()
@@ -488,11 +373,11 @@ class Pool:
     def _buffered_imap(self, fn_blob, fn_name, iterable, chunksize, buffersize,
                        iterator_class, timeout, retries, progress) -> IMapIterator:
         """``imap`` with *buffersize*: a feeder that takes input only as
-        results are consumed (see ``_Window``)."""
-        window = _Window(buffersize * (chunksize or 1))
+        results are consumed (see ``Window``)."""
+        window = Window(buffersize * (chunksize or 1))
         total = len(iterable) if hasattr(iterable, "__len__") else None
-        result = _BUFFERED[iterator_class](self._registry, None,
-                                           _progress_bar(progress, total))
+        result = BUFFERED[iterator_class](self._registry, None,
+                                           progress_bar(progress, total))
         result._window = window
         pool = weakref.ref(self)
 
@@ -505,7 +390,7 @@ class Pool:
 
         self._backend.add_feeder()
         threading.Thread(
-            target=_feed_chunks, name="PoolFeeder", daemon=True,
+            target=feed_chunks, name="PoolFeeder", daemon=True,
             args=(self._backend, self._registry, iterable, chunksize, fn_blob, fn_name,
                   m.CALL_MAP, result, timeout, retries, self._transport,
                   (window, stopped))).start()
@@ -530,171 +415,3 @@ _public.fixup_module_metadata("polyproc.pool", {"Pool": Pool, "ThreadPool": Thre
 def _check_chunksize(chunksize: int | None) -> None:
     if chunksize is not None and chunksize < 1:
         raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
-
-
-def _fail_from_caller(sink, position: int | None, exc: BaseException) -> None:
-    """Fail the task at *position* of *sink* (all of them: None) with *exc*,
-    a pickling error found in the caller's thread.
-
-    A result with a ``callback`` or ``error_callback`` is failed from a
-    short-lived thread: callbacks run in a pool thread, never in the thread
-    that called ``apply_async``, which may hold a lock the callback takes
-    (the stdlib runs this one in its task handler thread).
-    """
-    def fail() -> None:
-        if position is None:
-            sink.abort(exc)
-        else:
-            sink.deliver(position, [None], {0: exc})
-
-    if getattr(sink, "_callback", None) is None and \
-            getattr(sink, "_error_callback", None) is None:
-        fail()
-        return
-    threading.Thread(target=fail, name="PoolErrorCallback", daemon=True).start()
-
-
-_WINDOW_POLL = 0.1   # seconds between checks that a throttled feeder's pool still runs
-
-
-class _Window:
-    """How many more input items a buffered imap's feeder may take.
-
-    Starts at *size*; the feeder takes credits before it reads items, the
-    iterator gives one back per result it yields.  So the items read but
-    not yet yielded never exceed *size*.
-    """
-
-    def __init__(self, size: int):
-        self._cond = threading.Condition(threading.Lock())
-        self._free = size
-
-    def take(self, want: int, whole: bool, stopped: Callable[[], bool]) -> int:
-        """Wait for credits and take up to *want* (all *want* if *whole*).
-
-        Returns 0 once *stopped()* is true.
-        """
-        with self._cond:
-            need = want if whole else 1
-            while self._free < need or stopped():
-                if stopped():
-                    return 0
-                self._cond.wait(_WINDOW_POLL)
-            taken = min(want, self._free)
-            self._free -= taken
-            return taken
-
-    def give(self, n: int) -> None:
-        with self._cond:
-            self._free += n
-            self._cond.notify()
-
-
-class _GivesBackCredits:
-    """Mixin of the iterators of a buffered imap: each result yielded (a
-    value or a task's exception) gives its window a credit back."""
-
-    _window: _Window
-    _yielded: int
-
-    def next(self, timeout: float | None = None) -> Any:
-        before = self._yielded
-        try:
-            return super().next(timeout)  # type: ignore[misc]
-        finally:
-            if self._yielded > before:
-                self._window.give(self._yielded - before)
-
-    __next__ = next
-
-
-class _BufferedIMapIterator(_GivesBackCredits, IMapIterator):
-    pass
-
-
-class _BufferedIMapUnorderedIterator(_GivesBackCredits, IMapUnorderedIterator):
-    pass
-
-
-_BUFFERED: dict[type, Any] = {IMapIterator: _BufferedIMapIterator,
-                              IMapUnorderedIterator: _BufferedIMapUnorderedIterator}
-
-
-def _window_slices(iterable: Iterable, chunksize: int | None, grow_limit,
-                   window: _Window, stopped: Callable[[], bool]):
-    """``iter_slices`` for a buffered imap: reads input only with credits."""
-    it = iter(iterable)
-    size = chunksize or 1
-    while True:
-        taken = window.take(size, chunksize is not None, stopped)
-        if not taken:
-            return
-        piece = list(itertools.islice(it, taken))
-        if len(piece) < taken:
-            window.give(taken - len(piece))
-        if not piece:
-            return
-        yield piece
-        if chunksize is None:
-            size = min(size * 2, max(1, grow_limit()), MAX_GROWN_CHUNKSIZE)
-
-
-def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
-                 sink, timeout, retries, transport, buffered=None) -> None:
-    """Body of an imap feeder thread: consume the input lazily, submit chunks.
-
-    An item that can't be pickled fails at its own position; an input
-    iterator that raises delivers that exception at the position after the
-    last item it produced, then ends the results (as the stdlib does).
-    *buffered*, for ``buffersize``: ``(window, stopped)`` (``_window_slices``).
-    """
-    def grow_limit() -> int:
-        seconds = backend.task_seconds(fn_blob)
-        if seconds is None:
-            return 256
-        return max(1, int(TARGET_CHUNK_SECONDS / max(seconds, 1e-7)))
-
-    start = 0
-    try:
-        try:
-            pieces = (iter_slices(iterable, chunksize, grow_limit) if buffered is None
-                      else _window_slices(iterable, chunksize, grow_limit, *buffered))
-            for piece in pieces:
-                if registry.terminated or sink.cancelled:
-                    return
-                backend.submit(_chunks_for_piece(fn_blob, fn_name, call, piece, start,
-                                                 sink, timeout, retries, transport))
-                if sink.cancelled:
-                    # Cancelled (Ctrl-C in the caller's thread) while this
-                    # piece went in: the scheduler may have handled that
-                    # cancel before the piece arrived.  Asking again makes
-                    # it drop the piece (or stop the worker running it).
-                    backend.cancel(sink)
-                    return
-                start += len(piece)
-        except Exception as exc:  # the input iterable raised
-            sink.deliver(start, [None], {0: exc})
-            start += 1
-        sink.set_length(start)
-    finally:
-        backend.remove_feeder()
-
-
-def _chunks_for_piece(fn_blob, fn_name, call, piece, start, sink, timeout,
-                      retries, transport) -> list[TaskChunk]:
-    """The chunk of *piece*; if it can't be pickled, one chunk per item
-    that can, and each item that can't fails at its own position with
-    what pickle raised (as the stdlib fails that task)."""
-    try:
-        return [make_chunk(fn_blob, fn_name, call, piece, start, sink, timeout,
-                           retries, transport)]
-    except Exception:
-        pass
-    chunks = []
-    for offset, item in enumerate(piece):
-        try:
-            chunks.append(make_chunk(fn_blob, fn_name, call, [item], start + offset,
-                                     sink, timeout, retries, transport))
-        except Exception as exc:
-            _fail_from_caller(sink, start + offset, exc)
-    return chunks

@@ -33,85 +33,11 @@ way through writing a message, wedges everyone (gh-66587, pebble #163).
 With a pipe each, a dead worker can only break its own pipe, and the
 scheduler always knows which tasks were on which worker.
 
-Who is to blame when a worker dies.  Every worker writes into its slot of
-a shared progress table what it is doing: loading chunk c, running task i
-of chunk c since time t, dumping results up to chunk c, idle after chunk c
-with its results not sent yet, idle with nothing unsent (see _worker.py).
-A worker runs the chunks it holds in dispatch order, so the chunk its slot
-names splits them into chunks that *ran* (results unsent), that chunk, and
-chunks that *never started*.  When its sentinel fires without a
-``Retiring`` message:
-
-* RUNNING task i of chunk c: task i is *charged* (below).  Everything else
-  the worker held is requeued uncharged, tasks that had finished but whose
-  results were not sent yet included (they run again: results are
-  delivered exactly once, but a task may *run* twice).
-* LOADING chunk c: if c is one task, it is charged; if several, the culprit
-  is one of them but unknown, so they are requeued uncharged as one-task
-  chunks, and if it happens again the one task then on the worker is known.
-* RUNNING a chunk of microsecond tasks (``TRACK_NONE``): for functions
-  whose tasks take under ``FAST_TASK_SECONDS``, recording the index would
-  double the cost of each task, so the worker runs the chunk from C without
-  it; a death there is handled like LOADING.
-* DUMPING, or IDLE after chunk c: the chunks up to c ran and one of them may
-  have left the process to die (a result that kills it when pickled, a
-  thread a task started).  Each of their tasks is requeued uncharged as an
-  *isolated* one-task chunk, which is dispatched alone, so that its results
-  are sent alone; an isolated task that is the one suspect of such a death
-  again is charged.
-* IDLE with nothing unsent (waiting for work; killed between tasks): no
-  task it held had started.  Nothing is charged, everything is requeued.
-* Killed by the scheduler to cancel a call (Ctrl-C in its caller,
-  ``cancel``): nothing is blamed; that call's chunks are dropped, the
-  other calls' chunks it held are requeued.
-
-What a retry costs.  ``retries=N`` is the number of re-runs of a task whose
-worker died while the death was pinned on it: a *charge* re-runs the task
-with one retry fewer, or, with none left, fails it with ``WorkerLostError``
-(``TaskTimeoutError`` if the scheduler killed it for its ``timeout``).  No
-other limit fails a task: a death that cannot be pinned on one task costs
-no task a retry (a worker killed from outside while it waits for work, or
-while it holds several suspects).  Nothing is retried for ever all the
-same, because every death does one of four things, and only the first
-recurs without bound, only while something outside keeps killing workers:
-
-1. charges no task, because none that the worker held had started: the
-   tasks it held run again, but the death was not caused by them (a task
-   of which the death could be a late effect, such as a thread it left,
-   was delivered already and never runs again);
-2. splits a chunk of several tasks into one-task chunks, which happens
-   once per task;
-3. isolates one-task chunks, once per task (an isolated task stays
-   isolated, retries included);
-4. charges one task, at most N + 1 times per task.
-
-So a task that kills its worker every time fails after N + 1 runs that
-were charged, plus at most one run while it was not known to be the
-culprit (in a chunk of several, or sending results with others).
-
-Start-up.  A worker that dies before it has reported ready holds no task.
-If it was killed (a signal sent to it: SIGKILL from the OOM killer, which
-picks the newest, biggest process, SIGTERM, or this scheduler's own kill),
-it is a lost worker like any other and is replaced.  If it failed on its
-own (an exit code: an import error in the main module, a missing
-``__main__`` guard, ``os._exit`` in the initializer; or a crash signal such
-as SIGSEGV), a new worker would fail the same way: the pool breaks at once
-if no worker was ever ready, else after ``MAX_STARTUP_FAILURES`` in a row,
-with a ``ProcessError`` naming the exit code and what it means
-(``describe_startup_failure``).  An initializer that raises is reported by
-the worker itself and breaks the pool with ``InitializerError``.  Kills
-alone break the pool only when no worker can start at all: none ready for
-``STARTUP_STALL_SECONDS`` while at least ``MAX_KILLED_STARTS`` were killed
-while starting; otherwise the pool would respawn workers for ever while
-its callers wait.
 """
 from __future__ import annotations
 
 import collections
-import contextlib
-import math
 import os
-import signal
 import threading
 import time
 from multiprocessing import connection as mp_connection
@@ -121,116 +47,25 @@ from ... import messages as m
 from ...._transport import serialization as _serialization
 from ...._transport import shm_cache as _shm_pool
 from ...._exceptions import (InitializerError, ProcessError, SerializationError,
-                          TaskTimeoutError, UnloadableError, WorkerLostError)
+                          UnloadableError)
+from .blame import Death, StartupRecord, recover_lost_chunks
+from .timing import MAX_TIMING_KEY_BYTES, TaskTimes, timing_key
 from .fork_template import ForkTemplate
 from ...._transport.remote_errors import rebuild_exception
 from ...backend import CLOSE, RUN, TERMINATE
 from ...chunks import TaskChunk, Transport
 from ...options import WorkerOptions
-from .worker import WorkerConfig, worker_main
+from .worker import WorkerConfig
+from .worker_handles import (WorkerHandle, clear_slot, sigint_shielded_start,
+                             start_worker, stop_processes)
 
 TARGET_BATCH_SECONDS = 0.02   # work per Dispatch message once task times are known
 MAX_BATCH_CHUNKS = 256
 PREFETCH_BYTES = 32 * 1024     # a second Dispatch may wait in a busy worker's pipe if smaller
 PREFETCH_AHEAD_SECONDS = 0.1   # ... and if the work ahead of it is known to end sooner
-MAX_STARTUP_FAILURES = 3    # workers in a row that fail to start on their own
-MAX_KILLED_STARTS = 10      # workers in a row killed while starting, none ready,
-STARTUP_STALL_SECONDS = 60.0  # ... and none ready for this long: the pool breaks
 TIMEOUT_POLL_SECONDS = 0.05
 FAST_TASK_SECONDS = 20e-6      # below this, a task's progress is not recorded
 SHUTDOWN_GRACE_SECONDS = 0.5
-MAX_TIMED_FUNCS = 1024         # functions whose task times are remembered
-MAX_TIMING_KEY_BYTES = 4096    # larger pickled functions are keyed by a hash
-
-
-def describe_exit(exitcode: int | None) -> str:
-    """Words for an exit code, naming the likely cause."""
-    if exitcode is None:
-        return "exited (exit code unknown)"
-    if exitcode < 0:
-        try:
-            name = signal.Signals(-exitcode).name
-        except ValueError:
-            name = f"signal {-exitcode}"
-        cause = {
-            "SIGKILL": "killed by SIGKILL: the kernel's OOM killer (out of memory) or kill -9",
-            "SIGSEGV": "segmentation fault: a crash in C code (an extension module or ctypes)",
-            "SIGBUS": "bus error: a crash in C code or a truncated memory-mapped file",
-            "SIGABRT": "aborted: a C library called abort()",
-            "SIGTERM": "terminated by SIGTERM",
-        }.get(name, f"killed by {name}")
-        return f"{cause} (exit code {exitcode})"
-    return (f"exited with code {exitcode}: os._exit() or a C extension called "
-            f"exit() inside the task")
-
-
-# Signals a process raises on itself when its own code crashes.  Any other
-# signal was sent to it: by the kernel's OOM killer, by a person or a
-# supervisor, or by this scheduler (terminate, kill).
-CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
-                           signal.SIGABRT, signal.SIGSYS, signal.SIGTRAP})
-
-
-def _failed_on_its_own(exitcode: int | None) -> bool:
-    """Whether a worker that died while starting did so through its own code.
-
-    An exit (any code: an uncaught exception is 1, ``os._exit(n)`` is n) or
-    a crash signal is the worker's own doing, and a new worker would do the
-    same.  A signal sent to it, or an unknown exit code, is not.
-    """
-    if exitcode is None:
-        return False
-    if exitcode >= 0:
-        return True
-    return -exitcode in {int(s) for s in CRASH_SIGNALS}
-
-
-def describe_startup_failure(exitcode: int | None, start_method: str,
-                             initializer: str | None = None) -> str:
-    """The message of the error that breaks a pool whose workers fail to start."""
-    if exitcode is not None and exitcode < 0:
-        what = f"crashed: {describe_exit(exitcode)}"
-    elif exitcode == 1:
-        what = ("exited with code 1, the code of an uncaught exception; the "
-                "worker's traceback is on standard error above")
-    else:
-        what = (f"exited with code {exitcode} (sys.exit() or os._exit() in code it "
-                f"ran while starting, or exit() in a C extension)")
-    steps = []
-    if start_method in ("spawn", "forkserver"):
-        steps.append(
-            f"imports the main module (under the {start_method} start method it "
-            f"must import without error in a new process, and code that creates "
-            f"pools or processes must be under if __name__ == '__main__':)")
-    if initializer is not None:
-        steps.append(f"runs the pool's initializer {initializer}()")
-    how = (" then ".join(steps) if steps else
-           "runs no code of yours (under fork: only os.register_at_fork handlers)")
-    return (f"a pool worker died while starting, before it could run any task: it "
-            f"{what}.  While starting, a worker {how}.  A new worker would fail "
-            f"the same way, so the pool stops here.")
-
-
-class WorkerHandle:
-    """The scheduler's view of one worker process."""
-
-    __slots__ = ("process", "conn", "slot", "ready", "assigned", "dispatch_ends",
-                 "retiring", "shutdown_sent", "timed_out", "chunks_given",
-                 "cancelled_sinks")
-
-    def __init__(self, process, conn, slot: int):
-        self.process = process
-        self.conn = conn
-        self.slot = slot
-        self.ready = False
-        self.assigned: collections.deque[TaskChunk] = collections.deque()
-        self.dispatch_ends: collections.deque[int] = collections.deque()
-        self.retiring = False
-        self.shutdown_sent = False
-        self.timed_out: tuple[int, int] | None = None  # (chunk_id, task index)
-        self.chunks_given = 0
-        # Calls whose tasks it held when it was killed to cancel them.
-        self.cancelled_sinks: set = set()
 
 
 class ProcessScheduler:
@@ -268,15 +103,10 @@ class ProcessScheduler:
         self._by_sentinel: dict[int, WorkerHandle] = {}
         self.state = RUN
         self.broken: BaseException | None = None
-        # Mean seconds per task of each function, a moving average over its
-        # chunks, keyed by _timing_key(its pickled bytes).
-        self._task_seconds_by_func: dict[bytes | tuple[int, int], float] = {}
+        self._times = TaskTimes()
         self._feeders = 0
         self._feeders_lock = threading.Lock()
-        self._startup_failures = 0
-        self._killed_starts = 0
-        self._last_ready = time.monotonic()
-        self._ever_ready = False
+        self._startup = StartupRecord()
         self._worker_counter = 0
         self._template = self._start_template()
         try:
@@ -303,7 +133,7 @@ class ProcessScheduler:
         self._wake()
 
     def task_seconds(self, func) -> float | None:
-        return self._task_seconds_by_func.get(_timing_key(func))
+        return self._times.get(func)
 
     def add_feeder(self) -> None:
         with self._feeders_lock:
@@ -454,7 +284,7 @@ class ProcessScheduler:
         behind a long task, or one of unknown length (a first call; a task
         that hangs), waits there while another worker could run it.
         """
-        timings = self._task_seconds_by_func
+        timings = self._times.by_key
         seconds = 0.0
         for c in w.assigned:
             per_task = timings.get(c.func)
@@ -483,16 +313,16 @@ class ProcessScheduler:
         limit = min(MAX_BATCH_CHUNKS, max(1, queued // (4 * ready)))
         if self._maxtasks is not None:
             limit = min(limit, self._maxtasks - w.chunks_given)
-        timings = self._task_seconds_by_func
+        timings = self._times.by_key
         requeued, pending = self._requeued, self._pending
         batch: list[TaskChunk] = []
         size = 0
         seconds = 0.0
         while len(batch) < limit and (requeued or pending):
             head = requeued[0] if requeued else pending[0]
-            func = head.func  # _timing_key inlined: once per chunk
+            func = head.func  # timing_key inlined: once per chunk
             per_task = timings.get(func if len(func) <= MAX_TIMING_KEY_BYTES
-                                   else _timing_key(func))
+                                   else timing_key(func))
             estimate = TARGET_BATCH_SECONDS if per_task is None else per_task * head.count
             if batch and seconds + estimate > TARGET_BATCH_SECONDS:
                 break
@@ -587,10 +417,7 @@ class ProcessScheduler:
             self._on_results(w, msg)
         elif isinstance(msg, m.WorkerReady):
             w.ready = True
-            self._ever_ready = True
-            self._startup_failures = 0
-            self._killed_starts = 0
-            self._last_ready = time.monotonic()
+            self._startup.worker_ready()
         elif isinstance(msg, m.Retiring):
             w.retiring = True
         elif isinstance(msg, m.InitializerFailed):
@@ -617,7 +444,7 @@ class ProcessScheduler:
                 dispatch_ends.popleft()
             if chunk.func is not timing_func:
                 if timing_tasks:
-                    self._learn_timing(timing_func, timing_seconds, timing_tasks)
+                    self._times.learn(timing_func, timing_seconds, timing_tasks)
                 timing_func, timing_seconds, timing_tasks = chunk.func, 0.0, 0
             timing_seconds += seconds
             timing_tasks += len(values)
@@ -638,20 +465,7 @@ class ProcessScheduler:
                 self._requeued.appendleft(chunk.subchunk(len(values), chunk.count))
             chunk.release()
         if timing_tasks:
-            self._learn_timing(timing_func, timing_seconds, timing_tasks)
-
-    def _learn_timing(self, func: bytes, seconds: float, tasks: int) -> None:
-        """Fold a measurement into *func*'s moving average of seconds per task."""
-        per_task = seconds / tasks
-        timings = self._task_seconds_by_func
-        key = _timing_key(func)
-        known = timings.get(key)
-        if known is None:
-            if len(timings) > MAX_TIMED_FUNCS:
-                timings.clear()
-            timings[key] = per_task
-        else:
-            timings[key] = known + 0.3 * (per_task - known)
+            self._times.learn(timing_func, timing_seconds, timing_tasks)
 
     # -- failures -------------------------------------------------------
     def _on_worker_exit(self, w: WorkerHandle) -> None:
@@ -666,7 +480,12 @@ class ProcessScheduler:
         lost = list(w.assigned)
         w.assigned.clear()
         if not w.ready and self.broken is None and self.state != TERMINATE:
-            self._on_death_while_starting(exitcode)
+            # It holds no task: go on (it is replaced), or break (blame.py).
+            error = self._startup.worker_died(
+                exitcode, any(x.ready for x in self._workers.values()),
+                self._ctx.get_start_method(), self._initializer_name)
+            if error is not None:
+                self._break(error)
         if not lost:
             return
         if w.retiring or w.shutdown_sent or w.cancelled_sinks:
@@ -703,135 +522,21 @@ class ProcessScheduler:
             except (OSError, ValueError):
                 pass
 
-    def _on_death_while_starting(self, exitcode: int | None) -> None:
-        """A worker died before it was ready (it holds no task): go on, or break.
-
-        See "Start-up" in the module docstring.  Killed (by a signal sent
-        to it, which is also how this scheduler kills), it is a lost worker
-        like any other, replaced at the next step.  Failed on its own, it
-        would fail the same way forever: the pool breaks.
-        """
-        if not _failed_on_its_own(exitcode):
-            self._on_killed_while_starting(exitcode)
-            return
-        self._startup_failures += 1
-        if not self._ever_ready or self._startup_failures >= MAX_STARTUP_FAILURES:
-            self._break(ProcessError(describe_startup_failure(
-                exitcode, self._ctx.get_start_method(), self._initializer_name)))
-
-    def _on_killed_while_starting(self, exitcode: int | None) -> None:
-        """A lost worker; the pool breaks only when no worker can start at all.
-
-        That is: none is ready now, none has been for
-        ``STARTUP_STALL_SECONDS``, and at least ``MAX_KILLED_STARTS`` were
-        killed while starting meanwhile (the OOM killer kills every new
-        worker of a main module too big for the memory left).  Without this
-        the pool would respawn workers for ever while its callers wait.
-        """
-        if any(x.ready for x in self._workers.values()):
-            return  # the pool makes progress meanwhile
-        self._killed_starts += 1
-        stalled = time.monotonic() - self._last_ready
-        if self._killed_starts < MAX_KILLED_STARTS or stalled < STARTUP_STALL_SECONDS:
-            return
-        self._break(ProcessError(
-            f"no pool worker could start for {stalled:.0f} s: {self._killed_starts} "
-            f"in a row were killed while starting, the last one "
-            f"{describe_exit(exitcode)}.  Something kills every new worker: the "
-            f"OOM killer, if importing the main module or running the initializer "
-            f"takes more memory than is free, or a supervisor that signals new "
-            f"processes.  Use fewer processes or free memory, then create a new "
-            f"pool."))
-
     def _recover_lost_chunks(self, w: WorkerHandle, lost: list[TaskChunk],
                              exitcode: int | None) -> None:
-        """Blame, isolate or requeue what a dead worker held (module docstring).
-
-        *lost* is in dispatch order, which is the order the worker runs
-        chunks in: the chunk its slot names splits it into chunks that ran
-        before it (their results unsent), that chunk, and chunks it never
-        started.
-        """
+        """Deliver the failures and requeue what blame.py decides about the
+        chunks *lost* with worker *w* (in dispatch order)."""
         base = w.slot * m.SLOT_WIDTH
-        phase = self._table[base + m.SLOT_PHASE]
-        chunk_id = int(self._table[base + m.SLOT_CHUNK])
-        task = int(self._table[base + m.SLOT_TASK])
-        index = next((i for i, c in enumerate(lost) if c.chunk_id == chunk_id), None)
-        requeue: list[TaskChunk] = []
-        if index is None:
-            # Waiting for work (or past the end of what it held): no task
-            # it held had started, and none is charged.
-            requeue += [c.subchunk(0, c.count) for c in lost]
-        else:
-            current, ran, rest = lost[index], lost[:index], lost[index + 1:]
-            if phase == m.PHASE_RUNNING and current.tracking == m.TRACK_NONE:
-                phase = m.PHASE_LOADING  # which task is unknown: isolate them all
-            if phase == m.PHASE_RUNNING:
-                requeue += [c.subchunk(0, c.count) for c in ran]
-                requeue += self._blame(w, current, task, exitcode)
-            elif phase == m.PHASE_LOADING:
-                requeue += [c.subchunk(0, c.count) for c in ran]
-                if current.count == 1:
-                    requeue += self._blame(w, current, 0, exitcode)
-                else:
-                    requeue += [current.subchunk(i, i + 1) for i in range(current.count)]
-            else:
-                # DUMPING, or IDLE after `current` ran: every chunk up to it
-                # ran and its results were not sent; one of them may have
-                # left the process to die (a result that kills it when
-                # pickled, a thread of a task).
-                requeue += self._isolate_or_blame(w, ran + [current], exitcode)
-            requeue += [c.subchunk(0, c.count) for c in rest]
+        table = self._table
+        death = Death(table[base + m.SLOT_PHASE], int(table[base + m.SLOT_CHUNK]),
+                      int(table[base + m.SLOT_TASK]), w.timed_out, w.process.pid,
+                      exitcode)
+        recovery = recover_lost_chunks(lost, death)
+        for chunk, task, exc in recovery.failures:
+            _deliver(chunk, task, [None], {0: exc})
         for c in lost:
             c.release()
-        self._requeue(requeue)
-
-    def _isolate_or_blame(self, w: WorkerHandle, suspects: list[TaskChunk],
-                          exitcode: int | None) -> list[TaskChunk]:
-        """Chunks that ran before the worker died (results unsent): which one?
-
-        A task already sent alone (isolated) is the one: it is charged.
-        Otherwise each task runs again alone, and no retry is used: the next
-        death among them is pinned on one.
-        """
-        if len(suspects) == 1 and suspects[0].count == 1 and suspects[0].isolated:
-            return self._blame(w, suspects[0], 0, exitcode)
-        isolated = []
-        for c in suspects:
-            for i in range(c.count):
-                single = c.subchunk(i, i + 1)
-                single.isolated = True
-                isolated.append(single)
-        return isolated
-
-    def _blame(self, w: WorkerHandle, chunk: TaskChunk, task: int,
-               exitcode: int | None) -> list[TaskChunk]:
-        """Fail (or retry) task *task* of *chunk*; return the rest to requeue."""
-        requeue = []
-        if task > 0:
-            requeue.append(chunk.subchunk(0, task))
-        timed_out = w.timed_out == (chunk.chunk_id, task)
-        if timed_out:
-            exc: BaseException = TaskTimeoutError(
-                f"task {chunk.describe_task(task)} ran longer than its timeout of "
-                f"{chunk.timeout} s; its worker (pid {w.process.pid}) was killed "
-                f"and replaced", chunk.timeout, chunk.describe_task(task))
-            _deliver(chunk, task, [None], {0: exc})
-        elif chunk.retries > 0:
-            retry = chunk.subchunk(task, task + 1, retries=chunk.retries - 1)
-            retry.isolated = chunk.isolated
-            requeue.append(retry)
-        else:
-            exc = WorkerLostError(
-                f"the worker process (pid {w.process.pid}) running task "
-                f"{chunk.describe_task(task)} {describe_exit(exitcode)}. The pool "
-                f"replaced it and goes on; pass retries=N to run such a task "
-                f"again on another worker.",
-                w.process.pid, exitcode, chunk.describe_task(task))
-            _deliver(chunk, task, [None], {0: exc})
-        if task + 1 < chunk.count:
-            requeue.append(chunk.subchunk(task + 1, chunk.count))
-        return requeue
+        self._requeue(recovery.requeue)
 
     def _requeue(self, chunks: list[TaskChunk]) -> None:
         # Requeued work goes before new work, in its original order.
@@ -879,7 +584,7 @@ class ProcessScheduler:
         """
         if self._ctx.get_start_method() != "fork":
             return None
-        with _sigint_shielded_start("fork"):
+        with sigint_shielded_start("fork"):
             return ForkTemplate(self._ctx, self._table, self._config)
 
     def _spawn_worker(self, slot: int, in_caller_thread: bool = False) -> None:
@@ -890,24 +595,14 @@ class ProcessScheduler:
         Raises ``ProcessError`` if the template is gone, and what
         ``Process.start()`` raises.
         """
-        base = slot * m.SLOT_WIDTH
-        for i in range(m.SLOT_WIDTH):
-            self._table[base + i] = 0.0
+        clear_slot(self._table, slot)
         self._worker_counter += 1
         if self._template is not None and not in_caller_thread:
             process, parent_conn = self._template.spawn(slot, self._worker_counter)
             self._workers[slot] = WorkerHandle(process, parent_conn, slot)
             return
-        parent_conn, child_conn = mp_connection.Pipe(duplex=True)
-        process = self._ctx.Process(
-            target=worker_main, args=(child_conn, self._table, slot, self._config),
-            name=f"PolyPoolWorker-{self._worker_counter}", daemon=True)
-        with _sigint_shielded_start(self._ctx.get_start_method()):
-            try:
-                process.start()
-            finally:
-                child_conn.close()
-        self._workers[slot] = WorkerHandle(process, parent_conn, slot)
+        self._workers[slot] = start_worker(self._ctx, self._table, slot, self._config,
+                                           self._worker_counter)
 
     def _replace_workers(self) -> None:
         if self.broken is not None or self.state == TERMINATE:
@@ -938,21 +633,7 @@ class ProcessScheduler:
     def _kill_workers(self) -> None:
         self._stop_template()
         workers = list(self._workers.values())
-        for w in workers:
-            if w.process.exitcode is None:
-                try:
-                    w.process.terminate()
-                except (OSError, ValueError):
-                    pass
-        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-        for w in workers:
-            w.process.join(max(0.0, deadline - time.monotonic()))
-            if w.process.exitcode is None:
-                try:
-                    w.process.kill()
-                except (OSError, ValueError):
-                    pass
-                w.process.join(1.0)
+        stop_processes([w.process for w in workers], SHUTDOWN_GRACE_SECONDS)
         for w in workers:
             for c in w.assigned:
                 c.release()
@@ -977,61 +658,6 @@ class ProcessScheduler:
             except OSError:
                 pass
         self._wakeup_r = self._wakeup_w = -1
-
-
-@contextlib.contextmanager
-def _sigint_shielded_start(start_method: str):
-    """Start a worker so that it is born deaf to SIGINT.
-
-    A Ctrl-C reaches the whole process group; a worker still starting up
-    would print a KeyboardInterrupt traceback before worker_main installs
-    its own handler.  A forked child inherits the signal mask of the thread
-    that forks it, so SIGINT is blocked here (worker_main unblocks it).  A
-    spawned child (fork + exec) starts with an empty mask but inherits
-    SIG_IGN, which only the main thread can set: it is set too when this
-    runs there, the initial workers' case.  SIGINT stays blocked while it
-    is ignored, so a Ctrl-C in this window is kept pending, not lost, and
-    reaches the caller once the handler is back.
-
-    The fork server is started (if it is not running) *before* SIGINT is
-    shielded: a fork server exec'd inside the shield would inherit SIG_IGN
-    (or the blocked mask) for good, and so would every process the program
-    later starts through it, its own ``Process`` objects included: they
-    would ignore Ctrl-C and ``Process.interrupt()``.
-    """
-    if start_method == "forkserver":
-        from multiprocessing import forkserver
-        forkserver.ensure_running()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    # A handler installed outside Python reads as None and could not be put
-    # back: then the handler is left alone.
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def _timing_key(func: bytes) -> bytes | tuple[int, int]:
-    """The key of a pickled function in the table of task times.
-
-    The bytes themselves when small (by-reference pickles: a few dozen
-    bytes), else their length and hash: a closure pickled by value can
-    carry megabytes of captured data, which the table must not keep for
-    the pool's lifetime.  ``hash()`` of a bytes object is computed once and
-    cached in it, and the chunks of one call share one bytes object, so
-    this costs nothing per lookup; a collision would only mix up two
-    functions' time estimates.
-    """
-    if len(func) <= MAX_TIMING_KEY_BYTES:
-        return func
-    return (len(func), hash(func))
 
 
 def _drop_chunks_of(queue: collections.deque, sinks: set) -> None:
