@@ -92,7 +92,7 @@ def _produce(kind: str, conn, nbytes: int, q=None) -> None:
     while True:
         count, threshold = conn.recv()
         if threshold is not None:  # the threshold sweep sets the sender's
-            from polyproc import _serialization
+            from polyproc._transport import serialization as _serialization
             _serialization.ZERO_COPY_THRESHOLD = threshold
         for i in range(count):
             if q is not None:
@@ -239,7 +239,7 @@ def _small_dumps(which: str, n: int = 100_000):
             for _ in range(n):
                 dumps(obj, 5)
         else:
-            from polyproc._serialization import dumps
+            from polyproc._transport.serialization import dumps
             start = time.perf_counter()
             for _ in range(n):
                 dumps(obj)

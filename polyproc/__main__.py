@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
                         "and with polyproc, and print the times")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from ._demo import main as demo_main
+        from ._cli.demo import main as demo_main
         return demo_main()
     return 2  # unreachable: argparse rejects unknown commands
 

@@ -28,6 +28,7 @@ from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal,
                     overload)
 
 from . import process as _process
+from ._process import context as _engine_context
 
 if TYPE_CHECKING:
     # For annotations only: the factories import these on first use (the
@@ -179,21 +180,21 @@ class BaseContext(_PolyFactories, _std_context.BaseContext):
     pass
 
 
-class ForkContext(_PolyFactories, _std_context.ForkContext):
+# The engines' contexts (polyproc._process.context: polyproc's Process for
+# each start method) with the factories above.  For type checkers the
+# engine's Process (polyproc's) and the one typeshed declares on the
+# stdlib's context (the stdlib's class) disagree, as _PolyFactories says.
+class ForkContext(_PolyFactories, _engine_context.ForkContext):  # type: ignore[misc]
     _name = "fork"
-    # polyproc's process classes derive from BaseProcess, not from the
-    # stdlib's per-method ones that typeshed declares here.
-    Process = _process.ForkProcess  # type: ignore[assignment]
 
 
-class SpawnContext(_PolyFactories, _std_context.SpawnContext):
+class SpawnContext(_PolyFactories, _engine_context.SpawnContext):  # type: ignore[misc]
     _name = "spawn"
-    Process = _process.SpawnProcess  # type: ignore[assignment]  # as ForkContext
 
 
-class ForkServerContext(_PolyFactories, _std_context.ForkServerContext):
+class ForkServerContext(_PolyFactories,  # type: ignore[misc]  # as ForkContext
+                        _engine_context.ForkServerContext):
     _name = "forkserver"
-    Process = _process.ForkServerProcess  # type: ignore[assignment]  # as ForkContext
 
 
 _concrete_contexts: dict[str, _PolyFactories] = {
@@ -227,7 +228,7 @@ class DefaultContext(BaseContext):
             # A child importing a script that calls set_start_method() without
             # the __main__ guard: the stdlib raises "context has already been
             # set"; say what the real problem is (see process.py).
-            from ._child import refuse_start_while_importing_main
+            from ._process.child import refuse_start_while_importing_main
             refuse_start_while_importing_main("set_start_method() was called")
         _std_context._default_context.set_start_method(method, force)
 

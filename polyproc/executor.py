@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ._exceptions import (ExecutorInitializerError, ExecutorUnloadableError,
                           ExecutorWorkerLostError)
-from ._executor import Executor
+from ._pool.executor import Executor
 
 __all__ = ["Executor", "ExecutorWorkerLostError", "ExecutorInitializerError",
            "ExecutorUnloadableError"]

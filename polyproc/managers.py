@@ -17,15 +17,15 @@ meaning, plus the other names stdlib code reaches for (``AutoProxy``,
 from __future__ import annotations
 
 from ._exceptions import RemoteError
-from ._manager import (Array, BaseManager, Namespace, SharedMemoryManager,
+from ._managers.manager import (Array, BaseManager, Namespace, SharedMemoryManager,
                        SharedMemoryServer, State, SyncManager, Value)
-from ._manager_proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
+from ._managers.proxy import (AcquirerProxy, ArrayProxy, AutoProxy,
                              BarrierProxy, BaseListProxy, BasePoolProxy,
                              BaseProxy, ConditionProxy, DictProxy, EventProxy,
                              IteratorProxy, ListProxy, MakeProxyType,
                              NamespaceProxy, PoolProxy, RebuildProxy,
                              SetProxy, Token, ValueProxy)
-from ._manager_server import Server
+from ._managers.server import Server
 from ._public import fixup_module_metadata
 
 __all__ = ["BaseManager", "SyncManager", "BaseProxy", "Token",
@@ -42,4 +42,4 @@ _MORE = [
 
 fixup_module_metadata(__name__, {name: globals()[name]
                                  for name in __all__ + _MORE
-                                 if globals()[name].__module__.startswith("polyproc._manager")})
+                                 if globals()[name].__module__.startswith("polyproc._managers.")})

@@ -1,27 +1,22 @@
 """``polyproc.pool``: the stdlib's ``multiprocessing.pool`` API on polyproc's scheduler.
 
-``Pool`` is polyproc's own (see _pool.py for the API layer, _scheduler.py
-for the worker processes, ARCHITECTURE.md for the picture); it is not a
-wrapper around ``multiprocessing.pool.Pool``.  The result classes keep the
-stdlib's names.
+``Pool`` is polyproc's own (``_pool/api.py`` for the API layer,
+``_pool/backend.py`` for the engines it runs on, ARCHITECTURE.md for the
+picture); it is not a wrapper around ``multiprocessing.pool.Pool``.  The
+result classes keep the stdlib's names.  This module only re-exports.
 """
 import typing as _typing
 
-from ._pool import Pool
-from ._results import (ApplyResult, AsyncResult, IMapIterator,
-                       IMapUnorderedIterator, MapResult)
-from ._thread_backend import ThreadPool
+from ._pool.api import Pool, ThreadPool
+# The stdlib's state names, for code that reads them.
+from ._pool.backend import CLOSE as CLOSE
+from ._pool.backend import RUN as RUN
+from ._pool.backend import TERMINATE as TERMINATE
+from ._pool.results import (ApplyResult, AsyncResult, IMapIterator,
+                            IMapUnorderedIterator, MapResult)
 
 __all__ = ["Pool", "ThreadPool", "ApplyResult", "AsyncResult", "MapResult",
            "IMapIterator", "IMapUnorderedIterator", "MaybeEncodingError"]
-
-# The stdlib's state names, for code that reads them.
-RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
-
-from ._public import fixup_module_metadata as _fixup  # noqa: E402 - after the names it fixes
-
-_fixup(__name__, globals())
-del _fixup
 
 
 if _typing.TYPE_CHECKING:

@@ -227,7 +227,7 @@ def count_waiters(proxy) -> int:
     server = current_process()._manager_server
     obj = server.id_to_obj[proxy._id].obj
     if hasattr(obj, "_ring"):     # a ServerRingQueue: getters wait on its ring
-        from polyproc._queue_ring import _GET_WAITERS
+        from polyproc._queue.ring import _GET_WAITERS
         return obj._ring._h[_GET_WAITERS]
     if hasattr(obj, "not_empty"):                 # a queue
         return len(obj.not_empty._waiters)
@@ -251,11 +251,11 @@ class ConnectionSpin:
     """Server side: the spin budget of the connection a call comes from."""
 
     def set_budget(self, value: int) -> None:
-        from polyproc._manager_server import current_connection
+        from polyproc._managers.server import current_connection
         current_connection().chan.spin.budget = value
 
     def budget(self) -> int:
-        from polyproc._manager_server import current_connection
+        from polyproc._managers.server import current_connection
         return current_connection().chan.spin.budget
 
 

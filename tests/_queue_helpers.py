@@ -6,7 +6,8 @@ import os
 import signal
 import time
 
-from polyproc import _queue_ring, _queue_shm
+from polyproc._queue import ring as _queue_ring
+from polyproc._queue import primitives as _queue_shm
 
 
 def item(tag: int, seq: int, size: int = 0) -> tuple:

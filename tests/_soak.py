@@ -38,7 +38,9 @@ import numpy as np
 import psutil
 
 import polyproc
-from polyproc import WorkerLostError, _shm, _shm_pool
+from polyproc import WorkerLostError
+from polyproc._transport import shm as _shm
+from polyproc._transport import shm_cache as _shm_pool
 
 ARRAY_BYTES = 2 * 1024 * 1024
 ROUND_TASKS = 48           # tasks per call: 2 x 96 MiB of arrays in flight at most

@@ -6,7 +6,8 @@ import pickle
 
 import numpy as np
 
-from polyproc import _serialization, _shm
+from polyproc._transport import serialization as _serialization
+from polyproc._transport import shm as _shm
 
 MiB = 1 << 20
 
@@ -188,7 +189,7 @@ def refill_and_return(value: int) -> np.ndarray:
 def reuse_tracker_fd_then_send(path: str, conn) -> None:
     """Close the inherited tracker connection, put a file on its number,
     then send: the message must go to a new connection, not the file."""
-    from polyproc import _shm_tracker
+    from polyproc._transport import tracker as _shm_tracker
     fd = _shm_tracker._fd
     os.close(fd)
     f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -216,7 +217,8 @@ def pause_result_at(where: str, report, once, one_shot: bool = False) -> None:
     import sys
     import threading
 
-    from polyproc import _shm_pool, _worker
+    from polyproc._transport import shm_cache as _shm_pool
+    from polyproc._pool._backends.process import worker as _worker
 
     if one_shot:
         _shm_pool.POOL_LIMIT = 0
@@ -288,7 +290,7 @@ def exists(name: str) -> bool:
 
 def orphaned(name: str) -> bool:
     """Has the tracker marked recycled segment *name* as its sender's orphan?"""
-    from polyproc import _shm_pool
+    from polyproc._transport import shm_cache as _shm_pool
     try:
         header = _shm_pool._map_header(name)
     except OSError:
@@ -300,7 +302,7 @@ def orphaned(name: str) -> bool:
 def send_one_shot_and_recycled_then_block(conn, nbytes: int, seed: int, sent) -> None:
     """Send an array in a one-shot segment, another in a recycled one, say
     so, then wait to be killed."""
-    from polyproc import _shm_pool
+    from polyproc._transport import shm_cache as _shm_pool
     limit, _shm_pool.POOL_LIMIT = _shm_pool.POOL_LIMIT, 0
     conn.send(pattern(nbytes, seed))
     _shm_pool.POOL_LIMIT = limit
@@ -337,7 +339,7 @@ def pause_after_freeing(action) -> list:
     """
     import sys
 
-    from polyproc import _shm_pool
+    from polyproc._transport import shm_cache as _shm_pool
 
     put = _shm_pool._put.__code__
     errors: list = []

@@ -26,7 +26,7 @@ import _compat_helpers as helpers
 import _manager_helpers
 import polyproc
 from polyproc import _cpu
-from polyproc._manager_server import _HELD_POLL
+from polyproc._managers.server import _HELD_POLL
 from polyproc.managers import DictProxy, ListProxy, SetProxy, SyncManager
 
 WAIT = 30  # bound on any single wait, far above what each takes

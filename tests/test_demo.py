@@ -1,4 +1,4 @@
-"""polyproc._demo and ``python -m polyproc demo``, shrunk to run in a second."""
+"""polyproc._cli.demo and ``python -m polyproc demo``, shrunk to run in a second."""
 from __future__ import annotations
 
 import io
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from polyproc import _demo
+from polyproc._cli import demo as _demo
 
 
 @pytest.fixture

@@ -449,7 +449,7 @@ def test_remote_links_pickle_in_band():
     # A shared-memory segment's name means nothing on another machine: a
     # link to a non-local peer pickles everything into the frame.
     np = pytest.importorskip("numpy")
-    from polyproc._manager_wire import Call, decode, dumps_in_band, encode
+    from polyproc._managers.wire import Call, decode, dumps_in_band, encode
     array = np.arange(1_000_000, dtype=np.float64)
     payload = encode(Call(1, "put", (array,), {}), dumps=dumps_in_band)
     assert len(payload) > array.nbytes                   # in the frame itself

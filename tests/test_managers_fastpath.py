@@ -14,9 +14,9 @@ import pytest
 
 import _manager_helpers as helpers
 import polyproc
-from polyproc import _manager_fastpath as fastpath
+from polyproc._managers import fastpath
 from polyproc._exceptions import ManagerProtocolError
-from polyproc._manager_wire import Channel
+from polyproc._managers.wire import Channel
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -322,7 +322,7 @@ def unix_manager():
 
 
 def authenticated_unix(address) -> socket.socket:
-    from polyproc._manager_wire import client_handshake
+    from polyproc._managers.wire import client_handshake
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(5)
     sock.connect(address)
@@ -367,7 +367,7 @@ def test_silent_after_the_handshake_is_dropped(unix_manager):
 
 
 def test_refused_segment_leaves_the_connection_on_the_socket(unix_manager):
-    from polyproc._manager_wire import Control, Hello, Ok, decode, encode
+    from polyproc._managers.wire import Control, Hello, Ok, decode, encode
     sock = authenticated_unix(unix_manager.address)
     fd = os.memfd_create("unsealed", os.MFD_CLOEXEC)
     os.ftruncate(fd, fastpath.SEGMENT_SIZE)
@@ -382,7 +382,7 @@ def test_refused_segment_leaves_the_connection_on_the_socket(unix_manager):
 
 
 def test_lying_lane_length_ends_that_connection_only(unix_manager):
-    from polyproc._manager_wire import Hello, encode
+    from polyproc._managers.wire import Hello, encode
     sock = authenticated_unix(unix_manager.address)
     segment = fastpath.offer_segment(sock, True)
     assert segment is not None
@@ -435,7 +435,7 @@ def test_uncounted_bytes_on_the_socket_end_that_connection_only(unix_manager, ju
     # A peer that writes to the socket what the fast path never announces:
     # a byte that is neither a wake-up nor a frame, or a frame it never
     # counted.  The server thread must give up the connection, not spin.
-    from polyproc._manager_wire import Hello, encode
+    from polyproc._managers.wire import Hello, encode
     sock = authenticated_unix(unix_manager.address)
     segment = fastpath.offer_segment(sock, True)
     chan = Channel(sock, 1 << 20, 5.0)

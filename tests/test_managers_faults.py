@@ -176,7 +176,7 @@ def test_manager_finalized_while_a_client_is_being_made():
     # The garbage collector may finalize a dropped manager (which drops its
     # clients) while the same thread is inside get_client, holding the
     # clients' lock: that must not deadlock the thread on itself.
-    from polyproc import _manager_client
+    from polyproc._managers import client as _manager_client
     m = polyproc.Manager()
     done = threading.Event()
 
@@ -205,7 +205,7 @@ def test_late_release_of_a_gone_process_drops_nothing_of_others():
     # processes' (this one failed under load, as a ReferenceError on a proxy
     # the test still held).
     import socket
-    from polyproc._manager_wire import (Channel, Control, DecRef, Hello, IncRef,
+    from polyproc._managers.wire import (Channel, Control, DecRef, Hello, IncRef,
                                         Ok, client_handshake, decode, encode)
     with polyproc.managers.SyncManager(address=("127.0.0.1", 0),
                                        authkey=b"k") as m:

@@ -18,9 +18,10 @@ import pytest
 
 import _manager_helpers as helpers
 import polyproc
-from polyproc import _manager_client, _queue_shm
+from polyproc._managers import client as _manager_client
+from polyproc._queue import primitives as _queue_shm
 from polyproc._exceptions import ManagerConnectionError, SerializationError
-from polyproc._manager_queue import QueueProxy
+from polyproc._managers.queue import QueueProxy
 
 pytestmark = [
     pytest.mark.timeout(40),
@@ -132,7 +133,7 @@ def test_lambdas_travel(manager, path):
 def test_items_holding_proxies_keep_their_objects(monkeypatch):
     # The server frees a released object RELEASE_GRACE seconds later; an
     # item holding a proxy must keep its object for as long as it is queued.
-    from polyproc import _manager_server
+    from polyproc._managers import server as _manager_server
     monkeypatch.setattr(_manager_server, "RELEASE_GRACE", 0.1)
     ctx = polyproc.get_context("fork")          # the server inherits the patch
     with ctx.Manager() as m:
@@ -176,7 +177,7 @@ def test_blocked_get_raises_when_the_server_dies():
 
 
 def _waiting_getters(q) -> int:
-    from polyproc._queue_ring import _GET_WAITERS
+    from polyproc._queue.ring import _GET_WAITERS
     return q._local_ring()._h[_GET_WAITERS]
 
 

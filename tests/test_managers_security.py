@@ -20,7 +20,7 @@ import polyproc
 from polyproc import managers
 from polyproc._exceptions import (AuthenticationError, FrameTooLargeError,
                                   InsecureAddressError)
-from polyproc._manager_wire import (MAGIC, Channel, Control, Failed, Hello,
+from polyproc._managers.wire import (MAGIC, Channel, Control, Failed, Hello,
                                     Ok, client_handshake, decode, encode)
 
 pytestmark = pytest.mark.timeout(30)

@@ -457,7 +457,7 @@ def test_a_closure_over_a_large_array_reaches_every_worker(pool):
     big = np.arange(1 << 18, dtype=np.int64)  # 2 MiB, captured by value
     assert pool.map(lambda i: int(big[i]), range(40), chunksize=1) == list(range(40))
     assert pool.apply(h.square, (2,)) == 4  # the map's results are all handled
-    keys = pool._backend._task_seconds_by_func
+    keys = pool._backend._times.by_key
     assert max(len(k) for k in keys if isinstance(k, bytes)) < 64 * 1024
 
 
@@ -634,7 +634,7 @@ def _interrupt_then_reuse(pool, tmp_path, wait_in: str) -> None:
     hold.touch()
     fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
     started_0 = str(tmp_path / "started-0")
-    ctrl_c = h.CtrlC("_results.py", lambda: os.path.exists(started_0))
+    ctrl_c = h.CtrlC("_pool/results.py", lambda: os.path.exists(started_0))
     handled = str(tmp_path / "interrupt-handled")
     with h.ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
         if wait_in == "submit":
@@ -712,7 +712,7 @@ def test_ctrl_c_leaves_other_calls_results_alone(ctx_fs, tmp_path):
     with ctx_fs.Pool(1) as pool:
         interrupted = pool.map_async(fn, [0, 1])
         other = pool.apply_async(h.square, (5,))
-        ctrl_c = h.CtrlC("_results.py", (tmp_path / "started-0").exists)
+        ctrl_c = h.CtrlC("_pool/results.py", (tmp_path / "started-0").exists)
         with h.ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
             ctrl_c.start()
             interrupted.get()
@@ -728,7 +728,7 @@ def test_ctrl_c_in_thread_pool_map_skips_its_queued_tasks(tmp_path):
     hold.touch()
     fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
     with ThreadPool(2) as pool:
-        ctrl_c = h.CtrlC("_results.py", (tmp_path / "started-0").exists)
+        ctrl_c = h.CtrlC("_pool/results.py", (tmp_path / "started-0").exists)
         with h.ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
             ctrl_c.start()
             pool.map(fn, range(8), chunksize=1)

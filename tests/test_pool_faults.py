@@ -19,7 +19,7 @@ import pytest
 
 import polyproc
 from polyproc import ProcessError, WorkerLostError
-from polyproc._scheduler import MAX_STARTUP_FAILURES
+from polyproc._pool._backends.process.blame import MAX_STARTUP_FAILURES
 
 import _pool_fault_helpers as h
 
@@ -143,9 +143,9 @@ def test_pool_that_no_worker_can_start_breaks_saying_why(ctx_fs, gate, monkeypat
     workers for ever: after a while without any worker ready it breaks, with a
     message that says what killed them.  (Shortened here from 10 kills and
     60 s.)"""
-    from polyproc import _scheduler
-    monkeypatch.setattr(_scheduler, "MAX_KILLED_STARTS", 3)
-    monkeypatch.setattr(_scheduler, "STARTUP_STALL_SECONDS", 0.0)
+    from polyproc._pool._backends.process import blame
+    monkeypatch.setattr(blame, "MAX_KILLED_STARTS", 3)
+    monkeypatch.setattr(blame, "STARTUP_STALL_SECONDS", 0.0)
     p = ctx_fs.Pool(1, initializer=h.wait_at_gate, initargs=gate.initargs)
     try:
         result = p.map_async(h.square, range(4))

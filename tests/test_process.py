@@ -483,8 +483,8 @@ def test_unguarded_set_start_method_gives_the_main_guard_message(method):
 def test_send_exception_never_blocks_on_a_small_pipe():
     import fcntl
 
-    from polyproc._child import send_exception
-    from polyproc._remote_errors import rebuild_exception
+    from polyproc._process.child import send_exception
+    from polyproc._transport.remote_errors import rebuild_exception
     reader, writer = polyproc.Pipe(duplex=False)
     try:
         fcntl.fcntl(writer.fileno(), 1031, 4096)  # F_SETPIPE_SZ: one page

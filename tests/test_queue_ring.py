@@ -1,4 +1,4 @@
-"""polyproc._queue_ring: the ring protocol itself, in one process.
+"""polyproc._queue.ring: the ring protocol itself, in one process.
 
 No child processes here: a lock holder that dies is a thread that ends
 holding a robust mutex (the kernel marks it owner-dead exactly as for a
@@ -13,8 +13,10 @@ import time
 
 import pytest
 
-from polyproc import _queue_ring, _queue_shm, _queue_waiters
-from polyproc._queue_ring import Ring, Timeout
+from polyproc._queue import ring as _queue_ring
+from polyproc._queue import primitives as _queue_shm
+from polyproc._queue import waiters as _queue_waiters
+from polyproc._queue.ring import Ring, Timeout
 
 pytestmark = pytest.mark.skipif(not _queue_shm.AVAILABLE,
                                 reason="shared-memory queues need x86-64 Linux")

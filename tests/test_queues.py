@@ -17,7 +17,7 @@ from polyproc import queues
 from polyproc._exceptions import QueueGoneError, SerializationError
 
 import _queue_helpers as helpers
-from polyproc import _queue_shm
+from polyproc._queue import primitives as _queue_shm
 
 # Elsewhere polyproc.Queue is the stdlib's (see polyproc/_queue_shm.py), and
 # these tests, which reach into the shared-memory ring, do not apply.
@@ -230,7 +230,7 @@ def test_put_many_on_bounded_queue_reports_how_many_were_put():
 @pytest.mark.timeout(10)
 def test_a_put_that_times_out_frees_the_shared_memory_of_its_item():
     np = pytest.importorskip("numpy")
-    from polyproc import _shm
+    from polyproc._transport import shm as _shm
     prefix = _shm.session_prefix()
     q = polyproc.Queue(1)
     q.put(0)
@@ -575,7 +575,7 @@ def test_ctrl_c_interrupts_a_blocked_get_and_leaves_the_queue_clean(ctx_fs):
 
 
 def _waiters(q) -> int:
-    from polyproc import _queue_ring
+    from polyproc._queue import ring as _queue_ring
     return q._ring._h[_queue_ring._GET_WAITERS]
 
 

@@ -1,4 +1,4 @@
-"""polyproc._remote_errors: exceptions that cross a process boundary."""
+"""polyproc._transport.remote_errors: exceptions that cross a process boundary."""
 from __future__ import annotations
 
 import pickle
@@ -9,7 +9,7 @@ import types
 import pytest
 
 from polyproc import RemoteError, RemoteTraceback
-from polyproc._remote_errors import (ExceptionMessage, exception_payload,
+from polyproc._transport.remote_errors import (ExceptionMessage, exception_payload,
                                      rebuild_exception, transportable)
 
 

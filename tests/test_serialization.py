@@ -1,4 +1,4 @@
-"""polyproc._serialization in one process: formats, zero-copy round trips, faults."""
+"""polyproc._transport.serialization in one process: formats, zero-copy round trips, faults."""
 from __future__ import annotations
 
 import errno
@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 import polyproc
-from polyproc import _serialization as ser
-from polyproc import _shm, _shm_pool, _shm_tracker
+from polyproc._transport import serialization as ser
+from polyproc._transport import shm as _shm
+from polyproc._transport import shm_cache as _shm_pool
+from polyproc._transport import tracker as _shm_tracker
 from polyproc._exceptions import SerializationError
 
 from _zero_copy_helpers import Blob, MiB, our_segments, pattern

@@ -22,7 +22,8 @@ import pytest
 import _compat_helpers as helpers
 import _zero_copy_helpers
 import polyproc
-from polyproc import RemoteTraceback, _shm_pool
+from polyproc import RemoteTraceback
+from polyproc._transport import shm_cache as _shm_pool
 
 WAIT = 30
 BIG = 2 ** 21          # float64 items: 16 MiB, far above the zero-copy threshold

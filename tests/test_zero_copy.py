@@ -21,8 +21,10 @@ import psutil
 import pytest
 
 import polyproc
-from polyproc import _serialization as ser
-from polyproc import _shm, _shm_pool, _shm_tracker
+from polyproc._transport import serialization as ser
+from polyproc._transport import shm as _shm
+from polyproc._transport import shm_cache as _shm_pool
+from polyproc._transport import tracker as _shm_tracker
 from polyproc.connection import Client, Connection, Listener
 
 import _zero_copy_helpers as h
@@ -221,7 +223,7 @@ SESSION_PROGRAM_HEAD = """
 import os, sys, signal
 import numpy as np
 import polyproc
-from polyproc import _shm
+from polyproc._transport import shm as _shm
 sys.path.insert(0, {tests!r})
 import _zero_copy_helpers as h
 ctx = polyproc.get_context("fork")
@@ -250,7 +252,8 @@ def _tracker_of(session_text: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if session_text in cmd and any("_shm_tracker" in part for part in cmd):
+        if session_text in cmd and any("polyproc._transport.tracker_daemon" in part
+                                       for part in cmd):
             found.append(proc)
     return found
 
@@ -338,7 +341,7 @@ def test_sender_killed_after_sending_keeps_data_for_the_reader():
 @pytest.mark.timeout(60)
 def test_a_killed_tracker_is_replaced():
     proc = _run_session("""
-        from polyproc import _serialization as ser
+        from polyproc._transport import serialization as ser
         a = ser.loads(ser.dumps(h.pattern(4 << 20, 7)))
         print("TRACKING", flush=True)
         sys.stdin.readline()               # the test kills the tracker now
@@ -517,7 +520,7 @@ def test_a_real_full_dev_shm_falls_back_to_the_pipe():
         pytest.skip("needs root and unshare to mount a 2 MiB /dev/shm in a private namespace")
     body = """
         import warnings
-        from polyproc import _shm_pool
+        from polyproc._transport import shm_cache as _shm_pool
         r, w = ctx.Pipe()
         p = ctx.Process(target=h.echo, args=(w,))
         p.start()
@@ -556,7 +559,7 @@ def test_a_real_full_dev_shm_falls_back_to_the_pipe():
 def test_a_stopped_tracker_never_hangs_a_sender():
     proc = _run_session("""
         import warnings
-        from polyproc import _serialization as ser, _shm_tracker
+        from polyproc._transport import serialization as ser, tracker as _shm_tracker
         ser.loads(ser.dumps(h.pattern(2 << 20, 1)))    # tracker up, connected
         print("STOP_IT", flush=True)
         sys.stdin.readline()

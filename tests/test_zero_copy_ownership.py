@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 
 import polyproc
-from polyproc import _serialization, _shm_pool, _shm_tracker
+from polyproc._transport import serialization as _serialization
+from polyproc._transport import shm_cache as _shm_pool
+from polyproc._transport import tracker as _shm_tracker
 
 import _zero_copy_helpers as h
 from _zero_copy_helpers import MiB, our_segments, pattern
@@ -219,7 +221,7 @@ PROGRAM = """
 import os, sys
 import numpy as np
 import polyproc
-from polyproc import _shm
+from polyproc._transport import shm as _shm
 sys.path.insert(0, {tests!r})
 import _zero_copy_helpers as h
 
@@ -232,7 +234,7 @@ if __name__ == "__main__":
     q.put(h.pattern(2 << 20, 9))                         # nobody gets it
     r, w = ctx.Pipe()
     w.send(h.pattern(2 << 20, 10))                       # nobody reads it
-    payload = polyproc._serialization.dumps(h.pattern(2 << 20, 11))  # never sent
+    payload = polyproc._transport.serialization.dumps(h.pattern(2 << 20, 11))  # never sent
     print("LEFT", len(h.our_segments()), flush=True)
 """
 

@@ -37,7 +37,7 @@ def say(*parts) -> None:
 def say_when_waiting() -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if _pool_helpers.main_thread_blocked_in("_results.py"):
+        if _pool_helpers.main_thread_blocked_in("_pool/results.py"):
             say("parent waiting")
             return
         time.sleep(0.005)
