@@ -16,7 +16,7 @@ import sys as _sys
 # First: puts this process's zero-copy session in the environment
 # (POLYPROC_SHM_SESSION) before any child can start, so that children of
 # every start method share one session and its tracker (docs/zero_copy.md).
-from ._transport import tracker as _shm_tracker  # noqa: F401
+from ._transport import tracker as _tracker  # noqa: F401
 from . import context as _context
 from ._exceptions import (AuthenticationError, BufferTooShort,
                           FrameTooLargeError, InheritedPoolError,
