@@ -10,7 +10,7 @@ Three scenarios from issue 5, each with both libraries in the same run:
 * ``managers start+shutdown``: ``Manager()`` then ``shutdown()``, with the
   default start method and with spawn;
 * ``managers dict 32 MB NumPy array``: ``d["array"] = a`` then
-  ``d["array"]``: the zero-copy path of ``_serialization`` at work;
+  ``d["array"]``: the zero-copy path of ``_transport.serialization`` at work;
 * ``managers create+use+drop``: ``m.list()``, one call, release: the
   stdlib opens three connections per proxy (create, incref, decref), polyproc
   none.
@@ -150,7 +150,7 @@ def scenarios() -> list[Scenario]:
                              "polyproc": _array_contender(poly)},
                  work=(2 * ARRAY_ROUNDS * ARRAY_BYTES, "B"),
                  target="(not in the issue) large values",
-                 notes=["polyproc: the zero-copy path of _serialization "
+                 notes=["polyproc: the zero-copy path of _transport/serialization.py "
                         "(shared memory) between processes of one machine"]),
         Scenario(name="managers create+use+drop 500 proxies",
                  contenders={"stdlib": _create_contender(std),

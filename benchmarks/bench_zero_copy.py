@@ -27,7 +27,7 @@ copies.
   in-band and through shared memory; where shared memory starts winning is
   where ``ZERO_COPY_THRESHOLD`` belongs.
 * ``zero_copy_small_dumps``: the cost the zero-copy check adds to small
-  objects: ``_serialization.dumps`` beside ``pickle.dumps(obj, 5)``.
+  objects: ``serialization.dumps`` beside ``pickle.dumps(obj, 5)``.
 """
 from __future__ import annotations
 

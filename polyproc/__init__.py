@@ -21,7 +21,7 @@ import typing as _typing
 # First: puts this process's zero-copy session in the environment
 # (POLYPROC_SHM_SESSION) before any child can start, so that children of
 # every start method share one session and its tracker (docs/zero_copy.md).
-from ._transport import tracker as _shm_tracker  # noqa: F401
+from ._transport import tracker as _tracker  # noqa: F401
 from . import context as _context
 # The CPUs this process may use (3.13's os.process_cpu_count, on every
 # Python, capped by a container's CPU quota): what Pool() and Executor()

@@ -1,6 +1,6 @@
 """``python -m polyproc demo``: the command line.
 
-One sub-command for now, ``demo`` (see ``_demo.py``), which ``make demo``
+One sub-command for now, ``demo`` (see ``_cli/demo.py``), which ``make demo``
 runs.
 """
 from __future__ import annotations

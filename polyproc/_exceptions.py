@@ -413,8 +413,8 @@ class InsecureAddressError(ValueError):
     """
 
 
-# --- zero-copy transport (polyproc._shm, _shm_pool, _shm_tracker) ------------
-# Internal: callers never see these raised.  They make ``_serialization``
+# --- zero-copy transport (polyproc._transport: shm, shm_cache, tracker) --------
+# Internal: callers never see these raised.  They make ``_transport.serialization``
 # fall back to the pipe, or appear as the ``__cause__`` of the
 # ``SerializationError`` that ``loads`` raises.
 
@@ -430,6 +430,6 @@ class TrackerBusyError(OSError):
 
 
 class LargeBufferSignal(Exception):
-    """Control flow inside ``_serialization.dumps``, never raised out of it:
+    """Control flow inside ``serialization.dumps``, never raised out of it:
     its fast path's ``buffer_callback`` raises this on the first buffer
     large enough for shared memory, and ``dumps`` takes the zero-copy path."""

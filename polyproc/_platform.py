@@ -1,7 +1,7 @@
 """What the shared-memory protocols need from the machine, decided once.
 
-The ring under polyproc's queues (``_queue_ring``) and the fast path of
-manager connections (``_manager_fastpath``) publish data to other processes
+The ring under polyproc's queues (``_queue.ring``) and the fast path of
+manager connections (``_managers.fastpath``) publish data to other processes
 with plain stores, in order, and rely on other processes seeing them in that
 order.  x86-64 promises that (total store order); weakly ordered CPUs
 (arm64) do not without barriers that Python cannot issue.  Both also need

@@ -1,6 +1,6 @@
 """Helpers that make private implementation modules look public.
 
-Like trio's ``fixup_module_metadata``: a class defined in ``polyproc._pool``
+Like trio's ``fixup_module_metadata``: a class defined in ``polyproc._pool.api``
 but exported as ``polyproc.pool.Pool`` reports ``polyproc.pool`` as its
 module, so reprs, tracebacks and pickles name the public path.
 """

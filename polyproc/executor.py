@@ -3,7 +3,7 @@
 A drop-in for ``concurrent.futures.ProcessPoolExecutor`` that runs on the
 same scheduler as ``polyproc.Pool``, so that a worker's death fails only the
 future of the task it was running.  This module only re-exports; the
-implementation and its design notes are in ``polyproc/_executor.py`` (and
+implementation and its design notes are in ``polyproc/_pool/executor.py`` (and
 docs/executor.md).
 """
 from __future__ import annotations

@@ -3,12 +3,12 @@
 The public face of the managers; the machinery lives in private modules,
 one job each (see docs/managers.md):
 
-* ``_manager_wire``: sockets, the HMAC-SHA256 handshake, bounded frames,
+* ``_managers.wire``: sockets, the HMAC-SHA256 handshake, bounded frames,
   the typed messages;
-* ``_manager_server``: the server that keeps the objects and runs calls;
-* ``_manager_client``: a process's connections to a server;
-* ``_manager_proxy``: ``BaseProxy`` and the stdlib's proxy types;
-* ``_manager``: ``BaseManager``, ``SyncManager``, ``SharedMemoryManager``.
+* ``_managers.server``: the server that keeps the objects and runs calls;
+* ``_managers.client``: a process's connections to a server;
+* ``_managers.proxy``: ``BaseProxy`` and the stdlib's proxy types;
+* ``_managers.manager``: ``BaseManager``, ``SyncManager``, ``SharedMemoryManager``.
 
 Everything in ``multiprocessing.managers.__all__`` is here with the same
 meaning, plus the other names stdlib code reaches for (``AutoProxy``,

@@ -221,7 +221,7 @@ def pause_result_at(where: str, report, once, one_shot: bool = False) -> None:
     from polyproc._pool._backends.process import worker as _worker
 
     if one_shot:
-        _shm_pool.POOL_LIMIT = 0
+        _shm_pool.CACHE_LIMIT = 0
     created = _serialization._new_segment.__code__
     dumped = _serialization.dumps.__code__
     flush = _worker._Worker.flush.__code__
@@ -303,9 +303,9 @@ def send_one_shot_and_recycled_then_block(conn, nbytes: int, seed: int, sent) ->
     """Send an array in a one-shot segment, another in a recycled one, say
     so, then wait to be killed."""
     from polyproc._transport import shm_cache as _shm_pool
-    limit, _shm_pool.POOL_LIMIT = _shm_pool.POOL_LIMIT, 0
+    limit, _shm_pool.CACHE_LIMIT = _shm_pool.CACHE_LIMIT, 0
     conn.send(pattern(nbytes, seed))
-    _shm_pool.POOL_LIMIT = limit
+    _shm_pool.CACHE_LIMIT = limit
     conn.send(pattern(nbytes, seed + 1))
     sent.set()
     import threading

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 import polyproc
 
@@ -194,3 +195,103 @@ def test_the_checks_see_what_they_must():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _rank("polyproc._transport.shm") < _rank("polyproc._pool.api") \
         < _rank("polyproc.pool") < _rank("polyproc._cli.demo")
+
+
+# -- the diagram of a task's path names only what exists -----------------------
+
+ROOT = PACKAGE.parent
+_CODE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_PATH = re.compile(r"[\w/]+\.py")
+
+
+def _architecture_diagram() -> str:
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    section = text[text.index("## A task's path (Pool)"):]
+    start = section.index("```\n") + 4
+    return section[start:section.index("```", start)]
+
+
+def _scheduler_diagram() -> str:
+    doc = ast.get_docstring(ast.parse(
+        (PACKAGE / "_pool/_backends/process/scheduler.py").read_text()), clean=False)
+    assert doc is not None
+    block = doc[doc.index("::\n\n") + 4:]
+    return block[:block.index("\n\n")] + "\n"
+
+
+class _Index:
+    """Names the package defines: classes with their members, modules with
+    their top-level names, and every other name (methods, attributes set on
+    self, thread names given as strings)."""
+
+    def __init__(self) -> None:
+        self.classes: dict[str, set[str]] = {}
+        self.bases: dict[str, list[str]] = {}
+        self.modules: dict[str, set[str]] = {}
+        self.names: set[str] = set()
+        for path in PACKAGE.rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            top = set()
+            for node in tree.body:
+                if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                    top.add(node.name)
+            self.modules.setdefault(path.stem, set()).update(top)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef):
+                    members = self.classes.setdefault(node.name, set())
+                    self.bases[node.name] = [b.id for b in node.bases if isinstance(b, ast.Name)]
+                    for sub in ast.walk(node):
+                        if isinstance(sub, ast.FunctionDef):
+                            members.add(sub.name)
+                        elif isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) \
+                                and sub.value.id == "self":
+                            members.add(sub.attr)
+                if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                    self.names.add(node.name)
+                elif isinstance(node, ast.Attribute):
+                    self.names.add(node.attr)
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                        and node.value.isidentifier():
+                    self.names.add(node.value)
+
+    def members(self, cls: str) -> set[str]:
+        found = set(self.classes.get(cls, ()))
+        for base in self.bases.get(cls, ()):
+            found |= self.members(base)
+        return found
+
+    def missing(self, diagram: str) -> list[str]:
+        """The code names and file paths of *diagram* that the package lacks."""
+        wrong = [p for p in _PATH.findall(diagram)
+                 if not any(str(f).endswith("/" + p) for f in PACKAGE.rglob("*.py"))]
+        for token in _CODE_NAME.findall(_PATH.sub(" ", diagram)):
+            if not ("_" in token or "." in token or token != token.lower()):
+                continue  # an English word
+            head, _, rest = token.partition(".")
+            if not rest:
+                ok = token in self.names or token in self.classes
+            elif head in self.classes:
+                ok = rest in self.members(head)
+            elif head in self.modules:
+                ok = rest in self.modules[head]
+            else:  # a variable (sink.deliver): the method must exist somewhere
+                ok = rest.rpartition(".")[2] in self.names
+            if not ok:
+                wrong.append(token)
+        return wrong
+
+
+def test_the_task_path_diagram_names_only_what_exists():
+    assert _Index().missing(_architecture_diagram()) == []
+
+
+def test_the_scheduler_shows_the_same_diagram():
+    assert _scheduler_diagram() == _architecture_diagram()
+
+
+def test_the_diagram_check_catches_made_up_names():
+    # The boxes of the diagram before issue 11, which named nothing real.
+    assert _Index().missing("receive_results  dispatch_chunks  on_worker_exit "
+                            "ProcessScheduler.dispatch (_scheduler.py) caller thread") == [
+        "_scheduler.py", "receive_results", "dispatch_chunks", "on_worker_exit",
+        "ProcessScheduler.dispatch"]

@@ -219,7 +219,7 @@ def test_receiver_changes_do_not_show_in_sender():
 def segment_kind(request, monkeypatch):
     """Run a test with one-shot segments (pool limit 0) and with recycled ones."""
     if request.param == "one-shot":
-        monkeypatch.setattr(_shm_pool, "POOL_LIMIT", 0)
+        monkeypatch.setattr(_shm_pool, "CACHE_LIMIT", 0)
     return request.param
 
 
@@ -273,7 +273,7 @@ def test_sizes_that_do_not_fit_get_their_own_segment():
 
 
 def test_pool_limit_falls_back_to_one_shot(monkeypatch):
-    monkeypatch.setattr(_shm_pool, "POOL_LIMIT", 3 * T)
+    monkeypatch.setattr(_shm_pool, "CACHE_LIMIT", 3 * T)
     payloads = [ser.dumps(pattern(2 * T, i)) for i in range(3)]
     kinds = [ser._read_header(p).buffers[0].recycled for p in payloads]
     assert kinds == [True, False, False]

@@ -11,7 +11,7 @@ One ``ManagerClient`` per (process, manager address, key).  It owns:
   released);
 * one **call connection per thread** (as the stdlib's proxies do), so a
   call that blocks in the server (``Lock.acquire``) blocks only its thread;
-  to a server on this machine it is a ``FastChannel`` (``_manager_fastpath``:
+  to a server on this machine it is a ``FastChannel`` (``_managers.fastpath``:
   the messages go through shared memory, the lifeline stays a plain socket);
 * a queue of pending ``DecRef``s.
 
@@ -87,7 +87,7 @@ class ManagerClient:
             segment = None
             if fastpath.possible(sock):
                 # Call connections to a server on this machine go through
-                # shared memory (see _manager_fastpath); the lifeline
+                # shared memory (see fastpath.py); the lifeline
                 # carries nothing.
                 segment = fastpath.offer_segment(
                     sock, not lifeline and fastpath.available())

@@ -7,8 +7,8 @@ Reused unchanged: ``State``, the server-side ``Namespace``, ``Value`` and
 ``Array`` types, ``_SharedMemoryTracker``, and ``register``'s rules for
 ``exposed``/``method_to_typeid``/``create_method``.  What changed:
 
-* The transport (``_manager_wire``, ``_manager_server``,
-  ``_manager_client``): HMAC-SHA256 mutual authentication, bounded frames,
+* The transport (``_managers.wire``, ``_managers.server``,
+  ``_managers.client``): HMAC-SHA256 mutual authentication, bounded frames,
   timeouts, persistent per-thread connections, optional TLS.
 * Binding to a non-loopback address without an explicit ``authkey`` is
   refused (``InsecureAddressError``): the default key is the process's own
@@ -18,12 +18,12 @@ Reused unchanged: ``State``, the server-side ``Namespace``, ``Value`` and
   stops by itself when its parent dies, even by SIGKILL (the stdlib's
   server lives on as an orphan).
 * The registry travels to the server process through
-  ``polyproc._serialization``, so ``register`` accepts lambdas and
+  ``polyproc._transport.serialization``, so ``register`` accepts lambdas and
   closures under every start method.
 * ``SyncManager.Pool`` makes a ``polyproc.pool.Pool``.
 * ``Queue``, ``JoinableQueue``, ``Lock``, ``RLock``, ``Condition``,
   ``Semaphore`` and ``BoundedSemaphore`` live in the server as the types of
-  ``_manager_types``: the stdlib's, plus care for callers that die mid-call
+  ``_managers.server_types``: the stdlib's, plus care for callers that die mid-call
   (no lost item or permit, no lock held by the dead).
 
 Extra keyword arguments (polyproc): ``ssl_context`` (server side for
@@ -83,7 +83,7 @@ class BaseManager:
     *, shutdown_timeout=1.0)`` as in the stdlib; ``address=None`` means a
     fresh Unix socket, ``authkey=None`` the current process's ``authkey``.
     ``serializer`` is ``'pickle'`` or ``'xmlrpclib'`` (values restricted to
-    what XML-RPC carries, as in the stdlib: see ``_manager_wire``); another
+    what XML-RPC carries, as in the stdlib: see ``_managers.wire``); another
     name raises ``KeyError``, as the stdlib's does.
     """
 
@@ -454,7 +454,7 @@ class SyncManager(BaseManager):
 
 if _platform.ORDERED_SHARED_MEMORY:
     # Items in shared memory, reached without the server from this machine
-    # (see _manager_queue); elsewhere the stdlib's design, made robust.
+    # (see queue.py); elsewhere the stdlib's design, made robust.
     SyncManager.register("Queue", ServerRingQueue, QueueProxy)
     SyncManager.register("JoinableQueue", ServerRingQueue, QueueProxy)
 else:  # pragma: no cover - non-Linux

@@ -8,7 +8,7 @@ server exposes), the list of methods every stdlib proxy type exposes, and
 "manager owned".  What changed:
 
 * ``_callmethod`` sends one typed ``Call`` over this thread's persistent
-  connection (``_manager_client.ManagerClient``) and reads one reply: no
+  connection (``client.ManagerClient``) and reads one reply: no
   connection per call, no per-call handshake.
 * References: a proxy made from a server reply adopts the reference the
   server already counted for this process (the stdlib opens two extra
@@ -53,7 +53,7 @@ _getpid = os.getpid
 
 # How many proxies this process has pickled: a managed queue compares it
 # before and after pickling an item, to tell items that hold proxies
-# (see _manager_queue.HeldItem).
+# (see queue.HeldItem).
 proxies_pickled = 0
 
 
@@ -185,7 +185,7 @@ class BaseProxy:
 
 def _xmlrpc_arguments(args: tuple, kwds: dict) -> tuple[tuple, dict]:
     """The arguments as ``serializer='xmlrpclib'`` delivers them (see
-    ``_manager_wire``); raises ``TypeError``/``OverflowError`` here, in
+    ``_managers.wire``); raises ``TypeError``/``OverflowError`` here, in
     the caller, for what XML-RPC cannot carry, as the stdlib does."""
     args, kwds = xmlrpc_marshal((args, kwds))
     return tuple(args), kwds

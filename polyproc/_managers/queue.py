@@ -9,7 +9,7 @@ thread on a condition variable: six process and thread wake-ups in all,
 about 130 us on the 2-core machine polyproc is measured on.
 
 Here the queue is a polyproc ``JoinableQueue``: a ring in shared memory
-(``_queue_ring``), created by the server, which owns its files.  A proxy
+(``_queue.ring``), created by the server, which owns its files.  A proxy
 in a process of the same machine asks the server once for the ring's name,
 maps it, and from then on puts and gets through shared memory, as a
 ``polyproc.Queue`` does; a round trip takes about 7 us.  A proxy on
@@ -56,7 +56,7 @@ from . import client as _manager_client
 from . import proxy as _manager_proxy
 from .proxy import BaseProxy
 from .server import ClientGone, current_connection
-# _queue_ring (and ctypes under it) is imported on first use, not here: a
+# _queue/ring.py (and ctypes under it) is imported on first use, not here: a
 # manager's server process imports this module whether or not it will ever
 # hold a queue, and every millisecond counts in a spawned server's start.
 from .._transport.serialization import dumps, loads, release

@@ -7,10 +7,10 @@
     proxy._callmethod ──Call──▶ Channel ──▶ _serve_connection thread (one per
                       ◀──Ok/NewProxy/Failed──   connection) ──▶ Server._call
                       (a FastChannel on one machine: the frames go through
-                       a shared segment, see _manager_fastpath)
+                       a shared segment, see fastpath.py)
     lifeline Channel ────────── (idle) ───▶ _serve_connection: on EOF drop the
                                             session's references
-    manager.shutdown ── control pipe ─────▶ _watch_control (in _manager.py)
+    manager.shutdown ── control pipe ─────▶ _watch_control (in _managers/manager.py)
 
 Threads, as in the stdlib's ``Server``: the accept loop runs in a daemon
 thread, each authenticated connection gets its own thread, and the main
@@ -102,8 +102,9 @@ RELEASE_GRACE = 10.0
 _HELD_POLL = 1.0
 
 
-class Session(Counter):
-    """The references one client process holds: ``ident -> count``.
+class ClientSession(Counter):
+    """One client process's session with the server: the references it
+    holds, ``ident -> count``.
 
     ``released`` once the process's lifeline closed and its references were
     dropped; requests still queued on its call connections then count
@@ -128,7 +129,7 @@ class ConnectionState:
     ``undo``: callbacks run (newest first) when the reply of the current
     call cannot be delivered; ``cleanups``: run when the connection has
     closed and its client's process crashed (``Server._settle_locks_of_closed``).
-    Server-side types use them (``_manager_types``) so that a dead client
+    Server-side types use them (``_managers.server_types``) so that a dead client
     neither loses a queue item nor keeps a lock.
     """
 
@@ -209,7 +210,7 @@ class Server:
         self.listener, self.address = listen(address or default_address())
         self.id_to_obj: dict[int, _Managed] = {}
         self.id_to_refcount: dict[int, int] = {}
-        self.sessions: dict[bytes, Session] = {_SERVER_SESSION: Session()}
+        self.sessions: dict[bytes, ClientSession] = {_SERVER_SESSION: ClientSession()}
         # Re-entrant: a proxy living in the server (a nested one) may be
         # released by the garbage collector while this thread holds it.
         self.mutex = threading.RLock()
@@ -347,7 +348,7 @@ class Server:
         conn = None
         try:
             with self.mutex:
-                session = self.sessions.setdefault(hello.session, Session())
+                session = self.sessions.setdefault(hello.session, ClientSession())
             if hello.lifeline:
                 self._watch_lifeline(chan, session)
                 self._release_session(hello.session, crashed=not session.leaving)
@@ -362,7 +363,7 @@ class Server:
                 self._settle_locks_of_closed(conn, session)
 
     @staticmethod
-    def _watch_lifeline(chan: Channel, session: Session) -> None:
+    def _watch_lifeline(chan: Channel, session: ClientSession) -> None:
         """Block until the lifeline's peer is gone.  It sends nothing but,
         when its process exits normally, a ``Goodbye``."""
         try:
@@ -372,21 +373,21 @@ class Server:
         except (EOFError, OSError, ManagerProtocolError, SerializationError):
             pass
 
-    def _serve_requests(self, conn: ConnectionState, session: Session) -> None:
+    def _serve_requests(self, conn: ConnectionState, session: ClientSession) -> None:
         _current.conn = conn
         try:
             self._request_loop(conn, session)
         finally:
             _current.conn = None
 
-    def _settle_locks_of_closed(self, conn: ConnectionState, session: Session) -> None:
+    def _settle_locks_of_closed(self, conn: ConnectionState, session: ClientSession) -> None:
         """A connection closed while its client held locks: keep them, or
         release them if the client's process crashed.
 
         A thread that ended, or a process that exited normally, keeps its
         locks (the stdlib's meaning: another client may release them).  A
         process that crashed has them released, like a robust mutex (see
-        ``Session``).  Which of the two is known only when the process's
+        ``ClientSession``).  Which of the two is known only when the process's
         lifeline closes, which may come after this connection closed: wait
         for it here, in the connection's own thread, since an ``RLock`` can
         only be released by the thread that holds it.  Ends early once
@@ -398,7 +399,7 @@ class Server:
         if session.crashed and conn.cleanups:
             conn.run(list(conn.cleanups.values()))
 
-    def _request_loop(self, conn: ConnectionState, session: Session) -> None:
+    def _request_loop(self, conn: ConnectionState, session: ClientSession) -> None:
         chan = conn.chan
         recv, send, encode = chan.recv, chan.send, chan.encode
         while True:
@@ -444,7 +445,7 @@ class Server:
 
     # --- requests -------------------------------------------------------------
 
-    def _dispatch(self, msg: Any, session: Session) -> Any:
+    def _dispatch(self, msg: Any, session: ClientSession) -> Any:
         kind = type(msg)
         try:
             if kind is Call:
@@ -463,7 +464,7 @@ class Server:
         except Exception as exc:
             return self._failure(exc)
 
-    def _call(self, msg: Call, session: Session) -> Any:
+    def _call(self, msg: Call, session: ClientSession) -> Any:
         try:
             entry = self.id_to_obj[msg.ident]
         except KeyError:
@@ -504,7 +505,7 @@ class Server:
                               f"serializer='xmlrpclib': {exc}",
                               "".join(traceback.format_exception(exc)))
 
-    def _create(self, msg: Create, session: Session) -> NewProxy:
+    def _create(self, msg: Create, session: ClientSession) -> NewProxy:
         try:
             callable_ = self.registry[msg.typeid][0]
         except KeyError:
@@ -518,7 +519,7 @@ class Server:
             obj = callable_(*msg.args, **msg.kwds)
         return self._new_proxy(msg.typeid, obj, session, False)
 
-    def _new_proxy(self, typeid: str, obj: Any, session: Session,
+    def _new_proxy(self, typeid: str, obj: Any, session: ClientSession,
                    with_proxytype: bool) -> NewProxy:
         _, exposed, method_to_typeid, proxytype = self.registry[typeid]
         if exposed is None:
@@ -563,7 +564,7 @@ class Server:
 
     # --- references -------------------------------------------------------------
 
-    def _incref(self, session: Session, ident: int) -> None:
+    def _incref(self, session: ClientSession, ident: int) -> None:
         with self.mutex:
             if session.released:
                 return      # its process is gone: nobody would release it
@@ -579,7 +580,7 @@ class Server:
             self.id_to_refcount[ident] += 1
             session[ident] += 1
 
-    def _decref(self, session: Session, idents: tuple) -> None:
+    def _decref(self, session: ClientSession, idents: tuple) -> None:
         dropped = []
         with self.mutex:
             for ident in idents:
@@ -613,7 +614,7 @@ class Server:
 
     def _release_session(self, session_id: bytes, crashed: bool = True) -> None:
         with self.mutex:
-            session = self.sessions.pop(session_id, None) or Session()
+            session = self.sessions.pop(session_id, None) or ClientSession()
             dropped = [self._drop_one(ident, count)
                        for ident, count in session.items()]
             # The session's call connections may still hold requests that

@@ -26,7 +26,7 @@ challenge back at it); the fresh challenges on both sides stop replays.
 The whole handshake must finish within ``handshake_timeout`` seconds.
 
 Frames: an 8-byte big-endian length, then a payload made by
-``polyproc._serialization.dumps``.  A length above ``max_frame_size`` ends
+``polyproc._transport.serialization.dumps``.  A length above ``max_frame_size`` ends
 the connection with ``FrameTooLargeError`` before anything is allocated;
 large payloads are read into a buffer that grows only as bytes actually
 arrive, so a header that lies costs nothing.  Once the first byte of a

@@ -128,7 +128,7 @@ class Pool:
 
     @property
     def _pool(self) -> list:
-        """The worker processes (as the stdlib's private ``_pool`` list)."""
+        """The worker processes (as the stdlib's private ``_pool.api`` list)."""
         return self._backend.worker_processes()
 
     def _owned(self) -> bool:

@@ -14,7 +14,7 @@ a call of known length is cut into about ``CHUNKS_PER_WORKER`` chunks per
 worker.  That is 8 times finer than the stdlib's ``len / (4 * workers)``:
 the tail of a map of slow tasks then balances to within one small chunk,
 and the scheduler's batching (several chunks per message, see
-_scheduler.py) takes away the cost of the extra chunks when tasks are
+_pool/_backends/process/scheduler.py) takes away the cost of the extra chunks when tasks are
 tiny.  A call of unknown length (``imap`` over a generator) starts with
 chunks of one item and doubles them, up to what the scheduler's measured
 time per task says fills ``TARGET_CHUNK_SECONDS``.
@@ -102,7 +102,7 @@ class TaskChunk:
         self.retries = retries
         self.transport = transport
         # Sent alone in its Dispatch, so that a death while its result is
-        # sent is pinned on it (set by the scheduler, see _scheduler.py).
+        # sent is pinned on it (set by the scheduler, see _pool/_backends/process/scheduler.py).
         self.isolated = False
         self.tracking = m.TRACK_INDEX  # set by the scheduler at dispatch
 
@@ -179,7 +179,7 @@ def make_chunk(fn_blob, fn_name: str, call: int, items: list, start: int,
                transport: Transport = Transport.SHARED_MEMORY) -> TaskChunk:
     """Serialize *items* into a chunk as *transport* says (threads: not at all).
 
-    When they cannot be pickled, raises what ``_serialization.dumps`` raises
+    When they cannot be pickled, raises what ``serialization.dumps`` raises
     (catchable as the type pickle raised), naming the first item that
     cannot be pickled: its position in the call, its repr and why.
     """

@@ -6,8 +6,9 @@ OOM killer, a segfault, ``os._exit``) breaks the whole executor, failing
 every pending future with ``BrokenProcessPool``; all workers share one call
 queue, so a worker dying while holding its lock can wedge the rest; and a
 trivial task costs 75 to 240 µs with ``chunksize=1`` on the 2-core
-development machine (polyproc: about 20 µs, benchmarks/bench_executor.py).  The Pool's
-``ProcessScheduler`` (_scheduler.py) already solves all three: a pipe per
+development machine (polyproc: about 20 µs, benchmarks/bench_executor.py).
+The Pool's process backend (``ProcessScheduler``, loaded by name through
+the ``Backend`` protocol of backend.py) already solves all three: a pipe per
 worker, blame on exactly the task that was running when a worker died,
 ``timeout=``/``retries=`` per task, and batching that makes tiny tasks
 cheap.  This module only adapts ``concurrent.futures``' interface to it;
@@ -17,20 +18,21 @@ completion are in executor_core.py.
 Data flow of a task::
 
   caller thread                 | PoolScheduler thread          | worker processes
-  (Executor, this module)       | (ProcessScheduler._run)       | (_worker.py)
+  Executor (_pool/executor.py)  | ProcessScheduler._run         | worker_main
                                 |                               |
-  submit(fn, *args) / map       |                               |
-   -> TaskChunk, args pickled   |                               |
-      here (an error fails it)  |                               |
-   -> ExecutorCore.enqueue:    |                               |
+  Executor.submit / map         |                               |
+   -> make_chunk: a TaskChunk,  |                               |
+      arguments pickled here    |                               |
+      (an error fails it)       |                               |
+   -> ExecutorCore.enqueue:     |                               |
       window has room? ---yes---+-> ProcessScheduler.submit ----+-> run tasks
         | no                    |                               |
         v                       |                               |
-      ExecutorCore.waiting     |   FutureSink.deliver <-------+-- results
-      (deque of TaskChunks) <---+-- ExecutorCore.settle:       |
+      ExecutorCore.waiting      |   FutureSink.deliver <--------+-- Results
+      (a deque of chunks) <-----+-- ExecutorCore.settle:        |
                                 |     tops the window up from   |
-  future.result() <-------------+--   waiting, then sets the    |
-  (concurrent.futures.Future)   |     Future's result/exception |
+  ExecutorFuture.result <-------+--   waiting, then sets the    |
+                                |     future's result/exception |
 
 Reused from the stdlib: ``concurrent.futures.Future`` (its states,
 ``wait()``/``as_completed()`` waiters, done callbacks, and what asyncio

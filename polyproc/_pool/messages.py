@@ -33,7 +33,7 @@ class ChunkJob(NamedTuple):
     """One chunk of tasks as the worker sees it."""
     chunk_id: int
     func: bytes        # pickled callable (cached by the parent when by reference)
-    payload: bytes     # serialized list of items (see _serialization)
+    payload: bytes     # serialized list of items (see _transport/serialization.py)
     call: int          # CALL_MAP, CALL_STAR or CALL_APPLY
     tracking: int      # TRACK_NONE, TRACK_INDEX or TRACK_TIME (see below)
 
@@ -70,7 +70,7 @@ class WorkerReady(NamedTuple):
 
 
 class InitializerFailed(NamedTuple):
-    error: bytes  # exception payload (see _remote_errors)
+    error: bytes  # exception payload (see _transport/remote_errors.py)
 
 
 class ChunkDone(NamedTuple):
@@ -131,7 +131,7 @@ def unframe(data: bytes) -> tuple[int, memoryview]:
 
 # Phases a worker records in its slot of the pool's shared progress table,
 # so that when it dies the scheduler knows what it was doing (see
-# _scheduler.py, "Who is to blame when a worker dies").
+# _pool/_backends/process/scheduler.py, "Who is to blame when a worker dies").
 PHASE_IDLE = 0.0
 PHASE_LOADING = 1.0   # unpickling a chunk's items
 PHASE_RUNNING = 2.0   # running one task

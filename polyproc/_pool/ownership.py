@@ -27,7 +27,7 @@ forked child is never the parent of its parent's children.
 
 This process's pid is kept in a module global that the same fork hook
 updates (``os.getpid()`` is a system call, and ``apply_async`` checks it
-on every call), as ``_manager_client.pid`` is.
+on every call), as ``client.pid`` is.
 """
 from __future__ import annotations
 

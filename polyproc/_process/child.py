@@ -12,7 +12,7 @@ only replaces ``self.run`` on the instance, in the child, by
    otherwise fails with a bare ``EOFError: EOF when reading a line``;
 2. for a daemon process, starts the *parent watchdog* (below);
 3. calls the real ``run``; if it raises anything but ``SystemExit``, sends
-   the exception (see ``_remote_errors``) to the parent over the exception
+   the exception (see ``_transport.remote_errors``) to the parent over the exception
    channel, a one-way pipe made by ``PolyProcess.start()``, then re-raises
    so the stdlib prints it and exits with code 1 as usual.
 

@@ -7,12 +7,12 @@ life cycle: ``start``, ``join``, ``terminate``, ``kill``, ``exitcode``,
 ``parent_process``, and the stdlib's Popen classes that launch children for
 each start method; they are correct and battle-tested.
 
-Added by ``PolyProcess`` (``_child.py`` holds the child side):
+Added by ``PolyProcess`` (``_process/child.py`` holds the child side):
 
 * ``interrupt()`` (Python 3.14's: SIGINT to the child) on every Python;
 
 * a daemon child never outlives its parent, even a parent killed by SIGKILL
-  (the parent watchdog, see ``_child``);
+  (the parent watchdog, see ``_process.child``);
 * an exception raised by ``run()`` is available in the parent as
   ``p.exception`` once the child has exited;
 * reading stdin in a child raises ``StdinUnavailableError`` with a message
@@ -52,7 +52,7 @@ from multiprocessing.process import (BaseProcess, active_children,
                                      current_process, parent_process)
 from typing import TYPE_CHECKING, Any
 
-# Imported here, not in the child: a forked child then finds _child (and
+# Imported here, not in the child: a forked child then finds child.py (and
 # _remote_errors) already loaded; importing them in every child cost ~4 ms
 # per process start under fork (see benchmarks/bench_process.py).
 from .. import _public

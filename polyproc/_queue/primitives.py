@@ -22,7 +22,7 @@ reachable *by name*, not only through inherited file descriptors:
   every other process hangs.  A robust mutex is released by the kernel when
   its owner dies, and the next process to lock it is told so
   (``EOWNERDEAD``), so it can repair what the dead owner left half done
-  (see ``_queue_ring``) and go on.  Uncontended it costs one atomic
+  (see ``_queue.ring``) and go on.  Uncontended it costs one atomic
   instruction and no system call (about 0.4 µs per lock/unlock pair from
   Python, against 0.65 µs for ``fcntl.lockf``, the other option that the
   kernel releases on death).  It also excludes threads of one process from
@@ -59,7 +59,7 @@ __all__ = [
 
 # futex(2)'s system call number.  x86-64 only: the ring's "publish last"
 # protocol needs the stores of one process to be seen in order (x86's TSO;
-# see _queue_ring), which weakly ordered CPUs (arm64: 98) do not promise
+# see ring.py), which weakly ordered CPUs (arm64: 98) do not promise
 # without barriers that Python cannot issue.
 _SYS_FUTEX = {"x86_64": 202}.get(_platform.MACHINE)
 _FUTEX_WAIT = 0

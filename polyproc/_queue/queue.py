@@ -1,8 +1,8 @@
 """``polyproc.queues``: ``Queue``, ``JoinableQueue`` and ``SimpleQueue``.
 
 Same names, signatures and meaning as ``multiprocessing.queues``, built on
-a shared-memory ring (``_queue_ring``; the OS pieces are in
-``_queue_shm``) instead of a pipe plus a feeder thread.  What that changes
+a shared-memory ring (``_queue.ring``; the OS pieces are in
+``_queue.primitives``) instead of a pipe plus a feeder thread.  What that changes
 for a caller, all of it additions to what stdlib code may rely on:
 
 * a queue can be passed to Pool tasks, Executor submits and processes
@@ -40,7 +40,7 @@ them: ``close()`` makes further ``put``/``get`` on the handle raise
 once; ``cancel_join_thread()`` has nothing that could be lost and does
 nothing.
 
-Elsewhere than x86-64 Linux (see ``_queue_shm.AVAILABLE``) these names
+Elsewhere than x86-64 Linux (see ``primitives.AVAILABLE``) these names
 are the stdlib's classes.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ from queue import Empty, Full
 from typing import Any, Generic, Iterable, TypeVar
 
 from .. import _public
-from . import primitives as _queue_shm
+from . import primitives
 from .._exceptions import QueueGoneError
 from .ring import QueueGone, Ring, Timeout
 from .._transport.serialization import dumps, loads, release
@@ -363,7 +363,7 @@ _public.fixup_module_metadata("polyproc.queues", {
     "Queue": Queue, "JoinableQueue": JoinableQueue, "SimpleQueue": SimpleQueue,
     "QueueReader": QueueReader})
 
-if not _queue_shm.AVAILABLE:  # pragma: no cover - non-Linux
+if not primitives.AVAILABLE:  # pragma: no cover - non-Linux
     # The stdlib's classes stand in: a platform fallback that type checkers,
     # describing polyproc's own classes, are told to ignore.
     from multiprocessing.queues import (JoinableQueue, Queue,  # type: ignore[assignment]

@@ -1,6 +1,6 @@
 """The shared-memory ring under every polyproc queue.
 
-A queue is three named files under ``/dev/shm`` (see ``_queue_shm`` for
+A queue is three named files under ``/dev/shm`` (see ``_queue.primitives`` for
 the OS pieces and why they were chosen)::
 
     control  "/ppq_<token>"       4 KiB: counters, three robust mutexes, waiter registry
@@ -48,7 +48,7 @@ Design decisions and their trade-offs
   process becoming visible to others in program order, which x86-64
   guarantees (TSO); a producer and a consumer hold different locks, so on
   a weakly ordered CPU (arm64) a reader could see ``TAIL`` before the
-  record.  ``_queue_shm.AVAILABLE`` is therefore true on x86-64 Linux only.
+  record.  ``primitives.AVAILABLE`` is therefore true on x86-64 Linux only.
 
 * **A redo record for every commit.**  A commit changes two counters
   (``TAIL`` and ``NPUT``, or ``HEAD`` and ``NGOT``).  A process killed
@@ -76,7 +76,7 @@ Design decisions and their trade-offs
   is free to take, and fall back to them for anything else (a busy lock, a
   full bounded queue, an empty one after a short spin).
 
-* **Waiting** (``_queue_waiters``).  A consumer that finds the queue empty
+* **Waiting** (``_queue.waiters``).  A consumer that finds the queue empty
   first spins briefly, yielding its CPU every few checks (a put usually
   follows within microseconds when the queue is busy, and a futex
   sleep/wake pair costs far more), then registers as a waiter and sleeps
@@ -113,7 +113,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing import resource_tracker, util
 
-from . import primitives as _shm
+from . import primitives
 from . import waiters as _waiting
 from .waiters import Fifo, Waiters, fifo_path, spin_until_differ
 
@@ -127,7 +127,7 @@ _MAGIC, _CAP, _MAXSIZE = 0, 1, 2                       # read-mostly
 _TAIL, _NPUT, _P_FLAG, _P_TAIL, _P_NPUT = 16, 17, 18, 19, 20   # put side
 _HEAD, _NGOT, _G_FLAG, _G_HEAD, _G_NGOT = 32, 33, 34, 35, 36   # get side
 # 48-51: waiter counts and the FIFO switch; 160-211: the waiter registry
-# (both _queue_waiters').  Rarely written.
+# (both waiters.py's).  Rarely written.
 _GET_WAITERS, _PUT_WAITERS = _waiting.GET_WAITERS, _waiting.PUT_WAITERS
 _JOIN_WAITERS, _WAITABLE = _waiting.JOIN_WAITERS, _waiting.WAITABLE
 _TDONE = 64                                            # JoinableQueue
@@ -143,10 +143,10 @@ _MAGIC_VALUE = 0x5050_5155_4555_0001         # "PPQUEU" v1
 
 INITIAL_CAPACITY = 1 << 20
 _U32 = 0xFFFF_FFFF
-# Bare C calls on the fast paths (see _queue_shm.trylock).
-_trylock = _shm.trylock
-_unlock = _shm.unlock
-_EOWNERDEAD = _shm.EOWNERDEAD
+# Bare C calls on the fast paths (see primitives.trylock).
+_trylock = primitives.trylock
+_unlock = primitives.unlock
+_EOWNERDEAD = primitives.EOWNERDEAD
 
 
 class Timeout(Exception):
@@ -163,7 +163,7 @@ _handles: weakref.WeakValueDictionary[str, Ring] = weakref.WeakValueDictionary()
 
 def _lock(addr: int, deadline: float | None) -> int:
     """Lock the mutex at *addr*: 1 if its owner died (repair!), else 0; Timeout at *deadline*."""
-    got = _shm.mutex_acquire(addr, deadline)
+    got = primitives.mutex_acquire(addr, deadline)
     if got is None:
         raise Timeout
     return got
@@ -172,7 +172,7 @@ def _lock(addr: int, deadline: float | None) -> int:
 def _release(addr: int) -> None:
     rc = _unlock(addr)
     if rc:
-        raise _shm.unlock_error(rc)
+        raise primitives.unlock_error(rc)
 
 
 def _locked_after_death(rc: int, addr: int, repair: Callable[[], None]) -> bool:
@@ -184,7 +184,7 @@ def _locked_after_death(rc: int, addr: int, repair: Callable[[], None]) -> bool:
     """
     if rc != _EOWNERDEAD:
         return False
-    _shm.recover(addr)
+    primitives.recover(addr)
     repair()
     return True
 
@@ -203,7 +203,7 @@ class Ring:
         self._control = control
         self._h = memoryview(control).cast("Q")
         self._f = memoryview(control).cast("I")
-        base = _shm.address_of(control)
+        base = primitives.address_of(control)
         self._put_lock = base + _PUT_LOCK
         self._get_lock = base + _GET_LOCK
         self._done_lock = base + _DONE_LOCK
@@ -233,27 +233,27 @@ class Ring:
     @classmethod
     def create(cls, maxsize: int) -> Ring:
         name = "/ppq_" + secrets.token_hex(8)
-        control_fd, control = _shm.create_segment(name, _CONTROL_SIZE)
+        control_fd, control = primitives.create_segment(name, _CONTROL_SIZE)
         os.close(control_fd)
         try:
-            data_fd, _ = _shm.create_segment(name + "_data", INITIAL_CAPACITY)
+            data_fd, _ = primitives.create_segment(name + "_data", INITIAL_CAPACITY)
         except BaseException:
-            _shm.unlink_segment(name)
+            primitives.unlink_segment(name)
             raise
         try:
             os.mkfifo(fifo_path(name), 0o600)
         except BaseException:
-            _shm.unlink_segment(name)
-            _shm.unlink_segment(name + "_data")
+            primitives.unlink_segment(name)
+            primitives.unlink_segment(name + "_data")
             raise
         # The tracker removes them if this process dies without doing so
         # (shm_unlink is an unlink under /dev/shm, so it takes the FIFO too).
         for seg in (name, name + "_data", name + "_fifo"):
             resource_tracker.register(seg, "shared_memory")
         h = memoryview(control).cast("Q")
-        base = _shm.address_of(control)
+        base = primitives.address_of(control)
         for offset in (_PUT_LOCK, _GET_LOCK, _DONE_LOCK):
-            _shm.mutex_init(base + offset)
+            primitives.mutex_init(base + offset)
         h[_CAP] = INITIAL_CAPACITY
         h[_MAXSIZE] = maxsize
         h[_MAGIC] = _MAGIC_VALUE
@@ -273,7 +273,7 @@ class Ring:
             return ring
         import mmap
         try:
-            control_fd = _shm.open_segment(name)
+            control_fd = primitives.open_segment(name)
         except FileNotFoundError:
             raise QueueGone(name) from None
         try:
@@ -283,7 +283,7 @@ class Ring:
         if memoryview(control).cast("Q")[_MAGIC] != _MAGIC_VALUE:
             raise QueueGone(name)       # not (or no longer) one of our queues
         try:
-            data_fd = _shm.open_segment(name + "_data")
+            data_fd = primitives.open_segment(name + "_data")
         except FileNotFoundError:
             raise QueueGone(name) from None
         ring = _handles[name] = cls(name, control, data_fd, owner=False)
@@ -339,7 +339,7 @@ class Ring:
         finally:
             rc = _unlock(lock)
             if rc:
-                raise _shm.unlock_error(rc)
+                raise primitives.unlock_error(rc)
         if not added:                                   # bounded and full
             self.put((payload,), block, timeout)
         elif self._h[_GET_WAITERS]:
@@ -381,7 +381,7 @@ class Ring:
                     if h[_GET_WAITERS]:
                         self._wake_getters()
                 else:
-                    _shm.futex_wait(self._not_full, seq, _waiting.wait_slice(deadline))
+                    primitives.futex_wait(self._not_full, seq, _waiting.wait_slice(deadline))
             return done
         except Timeout:
             if done:
@@ -480,7 +480,7 @@ class Ring:
             while new_cap < used + size:
                 new_cap *= 2
             live = self._read(head, used)
-            _shm.reserve(self._fd, new_cap)
+            primitives.reserve(self._fd, new_cap)
             self._map_data(new_cap)
             self._put_bytes(head, live)
             h[_CAP] = new_cap               # the commit point
@@ -507,7 +507,7 @@ class Ring:
         finally:
             rc = _unlock(lock)
             if rc:
-                raise _shm.unlock_error(rc)
+                raise primitives.unlock_error(rc)
         if not items:                                   # empty: may have to wait
             return self.get(1, block, timeout)[0]
         if h[_PUT_WAITERS]:
@@ -546,7 +546,7 @@ class Ring:
                     if h[_PUT_WAITERS]:
                         self._wake_putters()
                     return items
-                _shm.futex_wait(self._not_empty, seq, _waiting.wait_slice(deadline))
+                primitives.futex_wait(self._not_empty, seq, _waiting.wait_slice(deadline))
         finally:
             if registered is not None:
                 self._waiters.withdraw(_GET_WAITERS, registered, self._get_lock,
@@ -615,7 +615,7 @@ class Ring:
         finally:
             _release(self._done_lock)
         if finished and waiters:
-            _shm.futex_wake(self._all_done)
+            primitives.futex_wake(self._all_done)
 
     def join(self, timeout: float | None = None) -> bool:
         h = self._h
@@ -636,7 +636,7 @@ class Ring:
                     registered = self._waiters.add(_JOIN_WAITERS)
                 finally:
                     _release(self._done_lock)
-                _shm.futex_wait(self._all_done, seq, _waiting.wait_slice(deadline))
+                primitives.futex_wait(self._all_done, seq, _waiting.wait_slice(deadline))
         finally:
             if registered is not None:
                 self._waiters.withdraw(_JOIN_WAITERS, registered, self._done_lock,
@@ -644,7 +644,7 @@ class Ring:
 
     # ------------------------------------------------------------ waitable
     #
-    # The queue's FIFO (see _queue_waiters.Fifo) costs nothing until a
+    # The queue's FIFO (see waiters.Fifo) costs nothing until a
     # reader asks for it (``make_waitable``): from then on every commit also
     # writes one byte, under PUT_LOCK.  ``take_for_reader`` takes PUT_LOCK
     # too, so between a commit and its byte no reader can look, and it
@@ -731,7 +731,7 @@ def _remove_segments(names: Iterable[str], owner_pid: int) -> None:
     if os.getpid() != owner_pid:   # a forked child inherited the handle
         return
     for name in names:
-        _shm.unlink_segment(name)
+        primitives.unlink_segment(name)
         try:
             resource_tracker.unregister(name, "shared_memory")
         except Exception:

@@ -1,9 +1,9 @@
-"""How the processes of a queue wait for each other (the ring is in ``_queue_ring``).
+"""How the processes of a queue wait for each other (the ring is in ``_queue.ring``).
 
 A consumer that finds a queue empty, a producer that finds a bounded queue
 full and a ``JoinableQueue.join()`` all wait for another process to change
 a word of the queue's control segment.  This module holds everything about
-that waiting, so that ``_queue_ring`` only states *what* is waited for:
+that waiting, so that ``_queue.ring`` only states *what* is waited for:
 
 * **Spin first** (``spin_until_differ``).  On a busy queue the item a
   consumer waits for usually comes within microseconds, and a futex sleep
@@ -17,7 +17,7 @@ that waiting, so that ``_queue_ring`` only states *what* is waited for:
 * **Then sleep on a futex word, in slices** (``deadline``, ``wait_slice``).
   Every commit bumps its side's futex word; a sleeper passes the value it
   read before it found nothing to do, so a change in between is never
-  slept through (see "no lost wake-up" in ``_queue_ring``).  A sleep lasts
+  slept through (see "no lost wake-up" in ``_queue.ring``).  A sleep lasts
   at most ``WAIT_SLICE``, so Ctrl-C is seen promptly and a wake-up lost to
   a killed process costs at most one slice.
 
@@ -38,10 +38,10 @@ that waiting, so that ``_queue_ring`` only states *what* is waited for:
   queue) waits on ``q._reader``, which needs a file descriptor that is
   readable while the queue holds items.  The queue's named pipe
   (``/dev/shm/<name>_fifo``, opened by name so that any process can write
-  to it) is that descriptor; ``_queue_ring`` keeps it level-true.
+  to it) is that descriptor; ``_queue.ring`` keeps it level-true.
 
 Indexes here are into the u64 view of the control segment, whose layout is
-in ``_queue_ring``; this module owns words 48-51 and 160-211.
+in ``_queue.ring``; this module owns words 48-51 and 160-211.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from . import primitives as _shm
+from . import primitives
 from .primitives import WAIT_SLICE
 
 __all__ = [
@@ -180,14 +180,14 @@ class Waiters:
         count is probably stale (its waiter was killed): recount, if *lock*
         is free right now (*repair* first if its holder died).
         """
-        if _shm.futex_wake(futex):
+        if primitives.futex_wake(futex):
             self._idle_wakes = 0
             return
         self._idle_wakes += 1
         if self._idle_wakes < IDLE_WAKES_BEFORE_RECOUNT:
             return
         self._idle_wakes = 0
-        got = _shm.mutex_try(lock)
+        got = primitives.mutex_try(lock)
         if got is None:
             return
         try:
@@ -195,16 +195,16 @@ class Waiters:
                 repair()
             self.recount(kind)
         finally:
-            _shm.mutex_release(lock)
+            primitives.mutex_release(lock)
 
     def withdraw(self, kind: int, token: int, lock: int, repair: Callable[[], None]) -> None:
         """``drop`` for a waiter that left by an exception (Ctrl-C): takes *lock* itself."""
-        if _shm.mutex_acquire(lock, None):
+        if primitives.mutex_acquire(lock, None):
             repair()
         try:
             self.drop(kind, token)
         finally:
-            _shm.mutex_release(lock)
+            primitives.mutex_release(lock)
 
 
 def _alive(pid: int) -> bool:

@@ -8,7 +8,7 @@ every other public name (re-exported, the rest reachable through module
 
 Changed: ``Pipe``, ``Client`` and ``Listener.accept`` return
 ``polyproc.connection.Connection``, a subclass whose ``send``/``recv`` go
-through ``polyproc._serialization``, so large NumPy arrays and buffers cross
+through ``polyproc._transport.serialization``, so large NumPy arrays and buffers cross
 through shared memory instead of the pipe, and what cannot be pickled
 raises what pickle raised (``_exceptions.pickling_error``), naming the
 object.  Pickling a connection (to pass it to a child, or through a queue)

@@ -28,13 +28,13 @@ segment each and only their names travel::
     ------                                           --------
     pickle.dumps(obj, 5, buffer_callback)
       small buffers --> in the pickle stream --+
-      large buffers --> _shm_pool.acquire      |
+      large buffers --> shm_cache.acquire      |
                         (refill a FREE segment,|
                          or a new one: 1 copy) |
     payload = MAGIC + ZeroCopyPayload(stream, (SegmentRef, ...))
                               |      pipe / queue / socket
                               +--------------------------------> loads()
-                                                  _shm_pool.attach: map
+                                                  shm_cache.attach: map
                                                   privately (0 copies)
                                                   pickle.loads(stream,
                                                       buffers=views)
@@ -45,11 +45,11 @@ NumPy arrays come back *backed by the mapping*: no copy on the receiving
 side.  The receiver gets a private copy all the same, because the sender
 copied and refills a segment only after the receiver's objects are gone:
 later changes by the sender never show through.  Segments are *recycled*
-(``_shm_pool.py``) because a fresh segment costs more than the copy: the
+(``shm_cache.py``) because a fresh segment costs more than the copy: the
 kernel allocates and zeroes each page, and frees it again.  Where the
-sender's pool is full, a *one-shot* segment (``_shm.py``) is used, which
+sender's pool is full, a *one-shot* segment (``_transport/shm.py``) is used, which
 the receiver unlinks as it opens it.  The session's tracker
-(``_shm_tracker.py``) removes whatever a crash leaves behind.
+(``_transport/tracker.py``) removes whatever a crash leaves behind.
 
 The cost for small objects is one extra C-level check: ``dumps`` passes a
 module-level ``buffer_callback`` that keeps small buffers in-band and raises
@@ -93,7 +93,7 @@ import weakref
 from typing import Any, Callable, NamedTuple
 
 from . import shm as _shm
-from . import shm_cache as _shm_pool
+from . import shm_cache
 from .._exceptions import LargeBufferSignal as _LargeBuffer
 from .._exceptions import SerializationError, pickling_error
 
@@ -319,7 +319,7 @@ def _to_shared_memory(stream: bytes, large: list[pickle.PickleBuffer],
             body = stream
         # PENDING -> IN_FLIGHT: the payload is complete, and from here on
         # the tracker leaves its segments to the receiver if we die.
-        _shm_pool.hand_off(created)
+        shm_cache.hand_off(created)
     except OSError as error:
         for ref in created:
             _release_segment(ref)
@@ -334,18 +334,18 @@ def _to_shared_memory(stream: bytes, large: list[pickle.PickleBuffer],
 
 
 def _new_segment(data: memoryview) -> _shm.SegmentRef:
-    # A recycled segment when the pool has room (see _shm_pool.py), else
+    # A recycled segment when the pool has room (see shm_cache.py), else
     # a one-shot one.
-    return _shm_pool.acquire(data) or _shm.create(data)
+    return shm_cache.acquire(data) or _shm.create(data)
 
 
 def _attach_segment(ref: _shm.SegmentRef) -> memoryview:
-    return _shm_pool.attach(ref) if ref.recycled else _shm.attach(ref)
+    return shm_cache.attach(ref) if ref.recycled else _shm.attach(ref)
 
 
 def _release_segment(ref: _shm.SegmentRef) -> None:
     if ref.recycled:
-        _shm_pool.release(ref)
+        shm_cache.release(ref)
     else:
         _shm.unlink(ref.name)
 

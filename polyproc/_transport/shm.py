@@ -15,7 +15,7 @@ Reused from the stdlib: ``_posixshmem.shm_open``/``shm_unlink``, the
 C functions behind ``multiprocessing.shared_memory``.  ``SharedMemory``
 itself is not used: it registers every segment it creates *or opens* with
 the stdlib's ``resource_tracker``, which then unlinks segments still in
-flight and warns about them (see ``_shm_tracker.py`` for polyproc's tracker).
+flight and warns about them (see ``tracker.py`` for polyproc's tracker).
 
 Why ``os.pwrite`` and not a store through a mapping: when ``/dev/shm`` is
 full, a store into a mapped page that cannot be allocated kills the process
@@ -31,7 +31,7 @@ import os
 import secrets
 from typing import NamedTuple
 
-from . import tracker as _shm_tracker
+from . import tracker
 from .._exceptions import SegmentGoneError
 
 try:
@@ -48,7 +48,7 @@ class SegmentRef(NamedTuple):
     name: str   # POSIX name, with its leading "/"
     size: int   # bytes of data in the segment
     # A one-shot segment (False) holds just the data and is unlinked by its
-    # receiver; a recycled one (True, see _shm_pool.py) starts with a
+    # receiver; a recycled one (True, see _transport/shm_cache.py) starts with a
     # header page and goes back to its sender when the receiver is done.
     recycled: bool = False
     generation: int = 0  # which filling of a recycled segment this payload is
@@ -56,14 +56,14 @@ class SegmentRef(NamedTuple):
 
 def session_prefix() -> str:
     """File names in ``/dev/shm`` of this session's segments start with this."""
-    return _shm_tracker.session().prefix
+    return tracker.session().prefix
 
 
 def _new_name(recycled: bool = False) -> str:
     # pp<session token>_<creator pid>_[r]<random>: at most 28 characters,
     # under macOS's 31.  The session part lets the tracker and tests find
     # them; the creator pid and the "r" of recycled segments let the
-    # tracker deal with segments whose creator died (_shm_pool.sweep).
+    # tracker deal with segments whose creator died (shm_cache.sweep).
     kind = "r" if recycled else ""
     return f"/{session_prefix()}{os.getpid():x}_{kind}{secrets.token_hex(4)}"
 
@@ -99,11 +99,11 @@ def _open_registered(name: str) -> int:
     In that order, so that a sender killed in between leaves nothing the
     tracker does not know about; a failed create takes the name back.
     """
-    _shm_tracker.register(name)
+    tracker.register(name)
     try:
         return _open_new(name)
     except BaseException:
-        _shm_tracker.unregister(name)
+        tracker.unregister(name)
         raise
 
 
@@ -132,7 +132,7 @@ def create_recyclable(data: memoryview, header: int) -> tuple[SegmentRef, mmap.m
     """Like ``create``, with *header* zero bytes before the data.
 
     Returns the reference and the sender's own shared mapping of the whole
-    segment, through which ``_shm_pool`` refills it later.
+    segment, through which ``_transport.shm_cache`` refills it later.
     """
     name = _new_name(recycled=True)
     fd = _open_registered(name)
@@ -189,4 +189,4 @@ def unlink(name: str) -> None:
             _posixshmem.shm_unlink(name)
         except FileNotFoundError:
             pass
-    _shm_tracker.unregister(name)
+    tracker.unregister(name)

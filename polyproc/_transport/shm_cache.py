@@ -32,7 +32,7 @@ A recycled segment starts with a one-page header, then the data::
                           get then is lost (``settle_drained``)
 
 A new segment's header is all zeros, so it is PENDING from the moment it
-exists: the session tracker (``_shm_tracker.py``) unlinks PENDING segments
+exists: the session tracker (``tracker.py``) unlinks PENDING segments
 of a sender that died, since no payload names them, and leaves IN_FLIGHT
 ones to the receiver that may still take them.
 
@@ -52,7 +52,7 @@ sender never refills a pinned segment, it only unlinks it once FREE.
 
 What stays in /dev/shm, and for how long
 ----------------------------------------
-The sender keeps at most ``POOL_LIMIT`` bytes of recycled segments (1 GiB,
+The sender keeps at most ``CACHE_LIMIT`` bytes of recycled segments (1 GiB,
 or less where a quarter of /dev/shm shared by one process per core is
 less; past that it uses one-shot segments, which the receiver unlinks on
 open).  FREE segments unused for
@@ -80,7 +80,7 @@ import weakref
 from typing import Iterator
 
 from . import shm as _shm
-from . import tracker as _shm_tracker
+from . import tracker
 
 __all__ = ["HEADER", "acquire", "hand_off", "addressed_to", "drained",
            "attach", "release", "trim", "settle_dead_sender", "settle_orphan",
@@ -94,7 +94,7 @@ _STATE, _ORPHANED, _PINNED, _RECEIVER, _GENERATION, _ADDRESSEE = 0, 4, 8, 12, 16
 IDLE_S = 5.0
 
 
-def _pool_limit() -> int:
+def _cache_limit() -> int:
     # Every process of a pool may hold this much: with one per core, a
     # quarter of /dev/shm at most in all.
     try:
@@ -105,7 +105,7 @@ def _pool_limit() -> int:
         return 256 << 20
 
 
-POOL_LIMIT = _pool_limit()
+CACHE_LIMIT = _cache_limit()
 
 
 def _get(m: mmap.mmap, offset: int) -> int:
@@ -158,8 +158,8 @@ class _Entry:
             pass
 
 
-class _Pool:
-    """This process's recycled segments (one pool per process, reset at fork)."""
+class SegmentCache:
+    """This process's recycled segments (one cache per process, reset at fork)."""
 
     def __init__(self):
         self.entries: dict[str, _Entry] = {}  # by name
@@ -208,9 +208,9 @@ class _Pool:
                 _put(e.map, _STATE, PENDING)
                 e.last_used = time.monotonic()
                 return _shm.SegmentRef(e.name, n, True, generation)
-            if self.total() + HEADER + n > POOL_LIMIT:
+            if self.total() + HEADER + n > CACHE_LIMIT:
                 self.reap(everything_free=True)
-                if self.total() + HEADER + n > POOL_LIMIT:
+                if self.total() + HEADER + n > CACHE_LIMIT:
                     return None  # the caller makes a one-shot segment
             try:
                 ref, m = _shm.create_recyclable(data, HEADER)
@@ -253,21 +253,21 @@ class _Pool:
             self.entries = {}
 
 
-_pool: _Pool | None = None
-_pool_lock = threading.Lock()
+_cache: SegmentCache | None = None
+_cache_lock = threading.Lock()
 
 
 def acquire(data: memoryview) -> _shm.SegmentRef | None:
-    """Put *data* in a recycled segment; None when the pool is at its limit.
+    """Put *data* in a recycled segment; None when the cache is at its limit.
 
     Raises ``OSError`` when a new segment cannot be created.
     """
-    global _pool
-    if _pool is None:
-        with _pool_lock:
-            if _pool is None:
-                _pool = _Pool()
-    return _pool.acquire(data)
+    global _cache
+    if _cache is None:
+        with _cache_lock:
+            if _cache is None:
+                _cache = SegmentCache()
+    return _cache.acquire(data)
 
 
 _addressing = threading.local()
@@ -301,7 +301,7 @@ def drained(sender: int) -> None:
     Segments of *sender* addressed to this process and not received are
     unlinked by the tracker.  Never raises; starts no tracker.
     """
-    _shm_tracker.drained(sender)
+    tracker.drained(sender)
 
 
 def hand_off(refs) -> None:
@@ -315,16 +315,16 @@ def hand_off(refs) -> None:
     """
     for ref in refs:
         if not ref.recycled:
-            _shm_tracker.hand_off(ref.name, addressee())
-        elif _pool is not None:
-            _pool.hand_off(ref.name)
+            tracker.hand_off(ref.name, addressee())
+        elif _cache is not None:
+            _cache.hand_off(ref.name)
 
 
 def trim() -> None:
     """Unlink every FREE recycled segment of this process (tests, low memory)."""
-    if _pool is not None:
-        with _pool.lock:
-            _pool.reap(everything_free=True)
+    if _cache is not None:
+        with _cache.lock:
+            _cache.reap(everything_free=True)
 
 
 # -- Receiver side --------------------------------------------------------------
@@ -426,7 +426,7 @@ def release(ref: _shm.SegmentRef) -> None:
             if _get(header, _ORPHANED):
                 _unlink_unless_refilled(header, ref.name, ref.generation)
         elif state == OPENED and not _alive(_get(header, _RECEIVER)):
-            if _pool is None or not _pool.drop(ref.name):
+            if _cache is None or not _cache.drop(ref.name):
                 _shm.unlink(ref.name)  # another's: it forgets it at its next send
 
 
@@ -542,11 +542,11 @@ def _pin_live_segments() -> None:
             pass
 
 
-def _forget_parent_pool() -> None:
+def _forget_parent_cache() -> None:
     # The parent's segments are the parent's to refill: a child that
     # refilled them too would overwrite data in flight.
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
+    global _cache, _cache_lock
+    _cache, _cache_lock = None, threading.Lock()
 
 
-os.register_at_fork(before=_pin_live_segments, after_in_child=_forget_parent_pool)
+os.register_at_fork(before=_pin_live_segments, after_in_child=_forget_parent_cache)

@@ -2,7 +2,7 @@
 
 Why polyproc has its own tracker
 --------------------------------
-A zero-copy payload (see ``_shm.py``) names POSIX shared-memory segments
+A zero-copy payload (see ``_transport/shm.py``) names POSIX shared-memory segments
 that the *receiver* unlinks as soon as it opens them.  A segment outlives
 normal use only when its payload is never loaded: the consumer was killed
 before reading, the queue was closed with items in it, the sender was killed
@@ -41,7 +41,7 @@ was created and not yet received, and who owns it at each moment:
                 segments only)                 one-shot one is unlinked then)
     FREE        its sender, to refill          the receiver is done with it
 
-A recycled segment keeps its state in its header (``_shm_pool.py``); for a
+A recycled segment keeps its state in its header (``_transport/shm_cache.py``); for a
 one-shot segment the tracker keeps it: ``Register`` makes it PENDING,
 ``HandOff`` IN_FLIGHT, ``Unregister`` (the receiver unlinked it) forgets it.
 
@@ -82,7 +82,7 @@ after sending" pattern is safe: the root, or whoever reads, keeps the
 session open.  While the session runs, an IN_FLIGHT segment that no
 receiver ever takes (a consumer killed before reading) stays until the
 session ends; carriers that know a payload is dead call
-``_serialization.release`` to free it at once.
+``serialization.release`` to free it at once.
 
 The tracker is started on demand by whichever process of the session first
 needs it (``subprocess`` with ``start_new_session``, so Ctrl-C on the
@@ -111,7 +111,7 @@ from typing import NamedTuple
 from .._exceptions import TrackerBusyError
 
 __all__ = ["Register", "HandOff", "Unregister", "Drained", "EndSession",
-           "session", "Session", "register", "hand_off", "unregister",
+           "session", "ShmSession", "register", "hand_off", "unregister",
            "drained", "end_session"]
 
 SESSION_ENV = "POLYPROC_SHM_SESSION"
@@ -202,7 +202,10 @@ def decode(data: bytes) -> Message:
 
 # -- The session this process belongs to ------------------------------------
 
-class Session(NamedTuple):
+class ShmSession(NamedTuple):
+    """A zero-copy session: a process and all its descendants, which share
+    one tracker (``POLYPROC_SHM_SESSION`` in the environment names it)."""
+
     root_pid: int
     token: str
 
@@ -223,21 +226,21 @@ class Session(NamedTuple):
         return f"{self.root_pid}:{self.token}"
 
     @classmethod
-    def parse(cls, text: str) -> Session:
+    def parse(cls, text: str) -> ShmSession:
         pid, token = text.split(":")
         if not token.isalnum() or len(token) > 16:
             raise ValueError(text)
         return cls(int(pid), token)
 
 
-def _session_from_environment() -> Session:
+def _session_from_environment() -> ShmSession:
     text = os.environ.get(SESSION_ENV)
     if text:
         try:
-            return Session.parse(text)
+            return ShmSession.parse(text)
         except ValueError:
             pass
-    new = Session(os.getpid(), os.urandom(4).hex())
+    new = ShmSession(os.getpid(), os.urandom(4).hex())
     os.environ[SESSION_ENV] = new.encode()
     return new
 
@@ -245,7 +248,7 @@ def _session_from_environment() -> Session:
 _session = _session_from_environment()
 
 
-def session() -> Session:
+def session() -> ShmSession:
     return _session
 
 
@@ -283,7 +286,7 @@ def _connect_once(address) -> int:
     return s.detach()
 
 
-def _start_tracker(sess: Session) -> None:
+def _start_tracker(sess: ShmSession) -> None:
     import subprocess
     from multiprocessing import spawn
     subprocess.Popen(
@@ -379,7 +382,7 @@ def _send(message: Message) -> None:
                 raise
 
 
-# True in the tracker process itself (_shm_tracker_server.main): what it
+# True in the tracker process itself (tracker_daemon.main): what it
 # unlinks needs no message, and connecting to itself would keep its own
 # session open forever.
 _in_tracker = False

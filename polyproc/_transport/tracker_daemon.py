@@ -1,10 +1,10 @@
 """The session's shared-memory tracker process: its state and its event loop.
 
 The protocol (who owns a segment at each moment, what happens when a
-sender dies, when the session ends) is described in ``_shm_tracker.py``,
+sender dies, when the session ends) is described in ``tracker.py``,
 which holds the messages and the client side every process of the session
 uses; this module is what runs in the tracker process, started by
-``_shm_tracker._start_tracker`` as ``python -c "...; main()" <session>``.
+``tracker._start_tracker`` as ``python -c "...; main()" <session>``.
 
 One thread, one ``selectors`` loop over: the listening socket, one
 connection per client (several processes may share one after a fork), a
@@ -22,9 +22,9 @@ import socket
 import sys
 import time
 
-from . import tracker as _shm_tracker
+from . import tracker
 from .tracker import (ENDED, GRACE_S, KEPT, SWEEP_S, Drained,
-                           EndSession, HandOff, Message, Register, Session,
+                           EndSession, HandOff, Message, Register, ShmSession,
                            decode)
 
 __all__ = ["main"]
@@ -80,7 +80,7 @@ class _Sender:
 class _Tracker:
     """The tracker's state and its event loop (``run``)."""
 
-    def __init__(self, sess: Session, listener: socket.socket):
+    def __init__(self, sess: ShmSession, listener: socket.socket):
         import selectors
         self.sess = sess
         self.listener = listener
@@ -224,7 +224,7 @@ class _Tracker:
 
     def settle_dead(self) -> None:
         """Deal with the segments of the senders that died (module docstring)."""
-        from . import shm_cache as _shm_pool
+        from . import shm_cache
         self.read_everything()
         dead, self.dead = self.dead, set()
         for pid in dead:
@@ -234,7 +234,7 @@ class _Tracker:
             self.forget(sender)
             for name in sender.names:
                 try:
-                    gone = _shm_pool.settle_dead_sender(
+                    gone = shm_cache.settle_dead_sender(
                         name, name in sender.handed_off)
                 except Exception:  # a segment must never take the tracker down
                     gone = False
@@ -244,7 +244,7 @@ class _Tracker:
     def settle_drained(self) -> None:
         """Unlink what dead senders addressed to readers that read them out."""
         from . import shm as _shm
-        from . import shm_cache as _shm_pool
+        from . import shm_cache
         requests, self.drained = self.drained, []
         for request in requests:
             if request.sender not in self.senders and not self.orphans:
@@ -258,23 +258,23 @@ class _Tracker:
                 if _shm.creator_pid(name) != request.sender:
                     continue
                 try:
-                    if _shm_pool.settle_drained(name, request.reader, addressed):
+                    if shm_cache.settle_drained(name, request.reader, addressed):
                         del self.orphans[name]
                 except Exception:
                     pass
 
     def sweep(self) -> None:
         """Every ``SWEEP_S``: polled senders, polled root, orphans."""
-        from . import shm_cache as _shm_pool
+        from . import shm_cache
         self.last_sweep = time.monotonic()
         for sender in list(self.senders.values()):
-            if sender.lifeline is None and not _shm_pool._alive(sender.pid):
+            if sender.lifeline is None and not shm_cache._alive(sender.pid):
                 self.dead.add(sender.pid)
         if self.dead:
             self.settle_dead()
         for name, addressed in list(self.orphans.items()):
             try:
-                if _shm_pool.settle_orphan(name, addressed):
+                if shm_cache.settle_orphan(name, addressed):
                     del self.orphans[name]
             except Exception:
                 pass
@@ -319,8 +319,8 @@ def _reply(conn: socket.socket, data: bytes) -> None:
 
 def main() -> None:
     """Run the tracker of the session named on the command line."""
-    _shm_tracker._in_tracker = True
-    sess = Session.parse(sys.argv[-1])
+    tracker._in_tracker = True
+    sess = ShmSession.parse(sys.argv[-1])
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         listener.bind(sess.address)

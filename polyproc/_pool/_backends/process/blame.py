@@ -11,7 +11,7 @@ decisions can be read, and tested, alone.
 Who is to blame when a worker dies.  Every worker writes into its slot of
 a shared progress table what it is doing: loading chunk c, running task i
 of chunk c since time t, dumping results up to chunk c, idle after chunk c
-with its results not sent yet, idle with nothing unsent (see _worker.py).
+with its results not sent yet, idle with nothing unsent (see _pool/_backends/process/worker.py).
 A worker runs the chunks it holds in dispatch order, so the chunk its slot
 names splits them into chunks that *ran* (results unsent), that chunk, and
 chunks that *never started*.  When its sentinel fires without a

@@ -46,7 +46,7 @@ polyproc::
   the part of ``Process`` it uses on top of that.
 * Parent death: the template checks its parent's sentinel and
   ``os.getppid()`` at least every ``PARENT_POLL_SECONDS`` and exits when
-  the parent is gone; each worker's daemon watchdog (``_child.py``) then
+  the parent is gone; each worker's daemon watchdog (``_process/child.py``) then
   sees its own parent, the template, go.  Worst case about 0.2 s.
 * Shutdown: when the scheduler stops its workers it sends ``StopRequest``;
   the template reports the exits of the workers it forked, then exits, so

@@ -1,26 +1,39 @@
 """The local process backend of a Pool: worker processes and the thread that runs them.
 
-Data flow of a task (the same diagram is in ARCHITECTURE.md)::
+``ProcessScheduler`` is the ``Backend`` (``_pool/backend.py``) named
+``"process"``.  Data flow of a task (the same diagram is in
+ARCHITECTURE.md; every name in it is a class, thread, method or function
+of the code)::
 
-  caller thread            | PoolScheduler thread             | worker processes
-  (Pool API, _pool.py)     | (ProcessScheduler._run)          | (_worker.py)
-                           |                                  |
-  map/apply_async/imap     |                                  |
-   -> TaskChunk(s),        |                                  |
-      args pickled here  --+-> pending deque ---+             |
-      (an error fails      |   (+ wake-up pipe) |             |
-       that task)          |                    v             |
-                           |   dispatch_chunks: batches of    |
-                           |   chunks -> Dispatch message ----+-> own duplex pipe
-                           |   to a ready worker              |   run tasks, write
-                           |                                  |   progress slot
-                           |   receive_results <--------------+-- Results(...)
-  result.get()/next() <----+-- sink.deliver(start, values,    |
-  (ApplyResult, MapResult, |      errors)                     |
-   IMapIterator)           |                                  |
-                           |   on_worker_exit (sentinel) -----+-- died / retired
-                           |   -> blame one task, requeue     |
-                           |      the rest, spawn replacement |
+  caller thread              | PoolScheduler thread              | worker processes
+  Pool (_pool/api.py)        | ProcessScheduler._run             | worker_main, _Worker.serve
+                             | (_backends/process/scheduler.py)  | (_backends/process/worker.py)
+                             |                                   |
+  Pool.map, apply_async,     |                                   |
+  imap...: make_chunk makes  |                                   |
+  each TaskChunk, with the   |                                   |
+  arguments pickled here (an |                                   |
+  error fails that task)     |                                   |
+  ProcessScheduler.submit ---+-> _pending, _wake()               |
+                             |        |                          |
+                             |        v                          |
+                             |  _dispatch_chunks,                |
+                             |  _send_dispatch: a batch of       |
+                             |  chunks in one Dispatch ----------+-> its own duplex pipe:
+                             |                                   |   _Worker.run_dispatch;
+                             |                                   |   _Worker.mark writes its
+                             |                                   |   progress slot (shared table)
+                             |  _receive_messages,               |
+                             |  _on_results <--------------------+-- Results
+                             |        |                          |
+  ApplyResult.get,           |        v                          |
+  MapResult.get, <-----------+-- sink.deliver(start, values,     |
+  IMapIterator.next          |      errors)                      |
+                             |                                   |
+                             |  _on_worker_exit (sentinel) <-----+-- died, or retired
+                             |  -> blame.recover_lost_chunks:    |
+                             |     charge one task, _requeue     |
+                             |     the rest; _replace_workers    |
 
 One thread does all the bookkeeping (like ``concurrent.futures``' executor
 manager thread, and unlike the stdlib Pool's three handler threads), so the
@@ -33,6 +46,10 @@ way through writing a message, wedges everyone (gh-66587, pebble #163).
 With a pipe each, a dead worker can only break its own pipe, and the
 scheduler always knows which tasks were on which worker.
 
+What happens when a worker dies (who is to blame, what a retry costs,
+when deaths at start-up break the pool) is decided in blame.py, as
+functions of what the scheduler knows; how a worker starts and stops is
+worker_handles.py; the table of seconds per task is timing.py.
 """
 from __future__ import annotations
 
@@ -45,7 +62,7 @@ from typing import Callable
 
 from ... import messages as m
 from ...._transport import serialization as _serialization
-from ...._transport import shm_cache as _shm_pool
+from ...._transport import shm_cache
 from ...._exceptions import (InitializerError, ProcessError, SerializationError,
                           UnloadableError)
 from .blame import Death, StartupRecord, recover_lost_chunks
@@ -306,7 +323,7 @@ class ProcessScheduler:
         the map onto one worker).
 
         Each chunk's ``tracking`` is chosen here too: how closely the
-        worker records its progress (see ``_messages.TRACK_*``).
+        worker records its progress (see ``messages.TRACK_*``).
         """
         queued = len(self._pending) + len(self._requeued)
         ready = sum(1 for x in self._workers.values() if x.ready) or 1
@@ -476,7 +493,7 @@ class ProcessScheduler:
         w.conn.close()
         # Its results still in shared memory that were not in the pipe
         # are lost: let the session's tracker remove them now.
-        _shm_pool.drained(w.process.pid)
+        shm_cache.drained(w.process.pid)
         lost = list(w.assigned)
         w.assigned.clear()
         if not w.ready and self.broken is None and self.state != TERMINATE:
@@ -576,7 +593,8 @@ class ProcessScheduler:
 
     # -- worker processes -------------------------------------------------
     def _start_template(self) -> ForkTemplate | None:
-        """Under fork, the process that forks replacement workers (_fork_template.py).
+        """Under fork, the process that forks replacement workers
+        (``fork_template.py`` beside this module).
 
         Forked here, in the caller's thread, before the first workers, as
         the stdlib forks those; the scheduler thread never forks.  None

@@ -7,7 +7,7 @@ progress table in shared memory.  Before each step it writes into that slot
 what it is about to do: load a chunk, run task *i* of chunk *c* (and when it
 started), dump results.  Those are plain stores into shared memory, a few
 tens of nanoseconds each; they let the scheduler know, when this process
-dies without a word, exactly which task killed it (see _scheduler.py).
+dies without a word, exactly which task killed it (see _pool/_backends/process/scheduler.py).
 
 Results are sent in batches: after a chunk finishes, its ``ChunkDone`` is
 held back while more chunks are waiting in this worker's queue and the
@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple
 
 from ... import messages as m
 from ...._transport import serialization as _serialization
-from ...._transport import shm_cache as _shm_pool
+from ...._transport import shm_cache
 from ...._exceptions import SerializationError, UnloadableError
 from ...chunks import item_caller
 
@@ -57,7 +57,7 @@ def _exception_payload(exc: BaseException) -> bytes:
 
 
 class _Worker:
-    """State of one worker process; ``run()`` is the whole life of it."""
+    """State of one worker process; ``serve()`` is the whole life of it."""
 
     def __init__(self, conn, table, slot: int, config: WorkerConfig):
         self.conn = conn
@@ -78,7 +78,7 @@ class _Worker:
         self.outbox: list[m.ChunkDone] = []
         self.outbox_since = 0.0
         # Results go to the scheduler in the parent only, which reads this
-        # worker's pipe to the end if it dies: see _shm_pool.addressed_to.
+        # worker's pipe to the end if it dies: see shm_cache.addressed_to.
         import multiprocessing
         parent = multiprocessing.parent_process()
         self.scheduler_pid = parent.pid if parent is not None else os.getppid()
@@ -98,7 +98,7 @@ class _Worker:
             return
         self.mark(m.PHASE_DUMPING, self.outbox[-1].chunk_id)
         done, self.outbox = self.outbox, []
-        with _shm_pool.addressed_to(self.scheduler_pid):
+        with shm_cache.addressed_to(self.scheduler_pid):
             try:
                 data = _serialization.dumps(m.Results.of(done), "results")
             except BaseException:
@@ -209,7 +209,7 @@ class _Worker:
         the values so far are kept and ``len(values)`` is the failed index.
         If the worker dies in such a chunk, the scheduler cannot tell which
         task killed it and runs the chunk's tasks again one per chunk (see
-        _scheduler.py), where the culprit is then known.
+        _pool/_backends/process/scheduler.py), where the culprit is then known.
         """
         begin, n = 0, len(items)
         while begin < n:
