@@ -219,6 +219,14 @@ def _scheduler_diagram() -> str:
     return block[:block.index("\n\n")] + "\n"
 
 
+def _base_name(base: ast.expr) -> str:
+    """The class a base expression names: ``ApplyResult`` for ``ApplyResult``
+    and for the generic ``ApplyResult[list[_T]]``."""
+    if isinstance(base, ast.Subscript):
+        base = base.value
+    return base.id if isinstance(base, ast.Name) else ""
+
+
 class _Index:
     """Names the package defines: classes with their members, modules with
     their top-level names, and every other name (methods, attributes set on
@@ -239,7 +247,7 @@ class _Index:
             for node in ast.walk(tree):
                 if isinstance(node, ast.ClassDef):
                     members = self.classes.setdefault(node.name, set())
-                    self.bases[node.name] = [b.id for b in node.bases if isinstance(b, ast.Name)]
+                    self.bases[node.name] = [_base_name(b) for b in node.bases]
                     for sub in ast.walk(node):
                         if isinstance(sub, ast.FunctionDef):
                             members.add(sub.name)
