@@ -27,6 +27,10 @@ from ._exceptions import (AuthenticationError, BufferTooShort,
                           RemoteTraceback, SerializationError,
                           StdinUnavailableError, TaskTimeoutError,
                           TimeoutError, WorkerLostError)
+from ._instruments import (ChunkDispatched, ChunkFailed, ChunkFinished,
+                           ChunkQueued, Instrument, ResultsReceived,
+                           TaskRetried, TaskTimedOut, WorkerExited,
+                           WorkerStarted)
 
 __version__ = "0.1.0"
 
@@ -54,6 +58,10 @@ _EXTRA_NAMES = [
     "ManagerProtocolError", "FrameTooLargeError", "InsecureAddressError",
     "process_cpu_count",
     "InheritedPoolError",
+    # Instruments that watch a pool work, and the records of their events.
+    "Instrument", "ChunkQueued", "ChunkDispatched", "ResultsReceived",
+    "ChunkFinished", "ChunkFailed", "TaskRetried", "TaskTimedOut",
+    "WorkerStarted", "WorkerExited",
 ]
 Executor = _context._default_context.Executor
 # The CPUs this process may use (3.13's os.process_cpu_count, on every

@@ -85,6 +85,7 @@ from ._cpu import process_cpu_count
 from ._exceptions import (ExecutorInitializerError, ExecutorUnloadableError,
                           ExecutorWorkerLostError, InitializerError,
                           UnloadableError, WorkerLostError)
+from ._instruments import Instrument, Instruments
 from ._pool import _check_options
 from ._tasks import TaskChunk, function_name, make_chunk
 
@@ -474,7 +475,9 @@ class Executor(_StdExecutor):
     worker is replaced) and further runs of a task whose worker died.
 
     Python 3.14's ``terminate_workers()``, ``kill_workers()`` and
-    ``map(..., buffersize=)`` are there on every Python.
+    ``map(..., buffersize=)`` are there on every Python.  ``instruments=``
+    (and ``add_instrument``/``remove_instrument``) attach
+    ``polyproc.Instrument`` objects that watch the executor work.
 
     Differences from ``ProcessPoolExecutor``, none of which changes what
     working stdlib code means: ``max_tasks_per_child`` works with the fork
@@ -485,7 +488,8 @@ class Executor(_StdExecutor):
     def __init__(self, max_workers: int | None = None, mp_context=None,
                  initializer: Callable | None = None, initargs: Iterable = (), *,
                  max_tasks_per_child: int | None = None,
-                 max_memory_per_child: int | None = None):
+                 max_memory_per_child: int | None = None,
+                 instruments: Iterable[Instrument] = ()):
         from .process import current_process
         if getattr(current_process(), "_inheriting", False):
             from ._child import refuse_start_while_importing_main
@@ -512,9 +516,10 @@ class Executor(_StdExecutor):
         self._max_workers = max_workers
         self._mp_context = mp_context
         core = _ExecutorCore(max_workers)
+        self._instruments = Instruments(instruments)
         core.backend = ProcessScheduler(mp_context, max_workers, initializer, initargs,
                                         max_tasks_per_child, max_memory_per_child,
-                                        core.abort_all)
+                                        core.abort_all, self._instruments)
         self._core = core
         _live_cores.add(core)
         # Dropped without shutdown(): let its work finish, then stop its workers.
@@ -533,6 +538,20 @@ class Executor(_StdExecutor):
         are set with ``options()``.
         """
         return self._submit(fn, args, kwargs, None, 0)
+
+    def add_instrument(self, instrument: Instrument) -> None:
+        """Start calling *instrument*'s events (a no-op if attached already).
+
+        See ``polyproc.Instrument``: events are called in the executor's
+        scheduler thread and must be quick; one that raises gets its
+        instrument removed (and the error logged on ``polyproc.Instrument``).
+        """
+        self._instruments.add_instrument(instrument)
+
+    def remove_instrument(self, instrument: Instrument) -> None:
+        """Stop calling *instrument*; ``KeyError`` if it is not attached
+        (never added, or removed because it raised)."""
+        self._instruments.remove_instrument(instrument)
 
     def options(self, *, timeout: float | None = None,
                 retries: int = 0) -> "ExecutorOptions":

@@ -34,10 +34,8 @@ marks the child's copy.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import os
-import sys
 import threading
 import time
 import warnings
@@ -50,6 +48,8 @@ from . import _ownership
 from . import _serialization
 from ._cpu import process_cpu_count
 from ._exceptions import ProcessError
+from ._instruments import Instrument, Instruments
+from ._progress import progress_bar as _progress_bar
 from ._results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
                        MapResult)
 from ._tasks import (MAX_GROWN_CHUNKSIZE, TaskChunk, auto_chunksize,
@@ -76,6 +76,7 @@ class _SinkRegistry:
         self.backend = None
         self.terminated = False
         self.pid = _ownership.pid  # the process that owns the pool
+        self.instruments = Instruments()  # the pool's, which its backend fires
         # Thread ident -> the results made so far by the blocking call
         # (map, apply...) that thread is in (see _CancelOnInterrupt).
         self.blocking_calls: dict[int, list] = {}
@@ -159,30 +160,6 @@ def _check_options(timeout: float | None, retries: int) -> None:
         raise ValueError(f"retries must be an int >= 0, not {retries!r}")
 
 
-def _progress_bar(progress: bool, total: int | None):
-    if not progress:
-        return None
-    return _progress_bar_class()(total=total, file=sys.stderr, unit="task", miniters=1)
-
-
-@functools.lru_cache(maxsize=None)
-def _progress_bar_class():
-    """tqdm without its monitor thread.
-
-    The monitor would outlive the call by up to 10 s, and a fork from a
-    process with a thread running is unsafe (Python 3.12+ warns at the next
-    ``Pool()``).  It only forces a refresh when tqdm's dynamic ``miniters``
-    grew too large; with ``miniters=1`` (one update per batch of results)
-    there is nothing for it to do.
-    """
-    from tqdm import tqdm  # imported only when asked for
-
-    class PolyprocProgressBar(tqdm):
-        monitor_interval = 0
-
-    return PolyprocProgressBar
-
-
 class Pool:
     """A pool of worker processes to which jobs can be submitted.
 
@@ -194,6 +171,8 @@ class Pool:
     is replaced) and ``retries=`` (runs of a task whose worker died before
     ``WorkerLostError``); ``map``, ``imap``, ``imap_unordered`` and
     ``starmap`` take ``progress=True`` for a progress bar on stderr.
+    ``instruments=`` (and ``add_instrument``/``remove_instrument``) attach
+    ``polyproc.Instrument`` objects that watch the pool work.
     """
 
     # Whether task arguments are pickled (processes) or passed as they are
@@ -202,7 +181,8 @@ class Pool:
 
     def __init__(self, processes: int | None = None, initializer=None,
                  initargs: Iterable = (), maxtasksperchild: int | None = None,
-                 context=None, *, max_memory_per_child: int | None = None):
+                 context=None, *, max_memory_per_child: int | None = None,
+                 instruments: Iterable[Instrument] = ()):
         from .process import current_process
         if getattr(current_process(), "_inheriting", False):
             from ._child import refuse_start_while_importing_main
@@ -232,6 +212,8 @@ class Pool:
         self._ctx = context
         self._processes = processes
         self._registry = _SinkRegistry()
+        for instrument in instruments:
+            self.add_instrument(instrument)
         self._backend = self._make_backend(processes, initializer, initargs,
                                            maxtasksperchild, max_memory_per_child)
         self._registry.backend = self._backend
@@ -244,7 +226,21 @@ class Pool:
         from ._scheduler import ProcessScheduler
         return ProcessScheduler(self._ctx, processes, initializer, initargs,
                                 maxtasksperchild, max_memory_per_child,
-                                self._registry.abort_all)
+                                self._registry.abort_all, self._registry.instruments)
+
+    def add_instrument(self, instrument: Instrument) -> None:
+        """Start calling *instrument*'s events (a no-op if attached already).
+
+        See ``polyproc.Instrument``: events are called in the pool's
+        scheduler thread and must be quick; one that raises gets its
+        instrument removed (and the error logged on ``polyproc.Instrument``).
+        """
+        self._registry.instruments.add_instrument(instrument)
+
+    def remove_instrument(self, instrument: Instrument) -> None:
+        """Stop calling *instrument*; ``KeyError`` if it is not attached
+        (never added, or removed because it raised)."""
+        self._registry.instruments.remove_instrument(instrument)
 
     # -- the stdlib's interface --------------------------------------------
     def __repr__(self) -> str:
@@ -571,6 +567,7 @@ def _fail_from_caller(sink, position: int | None, exc: BaseException) -> None:
         if position is None:
             sink.abort(exc)
         else:
+            _report_failed(sink, position, exc)
             sink.deliver(position, [None], {0: exc})
 
     if getattr(sink, "_callback", None) is None and \
@@ -578,6 +575,13 @@ def _fail_from_caller(sink, position: int | None, exc: BaseException) -> None:
         fail()
         return
     threading.Thread(target=fail, name="PoolErrorCallback", daemon=True).start()
+
+
+def _report_failed(sink, position: int, exc: BaseException) -> None:
+    """Tell the pool's instruments that a task failed before it reached the backend."""
+    instruments = sink._core.instruments
+    if instruments:
+        instruments.tasks_failed(None, sink, position, 1, exc, time.monotonic())
 
 
 def _check_buffersize(buffersize: int | None) -> None:
@@ -706,6 +710,7 @@ def _feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
                     return
                 start += len(piece)
         except Exception as exc:  # the input iterable raised
+            _report_failed(sink, start, exc)
             sink.deliver(start, [None], {0: exc})
             start += 1
         sink.set_length(start)

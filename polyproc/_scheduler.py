@@ -122,6 +122,7 @@ from . import _serialization, _shm_pool
 from ._exceptions import (InitializerError, ProcessError, SerializationError,
                           TaskTimeoutError, UnloadableError, WorkerLostError)
 from ._fork_template import ForkTemplate
+from ._instruments import Instruments
 from ._remote_errors import rebuild_exception
 from ._tasks import TaskChunk
 from ._worker import WorkerConfig, worker_main
@@ -215,12 +216,15 @@ class WorkerHandle:
 
     __slots__ = ("process", "conn", "slot", "ready", "assigned", "dispatch_ends",
                  "retiring", "shutdown_sent", "timed_out", "chunks_given",
-                 "cancelled_sinks")
+                 "cancelled_sinks", "spawned", "replaces")
 
-    def __init__(self, process, conn, slot: int):
+    def __init__(self, process, conn, slot: int, spawned: float = 0.0,
+                 replaces: int | None = None):
         self.process = process
         self.conn = conn
         self.slot = slot
+        self.spawned = spawned  # time.monotonic() when it was asked for
+        self.replaces = replaces  # pid of the previous worker in its slot
         self.ready = False
         self.assigned: collections.deque[TaskChunk] = collections.deque()
         self.dispatch_ends: collections.deque[int] = collections.deque()
@@ -238,13 +242,19 @@ class ProcessScheduler:
     The backend interface the Pool API layer uses (_pool.py): ``size``,
     ``submit(chunks)``, ``task_seconds()``, ``add_feeder()``/
     ``remove_feeder()``, ``cancel(sink)``, ``close()``, ``terminate()``,
-    ``join(timeout)``.
+    ``join(timeout)``.  Events go to *instruments* (_instruments.py).
     """
 
     def __init__(self, ctx, processes: int, initializer, initargs,
                  maxtasksperchild: int | None, max_memory_per_child: int | None,
-                 abort_all: Callable[[BaseException], None]):
+                 abort_all: Callable[[BaseException], None],
+                 instruments: Instruments | None = None):
         self.size = processes
+        self._instruments = Instruments() if instruments is None else instruments
+        # (time, chunks) submitted while instrumented, announced by the
+        # PoolScheduler thread (_announce_queued): events come from it only.
+        self._queued_at: collections.deque = collections.deque()
+        self._slot_pids: dict[int, int] = {}  # slot -> pid of its last worker
         self._ctx = ctx
         self._abort_all = abort_all
         init_blob = (None if initializer is None
@@ -297,6 +307,8 @@ class ProcessScheduler:
             for chunk in chunks:
                 _fail_chunk(chunk, self.broken)
             return
+        if self._instruments:  # before the chunks can be dispatched
+            self._queued_at.append((time.monotonic(), chunks))
         self._pending.extend(chunks)
         self._wake()
 
@@ -402,7 +414,15 @@ class ProcessScheduler:
         return None
 
     # -- dispatch -------------------------------------------------------
+    def _announce_queued(self) -> None:
+        """Fire ``chunk_queued`` for the chunks callers submitted since the last call."""
+        while self._queued_at:
+            queued_at, chunks = self._queued_at.popleft()
+            self._instruments.chunks_queued(chunks, queued_at, requeued=False)
+
     def _dispatch_chunks(self) -> None:
+        if self._queued_at:
+            self._announce_queued()
         if self.broken is not None:
             self._fail_queued(self.broken)
             return
@@ -503,16 +523,21 @@ class ProcessScheduler:
                              [c.payload for c in batch], [c.call for c in batch],
                              [c.tracking for c in batch])
         data = _serialization.dumps(message, "dispatch")
+        if self._instruments:
+            self._announce_queued()  # submitted since _dispatch_chunks began
+            self._instruments.chunks_dispatched(w.process.pid, batch, time.monotonic())
         try:
             w.conn.send_bytes(data)
         except OSError:
             pass  # the worker died: its sentinel fires and on_worker_exit requeues
 
     def _fail_queued(self, exc: BaseException) -> None:
+        if self._queued_at:
+            self._announce_queued()
         while self._requeued:
-            _fail_chunk(self._requeued.popleft(), exc)
+            _fail_chunk(self._requeued.popleft(), exc, self._instruments)
         while self._pending:
-            _fail_chunk(self._pending.popleft(), exc)
+            _fail_chunk(self._pending.popleft(), exc, self._instruments)
 
     # -- results --------------------------------------------------------
     def _receive_messages(self, w: WorkerHandle) -> None:
@@ -532,6 +557,10 @@ class ProcessScheduler:
                 # (which signals never interrupt) goes on.
                 self._on_unloadable_message(w, last_chunk_id, exc)
             else:
+                if self._instruments and isinstance(message, m.Results):
+                    self._instruments.results_received(
+                        w.process.pid, message, len(data), *m.frame_dump_times(data),
+                        time.monotonic())
                 self._on_message(w, message)
             try:
                 if not conn.poll(0):
@@ -563,7 +592,7 @@ class ProcessScheduler:
                 f"Results must be of a class importable in the parent and must "
                 f"unpickle cleanly.")
             error.__cause__ = cause
-            _fail_chunk(chunk, error)
+            _fail_chunk(chunk, error, self._instruments)
             if chunk.chunk_id == last_chunk_id:
                 return
 
@@ -576,6 +605,9 @@ class ProcessScheduler:
             self._startup_failures = 0
             self._killed_starts = 0
             self._last_ready = time.monotonic()
+            if self._instruments:
+                self._instruments.worker_started(w, msg.entered, msg.ready,
+                                                 self._last_ready)
         elif isinstance(msg, m.Retiring):
             w.retiring = True
         elif isinstance(msg, m.InitializerFailed):
@@ -594,6 +626,8 @@ class ProcessScheduler:
         timing_func = None
         timing_seconds = 0.0
         timing_tasks = 0
+        instruments = self._instruments
+        now = time.monotonic() if instruments else 0.0
         for index, (chunk_id, values, seconds) in enumerate(
                 zip(results.chunk_ids, results.values, results.seconds)):
             chunk = assigned.popleft()
@@ -616,11 +650,14 @@ class ProcessScheduler:
                     errors = {i: rebuild_exception(p) for i, p in errors.items()}
             else:
                 errors = {}
+            if instruments:
+                instruments.chunk_finished(w.process.pid, chunk, results, index,
+                                           values, errors, now)
             chunk.sink.deliver(chunk.start, values, errors)
             if len(values) < chunk.count:
                 # The worker retired half-way through this chunk: the rest
                 # of it never started.
-                self._requeued.appendleft(chunk.subchunk(len(values), chunk.count))
+                self._requeue([chunk.subchunk(len(values), chunk.count)])
             chunk.release()
         if timing_tasks:
             self._learn_timing(timing_func, timing_seconds, timing_tasks)
@@ -650,6 +687,9 @@ class ProcessScheduler:
         _shm_pool.drained(w.process.pid)
         lost = list(w.assigned)
         w.assigned.clear()
+        if self._instruments:
+            self._instruments.worker_exited(w, exitcode, lost, self.state == TERMINATE,
+                                            time.monotonic())
         if not w.ready and self.broken is None and self.state != TERMINATE:
             self._on_death_while_starting(exitcode)
         if not lost:
@@ -796,12 +836,13 @@ class ProcessScheduler:
         if task > 0:
             requeue.append(chunk.subchunk(0, task))
         timed_out = w.timed_out == (chunk.chunk_id, task)
+        exc: BaseException | None = None
+        retry = None
         if timed_out:
-            exc: BaseException = TaskTimeoutError(
+            exc = TaskTimeoutError(
                 f"task {chunk.describe_task(task)} ran longer than its timeout of "
                 f"{chunk.timeout} s; its worker (pid {w.process.pid}) was killed "
                 f"and replaced", chunk.timeout, chunk.describe_task(task))
-            _deliver(chunk, task, [None], {0: exc})
         elif chunk.retries > 0:
             retry = chunk.subchunk(task, task + 1, retries=chunk.retries - 1)
             retry.isolated = chunk.isolated
@@ -813,6 +854,10 @@ class ProcessScheduler:
                 f"replaced it and goes on; pass retries=N to run such a task "
                 f"again on another worker.",
                 w.process.pid, exitcode, chunk.describe_task(task))
+        if self._instruments:
+            self._instruments.task_blamed(w.process.pid, chunk, task, exc, retry,
+                                          time.monotonic())
+        if exc is not None:
             _deliver(chunk, task, [None], {0: exc})
         if task + 1 < chunk.count:
             requeue.append(chunk.subchunk(task + 1, chunk.count))
@@ -821,13 +866,15 @@ class ProcessScheduler:
     def _requeue(self, chunks: list[TaskChunk]) -> None:
         # Requeued work goes before new work, in its original order.
         self._requeued.extendleft(reversed(chunks))
+        if self._instruments:
+            self._instruments.chunks_queued(chunks, time.monotonic(), requeued=True)
 
     def _break(self, error: BaseException) -> None:
         if self.broken is None:
             self.broken = error
         for w in self._workers.values():
             for c in w.assigned:
-                _fail_chunk(c, error)
+                _fail_chunk(c, error, self._instruments)
             w.assigned.clear()
         self._fail_queued(error)
         self._abort_all(error)
@@ -849,6 +896,9 @@ class ProcessScheduler:
                 continue
             if now - started > chunk.timeout:
                 w.timed_out = (chunk_id, task)
+                if self._instruments:
+                    self._instruments.task_timed_out(w.process.pid, chunk, task,
+                                                     started, now)
                 try:
                     w.process.kill()
                 except (OSError, ValueError):
@@ -879,9 +929,11 @@ class ProcessScheduler:
         for i in range(m.SLOT_WIDTH):
             self._table[base + i] = 0.0
         self._worker_counter += 1
+        spawned, replaces = time.monotonic(), self._slot_pids.get(slot)
         if self._template is not None and not in_caller_thread:
             process, parent_conn = self._template.spawn(slot, self._worker_counter)
-            self._workers[slot] = WorkerHandle(process, parent_conn, slot)
+            self._workers[slot] = WorkerHandle(process, parent_conn, slot, spawned, replaces)
+            self._slot_pids[slot] = process.pid
             return
         parent_conn, child_conn = mp_connection.Pipe(duplex=True)
         process = self._ctx.Process(
@@ -892,7 +944,8 @@ class ProcessScheduler:
                 process.start()
             finally:
                 child_conn.close()
-        self._workers[slot] = WorkerHandle(process, parent_conn, slot)
+        self._workers[slot] = WorkerHandle(process, parent_conn, slot, spawned, replaces)
+        self._slot_pids[slot] = process.pid
 
     def _replace_workers(self) -> None:
         if self.broken is not None or self.state == TERMINATE:
@@ -939,6 +992,9 @@ class ProcessScheduler:
                     pass
                 w.process.join(1.0)
         for w in workers:
+            if self._instruments:
+                self._instruments.worker_exited(w, w.process.exitcode, w.assigned, True,
+                                                time.monotonic())
             for c in w.assigned:
                 c.release()
             w.assigned.clear()
@@ -1041,6 +1097,10 @@ def _deliver(chunk: TaskChunk, offset: int, values: list, errors: dict) -> None:
     chunk.sink.deliver(chunk.start + offset, values, errors)
 
 
-def _fail_chunk(chunk: TaskChunk, exc: BaseException) -> None:
+def _fail_chunk(chunk: TaskChunk, exc: BaseException,
+                instruments: Instruments | None = None) -> None:
+    if instruments:
+        instruments.tasks_failed(chunk.chunk_id, chunk.sink, chunk.start, chunk.count,
+                                 exc, time.monotonic())
     _deliver(chunk, 0, [None] * chunk.count, dict.fromkeys(range(chunk.count), exc))
     chunk.release()

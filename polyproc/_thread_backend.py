@@ -15,11 +15,13 @@ already running finish, and their results are dropped.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from typing import Callable, Iterable
 
+from ._instruments import Instrument, Instruments
 from ._pool import Pool
 from ._tasks import TaskChunk, item_caller
 
@@ -28,8 +30,11 @@ _STOP = None
 
 class ThreadBackend:
     def __init__(self, processes: int, initializer: Callable | None,
-                 initargs: Iterable, abort_all: Callable[[BaseException], None]):
+                 initargs: Iterable, abort_all: Callable[[BaseException], None],
+                 instruments: Instruments | None = None):
         self.size = processes
+        # Fired in the caller's thread (chunk_queued) and the worker threads.
+        self._instruments = Instruments() if instruments is None else instruments
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._abort_all = abort_all
         self._initializer = initializer
@@ -49,6 +54,9 @@ class ThreadBackend:
             if chunk.timeout is not None:
                 raise ValueError("ThreadPool does not support timeout=: a thread "
                                  "cannot be stopped; use polyproc.Pool for timeouts")
+        if self._instruments:
+            self._instruments.chunks_queued(chunks, time.monotonic(), requeued=False)
+        for chunk in chunks:
             self._queue.put(chunk)
 
     def task_seconds(self, func) -> float | None:
@@ -108,13 +116,18 @@ class ThreadBackend:
         call_fn = item_caller(chunk.func, chunk.call)
         values: list = [None] * chunk.count
         errors: dict = {}
-        started = time.perf_counter()
+        started = time.monotonic()
+        if self._instruments:
+            self._instruments.chunks_dispatched(os.getpid(), [chunk], started)
         for i, item in enumerate(chunk.items):
             try:
                 values[i] = call_fn(item)
             except BaseException as exc:
                 errors[i] = exc
-        self._task_seconds = (time.perf_counter() - started) / max(1, chunk.count)
+        finished = time.monotonic()
+        self._task_seconds = (finished - started) / max(1, chunk.count)
+        if self._instruments:
+            self._instruments.chunk_ran(os.getpid(), chunk, len(errors), started, finished)
         chunk.sink.deliver(chunk.start, values, errors)
 
 
@@ -124,9 +137,10 @@ class ThreadPool(Pool):
     _serialize = False
 
     def __init__(self, processes: int | None = None, initializer=None,
-                 initargs: Iterable = ()):
-        Pool.__init__(self, processes, initializer, initargs)
+                 initargs: Iterable = (), *, instruments: Iterable[Instrument] = ()):
+        Pool.__init__(self, processes, initializer, initargs, instruments=instruments)
 
     def _make_backend(self, processes, initializer, initargs, maxtasksperchild,
                       max_memory_per_child):
-        return ThreadBackend(processes, initializer, initargs, self._registry.abort_all)
+        return ThreadBackend(processes, initializer, initargs, self._registry.abort_all,
+                             self._registry.instruments)
