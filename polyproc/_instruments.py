@@ -57,13 +57,14 @@ the ``polyproc.Instrument`` logger (as trio does); the pool goes on.
 
 Cost.  With no instrument attached a pool fires nothing: each place that
 would is guarded by one truth test of the pool's ``Instruments`` (an empty
-dict), so the hot paths pay a few nanoseconds per message, not per task.
-The worker's extra measurements are always taken (three clock readings
-per chunk and two per results message, where there were two per chunk) and
-travel in the messages it sends anyway.  Event details are ``NamedTuple``s,
-immutable and about three times cheaper to build than frozen dataclasses
-(0.3 against 1 microsecond), because with instruments attached a storm of
-one-task calls builds three of them per task.
+dict): a few nanoseconds per message and per chunk, nothing per task.
+The worker measures whether or not an instrument listens: per chunk the
+three clock readings it took before (now all ``time.monotonic()``), plus
+two per results message; they travel in the messages it sends anyway.
+Event details are ``NamedTuple``s, immutable and about three times
+cheaper to build than frozen dataclasses (0.3 against 1 microsecond),
+because with instruments attached a storm of one-task calls builds three
+of them per task.
 """
 from __future__ import annotations
 
@@ -147,9 +148,10 @@ class ChunkFailed(NamedTuple):
 
     Their results could not be unpickled, the pool broke, or the task was
     blamed for its worker's death (``WorkerLostError``,
-    ``TaskTimeoutError``); *chunk_id* is None for tasks that failed in the
-    submitting thread (an argument that cannot be pickled, an ``imap``
-    input that raised).
+    ``TaskTimeoutError``); *chunk_id* is None for a Pool's tasks that
+    failed in the submitting thread (an argument that cannot be pickled,
+    an ``imap`` input that raised; an Executor's future fails there
+    without an event).
     """
     chunk_id: int | None
     call_id: int

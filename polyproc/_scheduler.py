@@ -25,7 +25,9 @@ Data flow of a task (the same diagram is in ARCHITECTURE.md)::
 One thread does all the bookkeeping (like ``concurrent.futures``' executor
 manager thread, and unlike the stdlib Pool's three handler threads), so the
 state below needs no locks: caller threads only append to ``_pending`` (a
-deque, whose append is atomic) and poke the wake-up pipe.
+deque, whose append is atomic) and poke the wake-up pipe.  The same thread
+fires the events of the pool's instruments (_instruments.py), each behind
+one ``if self._instruments:``, so a pool without them builds no event.
 
 Why each worker has its *own* pipe (the stdlib shares one queue among all
 workers): a worker that dies while holding a shared queue's lock, or half
