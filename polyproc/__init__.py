@@ -45,6 +45,16 @@ from ._exceptions import StdinUnavailableError as StdinUnavailableError
 from ._exceptions import TaskTimeoutError as TaskTimeoutError
 from ._exceptions import TimeoutError as TimeoutError
 from ._exceptions import WorkerLostError as WorkerLostError
+from ._pool.instruments import ChunkDispatched as ChunkDispatched
+from ._pool.instruments import ChunkFailed as ChunkFailed
+from ._pool.instruments import ChunkFinished as ChunkFinished
+from ._pool.instruments import ChunkQueued as ChunkQueued
+from ._pool.instruments import Instrument as Instrument
+from ._pool.instruments import ResultsReceived as ResultsReceived
+from ._pool.instruments import TaskRetried as TaskRetried
+from ._pool.instruments import TaskTimedOut as TaskTimedOut
+from ._pool.instruments import WorkerExited as WorkerExited
+from ._pool.instruments import WorkerStarted as WorkerStarted
 from ._public import fixup_module_metadata as _fixup
 # The default context's Process class (DefaultContext.Process), imported as
 # a class so that ``p: polyproc.Process`` is a valid annotation.
@@ -118,6 +128,10 @@ __all__ += [  # polyproc's additions
     "ManagerProtocolError", "FrameTooLargeError", "InsecureAddressError",
     "process_cpu_count",
     "InheritedPoolError",
+    # Instruments that watch a pool work, and the records of their events.
+    "Instrument", "ChunkQueued", "ChunkDispatched", "ResultsReceived",
+    "ChunkFinished", "ChunkFailed", "TaskRetried", "TaskTimedOut",
+    "WorkerStarted", "WorkerExited",
 ]
 
 # Public names report their public module (``polyproc.WorkerLostError``,

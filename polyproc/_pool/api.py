@@ -46,6 +46,7 @@ from .results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
                        MapResult)
 from .chunks import Transport, auto_chunksize, function_blob, function_name, make_chunk
 from .feeding import BUFFERED, Window, chunks_for_piece, fail_from_caller, feed_chunks
+from .instruments import Instrument
 from .progress import progress_bar
 from .registry import CancelOnInterrupt, SinkRegistry
 from .options import (WorkerOptions, check_buffersize, check_callable,
@@ -77,6 +78,8 @@ class Pool:
     is replaced) and ``retries=`` (runs of a task whose worker died before
     ``WorkerLostError``); ``map``, ``imap``, ``imap_unordered`` and
     ``starmap`` take ``progress=True`` for a progress bar on stderr.
+    ``instruments=`` (and ``add_instrument``/``remove_instrument``) attach
+    ``polyproc.Instrument`` objects that watch the pool work.
     """
 
     # The engine that runs the tasks (see backend.py): local processes.
@@ -85,7 +88,8 @@ class Pool:
     def __init__(self, processes: int | None = None,
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
-                 context: Any = None, *, max_memory_per_child: int | None = None) -> None:
+                 context: Any = None, *, max_memory_per_child: int | None = None,
+                 instruments: Iterable[Instrument] = ()) -> None:
         self._state = "INIT"  # first: __del__ reads it even if __init__ fails
         options = WorkerOptions.for_pool(processes, initializer, initargs,
                                          maxtasksperchild, max_memory_per_child)
@@ -95,13 +99,29 @@ class Pool:
         self._ctx = engine_context(context)
         self._processes = options.workers
         self._registry = SinkRegistry()
+        for instrument in instruments:
+            self.add_instrument(instrument)
         self._backend: _backends.Backend = _backends.load(self._backend_name)(
-            options, self._ctx, self._registry.abort_all)
+            options, self._ctx, self._registry.abort_all, self._registry.instruments)
         self._transport: Transport = self._backend.transport
         self._registry.backend = self._backend
         self._terminate = util.Finalize(self, _terminate_pool, args=(self._registry,),
                                         exitpriority=15)
         self._state = RUN
+
+    def add_instrument(self, instrument: Instrument) -> None:
+        """Start calling *instrument*'s events (a no-op if attached already).
+
+        See ``polyproc.Instrument``: events are called in the pool's
+        scheduler thread and must be quick; one that raises gets its
+        instrument removed (and the error logged on ``polyproc.Instrument``).
+        """
+        self._registry.instruments.add_instrument(instrument)
+
+    def remove_instrument(self, instrument: Instrument) -> None:
+        """Stop calling *instrument*; ``KeyError`` if it is not attached
+        (never added, or removed because it raised)."""
+        self._registry.instruments.remove_instrument(instrument)
 
     # -- the stdlib's interface --------------------------------------------
     def __repr__(self) -> str:
@@ -423,8 +443,8 @@ class ThreadPool(Pool):
     _backend_name = "thread"
 
     def __init__(self, processes: int | None = None, initializer=None,
-                 initargs: Iterable = ()):
-        Pool.__init__(self, processes, initializer, initargs)
+                 initargs: Iterable = (), *, instruments: Iterable[Instrument] = ()):
+        Pool.__init__(self, processes, initializer, initargs, instruments=instruments)
 
 
 # Public as ``polyproc.pool.X`` (reprs, tracebacks), even where the pool

@@ -15,10 +15,11 @@ that is never used is never imported: a Dask backend would cost nothing to
 programs that do not use it.
 
 Each backend module exposes ``backend_class``, built as
-``backend_class(options, context, abort_all)``: the ``WorkerOptions`` of the
-pool, the context to start processes with (ignored by backends without
-local processes), and the front-end's call that fails every unfinished
-result at once (the backend broke or was terminated).
+``backend_class(options, context, abort_all, instruments)``: the
+``WorkerOptions`` of the pool, the context to start processes with (ignored
+by backends without local processes), the front-end's call that fails every
+unfinished result at once (the backend broke or was terminated), and the
+pool's ``Instruments`` (instruments.py), whose events the backend fires.
 
 Life cycle (``RUN`` -> ``CLOSE`` -> ``TERMINATE``, the stdlib Pool's state
 names): ``close()`` runs what was submitted, then stops the workers;
@@ -34,6 +35,7 @@ from .chunks import TaskChunk, Transport
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
+    from .instruments import Instruments
     from .options import WorkerOptions
 
 __all__ = ["Backend", "Sink", "Transport", "load", "available", "RUN", "CLOSE",
@@ -111,7 +113,7 @@ class Backend(Protocol):
 AbortAll = Callable[[BaseException], None]
 
 
-def load(name: str) -> Callable[[WorkerOptions, Any, AbortAll], Backend]:
+def load(name: str) -> Callable[[WorkerOptions, Any, AbortAll, Instruments], Backend]:
     """The class of backend *name*, importing its module on first use.
 
     Raises ``ValueError`` naming the backends there are if there is none

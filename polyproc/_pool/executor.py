@@ -64,6 +64,7 @@ from . import ownership as _ownership
 from .._process.context import default_context
 from .chunks import TaskChunk, function_blob, function_name, make_chunk
 from .executor_core import ExecutorCore, ExecutorFuture, FutureSink, for_executor
+from .instruments import Instrument, Instruments
 from .options import (WorkerOptions, check_buffersize, check_callable,
                       check_task_options)
 
@@ -120,7 +121,9 @@ class Executor(_StdExecutor):
     worker is replaced) and further runs of a task whose worker died.
 
     Python 3.14's ``terminate_workers()``, ``kill_workers()`` and
-    ``map(..., buffersize=)`` are there on every Python.
+    ``map(..., buffersize=)`` are there on every Python.  ``instruments=``
+    (and ``add_instrument``/``remove_instrument``) attach
+    ``polyproc.Instrument`` objects that watch the executor work.
 
     Differences from ``ProcessPoolExecutor``, none of which changes what
     working stdlib code means: ``max_tasks_per_child`` works with the fork
@@ -132,7 +135,8 @@ class Executor(_StdExecutor):
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), *,
                  max_tasks_per_child: int | None = None,
-                 max_memory_per_child: int | None = None) -> None:
+                 max_memory_per_child: int | None = None,
+                 instruments: Iterable[Instrument] = ()) -> None:
         options = WorkerOptions.for_executor(max_workers, initializer, initargs,
                                              max_tasks_per_child, max_memory_per_child)
         if mp_context is None:
@@ -140,7 +144,9 @@ class Executor(_StdExecutor):
         self._max_workers = options.workers
         self._mp_context = mp_context
         core = ExecutorCore(options.workers)
-        core.backend = _backends.load("process")(options, mp_context, core.abort_all)
+        self._instruments = Instruments(instruments)
+        core.backend = _backends.load("process")(options, mp_context, core.abort_all,
+                                                 self._instruments)
         self._core = core
         _live_cores.add(core)
         # Dropped without shutdown(): let its work finish, then stop its workers.
@@ -160,6 +166,20 @@ class Executor(_StdExecutor):
         are set with ``options()``.
         """
         return self._submit(fn, args, kwargs, None, 0)
+
+    def add_instrument(self, instrument: Instrument) -> None:
+        """Start calling *instrument*'s events (a no-op if attached already).
+
+        See ``polyproc.Instrument``: events are called in the executor's
+        scheduler thread and must be quick; one that raises gets its
+        instrument removed (and the error logged on ``polyproc.Instrument``).
+        """
+        self._instruments.add_instrument(instrument)
+
+    def remove_instrument(self, instrument: Instrument) -> None:
+        """Stop calling *instrument*; ``KeyError`` if it is not attached
+        (never added, or removed because it raised)."""
+        self._instruments.remove_instrument(instrument)
 
     def options(self, *, timeout: float | None = None,
                 retries: int = 0) -> ExecutorOptions:

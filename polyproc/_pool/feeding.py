@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from typing import Any, Callable, Iterable
 
 from .chunks import (MAX_GROWN_CHUNKSIZE, TARGET_CHUNK_SECONDS, TaskChunk,
@@ -34,6 +35,7 @@ def fail_from_caller(sink, position: int | None, exc: BaseException) -> None:
         if position is None:
             sink.abort(exc)
         else:
+            _report_failed(sink, position, exc)
             sink.deliver(position, [None], {0: exc})
 
     if getattr(sink, "_callback", None) is None and \
@@ -41,6 +43,13 @@ def fail_from_caller(sink, position: int | None, exc: BaseException) -> None:
         fail()
         return
     threading.Thread(target=fail, name="PoolErrorCallback", daemon=True).start()
+
+
+def _report_failed(sink, position: int, exc: BaseException) -> None:
+    """Tell the pool's instruments that a task failed before it reached the backend."""
+    instruments = sink._core.instruments
+    if instruments:
+        instruments.tasks_failed(None, sink, position, 1, exc, time.monotonic())
 
 
 _WINDOW_POLL = 0.1   # seconds between checks that a throttled feeder's pool still runs
@@ -162,6 +171,7 @@ def feed_chunks(backend, registry, iterable, chunksize, fn_blob, fn_name, call,
                     return
                 start += len(piece)
         except Exception as exc:  # the input iterable raised
+            _report_failed(sink, start, exc)
             sink.deliver(start, [None], {0: exc})
             start += 1
         sink.set_length(start)

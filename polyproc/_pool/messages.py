@@ -67,6 +67,8 @@ class Shutdown(NamedTuple):
 
 class WorkerReady(NamedTuple):
     pid: int
+    entered: float = 0.0  # time.monotonic() when worker_main began
+    ready: float = 0.0    # ... and when the initializer had run (see instruments.py)
 
 
 class InitializerFailed(NamedTuple):
@@ -85,7 +87,9 @@ class ChunkDone(NamedTuple):
     chunk_id: int
     values: list
     errors: dict
-    seconds: float  # wall time the worker spent running the chunk
+    seconds: float  # wall time the worker spent loading and running the chunk
+    started: float = 0.0       # time.monotonic() when it began loading it
+    load_seconds: float = 0.0  # of ``seconds``, unpickling the function and items
 
 
 class Results(NamedTuple):
@@ -99,12 +103,15 @@ class Results(NamedTuple):
     values: list      # list[list]
     errors: dict      # {index in this message: that chunk's errors dict}
     seconds: list     # list[float]
+    started: list     # list[float]
+    load_seconds: list  # list[float]
 
     @classmethod
     def of(cls, done: list) -> Results:
         return cls([d.chunk_id for d in done], [d.values for d in done],
                    {i: d.errors for i, d in enumerate(done) if d.errors},
-                   [d.seconds for d in done])
+                   [d.seconds for d in done], [d.started for d in done],
+                   [d.load_seconds for d in done])
 
 
 class Retiring(NamedTuple):
@@ -112,21 +119,29 @@ class Retiring(NamedTuple):
 
 
 # Every worker -> scheduler message is framed: 8 bytes naming the last chunk
-# whose results it carries (0 for other messages), then the serialized
-# message.  The frame is read without unpickling anything, so that when a
+# whose results it carries (0 for other messages), the time.monotonic() when
+# the worker began pickling it and the seconds that took (for instruments:
+# measured around the pickling, so they can only travel outside the pickle),
+# then the serialized message.  The frame is read without unpickling anything, so that when a
 # Results message cannot be unpickled in the parent (a result whose class
 # exists only in the worker, a __reduce__ that fails on load), the scheduler
 # still knows which chunks it carried and fails exactly those tasks instead
 # of losing track of the worker.
-_FRAME = struct.Struct("<q")
+_FRAME = struct.Struct("<qdd")
 
 
-def frame(last_chunk_id: int, payload: bytes) -> bytes:
-    return _FRAME.pack(last_chunk_id) + payload
+def frame(last_chunk_id: int, payload: bytes, dump_started: float = 0.0,
+          dump_seconds: float = 0.0) -> bytes:
+    return _FRAME.pack(last_chunk_id, dump_started, dump_seconds) + payload
 
 
 def unframe(data: bytes) -> tuple[int, memoryview]:
     return _FRAME.unpack_from(data)[0], memoryview(data)[_FRAME.size:]
+
+
+def frame_dump_times(data: bytes) -> tuple[float, float]:
+    """When the sender began pickling a framed message, and for how long."""
+    return _FRAME.unpack_from(data)[1:]
 
 
 # Phases a worker records in its slot of the pool's shared progress table,

@@ -14,6 +14,7 @@ import threading
 
 from .._exceptions import ProcessError
 from . import ownership as _ownership
+from .instruments import Instruments
 
 __all__ = ["SinkRegistry", "CancelOnInterrupt", "CANCELLED_MESSAGE"]
 
@@ -33,6 +34,7 @@ class SinkRegistry:
         self.backend = None
         self.terminated = False
         self.pid = _ownership.pid  # the process that owns the pool
+        self.instruments = Instruments()  # the pool's, which its backend fires
         # Thread ident -> the results made so far by the blocking call
         # (map, apply...) that thread is in (see CancelOnInterrupt).
         self.blocking_calls: dict[int, list] = {}

@@ -63,10 +63,8 @@ class _Sink:
         self._pending = length  # tasks not delivered yet (None: not known yet)
         self.cancelled = False  # set by the registry's cancel(): stop feeding it
         core.register_sink(self)
-
-    def _count(self, n: int) -> None:
-        if self._progress is not None:
-            self._progress.update(n)
+        if progress is not None:  # a progress.ProgressBar: counts our tasks
+            progress.attach(core.instruments, self)
 
     def _finished(self) -> None:
         self._core.unregister_sink(self)
@@ -152,8 +150,6 @@ class ApplyResult(_Sink, Generic[_T]):
     def deliver(self, start: int, values: list, errors: dict) -> None:
         if self._completing:
             return
-        if self._progress is not None:
-            self._count(len(values))
         if errors:
             self._success = False
             self._value = errors[min(errors)]
@@ -212,7 +208,6 @@ class MapResult(ApplyResult[list[_T]]):
                 if self._first_error is None or index < self._first_error[0]:
                     self._first_error = (index, errors[min(errors)])
             self._pending -= len(values)
-            self._count(len(values))
             if self._pending > 0:
                 return
             if self._first_error is not None:
@@ -328,7 +323,6 @@ class IMapIterator(_Sink, Generic[_T]):
                 while self._next_index in self._unordered:
                     self._items.append(self._unordered.pop(self._next_index))
                     self._next_index += 1
-            self._count(len(values))
             self._cond.notify_all()
             if self._length is not None and self._delivered_count() >= self._length:
                 self._finished_unlocked()

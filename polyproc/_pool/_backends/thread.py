@@ -15,12 +15,14 @@ already running finish, and their results are dropped.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from typing import Any, Callable
 
 from ..chunks import TaskChunk, Transport, item_caller
+from ..instruments import Instruments
 from ..options import WorkerOptions
 
 _STOP = None
@@ -33,9 +35,12 @@ class ThreadBackend:
     broken: BaseException | None = None   # a thread backend never breaks
 
     def __init__(self, options: WorkerOptions, context: Any,
-                 abort_all: Callable[[BaseException], None]):
+                 abort_all: Callable[[BaseException], None],
+                 instruments: Instruments | None = None):
         processes = options.workers
         self.size = processes
+        # Fired in the caller's thread (chunk_queued) and the worker threads.
+        self._instruments = Instruments() if instruments is None else instruments
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._abort_all = abort_all
         self._initializer = options.initializer
@@ -55,6 +60,9 @@ class ThreadBackend:
             if chunk.timeout is not None:
                 raise ValueError("ThreadPool does not support timeout=: a thread "
                                  "cannot be stopped; use polyproc.Pool for timeouts")
+        if self._instruments:
+            self._instruments.chunks_queued(chunks, time.monotonic(), requeued=False)
+        for chunk in chunks:
             self._queue.put(chunk)
 
     def task_seconds(self, func) -> float | None:
@@ -118,13 +126,19 @@ class ThreadBackend:
         call_fn = item_caller(chunk.func, chunk.call)
         values: list = [None] * chunk.count
         errors: dict = {}
-        started = time.perf_counter()
+        started = time.monotonic()
+        if self._instruments:
+            self._instruments.chunks_dispatched(os.getpid(), [chunk], started)
         for i, item in enumerate(chunk.items):
             try:
                 values[i] = call_fn(item)
             except BaseException as exc:
                 errors[i] = exc
-        self._task_seconds = (time.perf_counter() - started) / max(1, chunk.count)
+        finished = time.monotonic()
+        self._task_seconds = (finished - started) / max(1, chunk.count)
+        if self._instruments:
+            self._instruments.chunk_ran(os.getpid(), chunk, len(errors), started, finished)
         chunk.sink.deliver(chunk.start, values, errors)
+
 
 backend_class = ThreadBackend

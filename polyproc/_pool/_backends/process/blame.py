@@ -183,6 +183,7 @@ class Recovery(NamedTuple):
 
     requeue: list[TaskChunk]     # to run again, in this order, before new work
     failures: list[tuple[TaskChunk, int, BaseException]]  # (chunk, task, error)
+    retried: list[tuple[TaskChunk, int, TaskChunk]]  # (chunk, task, its retry chunk)
 
 
 def recover_lost_chunks(lost: list[TaskChunk], death: Death) -> Recovery:
@@ -195,24 +196,25 @@ def recover_lost_chunks(lost: list[TaskChunk], death: Death) -> Recovery:
     once the failures are delivered).
     """
     failures: list[tuple[TaskChunk, int, BaseException]] = []
+    retried: list[tuple[TaskChunk, int, TaskChunk]] = []
     index = next((i for i, c in enumerate(lost) if c.chunk_id == death.chunk_id), None)
     requeue: list[TaskChunk] = []
     if index is None:
         # Waiting for work (or past the end of what it held): no task
         # it held had started, and none is charged.
         requeue += [c.subchunk(0, c.count) for c in lost]
-        return Recovery(requeue, failures)
+        return Recovery(requeue, failures, retried)
     current, ran, rest = lost[index], lost[:index], lost[index + 1:]
     phase = death.phase
     if phase == m.PHASE_RUNNING and current.tracking == m.TRACK_NONE:
         phase = m.PHASE_LOADING  # which task is unknown: isolate them all
     if phase == m.PHASE_RUNNING:
         requeue += [c.subchunk(0, c.count) for c in ran]
-        requeue += _blame(current, death.task, death, failures)
+        requeue += _blame(current, death.task, death, failures, retried)
     elif phase == m.PHASE_LOADING:
         requeue += [c.subchunk(0, c.count) for c in ran]
         if current.count == 1:
-            requeue += _blame(current, 0, death, failures)
+            requeue += _blame(current, 0, death, failures, retried)
         else:
             requeue += [current.subchunk(i, i + 1) for i in range(current.count)]
     else:
@@ -220,13 +222,13 @@ def recover_lost_chunks(lost: list[TaskChunk], death: Death) -> Recovery:
         # ran and its results were not sent; one of them may have
         # left the process to die (a result that kills it when
         # pickled, a thread of a task).
-        requeue += _isolate_or_blame(ran + [current], death, failures)
+        requeue += _isolate_or_blame(ran + [current], death, failures, retried)
     requeue += [c.subchunk(0, c.count) for c in rest]
-    return Recovery(requeue, failures)
+    return Recovery(requeue, failures, retried)
 
 
 def _isolate_or_blame(suspects: list[TaskChunk], death: Death,
-                      failures: list) -> list[TaskChunk]:
+                      failures: list, retried: list) -> list[TaskChunk]:
     """Chunks that ran before the worker died (results unsent): which one?
 
     A task already sent alone (isolated) is the one: it is charged.
@@ -234,7 +236,7 @@ def _isolate_or_blame(suspects: list[TaskChunk], death: Death,
     death among them is pinned on one.
     """
     if len(suspects) == 1 and suspects[0].count == 1 and suspects[0].isolated:
-        return _blame(suspects[0], 0, death, failures)
+        return _blame(suspects[0], 0, death, failures, retried)
     isolated = []
     for c in suspects:
         for i in range(c.count):
@@ -244,9 +246,11 @@ def _isolate_or_blame(suspects: list[TaskChunk], death: Death,
     return isolated
 
 
-def _blame(chunk: TaskChunk, task: int, death: Death, failures: list) -> list[TaskChunk]:
-    """Charge task *task* of *chunk*: a retry, or a failure appended to
-    *failures*; return the rest of the chunk to requeue."""
+def _blame(chunk: TaskChunk, task: int, death: Death, failures: list,
+           retried: list) -> list[TaskChunk]:
+    """Charge task *task* of *chunk*: a retry (also appended to *retried*),
+    or a failure appended to *failures*; return the rest of the chunk to
+    requeue."""
     requeue = []
     if task > 0:
         requeue.append(chunk.subchunk(0, task))
@@ -259,6 +263,7 @@ def _blame(chunk: TaskChunk, task: int, death: Death, failures: list) -> list[Ta
         retry = chunk.subchunk(task, task + 1, retries=chunk.retries - 1)
         retry.isolated = chunk.isolated
         requeue.append(retry)
+        retried.append((chunk, task, retry))
     else:
         failures.append((chunk, task, WorkerLostError(
             f"the worker process (pid {death.pid}) running task "

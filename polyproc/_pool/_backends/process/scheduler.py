@@ -38,7 +38,9 @@ of the code)::
 One thread does all the bookkeeping (like ``concurrent.futures``' executor
 manager thread, and unlike the stdlib Pool's three handler threads), so the
 state below needs no locks: caller threads only append to ``_pending`` (a
-deque, whose append is atomic) and poke the wake-up pipe.
+deque, whose append is atomic) and poke the wake-up pipe.  The same thread
+fires the events of the pool's instruments (instruments.py), each behind
+one ``if self._instruments:``, so a pool without them builds no event.
 
 Why each worker has its *own* pipe (the stdlib shares one queue among all
 workers): a worker that dies while holding a shared queue's lock, or half
@@ -71,6 +73,7 @@ from .fork_template import ForkTemplate
 from ...._transport.remote_errors import rebuild_exception
 from ...backend import CLOSE, RUN, TERMINATE
 from ...chunks import TaskChunk, Transport
+from ...instruments import Instruments
 from ...options import WorkerOptions
 from .worker import WorkerConfig
 from .worker_handles import (WorkerHandle, clear_slot, sigint_shielded_start,
@@ -90,15 +93,22 @@ class ProcessScheduler:
 
     The ``Backend`` of ``Pool`` and ``Executor`` (see ``_pool/backend.py``
     for the contract of each method), under the name ``"process"``.
+    Events go to *instruments* (instruments.py).
     """
 
     transport = Transport.SHARED_MEMORY
 
     def __init__(self, options: WorkerOptions, ctx,
-                 abort_all: Callable[[BaseException], None]):
+                 abort_all: Callable[[BaseException], None],
+                 instruments: Instruments | None = None):
         processes = options.workers
         initializer = options.initializer
         self.size = processes
+        self._instruments = Instruments() if instruments is None else instruments
+        # (time, chunks) submitted while instrumented, announced by the
+        # PoolScheduler thread (_announce_queued): events come from it only.
+        self._queued_at: collections.deque = collections.deque()
+        self._slot_pids: dict[int, int] = {}  # slot -> pid of its last worker
         self._ctx = ctx
         self._abort_all = abort_all
         init_blob = (None if initializer is None
@@ -146,6 +156,8 @@ class ProcessScheduler:
             for chunk in chunks:
                 _fail_chunk(chunk, self.broken)
             return
+        if self._instruments:  # before the chunks can be dispatched
+            self._queued_at.append((time.monotonic(), chunks))
         self._pending.extend(chunks)
         self._wake()
 
@@ -264,7 +276,15 @@ class ProcessScheduler:
         return None
 
     # -- dispatch -------------------------------------------------------
+    def _announce_queued(self) -> None:
+        """Fire ``chunk_queued`` for the chunks callers submitted since the last call."""
+        while self._queued_at:
+            queued_at, chunks = self._queued_at.popleft()
+            self._instruments.chunks_queued(chunks, queued_at, requeued=False)
+
     def _dispatch_chunks(self) -> None:
+        if self._queued_at:
+            self._announce_queued()
         if self.broken is not None:
             self._fail_queued(self.broken)
             return
@@ -365,16 +385,21 @@ class ProcessScheduler:
                              [c.payload for c in batch], [c.call for c in batch],
                              [c.tracking for c in batch])
         data = _serialization.dumps(message, "dispatch")
+        if self._instruments:
+            self._announce_queued()  # submitted since _dispatch_chunks began
+            self._instruments.chunks_dispatched(w.process.pid, batch, time.monotonic())
         try:
             w.conn.send_bytes(data)
         except OSError:
             pass  # the worker died: its sentinel fires and on_worker_exit requeues
 
     def _fail_queued(self, exc: BaseException) -> None:
+        if self._queued_at:
+            self._announce_queued()
         while self._requeued:
-            _fail_chunk(self._requeued.popleft(), exc)
+            _fail_chunk(self._requeued.popleft(), exc, self._instruments)
         while self._pending:
-            _fail_chunk(self._pending.popleft(), exc)
+            _fail_chunk(self._pending.popleft(), exc, self._instruments)
 
     # -- results --------------------------------------------------------
     def _receive_messages(self, w: WorkerHandle) -> None:
@@ -394,6 +419,10 @@ class ProcessScheduler:
                 # (which signals never interrupt) goes on.
                 self._on_unloadable_message(w, last_chunk_id, exc)
             else:
+                if self._instruments and isinstance(message, m.Results):
+                    self._instruments.results_received(
+                        w.process.pid, message, len(data), *m.frame_dump_times(data),
+                        time.monotonic())
                 self._on_message(w, message)
             try:
                 if not conn.poll(0):
@@ -425,7 +454,7 @@ class ProcessScheduler:
                 f"Results must be of a class importable in the parent and must "
                 f"unpickle cleanly.")
             error.__cause__ = cause
-            _fail_chunk(chunk, error)
+            _fail_chunk(chunk, error, self._instruments)
             if chunk.chunk_id == last_chunk_id:
                 return
 
@@ -435,6 +464,9 @@ class ProcessScheduler:
         elif isinstance(msg, m.WorkerReady):
             w.ready = True
             self._startup.worker_ready()
+            if self._instruments:
+                self._instruments.worker_started(w, msg.entered, msg.ready,
+                                                 time.monotonic())
         elif isinstance(msg, m.Retiring):
             w.retiring = True
         elif isinstance(msg, m.InitializerFailed):
@@ -453,6 +485,8 @@ class ProcessScheduler:
         timing_func: bytes | None = None
         timing_seconds = 0.0
         timing_tasks = 0
+        instruments = self._instruments
+        now = time.monotonic() if instruments else 0.0
         for index, (chunk_id, values, seconds) in enumerate(
                 zip(results.chunk_ids, results.values, results.seconds)):
             chunk = assigned.popleft()
@@ -475,11 +509,14 @@ class ProcessScheduler:
                     errors = {i: rebuild_exception(p) for i, p in errors.items()}
             else:
                 errors = {}
+            if instruments:
+                instruments.chunk_finished(w.process.pid, chunk, results, index,
+                                           values, errors, now)
             chunk.sink.deliver(chunk.start, values, errors)
             if len(values) < chunk.count:
                 # The worker retired half-way through this chunk: the rest
                 # of it never started.
-                self._requeued.appendleft(chunk.subchunk(len(values), chunk.count))
+                self._requeue([chunk.subchunk(len(values), chunk.count)])
             chunk.release()
         if timing_func is not None and timing_tasks:
             self._times.learn(timing_func, timing_seconds, timing_tasks)
@@ -496,6 +533,9 @@ class ProcessScheduler:
         shm_cache.drained(w.process.pid)
         lost = list(w.assigned)
         w.assigned.clear()
+        if self._instruments:
+            self._instruments.worker_exited(w, exitcode, lost, self.state == TERMINATE,
+                                            time.monotonic())
         if not w.ready and self.broken is None and self.state != TERMINATE:
             # It holds no task: go on (it is replaced), or break (blame.py).
             error = self._startup.worker_died(
@@ -549,6 +589,12 @@ class ProcessScheduler:
                       int(table[base + m.SLOT_TASK]), w.timed_out, w.process.pid,
                       exitcode)
         recovery = recover_lost_chunks(lost, death)
+        if self._instruments:
+            now = time.monotonic()
+            for chunk, task, retry in recovery.retried:
+                self._instruments.task_blamed(w.process.pid, chunk, task, None, retry, now)
+            for chunk, task, exc in recovery.failures:
+                self._instruments.task_blamed(w.process.pid, chunk, task, exc, None, now)
         for chunk, task, exc in recovery.failures:
             _deliver(chunk, task, [None], {0: exc})
         for c in lost:
@@ -558,13 +604,15 @@ class ProcessScheduler:
     def _requeue(self, chunks: list[TaskChunk]) -> None:
         # Requeued work goes before new work, in its original order.
         self._requeued.extendleft(reversed(chunks))
+        if self._instruments:
+            self._instruments.chunks_queued(chunks, time.monotonic(), requeued=True)
 
     def _break(self, error: BaseException) -> None:
         if self.broken is None:
             self.broken = error
         for w in self._workers.values():
             for c in w.assigned:
-                _fail_chunk(c, error)
+                _fail_chunk(c, error, self._instruments)
             w.assigned.clear()
         self._fail_queued(error)
         self._abort_all(error)
@@ -586,6 +634,9 @@ class ProcessScheduler:
                 continue
             if now - started > chunk.timeout:
                 w.timed_out = (chunk_id, task)
+                if self._instruments:
+                    self._instruments.task_timed_out(w.process.pid, chunk, task,
+                                                     started, now)
                 try:
                     w.process.kill()
                 except (OSError, ValueError):
@@ -615,12 +666,15 @@ class ProcessScheduler:
         """
         clear_slot(self._table, slot)
         self._worker_counter += 1
+        spawned, replaces = time.monotonic(), self._slot_pids.get(slot)
         if self._template is not None and not in_caller_thread:
             process, parent_conn = self._template.spawn(slot, self._worker_counter)
-            self._workers[slot] = WorkerHandle(process, parent_conn, slot)
+            self._workers[slot] = WorkerHandle(process, parent_conn, slot, spawned, replaces)
+            self._slot_pids[slot] = process.pid
             return
         self._workers[slot] = start_worker(self._ctx, self._table, slot, self._config,
-                                           self._worker_counter)
+                                           self._worker_counter, spawned, replaces)
+        self._slot_pids[slot] = self._workers[slot].process.pid
 
     def _replace_workers(self) -> None:
         if self.broken is not None or self.state == TERMINATE:
@@ -653,6 +707,9 @@ class ProcessScheduler:
         workers = list(self._workers.values())
         stop_processes([w.process for w in workers], SHUTDOWN_GRACE_SECONDS)
         for w in workers:
+            if self._instruments:
+                self._instruments.worker_exited(w, w.process.exitcode, w.assigned, True,
+                                                time.monotonic())
             for c in w.assigned:
                 c.release()
             w.assigned.clear()
@@ -700,6 +757,10 @@ def _deliver(chunk: TaskChunk, offset: int, values: list, errors: dict) -> None:
     chunk.sink.deliver(chunk.start + offset, values, errors)
 
 
-def _fail_chunk(chunk: TaskChunk, exc: BaseException) -> None:
+def _fail_chunk(chunk: TaskChunk, exc: BaseException,
+                instruments: Instruments | None = None) -> None:
+    if instruments:
+        instruments.tasks_failed(chunk.chunk_id, chunk.sink, chunk.start, chunk.count,
+                                 exc, time.monotonic())
     _deliver(chunk, 0, [None] * chunk.count, dict.fromkeys(range(chunk.count), exc))
     chunk.release()

@@ -98,6 +98,7 @@ class _Worker:
             return
         self.mark(m.PHASE_DUMPING, self.outbox[-1].chunk_id)
         done, self.outbox = self.outbox, []
+        dump_started = time.monotonic()
         with shm_cache.addressed_to(self.scheduler_pid):
             try:
                 data = _serialization.dumps(m.Results.of(done), "results")
@@ -109,7 +110,8 @@ class _Worker:
                 # ignored in workers.
                 data = _serialization.dumps(
                     m.Results.of(_replace_unpicklable(done)), "results")
-        self.conn.send_bytes(m.frame(done[-1].chunk_id, data))
+        self.conn.send_bytes(m.frame(done[-1].chunk_id, data, dump_started,
+                                     time.monotonic() - dump_started))
         self.mark(m.PHASE_IDLE)
 
     # -- running --------------------------------------------------------
@@ -140,7 +142,9 @@ class _Worker:
         return fn
 
     def run_chunk(self, job: m.ChunkJob) -> m.ChunkDone:
-        started = time.perf_counter()
+        # time.monotonic(), not perf_counter(): the start is also reported as
+        # a time, which the parent compares with its own (see instruments.py).
+        started = time.monotonic()
         self.mark(m.PHASE_LOADING, job.chunk_id)
         try:
             fn = self.function(job.func)
@@ -151,8 +155,9 @@ class _Worker:
             if isinstance(exc, SerializationError):
                 exc = _unloadable_task(exc)
             self.mark(m.PHASE_IDLE, job.chunk_id)
+            seconds = time.monotonic() - started
             return m.ChunkDone(job.chunk_id, [], {-1: _exception_payload(exc)},
-                               time.perf_counter() - started)
+                               seconds, started, seconds)
         call_fn = item_caller(fn, job.call)
         values: list = []
         errors: dict[int, bytes] = {}
@@ -161,14 +166,15 @@ class _Worker:
         # enforce timeouts, so STARTED is written first.  A torn read then
         # can only see a start time that is too recent (a late timeout),
         # never a stale one (a false timeout).
-        slots[self.base + m.SLOT_STARTED] = time.monotonic()
+        loaded = slots[self.base + m.SLOT_STARTED] = time.monotonic()
         slots[self.base + m.SLOT_TASK] = 0
         slots[self.base + m.SLOT_PHASE] = m.PHASE_RUNNING
         if job.tracking == m.TRACK_TIME or self.config.max_memory is not None:
             retired = self.run_items_watched(call_fn, items, values, errors)
             if retired is not None:
                 raise _Retire(retired, m.ChunkDone(job.chunk_id, values, errors,
-                                                   time.perf_counter() - started))
+                                                   time.monotonic() - started, started,
+                                                   loaded - started))
         elif job.tracking == m.TRACK_NONE:
             self.run_items_untracked(fn, job.call, call_fn, items, values, errors)
         else:
@@ -177,7 +183,7 @@ class _Worker:
         # the chunks that ran from those that did not start by this id.
         self.mark(m.PHASE_IDLE, job.chunk_id)
         return m.ChunkDone(job.chunk_id, values, errors,
-                           time.perf_counter() - started)
+                           time.monotonic() - started, started, loaded - started)
 
     # The two task loops.  They are the hottest code in polyproc: a map of
     # trivial tasks spends most of its time here, so each iteration does
@@ -379,6 +385,7 @@ def _replace_unpicklable(done: list) -> list:
 
 def worker_main(conn, table, slot: int, config: WorkerConfig) -> None:
     """Entry point of a pool worker process (the Process target)."""
+    entered = time.monotonic()
     signal.signal(signal.SIGINT, _noop_signal_handler)
     # Born with SIGINT blocked (see ProcessScheduler._spawn_worker).
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -386,7 +393,7 @@ def worker_main(conn, table, slot: int, config: WorkerConfig) -> None:
     worker.mark(m.PHASE_IDLE)
     if not worker.initialize():
         return
-    worker.send(m.WorkerReady(os.getpid()))
+    worker.send(m.WorkerReady(os.getpid(), entered, time.monotonic()))
     try:
         worker.serve()
     except (BrokenPipeError, ConnectionResetError):

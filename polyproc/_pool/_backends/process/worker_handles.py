@@ -30,12 +30,15 @@ class WorkerHandle:
 
     __slots__ = ("process", "conn", "slot", "ready", "assigned", "dispatch_ends",
                  "retiring", "shutdown_sent", "timed_out", "chunks_given",
-                 "cancelled_sinks")
+                 "cancelled_sinks", "spawned", "replaces")
 
-    def __init__(self, process, conn, slot: int):
+    def __init__(self, process, conn, slot: int, spawned: float = 0.0,
+                 replaces: int | None = None):
         self.process = process
         self.conn = conn
         self.slot = slot
+        self.spawned = spawned  # time.monotonic() when it was asked for
+        self.replaces = replaces  # pid of the previous worker in its slot
         self.ready = False
         self.assigned: collections.deque[TaskChunk] = collections.deque()
         self.dispatch_ends: collections.deque[int] = collections.deque()
@@ -55,8 +58,11 @@ def clear_slot(table: Any, slot: int) -> None:
 
 
 def start_worker(ctx: Any, table: Any, slot: int, config: WorkerConfig,
-                 number: int) -> WorkerHandle:
+                 number: int, spawned: float = 0.0,
+                 replaces: int | None = None) -> WorkerHandle:
     """Start worker number *number* for *slot* from this thread, with *ctx*.
+
+    *spawned* and *replaces* are recorded on its handle (``WorkerHandle``).
 
     Raises what ``Process.start()`` raises.
     """
@@ -69,7 +75,7 @@ def start_worker(ctx: Any, table: Any, slot: int, config: WorkerConfig,
             process.start()
         finally:
             child_conn.close()
-    return WorkerHandle(process, parent_conn, slot)
+    return WorkerHandle(process, parent_conn, slot, spawned, replaces)
 
 
 def stop_processes(processes: list, grace: float) -> None:
