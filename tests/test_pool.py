@@ -654,7 +654,9 @@ def _interrupt_then_reuse(pool, tmp_path, wait_in: str) -> None:
     open(handled, "w").close()
     if ctrl_c.sent_at is not None:
         assert time.monotonic() - ctrl_c.sent_at < 2, "KeyboardInterrupt came late"
-    started_pids = [int(p.read_text()) for p in tmp_path.glob("started-*")]
+    # started-<x> is renamed into place whole; started-<x>.tmp is being written.
+    started_pids = [int(p.read_text()) for p in tmp_path.glob("started-*")
+                    if p.suffix != ".tmp"]
     assert started_pids and pool._state == "RUN"
     assert pool.map_async(h.square, range(20)).get(timeout=20) == [x * x for x in range(20)]
     assert pool.apply_async(h.square, (7,)).get(timeout=20) == 49
