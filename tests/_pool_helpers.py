@@ -492,3 +492,36 @@ def report_inherited_outcomes(pool, pool_result, executor, future, conn):
     conn.send((inherited_pool_outcomes(pool, pool_result),
                inherited_executor_outcomes(executor, future)))
     conn.close()
+
+
+def report_of_fork_child(make_report) -> dict:
+    """Fork with ``os.fork()``; in the child, send back ``make_report()`` as JSON.
+
+    The child never returns into the caller (``os._exit``).  The parent
+    reads the report within a bound, reaps the child, and checks that it
+    exited cleanly; a child that hangs is killed.
+    """
+    import json
+    from multiprocessing.connection import wait
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # never return into pytest from here
+        code = 1
+        try:
+            os.close(r)
+            os.write(w, json.dumps(make_report()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        with os.fdopen(r, "r") as f:
+            assert wait([f], 20), "the forked child hangs"
+            report = json.loads(f.read())
+    except BaseException:
+        os.kill(child, signal.SIGKILL)
+        raise
+    finally:
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return report

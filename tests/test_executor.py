@@ -677,8 +677,6 @@ def test_ctrl_c_in_map_iteration_then_the_same_map_again(ctx, tmp_path):
 
 @pytest.mark.timeout(40)
 def test_forked_child_using_the_parents_executor_raises_at_once(ctx_fs, tmp_path):
-    import json
-    from multiprocessing.connection import wait
     hold = tmp_path / "hold"
     hold.touch()
     ex = _executor(ctx_fs, workers=2)
@@ -686,28 +684,8 @@ def test_forked_child_using_the_parents_executor_raises_at_once(ctx_fs, tmp_path
         assert ex.submit(h.square, 1).result(WAIT) == 1
         pids = sorted(ex._processes)
         unfinished = ex.submit(ph.square_unless_held, 3, str(tmp_path))
-        r, w = os.pipe()
-        child = os.fork()
-        if child == 0:  # never return into pytest from here
-            code = 1
-            try:
-                os.close(r)
-                report = ph.inherited_executor_outcomes(ex, unfinished)
-                os.write(w, json.dumps(report).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        try:
-            with os.fdopen(r) as f:
-                assert wait([f], 20), "the forked child hangs"
-                outcomes = json.loads(f.read())
-        except BaseException:
-            os.kill(child, signal.SIGKILL)
-            raise
-        finally:
-            _, status = os.waitpid(child, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        outcomes = ph.report_of_fork_child(
+            lambda: ph.inherited_executor_outcomes(ex, unfinished))
         for name in ("submit", "map", "unfinished.result", "unfinished.exception"):
             assert outcomes[name][0] == "InheritedPoolError", (name, outcomes[name])
         assert outcomes["shutdown"][0] == "ok"

@@ -777,45 +777,16 @@ def _assert_inherited_pool_outcomes(outcomes: dict) -> None:
     assert slowest[1][1] < 1, f"{slowest[0]} took {slowest[1][1]:.2f} s in the child"
 
 
-def _read_child_report(fd: int, child_pid: int):
-    """The JSON a forked child wrote to *fd*, within a bound; reap the child."""
-    import json
-    from multiprocessing.connection import wait
-    try:
-        with os.fdopen(fd, "r") as f:
-            assert wait([f], 20), "the forked child hangs"
-            report = json.loads(f.read())
-    except BaseException:
-        os.kill(child_pid, signal.SIGKILL)
-        raise
-    finally:
-        _, status = os.waitpid(child_pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return report
-
-
 @pytest.mark.timeout(40)
 def test_forked_child_using_the_parents_pool_raises_at_once(ctx_fs, tmp_path):
-    import json
     hold = tmp_path / "hold"
     hold.touch()
     pool = ctx_fs.Pool(2)
     try:
         pids = sorted(p.pid for p in pool._pool)
         unfinished = pool.apply_async(h.square_unless_held, (3, str(tmp_path)))
-        r, w = os.pipe()
-        child = os.fork()
-        if child == 0:  # never return into pytest from here
-            code = 1
-            try:
-                os.close(r)
-                report = h.inherited_pool_outcomes(pool, unfinished)
-                os.write(w, json.dumps(report).encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        _assert_inherited_pool_outcomes(_read_child_report(r, child))
+        _assert_inherited_pool_outcomes(h.report_of_fork_child(
+            lambda: h.inherited_pool_outcomes(pool, unfinished)))
         # The parent's pool, its workers and its pending result are untouched.
         assert sorted(p.pid for p in pool._pool) == pids
         hold.unlink()

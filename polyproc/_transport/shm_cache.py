@@ -77,7 +77,7 @@ import struct
 import threading
 import time
 import weakref
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import shm as _shm
 from . import tracker
@@ -461,18 +461,32 @@ def settle_dead_sender(name: str, handed_off: bool) -> bool:
             return False  # its receiver unlinks it on open
         _shm.unlink(name)
         return True
+
+    def doomed(header: mmap.mmap) -> bool:
+        _put(header, _ORPHANED, 1)
+        state = _get(header, _STATE)
+        return state in (PENDING, FREE) or (
+            state == OPENED and not _alive(_get(header, _RECEIVER)))
+
+    # Shorter than a header: it died creating it.
+    return _unlink_if(name, doomed, torn=True)
+
+
+def _unlink_if(name: str, doomed: Callable[[mmap.mmap], bool],
+               torn: bool = False) -> bool:
+    """Unlink the recyclable segment *name* if *doomed(header)*, read under
+    its mapped header; True once it is gone (it may be gone already).  One
+    shorter than a header is unlinked if *torn*, else kept."""
     try:
         header = _map_header(name)
     except OSError:
-        return True  # gone already
-    if header is None:  # shorter than a header: it died creating it
-        _shm.unlink(name)
         return True
+    if header is None:
+        if torn:
+            _shm.unlink(name)
+        return torn
     with header:
-        _put(header, _ORPHANED, 1)
-        state = _get(header, _STATE)
-        if state in (PENDING, FREE) or (
-                state == OPENED and not _alive(_get(header, _RECEIVER))):
+        if doomed(header):
             _shm.unlink(name)
             return True
     return False
@@ -491,21 +505,15 @@ def settle_orphan(name: str, addressed: int = 0) -> bool:
             _shm.unlink(name)
             return True
         return False
-    try:
-        header = _map_header(name)
-    except OSError:
-        return True
-    if header is None:
-        return False
-    with header:
+
+    def doomed(header: mmap.mmap) -> bool:
         state = _get(header, _STATE)
         to = _get(header, _ADDRESSEE)
-        if (state == FREE
+        return (state == FREE
                 or (state == OPENED and not _alive(_get(header, _RECEIVER)))
-                or (state == IN_FLIGHT and to and not _alive(to))):
-            _shm.unlink(name)
-            return True
-    return False
+                or (state == IN_FLIGHT and bool(to) and not _alive(to)))
+
+    return _unlink_if(name, doomed)
 
 
 def settle_drained(name: str, reader: int, addressed: int = 0) -> bool:
@@ -520,18 +528,8 @@ def settle_drained(name: str, reader: int, addressed: int = 0) -> bool:
             return False
         _shm.unlink(name)
         return True
-    try:
-        header = _map_header(name)
-    except OSError:
-        return True
-    if header is None:
-        return False
-    with header:
-        if (_get(header, _STATE) == IN_FLIGHT
-                and _get(header, _ADDRESSEE) == reader):
-            _shm.unlink(name)
-            return True
-    return False
+    return _unlink_if(name, lambda header: (_get(header, _STATE) == IN_FLIGHT
+                                            and _get(header, _ADDRESSEE) == reader))
 
 
 def _pin_live_segments() -> None:
