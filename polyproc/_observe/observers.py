@@ -47,10 +47,11 @@ class Observers:
                 instruments.add_instrument(observer)
 
     def insights(self) -> dict[str, Any]:
-        """The pool's insights; ``ValueError`` if made with ``insights=False``."""
+        """The pool's insights; ``ValueError`` unless made with ``insights=True``."""
         if self._insights is None:
-            raise ValueError("this pool was made with insights=False: it counts nothing; "
-                             "leave insights at its default (True) to get insights()")
+            raise ValueError("this pool counts nothing: make it with insights=True "
+                             "to get insights() (off by default: it costs a few "
+                             "microseconds per chunk, see docs/observe.md)")
         return self._insights.snapshot()
 
     def write_timeline(self, path: str | os.PathLike[str]) -> None:

@@ -82,8 +82,7 @@ class Pool:
     ``starmap`` take ``progress=True`` for a progress bar on stderr.
     ``instruments=`` (and ``add_instrument``/``remove_instrument``) attach
     ``polyproc.Instrument`` objects that watch the pool work;
-    ``insights()`` says where the time went (``insights=False`` turns it
-    off), and ``timeline="run.json"`` records a Chrome trace of the run,
+    with ``insights=True``, ``insights()`` says where the time went, and ``timeline="run.json"`` records a Chrome trace of the run,
     written when the pool is done (``timeline_events=`` bounds it).
     """
 
@@ -94,7 +93,7 @@ class Pool:
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: Any = None, *, max_memory_per_child: int | None = None,
-                 instruments: Iterable[Instrument] = (), insights: bool = True,
+                 instruments: Iterable[Instrument] = (), insights: bool = False,
                  timeline: TimelineOption = None,
                  timeline_events: int = DEFAULT_MAX_EVENTS) -> None:
         self._state = "INIT"  # first: __del__ reads it even if __init__ fails
@@ -141,8 +140,9 @@ class Pool:
 
         ``{"totals": {...}, "workers": [...], "slowest_tasks": [...]}``: see
         docs/observe.md for every key.  Callable from any thread, at any
-        time, also after the pool is closed.  Raises ``ValueError`` if the
-        pool was made with ``insights=False``.
+        time, also after the pool is closed.  Raises ``ValueError`` unless
+        the pool was made with ``insights=True`` (off by default: it costs a
+        few microseconds per chunk).
         """
         return self._observers.insights()
 
@@ -479,7 +479,7 @@ class ThreadPool(Pool):
 
     def __init__(self, processes: int | None = None, initializer=None,
                  initargs: Iterable = (), *, instruments: Iterable[Instrument] = (),
-                 insights: bool = True, timeline: TimelineOption = None,
+                 insights: bool = False, timeline: TimelineOption = None,
                  timeline_events: int = DEFAULT_MAX_EVENTS):
         Pool.__init__(self, processes, initializer, initargs, instruments=instruments,
                       insights=insights, timeline=timeline,

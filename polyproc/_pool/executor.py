@@ -141,7 +141,7 @@ class Executor(_StdExecutor):
                  initargs: Iterable[Any] = (), *,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
-                 instruments: Iterable[Instrument] = (), insights: bool = True,
+                 instruments: Iterable[Instrument] = (), insights: bool = False,
                  timeline: TimelineOption = None,
                  timeline_events: int = DEFAULT_MAX_EVENTS) -> None:
         options = WorkerOptions.for_executor(max_workers, initializer, initargs,
@@ -193,8 +193,8 @@ class Executor(_StdExecutor):
     def insights(self) -> dict[str, Any]:
         """Where the executor's time and bytes went so far (``Pool.insights()``).
 
-        A JSON-serialisable dict; raises ``ValueError`` if the executor was
-        made with ``insights=False``.
+        A JSON-serialisable dict; raises ``ValueError`` unless the executor
+        was made with ``insights=True``.
         """
         return self._observers.insights()
 
