@@ -48,7 +48,9 @@ def test_counts_tasks_workers_and_times(ctx):
         assert set(WORKER_KEYS) <= set(worker)
         assert worker["status"] == "running"
         assert worker["start_up_time"] > 0
-        assert worker["working_time"] > 0 and worker["waiting_time"] >= 0
+        assert worker["waiting_time"] >= 0
+        # A worker ready late may have had no task at all.
+        assert (worker["working_time"] > 0) == (worker["tasks_completed"] > 0)
     assert sum(w["tasks_completed"] for w in workers) == 40
 
 
