@@ -155,9 +155,8 @@ def test_executor_insights():
 
 
 def test_insights_are_off_by_default():
-    with FORK.Pool(1) as pool:
-        with pytest.raises(ValueError, match="insights=True"):
-            pool.insights()
-    with polyproc.Executor(1, mp_context=FORK) as executor:
-        with pytest.raises(ValueError, match="insights=True"):
-            executor.insights()
+    with FORK.Pool(1) as pool, pytest.raises(ValueError, match="insights=True"):
+        pool.insights()
+    with polyproc.Executor(1, mp_context=FORK) as executor, \
+            pytest.raises(ValueError, match="insights=True"):
+        executor.insights()

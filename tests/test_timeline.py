@@ -99,9 +99,8 @@ def test_timeline_at_any_time(tmp_path):
         pool.map(h.square, range(8), chunksize=2)
         pool.timeline(tmp_path / "later.json")
         assert len(_events(_load(tmp_path / "later.json"), "X", "chunk")) == 8
-    with FORK.Pool(1) as pool:
-        with pytest.raises(ValueError, match="timeline=True"):
-            pool.timeline(tmp_path / "none.json")
+    with FORK.Pool(1) as pool, pytest.raises(ValueError, match="timeline=True"):
+        pool.timeline(tmp_path / "none.json")
 
 
 def test_timeout_is_an_instant_on_the_workers_track(tmp_path):

@@ -82,8 +82,9 @@ class Pool:
     ``starmap`` take ``progress=True`` for a progress bar on stderr.
     ``instruments=`` (and ``add_instrument``/``remove_instrument``) attach
     ``polyproc.Instrument`` objects that watch the pool work;
-    with ``insights=True``, ``insights()`` says where the time went, and ``timeline="run.json"`` records a Chrome trace of the run,
-    written when the pool is done (``timeline_events=`` bounds it).
+    with ``insights=True``, ``insights()`` says where the time went, and
+    ``timeline="run.json"`` records a Chrome trace of the run, written when
+    the pool is done (``timeline_events=`` bounds it).
     """
 
     # The engine that runs the tasks (see backend.py): local processes.
