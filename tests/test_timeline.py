@@ -58,11 +58,15 @@ def test_timeline_written_at_join_has_tracks_chunks_deaths_and_counters(ctx, tmp
     chunks = _events(trace, "X", "chunk")
     assert sum(e["args"]["tasks"] for e in chunks if e["name"] == "square") == 24
     for chunk in chunks:
+        if chunk["args"].get("lost"):
+            continue
         assert chunk["pid"] in names and names[chunk["pid"]].startswith("worker ")
         assert chunk["dur"] >= 0 and chunk["args"]["queued"] >= 0
     # Phases nest inside their chunk, on its track.
     runs = _events(trace, "X", "phase")
     for chunk in chunks:
+        if chunk["args"].get("lost"):
+            continue
         inside = [p for p in runs if p["pid"] == chunk["pid"] and p["name"] == "run"
                   and chunk["ts"] - 1 <= p["ts"]
                   and p["ts"] + p["dur"] <= chunk["ts"] + chunk["dur"] + 1]
@@ -72,6 +76,10 @@ def test_timeline_written_at_join_has_tracks_chunks_deaths_and_counters(ctx, tmp
     assert death["name"] == "worker lost (SIGKILL)" and death["pid"] in names
     (retry,) = _events(trace, "i", "retry")
     assert retry["pid"] == death["pid"] and retry["args"]["retries_left"] == 0
+    # The chunk it was running ends at its death.
+    (lost,) = [e for e in chunks if e["args"].get("lost")]
+    assert lost["pid"] == death["pid"] and lost["name"] == "die_first_time"
+    assert abs(lost["ts"] + lost["dur"] - death["ts"]) < 1
     shut_down = [e for e in _events(trace, "i", "worker") if e["args"]["reason"] == "shut down"]
     assert len(shut_down) == 2
     counters = _events(trace, "C")

@@ -7,7 +7,8 @@ polyproc[plot]``), on the Agg backend (no display needed):
 
 * one row per worker process (per thread for a ThreadPool), in the order
   the workers started: its start-up in grey, each chunk a bar coloured by
-  its function (hatched where a task failed);
+  its function (hatched where a task failed; red and hatched, the chunk a
+  worker was running when it died);
 * worker exits marked on their row: a red cross with the signal or exit
   code for a worker lost or killed for a timeout, a grey tick for one that
   retired or shut down; retries and timeouts as triangles;
@@ -139,7 +140,8 @@ def draw(trace: Trace, output: str, width: float = 12.0, title: str = "") -> Non
     _draw_counters(counter_axes, trace)
     lost = sum(1 for i in trace.instants if i["cat"] == "worker"
                and i["args"].get("reason") in DEATHS)
-    summary = (f"{len(rows)} workers, {len(trace.chunks)} chunks, "
+    finished = sum(1 for c in trace.chunks if not c["args"].get("lost"))
+    summary = (f"{len(rows)} worker processes, {finished} chunks, "
                f"{lost} worker{'s' if lost != 1 else ''} lost or killed")
     if trace.dropped:
         summary += f"; the {trace.dropped} oldest events were dropped (timeline_events=)"
@@ -148,6 +150,7 @@ def draw(trace: Trace, output: str, width: float = 12.0, title: str = "") -> Non
 
 
 def _draw_rows(axes: Any, trace: Trace, rows: list[int]) -> None:
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     y_of = {track: y for y, track in enumerate(rows)}
     palette = [f"C{i}" for i in range(10)]
@@ -161,17 +164,31 @@ def _draw_rows(axes: Any, trace: Trace, rows: list[int]) -> None:
             continue
         colour = colours.setdefault(item["name"], palette[len(colours) % len(palette)])
         failed = item["args"].get("failed", 0)
+        lost = item["args"].get("lost", False)
         axes.broken_barh([(item["start"], item["seconds"])], (y_of[item["pid"]] - 0.35, 0.7),
-                         facecolors=colour, edgecolors="black" if failed else colour,
-                         linewidth=0.4, hatch="////" if failed else None)
+                         facecolors="none" if lost else colour,
+                         edgecolors="red" if lost else ("black" if failed else colour),
+                         linewidth=1.2 if lost else 0.4,
+                         hatch="////" if failed or lost else None)
     _draw_instants(axes, trace, y_of)
     axes.set_yticks(range(len(rows)), [trace.names.get(t, str(t)) for t in rows])
     axes.set_ylim(len(rows) - 0.4, -0.6)
     axes.grid(axis="x", alpha=0.3)
-    handles = [Patch(facecolor=c, label=name) for name, c in list(colours.items())[:8]]
+    handles: list[Any] = [Patch(facecolor=c, label=name)
+                          for name, c in list(colours.items())[:8]]
     handles.append(Patch(facecolor="0.8", edgecolor="0.6", label="start-up"))
+    handles.append(Patch(facecolor="none", edgecolor="red", hatch="////",
+                         label="ran until its worker died"))
+    handles.append(Line2D([], [], marker="X", color="red", markeredgecolor="black",
+                          linestyle="none", markersize=10, label="worker lost/killed"))
+    handles.append(Line2D([], [], marker="|", color="0.4", linestyle="none",
+                          markersize=10, label="worker exited"))
+    handles.append(Line2D([], [], marker="v", color="orange", linestyle="none",
+                          label="task retried"))
+    handles.append(Line2D([], [], marker="v", color="purple", linestyle="none",
+                          label="task timed out"))
     axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0),
-                fontsize="small", title="chunks", title_fontsize="small")
+                fontsize="small")
 
 
 def _draw_instants(axes: Any, trace: Trace, y_of: dict[int, int]) -> None:

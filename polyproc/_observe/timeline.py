@@ -21,7 +21,9 @@ What is in it (``ts`` and ``dur`` in microseconds since the pool was made):
   order, so this includes waiting behind them).  Each results message a
   worker pickles is an ``X`` event ``"pickle results"`` (``cat``
   ``"results"``, several chunks share one), and a worker's start-up (spawn
-  to ready) an ``X`` event ``"start-up"``.
+  to ready) an ``X`` event ``"start-up"``.  The chunk a worker was running
+  when it died or was killed is an ``X`` event with ``args`` ``lost``: true,
+  from the end of its previous chunk (or its dispatch) to the death.
 * instants (``i``) on a worker's track: its exit (``cat`` ``"worker"``,
   ``args`` reason, exitcode and signal; named ``"worker lost (SIGKILL)"``
   and the like), a task retried after its worker died (``"retry"``) or
@@ -56,7 +58,7 @@ __all__ = ["Timeline", "DEFAULT_MAX_EVENTS", "check_max_events"]
 DEFAULT_MAX_EVENTS = 100_000  # about 30 MB of events at most
 
 # Index of each field of a chunk's bookkeeping list (_chunks).
-_QUEUED, _TASKS, _FUNCTION, _DISPATCHED = 0, 1, 2, 3
+_QUEUED, _TASKS, _FUNCTION, _DISPATCHED, _SENT_AT = 0, 1, 2, 3, 4
 
 
 def check_max_events(max_events: int) -> None:
@@ -78,9 +80,11 @@ class Timeline(Instrument):
         self._events: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=max_events)
         self._recorded = 0
-        # chunk_id -> [queued at, tasks, function, dispatched to (pid) or None]
+        # chunk_id -> [queued at, tasks, function, dispatched to (pid) or None,
+        #              dispatched at]
         self._chunks: dict[int, list[Any]] = {}
         self._tracks: dict[int, str] = {}    # pid (or thread id) -> its name
+        self._idle_since: dict[int, float] = {}  # worker pid -> end of its last chunk
         self._queued = 0
         self._in_flight = 0
 
@@ -140,7 +144,7 @@ class Timeline(Instrument):
     def chunk_queued(self, info: ChunkQueued) -> None:
         with self._lock:
             chunks = self._chunks
-            chunks[info.chunk_id] = [info.time, info.tasks, info.function, None]
+            chunks[info.chunk_id] = [info.time, info.tasks, info.function, None, 0.0]
             if len(chunks) > self._max_events:  # never settled (a cancelled call)
                 self._settle(next(iter(chunks)))
             self._queued += info.tasks
@@ -152,6 +156,7 @@ class Timeline(Instrument):
             if entry is None or entry[_DISPATCHED] is not None:
                 return
             entry[_DISPATCHED] = info.pid
+            entry[_SENT_AT] = info.time
             self._queued -= entry[_TASKS]
             self._in_flight += entry[_TASKS]
             self._count(info.time)
@@ -182,6 +187,9 @@ class Timeline(Instrument):
                 self._complete("unpickle", "phase", track, info.started, info.load_seconds)
             self._complete("run", "phase", track, info.started + info.load_seconds,
                            info.run_seconds)
+            if track == info.pid:
+                self._idle_since[info.pid] = info.started + info.load_seconds + \
+                    info.run_seconds
             self._count(info.time)
 
     def chunk_failed(self, info: ChunkFailed) -> None:
@@ -218,8 +226,11 @@ class Timeline(Instrument):
         with self._lock:
             if info.pid not in self._tracks:  # died before it was ready
                 self._name_track(info.pid, f"worker {info.slot} (pid {info.pid})")
-            for chunk_id in info.chunk_ids:
-                self._settle(chunk_id)
+            idle_since = self._idle_since.pop(info.pid, None)
+            for index, chunk_id in enumerate(info.chunk_ids):
+                entry = self._settle(chunk_id)
+                if index == 0 and entry is not None and entry[_DISPATCHED] is not None:
+                    self._lost_chunk(chunk_id, entry, info, idle_since)
             cause = info.signal or (f"exit code {info.exitcode}"
                                     if info.exitcode is not None else "")
             name = f"worker {info.reason}" + (f" ({cause})" if cause else "")
@@ -227,6 +238,19 @@ class Timeline(Instrument):
                           {"reason": info.reason, "exitcode": info.exitcode,
                            "signal": info.signal, "chunks_held": len(info.chunk_ids)})
             self._count(info.time)
+
+    def _lost_chunk(self, chunk_id: int, entry: list[Any], info: WorkerExited,
+                    idle_since: float | None) -> None:
+        """The chunk a worker held first when it exited: it ran until then.
+
+        When it started is not reported (the worker died before it could
+        say): the latest of its dispatch and the end of the worker's
+        previous chunk, a bound the args call ``started_at_most``.
+        """
+        start = max(entry[_SENT_AT], idle_since or 0.0)
+        self._complete(entry[_FUNCTION], "chunk", info.pid, start, info.time - start,
+                       {"chunk": chunk_id, "tasks": entry[_TASKS], "lost": True,
+                        "reason": info.reason, "started_at_most": True})
 
     # -- the file ---------------------------------------------------------
     def trace(self) -> dict[str, Any]:
