@@ -136,6 +136,18 @@ def test_ring_keeps_the_last_events_and_says_how_many_were_dropped(tmp_path):
     assert _events(trace, "C")[-1]["args"] == {"queued": 0, "in flight": 0}
     with pytest.raises(ValueError, match="timeline_events"):
         FORK.Pool(1, timeline=True, timeline_events=0)
+    with pytest.raises(TypeError, match="timeline must be"):
+        FORK.Pool(1, timeline=3)
+
+
+def test_a_timeline_file_that_cannot_be_written_warns_at_join(tmp_path):
+    path = tmp_path / "no such folder" / "run.json"
+    pool = FORK.Pool(1, timeline=path)
+    pool.map(h.square, range(4))
+    pool.close()
+    with pytest.warns(RuntimeWarning, match="could not write the pool's timeline"):
+        pool.join()
+    assert not path.parent.exists()
 
 
 def test_thread_pool_tracks_are_its_threads(tmp_path):
