@@ -65,6 +65,11 @@ def _poly_pool():
     return polyproc.get_context("fork").Pool(WORKERS)
 
 
+def _poly_pool_insights():
+    # The cost of insights=True (why it is off by default): docs/observe.md.
+    return polyproc.get_context("fork").Pool(WORKERS, insights=True)
+
+
 def _mpire_contender(body):
     def contender() -> float:
         from mpire import WorkerPool
@@ -150,6 +155,7 @@ def scenarios() -> list[Scenario]:
             "pool imap_unordered 20,000 trivial tasks (default chunksize)",
             {"stdlib": _with_pool(_std_pool, _imap_unordered),
              "polyproc": _with_pool(_poly_pool, _imap_unordered),
+             "polyproc insights=True": _with_pool(_poly_pool_insights, _imap_unordered),
              "mpire": _mpire_contender(
                  lambda p: sum(1 for _ in p.imap_unordered(trivial, range(20_000))))},
             work=(20_000, "tasks"), target=">= 10x stdlib"),
@@ -157,6 +163,7 @@ def scenarios() -> list[Scenario]:
             "pool apply_async 10,000 calls then get",
             {"stdlib": _with_pool(_std_pool, _apply_async),
              "polyproc": _with_pool(_poly_pool, _apply_async),
+             "polyproc insights=True": _with_pool(_poly_pool_insights, _apply_async),
              "loky submit": _loky_apply(10_000)},
             work=(10_000, "tasks"), target=">= 3x stdlib"),
         Scenario(

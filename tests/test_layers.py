@@ -41,7 +41,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("transport", ("polyproc._transport",)),
     ("process engine", ("polyproc._process",)),
     ("queue engine", ("polyproc._queue",)),
-    ("pool engine", ("polyproc._pool",)),
+    # _observe (insights, timeline) builds on the pool's instruments and
+    # Pool/Executor attach it: one layer, and the cycle check keeps
+    # _observe from importing what imports it.
+    ("pool engine", ("polyproc._pool", "polyproc._observe")),
     ("managers engine", ("polyproc._managers",)),
     ("cli", ("polyproc._cli", "polyproc.__main__")),
     # Everything else is public: polyproc itself, polyproc.pool, ...

@@ -50,6 +50,10 @@ def main() -> None:
         assert_type(pool.apply(square, (3,)), int)
         assert_type(pool.apply_async(square, (3,)).get(), int)
         assert_type(list(pool.imap(square, range(3))), list[int])
+    with polyproc.Pool(2, insights=True, timeline="run.json",
+                       timeline_events=1000) as pool:
+        assert_type(pool.insights(), dict[str, Any])
+        pool.timeline("now.json")
     with polyproc.pool.ThreadPool(2) as threads:
         assert_type(threads, polyproc.pool.ThreadPool)
 
@@ -64,6 +68,9 @@ def main() -> None:
     assert_type(executor.submit(square, 3), concurrent.futures.Future[int])
     with polyproc.Executor(2) as executor:
         assert_type(list(executor.map(square, [1, 2])), list[int])
+    with polyproc.Executor(2, insights=True, timeline=True) as executor:
+        assert_type(executor.insights(), dict[str, Any])
+        executor.timeline("now.json")
     # A polyproc context is a stdlib context for the stdlib's own APIs.
     concurrent.futures.ProcessPoolExecutor(mp_context=polyproc.get_context("spawn"))
 

@@ -28,6 +28,7 @@ marks the child's copy.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import warnings
@@ -47,6 +48,7 @@ from .results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
 from .chunks import Transport, auto_chunksize, function_blob, function_name, make_chunk
 from .feeding import BUFFERED, Window, chunks_for_piece, fail_from_caller, feed_chunks
 from .instruments import Instrument
+from .._observe.observers import DEFAULT_MAX_EVENTS, Observers, TimelineOption
 from .progress import progress_bar
 from .registry import CancelOnInterrupt, SinkRegistry
 from .options import (WorkerOptions, check_buffersize, check_callable,
@@ -79,7 +81,10 @@ class Pool:
     ``WorkerLostError``); ``map``, ``imap``, ``imap_unordered`` and
     ``starmap`` take ``progress=True`` for a progress bar on stderr.
     ``instruments=`` (and ``add_instrument``/``remove_instrument``) attach
-    ``polyproc.Instrument`` objects that watch the pool work.
+    ``polyproc.Instrument`` objects that watch the pool work;
+    with ``insights=True``, ``insights()`` says where the time went, and
+    ``timeline="run.json"`` records a Chrome trace of the run, written when
+    the pool is done (``timeline_events=`` bounds it).
     """
 
     # The engine that runs the tasks (see backend.py): local processes.
@@ -89,7 +94,9 @@ class Pool:
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), maxtasksperchild: int | None = None,
                  context: Any = None, *, max_memory_per_child: int | None = None,
-                 instruments: Iterable[Instrument] = ()) -> None:
+                 instruments: Iterable[Instrument] = (), insights: bool = False,
+                 timeline: TimelineOption = None,
+                 timeline_events: int = DEFAULT_MAX_EVENTS) -> None:
         self._state = "INIT"  # first: __del__ reads it even if __init__ fails
         options = WorkerOptions.for_pool(processes, initializer, initargs,
                                          maxtasksperchild, max_memory_per_child)
@@ -101,12 +108,18 @@ class Pool:
         self._registry = SinkRegistry()
         for instrument in instruments:
             self.add_instrument(instrument)
+        self._observers = Observers(self._registry.instruments, insights, timeline,
+                                    timeline_events)
         self._backend: _backends.Backend = _backends.load(self._backend_name)(
             options, self._ctx, self._registry.abort_all, self._registry.instruments)
         self._transport: Transport = self._backend.transport
         self._registry.backend = self._backend
         self._terminate = util.Finalize(self, _terminate_pool, args=(self._registry,),
                                         exitpriority=15)
+        # After _terminate at exit (lower priority runs later): the file
+        # then has the workers' exits.
+        self._write_timeline = util.Finalize(self, self._observers.write_on_close,
+                                             exitpriority=14)
         self._state = RUN
 
     def add_instrument(self, instrument: Instrument) -> None:
@@ -122,6 +135,27 @@ class Pool:
         """Stop calling *instrument*; ``KeyError`` if it is not attached
         (never added, or removed because it raised)."""
         self._registry.instruments.remove_instrument(instrument)
+
+    def insights(self) -> dict[str, Any]:
+        """Where the pool's time and bytes went so far, as a JSON-serialisable dict.
+
+        ``{"totals": {...}, "workers": [...], "slowest_tasks": [...]}``: see
+        docs/observe.md for every key.  Callable from any thread, at any
+        time, also after the pool is closed.  Raises ``ValueError`` unless
+        the pool was made with ``insights=True`` (off by default: it costs a
+        few microseconds per chunk).
+        """
+        return self._observers.insights()
+
+    def timeline(self, path: str | os.PathLike[str]) -> None:
+        """Write the Chrome Trace Event JSON recorded so far to *path*.
+
+        Opens in Perfetto or ``chrome://tracing``; ``python -m polyproc plot``
+        draws it.  Raises ``ValueError`` unless the pool was made with
+        ``timeline=True`` or ``timeline="file.json"``; ``OSError`` if the
+        file cannot be written.
+        """
+        self._observers.write_timeline(path)
 
     # -- the stdlib's interface --------------------------------------------
     def __repr__(self) -> str:
@@ -294,6 +328,7 @@ class Pool:
         self._state = TERMINATE
         if self._owned():
             self._terminate()
+            self._write_timeline()
 
     def join(self) -> None:
         """Wait for the workers to exit; call ``close()`` or ``terminate()`` first.
@@ -306,6 +341,7 @@ class Pool:
             raise ValueError("In unknown state")
         if self._owned():
             self._backend.join()
+            self._write_timeline()
 
     # -- building chunks ----------------------------------------------------
     def _function_blob(self, func: Callable):
@@ -443,8 +479,12 @@ class ThreadPool(Pool):
     _backend_name = "thread"
 
     def __init__(self, processes: int | None = None, initializer=None,
-                 initargs: Iterable = (), *, instruments: Iterable[Instrument] = ()):
-        Pool.__init__(self, processes, initializer, initargs, instruments=instruments)
+                 initargs: Iterable = (), *, instruments: Iterable[Instrument] = (),
+                 insights: bool = False, timeline: TimelineOption = None,
+                 timeline_events: int = DEFAULT_MAX_EVENTS):
+        Pool.__init__(self, processes, initializer, initargs, instruments=instruments,
+                      insights=insights, timeline=timeline,
+                      timeline_events=timeline_events)
 
 
 # Public as ``polyproc.pool.X`` (reprs, tracebacks), even where the pool

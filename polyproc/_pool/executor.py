@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import os
 import sys
 import threading
 import time
@@ -65,6 +66,7 @@ from .._process.context import default_context
 from .chunks import TaskChunk, function_blob, function_name, make_chunk
 from .executor_core import ExecutorCore, ExecutorFuture, FutureSink, for_executor
 from .instruments import Instrument, Instruments
+from .._observe.observers import DEFAULT_MAX_EVENTS, Observers, TimelineOption
 from .options import (WorkerOptions, check_buffersize, check_callable,
                       check_task_options)
 
@@ -101,6 +103,8 @@ def _python_exit() -> None:
             core.backend.terminate()
     for core in cores:
         core.backend.join()
+        if core.observers is not None:
+            core.observers.write_on_close()
 
 
 threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
@@ -123,7 +127,8 @@ class Executor(_StdExecutor):
     Python 3.14's ``terminate_workers()``, ``kill_workers()`` and
     ``map(..., buffersize=)`` are there on every Python.  ``instruments=``
     (and ``add_instrument``/``remove_instrument``) attach
-    ``polyproc.Instrument`` objects that watch the executor work.
+    ``polyproc.Instrument`` objects that watch the executor work;
+    ``insights()`` and ``timeline=``/``timeline()`` are the Pool's.
 
     Differences from ``ProcessPoolExecutor``, none of which changes what
     working stdlib code means: ``max_tasks_per_child`` works with the fork
@@ -136,7 +141,9 @@ class Executor(_StdExecutor):
                  initargs: Iterable[Any] = (), *,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
-                 instruments: Iterable[Instrument] = ()) -> None:
+                 instruments: Iterable[Instrument] = (), insights: bool = False,
+                 timeline: TimelineOption = None,
+                 timeline_events: int = DEFAULT_MAX_EVENTS) -> None:
         options = WorkerOptions.for_executor(max_workers, initializer, initargs,
                                              max_tasks_per_child, max_memory_per_child)
         if mp_context is None:
@@ -145,6 +152,8 @@ class Executor(_StdExecutor):
         self._mp_context = mp_context
         core = ExecutorCore(options.workers)
         self._instruments = Instruments(instruments)
+        self._observers = Observers(self._instruments, insights, timeline, timeline_events)
+        core.observers = self._observers
         core.backend = _backends.load("process")(options, mp_context, core.abort_all,
                                                  self._instruments)
         self._core = core
@@ -180,6 +189,22 @@ class Executor(_StdExecutor):
         """Stop calling *instrument*; ``KeyError`` if it is not attached
         (never added, or removed because it raised)."""
         self._instruments.remove_instrument(instrument)
+
+    def insights(self) -> dict[str, Any]:
+        """Where the executor's time and bytes went so far (``Pool.insights()``).
+
+        A JSON-serialisable dict; raises ``ValueError`` unless the executor
+        was made with ``insights=True``.
+        """
+        return self._observers.insights()
+
+    def timeline(self, path: str | os.PathLike[str]) -> None:
+        """Write the Chrome Trace Event JSON recorded so far to *path* (``Pool.timeline``).
+
+        Raises ``ValueError`` unless made with ``timeline=True`` or a file
+        path; ``OSError`` if the file cannot be written.
+        """
+        self._observers.write_timeline(path)
 
     def options(self, *, timeout: float | None = None,
                 retries: int = 0) -> ExecutorOptions:
@@ -302,6 +327,7 @@ class Executor(_StdExecutor):
         self._core.shutdown(cancel_futures)
         if wait and self._core.owned():
             self._core.backend.join()
+            self._observers.write_on_close()
 
     def terminate_workers(self) -> None:
         """Stop every worker now with SIGTERM (Python 3.14's method, on every Python).
@@ -335,6 +361,7 @@ class Executor(_StdExecutor):
         # SIGTERM (SIGKILL for kill_workers), SIGKILL after a grace period
         # to whoever is left; joins.
         core.backend.terminate(kill=operation == "kill")
+        self._observers.write_on_close()
 
     def __reduce__(self):
         raise TypeError("Executor objects cannot be passed between processes or pickled")

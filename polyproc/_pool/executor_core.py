@@ -246,6 +246,9 @@ class ExecutorCore:
         # the core's abort_all to be built).
         self.backend: _backends.Backend = None  # type: ignore[assignment]
         self.pid = _ownership.pid  # forked children inherit a copy; it is not theirs
+        # The Executor's insights and timeline (_observe/observers.py), set by
+        # it: the interpreter-exit hook writes a timeline= file once joined.
+        self.observers: Any = None
 
     def window(self, chunk: TaskChunk) -> int:
         """How many chunks like *chunk* may be in the scheduler's hands."""

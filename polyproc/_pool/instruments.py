@@ -35,6 +35,11 @@ chunks the workers held).  A chunk that retires with its worker half-way
 (``maxtasksperchild``) finishes with fewer tasks than it was queued with,
 and the rest is queued again as a new chunk.
 
+Bytes.  ``payload_bytes`` and ``nbytes`` are what goes through a worker's
+pipe; a payload with large buffers sends them through shared memory and
+only their names through the pipe, and ``shared_bytes`` counts those (read
+from the payload's header, only for payloads that have one).
+
 Clocks.  Every time is a ``time.monotonic()`` reading in seconds.  Those the
 worker measures (when it started a chunk, when it started pickling its
 results) are comparable with the parent's: on Linux ``time.monotonic()`` is
@@ -70,7 +75,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Any, Iterable, Literal, NamedTuple
+from typing import Any, Callable, Iterable, Literal, NamedTuple
 
 __all__ = [
     "Instrument", "ChunkQueued", "ChunkDispatched", "ResultsReceived",
@@ -98,6 +103,7 @@ class ChunkQueued(NamedTuple):
     requeued: bool        # queued again by the scheduler (a worker died or
                           # retired holding it, a retry), not by a caller
     time: float           # when it was queued (the caller's thread measured it)
+    shared_bytes: int = 0  # bytes of its arguments sent through shared memory
 
 
 class ChunkDispatched(NamedTuple):
@@ -120,7 +126,9 @@ class ResultsReceived(NamedTuple):
                           # memory count by their name only)
     dump_started: float   # when the worker began pickling it (worker's clock)
     dump_seconds: float   # how long pickling it took
-    time: float           # when the scheduler read it
+    time: float           # when the scheduler read it (and had unpickled it)
+    shared_bytes: int = 0  # bytes of its results sent through shared memory
+    load_seconds: float = 0.0  # how long the scheduler took to unpickle it
 
 
 class ChunkFinished(NamedTuple):
@@ -129,6 +137,12 @@ class ChunkFinished(NamedTuple):
     The worker unpickled the chunk from ``started`` for ``load_seconds``,
     then ran its tasks for ``run_seconds``; its results then waited in the
     worker until a ``ResultsReceived`` message carried them.
+
+    ``describe(i)`` is the chunk's task *i* (relative to ``start``) as
+    ``"func(args) [task n]"`` with short reprs of its arguments, for
+    reports of the few chunks an instrument keeps: a repr costs, so call
+    it only for those, and do not keep the method itself (it holds the
+    chunk's arguments alive).
     """
     chunk_id: int
     call_id: int
@@ -141,6 +155,7 @@ class ChunkFinished(NamedTuple):
     load_seconds: float
     run_seconds: float
     time: float           # when the scheduler received it
+    describe: Callable[[int], str] | None = None
 
 
 class ChunkFailed(NamedTuple):
@@ -290,7 +305,8 @@ class Instruments(dict):
 
     The ``*_fired`` methods build an event from the scheduler's objects
     (``TaskChunk``, ``WorkerHandle``, ``Results``: read by attribute only,
-    so that this module imports nothing of polyproc) and call the hook;
+    so that this module imports nothing of polyproc but, lazily, the
+    transport's ``shared_bytes`` for a zero-copy payload) and call the hook;
     callers check ``if instruments:`` first.
     """
 
@@ -354,9 +370,11 @@ class Instruments(dict):
         if "chunk_queued" not in self:
             return
         for c in chunks:
+            payload = c.payload
             self.call("chunk_queued", ChunkQueued(
                 c.chunk_id, id(c.sink), c.start, c.count, c.func_name,
-                0 if c.payload is None else len(c.payload), requeued, queued_at))
+                0 if payload is None else len(payload), requeued, queued_at,
+                _shared_bytes(payload)))
 
     def chunks_dispatched(self, pid: int, chunks: Iterable, now: float) -> None:
         if "chunk_dispatched" not in self:
@@ -365,10 +383,12 @@ class Instruments(dict):
             self.call("chunk_dispatched", ChunkDispatched(c.chunk_id, id(c.sink), pid, now))
 
     def results_received(self, pid: int, results: Any, nbytes: int,
-                         dump_started: float, dump_seconds: float, now: float) -> None:
+                         dump_started: float, dump_seconds: float, now: float,
+                         shared_bytes: int = 0, load_seconds: float = 0.0) -> None:
         if "results_received" in self:
             self.call("results_received", ResultsReceived(
-                pid, tuple(results.chunk_ids), nbytes, dump_started, dump_seconds, now))
+                pid, tuple(results.chunk_ids), nbytes, dump_started, dump_seconds, now,
+                shared_bytes, load_seconds))
 
     def chunk_finished(self, pid: int, chunk: Any, results: Any, index: int,
                        values: list, errors: dict, now: float) -> None:
@@ -378,7 +398,7 @@ class Instruments(dict):
             self.call("chunk_finished", ChunkFinished(
                 chunk.chunk_id, id(chunk.sink), chunk.start, len(values), len(errors),
                 pid, results.started[index], load_seconds,
-                results.seconds[index] - load_seconds, now))
+                results.seconds[index] - load_seconds, now, chunk.describe_task))
 
     def chunk_ran(self, pid: int, chunk: Any, failed: int, started: float,
                   finished: float) -> None:
@@ -386,7 +406,7 @@ class Instruments(dict):
         if "chunk_finished" in self:
             self.call("chunk_finished", ChunkFinished(
                 chunk.chunk_id, id(chunk.sink), chunk.start, chunk.count, failed,
-                pid, started, 0.0, finished - started, finished))
+                pid, started, 0.0, finished - started, finished, chunk.describe_task))
 
     def tasks_failed(self, chunk_id: int | None, sink: Any, start: int, tasks: int,
                      error: BaseException, now: float) -> None:
@@ -426,6 +446,17 @@ class Instruments(dict):
                 worker.process.pid, worker.slot, _exit_reason(worker, exitcode, terminating),
                 exitcode, _signal_name(exitcode), worker.ready,
                 tuple(c.chunk_id for c in held), now))
+
+
+def _shared_bytes(payload: Any) -> int:
+    """Bytes a chunk's payload carries through shared memory."""
+    # A zero-copy payload starts with 0xff (serialization.MAGIC), which no
+    # pickle does: one byte read for the usual plain pickle, and the
+    # transport layer is imported only when a payload needs it.
+    if not payload or payload[0] != 0xFF:
+        return 0
+    from .._transport.serialization import shared_bytes
+    return shared_bytes(payload)
 
 
 def _exit_reason(worker: Any, exitcode: int | None, terminating: bool) -> ExitReason:

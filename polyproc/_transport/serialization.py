@@ -97,8 +97,8 @@ from . import shm_cache
 from .._exceptions import LargeBufferSignal as _LargeBuffer
 from .._exceptions import SerializationError, pickling_error
 
-__all__ = ["dumps", "dumps_in_band", "loads", "release", "dumps_function", "is_by_reference",
-           "describe", "ZERO_COPY_THRESHOLD", "ZeroCopyPayload"]
+__all__ = ["dumps", "dumps_in_band", "loads", "release", "shared_bytes", "dumps_function",
+           "is_by_reference", "describe", "ZERO_COPY_THRESHOLD", "ZeroCopyPayload"]
 
 PROTOCOL = 5
 
@@ -471,6 +471,26 @@ def release(payload: bytes | bytearray | memoryview) -> None:
         _release_segment(ref)
     if isinstance(header.stream, _shm.SegmentRef):
         _release_segment(header.stream)
+
+
+def shared_bytes(payload: bytes | bytearray | memoryview) -> int:
+    """Bytes *payload* carries through shared memory (0 for a plain pickle).
+
+    One byte is read for a plain pickle; the header of a zero-copy payload
+    (a few hundred bytes, a megabyte or more of segments behind it) is
+    unpickled.  Never raises: a payload that is not a zero-copy one, or
+    whose header is damaged, counts 0.
+    """
+    try:
+        if not payload or payload[0] != _MAGIC_FIRST:
+            return 0
+        header = _read_header(payload)
+    except Exception:
+        return 0
+    total = sum(ref.size for ref in header.buffers)
+    if isinstance(header.stream, _shm.SegmentRef):
+        total += header.stream.size
+    return total
 
 
 # -- Functions ----------------------------------------------------------------------

@@ -410,6 +410,7 @@ class ProcessScheduler:
             except (EOFError, OSError):
                 return  # dying: the sentinel will tell
             last_chunk_id, body = m.unframe(data)
+            load_started = time.monotonic() if self._instruments else 0.0
             try:
                 message = _serialization.loads(body, "results")
             except BaseException as exc:
@@ -420,9 +421,10 @@ class ProcessScheduler:
                 self._on_unloadable_message(w, last_chunk_id, exc)
             else:
                 if self._instruments and isinstance(message, m.Results):
+                    now = time.monotonic()
                     self._instruments.results_received(
                         w.process.pid, message, len(data), *m.frame_dump_times(data),
-                        time.monotonic())
+                        now, _serialization.shared_bytes(body), now - load_started)
                 self._on_message(w, message)
             try:
                 if not conn.poll(0):

@@ -1,0 +1,1 @@
+"""Observers of a pool built on its instruments: insights and the timeline."""

@@ -1,0 +1,264 @@
+"""``Pool(timeline=...)`` (polyproc/_observe/timeline.py) and ``python -m polyproc
+plot`` (polyproc/_cli/plot.py): Chrome Trace Event files from real pools with
+workers killed by real signals, and the PNG drawn from one."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import polyproc
+from polyproc import TaskTimeoutError, WorkerLostError
+from polyproc.pool import ThreadPool
+
+import _pool_helpers as h
+
+FORK = polyproc.get_context("fork")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _load(path) -> dict:
+    with open(path, encoding="utf-8") as file:
+        return json.load(file)
+
+
+def _events(trace: dict, ph: str, cat: str | None = None) -> list[dict]:
+    return [e for e in trace["traceEvents"]
+            if e["ph"] == ph and (cat is None or e.get("cat") == cat)]
+
+
+def _track_names(trace: dict) -> dict[int, str]:
+    return {e["pid"]: e["args"]["name"] for e in _events(trace, "M")
+            if e["name"] == "process_name"}
+
+
+def _run_with_a_death(pool, tmp_path) -> None:
+    """A map, then a task that SIGKILLs its worker once and is retried."""
+    assert pool.map(h.square, range(24), chunksize=3) == [x * x for x in range(24)]
+    assert pool.apply(h.die_first_time, (str(tmp_path / "died"),), retries=1) == "ok"
+
+
+def test_timeline_written_at_join_has_tracks_chunks_deaths_and_counters(ctx, tmp_path):
+    path = tmp_path / "run.json"
+    pool = ctx.Pool(2, timeline=str(path))
+    _run_with_a_death(pool, tmp_path)
+    assert not path.exists()
+    pool.close()
+    pool.join()
+    trace = _load(path)
+    assert trace["displayTimeUnit"] == "ms"
+    assert trace["otherData"]["events_dropped"] == 0
+    names = _track_names(trace)
+    chunks = _events(trace, "X", "chunk")
+    assert sum(e["args"]["tasks"] for e in chunks if e["name"] == "square") == 24
+    for chunk in chunks:
+        if chunk["args"].get("lost"):
+            continue
+        assert chunk["pid"] in names and names[chunk["pid"]].startswith("worker ")
+        assert chunk["dur"] >= 0 and chunk["args"]["queued"] >= 0
+    # Phases nest inside their chunk, on its track.
+    runs = _events(trace, "X", "phase")
+    for chunk in chunks:
+        if chunk["args"].get("lost"):
+            continue
+        inside = [p for p in runs if p["pid"] == chunk["pid"] and p["name"] == "run"
+                  and chunk["ts"] - 1 <= p["ts"]
+                  and p["ts"] + p["dur"] <= chunk["ts"] + chunk["dur"] + 1]
+        assert inside, chunk
+    (death,) = [e for e in _events(trace, "i", "worker") if e["args"]["reason"] == "lost"]
+    assert death["args"]["signal"] == "SIGKILL" and death["args"]["exitcode"] == -9
+    assert death["name"] == "worker lost (SIGKILL)" and death["pid"] in names
+    (retry,) = _events(trace, "i", "retry")
+    assert retry["pid"] == death["pid"] and retry["args"]["retries_left"] == 0
+    # The chunk it was running ends at its death.
+    (lost,) = [e for e in chunks if e["args"].get("lost")]
+    assert lost["pid"] == death["pid"] and lost["name"] == "die_first_time"
+    assert abs(lost["ts"] + lost["dur"] - death["ts"]) < 1
+    shut_down = [e for e in _events(trace, "i", "worker") if e["args"]["reason"] == "shut down"]
+    assert len(shut_down) == 2
+    counters = _events(trace, "C")
+    assert counters and counters[-1]["args"] == {"queued": 0, "in flight": 0}
+    assert max(c["args"]["in flight"] for c in counters) > 0
+
+
+def test_timeline_written_at_terminate():
+    # The with-block terminates the pool; the file is there after it.
+    import tempfile
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "run.json")
+        with FORK.Pool(1, timeline=path) as pool:
+            pool.map(h.square, range(4))
+        trace = _load(path)
+    assert {e["args"]["reason"] for e in _events(trace, "i", "worker")} == {"terminated"}
+    assert len(_events(trace, "X", "chunk")) >= 1
+
+
+def test_timeline_at_any_time(tmp_path):
+    with FORK.Pool(2, timeline=True) as pool:
+        pool.map(h.square, range(8), chunksize=2)
+        pool.timeline(tmp_path / "now.json")
+        assert len(_events(_load(tmp_path / "now.json"), "X", "chunk")) == 4
+        pool.map(h.square, range(8), chunksize=2)
+        pool.timeline(tmp_path / "later.json")
+        assert len(_events(_load(tmp_path / "later.json"), "X", "chunk")) == 8
+    with FORK.Pool(1) as pool, pytest.raises(ValueError, match="timeline=True"):
+        pool.timeline(tmp_path / "none.json")
+
+
+def test_timeout_is_an_instant_on_the_workers_track(tmp_path):
+    with FORK.Pool(1, timeline=True) as pool:
+        with pytest.raises(TaskTimeoutError):
+            pool.apply(h.sleep_for, (30,), timeout=0.2)
+        pool.timeline(tmp_path / "run.json")
+    trace = _load(tmp_path / "run.json")
+    (timeout,) = _events(trace, "i", "timeout")
+    assert timeout["args"]["timeout"] == 0.2 and timeout["args"]["ran"] >= 0.2
+    exits = [e for e in _events(trace, "i", "worker") if e["pid"] == timeout["pid"]]
+    assert [e["args"]["reason"] for e in exits] == ["timed out"]
+
+
+def test_ring_keeps_the_last_events_and_says_how_many_were_dropped(tmp_path):
+    with FORK.Pool(1, timeline=True, timeline_events=50) as pool:
+        pool.map(h.square, range(200), chunksize=1)
+        pool.timeline(tmp_path / "run.json")
+    trace = _load(tmp_path / "run.json")
+    kept = [e for e in trace["traceEvents"] if e["ph"] != "M"]
+    other = trace["otherData"]
+    assert len(kept) == other["max_events"] == 50
+    assert other["events_dropped"] == other["events_recorded"] - 50 > 600
+    # The last ones: the final counter says nothing is left.
+    assert _events(trace, "C")[-1]["args"] == {"queued": 0, "in flight": 0}
+    with pytest.raises(ValueError, match="timeline_events"):
+        FORK.Pool(1, timeline=True, timeline_events=0)
+    with pytest.raises(TypeError, match="timeline must be"):
+        FORK.Pool(1, timeline=3)
+
+
+def test_a_timeline_file_that_cannot_be_written_warns_at_join(tmp_path):
+    path = tmp_path / "no such folder" / "run.json"
+    pool = FORK.Pool(1, timeline=path)
+    pool.map(h.square, range(4))
+    pool.close()
+    with pytest.warns(RuntimeWarning, match="could not write the pool's timeline"):
+        pool.join()
+    assert not path.parent.exists()
+
+
+def test_thread_pool_tracks_are_its_threads(tmp_path):
+    with ThreadPool(2, timeline=True) as pool:
+        pool.map(h.sleep_for, [0.02] * 6, chunksize=1)
+        pool.timeline(tmp_path / "run.json")
+    trace = _load(tmp_path / "run.json")
+    chunks = _events(trace, "X", "chunk")
+    assert len(chunks) == 6
+    tracks = {e["pid"] for e in chunks}
+    assert len(tracks) == 2 and os.getpid() not in tracks
+    names = _track_names(trace)
+    assert all(names[t].startswith("thread ") for t in tracks)
+
+
+def test_executor_timeline_written_at_shutdown(tmp_path):
+    path = tmp_path / "run.json"
+    executor = polyproc.Executor(2, mp_context=FORK, timeline=path)
+    with pytest.raises(WorkerLostError):
+        executor.submit(h.kill_self, 0).result(10)
+    assert executor.submit(h.square, 3).result(10) == 9
+    executor.shutdown()
+    trace = _load(path)
+    assert [e["args"]["signal"] for e in _events(trace, "i", "worker")
+            if e["args"]["reason"] == "lost"] == ["SIGKILL"]
+    assert _events(trace, "i", "failure")
+
+
+def test_timeline_written_at_interpreter_exit_of_an_open_pool(tmp_path):
+    path = tmp_path / "run.json"
+    script = textwrap.dedent(f"""
+        import polyproc
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            pool = polyproc.Pool(2, timeline={str(path)!r})
+            assert pool.map(square, range(10), chunksize=2) == [x * x for x in range(10)]
+            # neither closed nor joined: written at exit
+    """)
+    (tmp_path / "prog.py").write_text(script)
+    done = subprocess.run([sys.executable, str(tmp_path / "prog.py")], cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    trace = _load(path)
+    assert len(_events(trace, "X", "chunk")) == 5
+    assert {e["args"]["reason"] for e in _events(trace, "i", "worker")} == {"terminated"}
+
+
+# -- python -m polyproc plot ---------------------------------------------------
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    return env
+
+
+def _png_size(path) -> tuple[int, int]:
+    with open(path, "rb") as file:
+        head = file.read(24)
+    assert head[:8] == PNG_MAGIC
+    assert head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_plot_writes_a_png_of_a_run_with_a_death(tmp_path):
+    trace = tmp_path / "run.json"
+    pool = FORK.Pool(2, timeline=trace)
+    _run_with_a_death(pool, tmp_path)
+    pool.close()
+    pool.join()
+    image = tmp_path / "run.png"
+    done = subprocess.run([sys.executable, "-m", "polyproc", "plot", str(trace),
+                           "-o", str(image)], env=_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {image}" in done.stdout
+    width, height = _png_size(image)
+    assert 1000 <= width <= 2000 and 300 <= height <= 1500
+    assert image.stat().st_size > 10_000  # bars and text, not a blank canvas
+    import matplotlib.image
+    pixels = matplotlib.image.imread(str(image))
+    assert pixels.shape[:2] == (height, width)
+    # Red of a death's marker is somewhere in it.
+    red = (pixels[..., 0] > 0.9) & (pixels[..., 1] < 0.2) & (pixels[..., 2] < 0.2)
+    assert red.any()
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(tmp_path):
+    trace = tmp_path / "run.json"
+    with FORK.Pool(1, timeline=trace) as pool:
+        pool.map(h.square, range(4))
+    # A Python where matplotlib cannot be imported (None in sys.modules
+    # makes every import of it raise ImportError).
+    code = ("import sys; sys.modules['matplotlib'] = None; "
+            "from polyproc.__main__ import main; "
+            f"sys.exit(main(['plot', {str(trace)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install polyproc[plot]" in done.stderr
+    assert not (tmp_path / "run.png").exists()
+
+
+def test_plot_of_a_file_that_is_no_timeline_fails_clearly(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    missing = tmp_path / "missing.json"
+    for path, words in ((bad, "traceEvents"), (missing, "No such file")):
+        done = subprocess.run([sys.executable, "-m", "polyproc", "plot", str(path)],
+                              env=_env(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert "cannot read the timeline" in done.stderr and words in done.stderr
