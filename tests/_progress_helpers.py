@@ -81,3 +81,8 @@ def interrupt_parent_at(x, parent, bad):
     if x >= bad:
         time.sleep(30)
     return x
+
+
+def loop_with_total(n, total):
+    """A loop of *n* items told its *total* (any object ``int()`` takes)."""
+    return sum(polyproc.progress(range(n), total=total))

@@ -275,6 +275,17 @@ def test_nested_bar_of_a_loop_without_length_has_no_total(bars):
     assert (nested.n, nested.total, nested.desc, nested.disable) == (4, None, "gen 4", True)
 
 
+def test_nested_bar_total_of_a_class_the_parent_may_not_have(bars):
+    # A numpy integer as total travels as a plain int (the report must
+    # unpickle in the parent whatever the task passed).
+    numpy = pytest.importorskip("numpy")
+    with FORK.Pool(1) as pool:
+        assert pool.map(functools.partial(h.loop_with_total, total=numpy.int64(3)), [3],
+                        progress=True) == [3]
+    [nested] = nested_bars(bars)
+    assert (nested.n, nested.total, type(nested.total)) == (3, 3, int)
+
+
 def test_nested_bar_reports_while_the_loop_runs(bars):
     reports = Reports()
     with FORK.Pool(1, instruments=[reports]) as pool:

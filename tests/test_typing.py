@@ -19,7 +19,7 @@ import polyproc
 # the expression has exactly that type; an ``Any`` never matches a class.
 USER_PROGRAM = """
 import concurrent.futures
-from typing import Any
+from typing import Any, Iterator
 
 from typing_extensions import assert_type
 
@@ -50,6 +50,9 @@ def main() -> None:
         assert_type(pool.apply(square, (3,)), int)
         assert_type(pool.apply_async(square, (3,)).get(), int)
         assert_type(list(pool.imap(square, range(3))), list[int])
+        assert_type(pool.map(square, range(3), progress=True), list[int])
+    # A task's own progress bar: an iterator of the items it is given.
+    assert_type(polyproc.progress(range(3), total=3, desc="items"), Iterator[int])
     with polyproc.pool.ThreadPool(2) as threads:
         assert_type(threads, polyproc.pool.ThreadPool)
 
@@ -64,6 +67,7 @@ def main() -> None:
     assert_type(executor.submit(square, 3), concurrent.futures.Future[int])
     with polyproc.Executor(2) as executor:
         assert_type(list(executor.map(square, [1, 2])), list[int])
+        assert_type(list(executor.map(square, [1, 2], progress=True)), list[int])
     # A polyproc context is a stdlib context for the stdlib's own APIs.
     concurrent.futures.ProcessPoolExecutor(mp_context=polyproc.get_context("spawn"))
 

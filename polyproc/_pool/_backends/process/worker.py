@@ -124,7 +124,9 @@ class _Worker:
         Returns False if the parent can no longer be told.
         """
         chunk_id = int(self.slots[self.base + m.SLOT_CHUNK])
-        message = m.TaskProgress(chunk_id, bar, n, total,
+        # Plain ints and a str: the parent must unpickle what the user
+        # passed (a numpy integer as total) without the user's classes.
+        message = m.TaskProgress(chunk_id, bar, n, _plain_total(total),
                                  None if desc is None else str(desc), closed)
         try:
             self.send(message)
@@ -322,6 +324,13 @@ class _Worker:
                 self.flush()
         self.flush()
         return True
+
+
+def _plain_total(total: Any) -> int | None:
+    try:
+        return None if total is None else int(total)
+    except (TypeError, ValueError, OverflowError):
+        return None  # not a count: the bar shows a rate instead
 
 
 class _Retire(Exception):
