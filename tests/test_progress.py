@@ -206,10 +206,9 @@ def test_bar_counts_a_retried_task_once(executor, bars, tmp_path):
 
 
 def test_bar_counts_a_timed_out_task_once(bars):
-    with FORK.Pool(2) as pool:
-        with pytest.raises(TaskTimeoutError):
-            pool.map(functools.partial(h.sleep_on, bad=2), range(6), chunksize=1,
-                     timeout=0.5, progress=True)
+    with FORK.Pool(2) as pool, pytest.raises(TaskTimeoutError):
+        pool.map(functools.partial(h.sleep_on, bad=2), range(6), chunksize=1,
+                 timeout=0.5, progress=True)
     [bar] = call_bars(bars)
     assert (bar.n, bar.total, bar.disable) == (6, 6, True)
 
@@ -309,9 +308,8 @@ def test_reports_of_a_fast_loop_are_throttled(bars):
 
 
 def test_nested_bar_closes_when_its_worker_dies(ctx, bars):
-    with ctx.Pool(2) as pool:
-        with pytest.raises(WorkerLostError):
-            pool.map(functools.partial(h.die_in_loop, die_at=2), [5], progress=True)
+    with ctx.Pool(2) as pool, pytest.raises(WorkerLostError):
+        pool.map(functools.partial(h.die_in_loop, die_at=2), [5], progress=True)
     [main] = call_bars(bars)
     [nested] = nested_bars(bars)  # opened by the loop's first report
     assert nested.disable and main.disable and main.n == 1
