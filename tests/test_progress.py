@@ -232,7 +232,7 @@ def test_ctrl_c_closes_the_bar_at_the_count_completed(method):
             proc.kill()
     # (The other worker's "task started" may come before or after it.)
     [state] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert state["closed"] and state["total"] == 10
+    assert state["closed"] and state["all_closed"] and state["total"] == 10
     assert state["n"] <= 4, state
     drawn, _, _ = err.partition("<<after>>")
     # The terminal is left clean: the bar's last line is finished, and it
