@@ -137,6 +137,17 @@ def test_executor_map_bar_counts_every_call(buffersize, bars, capfd):
         assert re.search(r"6task \[\d\d:\d\d, [^\]]*task/s\]", err), err
 
 
+def test_executor_map_bar_closes_when_every_call_is_counted(bars):
+    # Even if its iterator is never consumed.
+    with FORK.Executor(2) as executor:
+        results = executor.map(_pool_helpers.square, ITEMS, progress=True)
+    # shutdown(wait=True) returned: every call completed, after it was counted.
+    [bar] = call_bars(bars)
+    assert (bar.n, bar.total, bar.disable) == (6, 6, True)
+    assert not executor._instruments
+    assert list(results) == SQUARES
+
+
 def test_executor_map_bar_counts_calls_that_cannot_be_pickled(bars):
     # Such a call fails at submission, unseen by the scheduler: counted there.
     with FORK.Executor(2) as executor:

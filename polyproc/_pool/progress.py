@@ -108,6 +108,11 @@ class ProgressBar(Instrument):
         with self._lock:
             if not self._closed:
                 self.bar.update(tasks)
+        if not self._calls and self.bar.total is not None and self.bar.n >= self.bar.total:
+            # An Executor.map whose every call is counted: done, even if
+            # its iterator is never consumed (its generator, never
+            # started, would never run the ``finally`` that closes it).
+            self.close()
         return True
 
     def chunk_finished(self, info: ChunkFinished) -> None:

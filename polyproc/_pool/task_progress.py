@@ -57,7 +57,8 @@ def progress(iterable: Iterable[_T], total: int | None = None,
     parent; the items are yielded all the same).  The nested bar closes
     when the loop ends, when the task ends, or when its worker dies.
     Elsewhere (the main process, a ``ThreadPool``, a thread a task started)
-    it is a plain tqdm bar on stderr (which ``TQDM_DISABLE=1`` turns off).
+    it is a plain tqdm bar on stderr (which ``TQDM_DISABLE=1`` turns off,
+    with tqdm 4.66 and later).
 
     *total* defaults to ``len(iterable)`` when it has one; *desc* labels
     the bar.  Never raises because of the reporting: if the parent can no
