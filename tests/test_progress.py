@@ -268,6 +268,10 @@ def test_a_tasks_loops_are_nested_bars_in_the_parent(ctx, bars):
     assert all(b.pos != main.pos for b in nested)  # below the call's bar
     # What came from the workers: an opening and a closing report per loop.
     assert sorted(r.n for r in reports.reports if r.closed) == [0, 5, 7]
+    # Each labelled with its task's position in the map.
+    assert sorted((r.position, r.n) for r in reports.reports if r.closed) == \
+        [(0, 5), (1, 7), (2, 0)]
+    assert sorted(b.desc for b in nested) == ["task 0", "task 1", "task 2"]
     assert os.getpid() not in {r.pid for r in reports.reports}  # the workers'
 
 
@@ -276,6 +280,7 @@ def test_nested_bars_under_executor_map(bars):
         assert list(executor.map(h.loop, [3, 4], progress=True)) == [3, 6]
     nested = nested_bars(bars)
     assert sorted(b.n for b in nested) == [3, 4] and all(b.disable for b in nested)
+    assert sorted(b.desc for b in nested) == ["task 0", "task 1"]
 
 
 def test_nested_bar_of_a_loop_without_length_has_no_total(bars):

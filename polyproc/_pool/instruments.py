@@ -174,6 +174,8 @@ class TaskProgress(NamedTuple):
     pid: int              # the worker running the task
     chunk_id: int
     call_id: int
+    position: int | None  # the task's position in its call (None: unknown,
+                          # in a chunk of tasks too fast to be tracked one by one)
     bar: int              # numbers the loops of one worker process
     n: int                # items yielded so far
     total: int | None     # items in all, if known
@@ -418,12 +420,14 @@ class Instruments(dict):
             self.call("chunk_failed", ChunkFailed(chunk_id, id(sink), start, tasks,
                                                   error, now))
 
-    def task_progress(self, pid: int, chunk: Any, report: Any, now: float) -> None:
-        """*report* (a ``messages.TaskProgress``) came from worker *pid*, running *chunk*."""
+    def task_progress(self, pid: int, chunk: Any, position: int | None, report: Any,
+                      now: float) -> None:
+        """*report* (a ``messages.TaskProgress``) came from worker *pid*, running
+        the task at *position* of *chunk*'s call."""
         if "task_progress" in self:
             self.call("task_progress", TaskProgress(
-                pid, chunk.chunk_id, id(chunk.sink), report.bar, report.n, report.total,
-                report.desc, report.closed, now))
+                pid, chunk.chunk_id, id(chunk.sink), position, report.bar, report.n,
+                report.total, report.desc, report.closed, now))
 
     def task_blamed(self, pid: int, chunk: Any, task: int, error: BaseException | None,
                     retry: Any, now: float) -> None:

@@ -128,6 +128,8 @@ class TaskProgress(NamedTuple):
     the loops of one worker process (a task may run several).
     """
     chunk_id: int       # the chunk whose task runs the loop
+    task: int           # that task's index in the chunk (0 if not tracked:
+                        # the scheduler knows whether it is, TRACK_*)
     bar: int
     n: int
     total: int | None

@@ -136,8 +136,8 @@ class ProgressBar(Instrument):
                 if info.closed and info.n == 0:
                     return  # a loop over nothing: no bar to flash
                 nested = self._nested[key] = _Nested(_progress_bar_class()(
-                    total=info.total, desc=info.desc, file=sys.stderr, leave=False,
-                    miniters=1), info.chunk_id)
+                    total=info.total, desc=_nested_desc(info), file=sys.stderr,
+                    leave=False, miniters=1), info.chunk_id)
             bar = nested.bar
             if info.total != bar.total:
                 bar.total = info.total
@@ -198,6 +198,13 @@ class ProgressBar(Instrument):
             self._nested.clear()
             self.bar.close()
         self._calls.clear()
+
+
+def _nested_desc(info: TaskProgress) -> str | None:
+    """The label of a nested bar: the loop's own, else the task's position."""
+    if info.desc is not None or info.position is None:
+        return info.desc
+    return f"task {info.position}"
 
 
 def progress_bar(progress: bool, total: int | None) -> ProgressBar | None:

@@ -487,7 +487,11 @@ class ProcessScheduler:
             return  # nobody shows it: dropped
         chunk = next((c for c in w.assigned if c.chunk_id == msg.chunk_id), None)
         if chunk is not None:  # None: not a task's (an initializer's loop)
-            self._instruments.task_progress(w.process.pid, chunk, msg, time.monotonic())
+            # The task's position in its call, where the worker records it.
+            position = (None if chunk.tracking == m.TRACK_NONE
+                        else chunk.start + msg.task)
+            self._instruments.task_progress(w.process.pid, chunk, position, msg,
+                                            time.monotonic())
 
     def _on_results(self, w: WorkerHandle, results: m.Results) -> None:
         """Deliver each finished chunk's outcomes; results come in dispatch order."""

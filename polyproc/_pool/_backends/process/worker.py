@@ -123,10 +123,11 @@ class _Worker:
         store of the task's index and its outcome: the slot names the chunk.
         Returns False if the parent can no longer be told.
         """
-        chunk_id = int(self.slots[self.base + m.SLOT_CHUNK])
+        slots, base = self.slots, self.base
+        chunk_id, task = int(slots[base + m.SLOT_CHUNK]), int(slots[base + m.SLOT_TASK])
         # Plain ints and a str: the parent must unpickle what the user
         # passed (a numpy integer as total) without the user's classes.
-        message = m.TaskProgress(chunk_id, bar, n, _plain_total(total),
+        message = m.TaskProgress(chunk_id, task, bar, n, _plain_total(total),
                                  None if desc is None else str(desc), closed)
         try:
             self.send(message)
