@@ -30,6 +30,9 @@ of the code)::
   MapResult.get, <-----------+-- sink.deliver(start, values,     |
   IMapIterator.next          |      errors)                      |
                              |                                   |
+                             |  _on_task_progress <--------------+-- TaskProgress (a task's
+                             |  -> ProgressBar: nested bars      |   polyproc.progress loop)
+                             |                                   |
                              |  _on_worker_exit (sentinel) <-----+-- died, or retired
                              |  -> blame.recover_lost_chunks:    |
                              |     charge one task, _requeue     |
