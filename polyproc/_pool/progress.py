@@ -104,7 +104,7 @@ class ProgressBar(Instrument):
         if entry[1] is not None:
             entry[1] -= tasks
             if entry[1] <= 0:
-                del self._calls[call_id]
+                self._calls.pop(call_id, None)  # (close() may have cleared it)
         with self._lock:
             if not self._closed:
                 self.bar.update(tasks)
