@@ -51,10 +51,13 @@ from ._pool.instruments import ChunkFinished as ChunkFinished
 from ._pool.instruments import ChunkQueued as ChunkQueued
 from ._pool.instruments import Instrument as Instrument
 from ._pool.instruments import ResultsReceived as ResultsReceived
+from ._pool.instruments import TaskProgress as TaskProgress
 from ._pool.instruments import TaskRetried as TaskRetried
 from ._pool.instruments import TaskTimedOut as TaskTimedOut
 from ._pool.instruments import WorkerExited as WorkerExited
 from ._pool.instruments import WorkerStarted as WorkerStarted
+# A task's own progress, drawn by the parent under the call's bar.
+from ._pool.task_progress import progress as progress
 from ._public import fixup_module_metadata as _fixup
 # The default context's Process class (DefaultContext.Process), imported as
 # a class so that ``p: polyproc.Process`` is a valid annotation.
@@ -131,7 +134,9 @@ __all__ += [  # polyproc's additions
     # Instruments that watch a pool work, and the records of their events.
     "Instrument", "ChunkQueued", "ChunkDispatched", "ResultsReceived",
     "ChunkFinished", "ChunkFailed", "TaskRetried", "TaskTimedOut",
-    "WorkerStarted", "WorkerExited",
+    "WorkerStarted", "WorkerExited", "TaskProgress",
+    # A task's own progress bar (nested under its call's, in the parent).
+    "progress",
 ]
 
 # Public names report their public module (``polyproc.WorkerLostError``,

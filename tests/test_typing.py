@@ -19,7 +19,7 @@ import polyproc
 # the expression has exactly that type; an ``Any`` never matches a class.
 USER_PROGRAM = """
 import concurrent.futures
-from typing import Any
+from typing import Any, Iterator
 
 from typing_extensions import assert_type
 
@@ -54,6 +54,9 @@ def main() -> None:
                        timeline_events=1000) as pool:
         assert_type(pool.insights(), dict[str, Any])
         pool.timeline("now.json")
+        assert_type(pool.map(square, range(3), progress=True), list[int])
+    # A task's own progress bar: an iterator of the items it is given.
+    assert_type(polyproc.progress(range(3), total=3, desc="items"), Iterator[int])
     with polyproc.pool.ThreadPool(2) as threads:
         assert_type(threads, polyproc.pool.ThreadPool)
 
@@ -71,6 +74,7 @@ def main() -> None:
     with polyproc.Executor(2, insights=True, timeline=True) as executor:
         assert_type(executor.insights(), dict[str, Any])
         executor.timeline("now.json")
+        assert_type(list(executor.map(square, [1, 2], progress=True)), list[int])
     # A polyproc context is a stdlib context for the stdlib's own APIs.
     concurrent.futures.ProcessPoolExecutor(mp_context=polyproc.get_context("spawn"))
 

@@ -67,6 +67,7 @@ from .chunks import TaskChunk, function_blob, function_name, make_chunk
 from .executor_core import ExecutorCore, ExecutorFuture, FutureSink, for_executor
 from .instruments import Instrument, Instruments
 from .._observe.observers import DEFAULT_MAX_EVENTS, Observers, TimelineOption
+from .progress import ProgressBar, progress_bar
 from .options import (WorkerOptions, check_buffersize, check_callable,
                       check_task_options)
 
@@ -249,7 +250,7 @@ class Executor(_StdExecutor):
     def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
             timeout: float | None = None,
             chunksize: int = 1, buffersize: int | None = None,
-            retries: int = 0) -> Iterator[_T]:
+            retries: int = 0, progress: bool = False) -> Iterator[_T]:
         """Return an iterator equivalent to ``map(fn, *iterables)``, run in workers.
 
         Every call is submitted at once, *chunksize* calls per scheduler
@@ -264,28 +265,46 @@ class Executor(_StdExecutor):
         chunks are submitted and not yet yielded; the *iterables* are read
         only as results are consumed, so they may be endless.  Raises
         ``TypeError`` if it is not an int, ``ValueError`` if below 1.
+
+        *progress*: a tqdm bar on stderr that counts the calls as they
+        complete (its total is the number of calls, unknown with
+        *buffersize*), closed when the iterator ends or is left.
         """
-        return self._map(fn, iterables, timeout, chunksize, None, retries, buffersize)
+        return self._map(fn, iterables, timeout, chunksize, None, retries, buffersize,
+                         progress)
 
     def _map(self, fn: Callable, iterables: tuple, timeout: float | None,
              chunksize: int, task_timeout: float | None, retries: int,
-             buffersize: int | None = None) -> Iterator:
+             buffersize: int | None = None, progress: bool = False) -> Iterator:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         check_buffersize(buffersize)
         end_time = None if timeout is None else time.monotonic() + timeout
         if buffersize is not None:
             return self._buffered_map(fn, iterables, end_time, chunksize,
-                                      task_timeout, retries, buffersize)
+                                      task_timeout, retries, buffersize, progress)
         items = list(zip(*iterables))
         pieces = [items[i:i + chunksize] for i in range(0, len(items), chunksize)]
-        futures = self._submit_chunks(fn, m.CALL_STAR, pieces, chunksize, task_timeout,
-                                      retries)
-        return _chained_results(futures, end_time, chunksize > 1)
+        bar = self._progress_bar(progress, len(items))
+        try:
+            futures = self._submit_chunks(fn, m.CALL_STAR, pieces, chunksize,
+                                          task_timeout, retries, bar=bar)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
+        return _chained_results(futures, end_time, chunksize > 1, bar=bar)
+
+    def _progress_bar(self, progress: bool, total: int | None) -> ProgressBar | None:
+        """A bar counting the calls of one ``map`` (see progress.py), or None."""
+        bar = progress_bar(progress, total)
+        if bar is not None:
+            bar.attach(self._instruments)  # its calls: add_call, per chunk
+        return bar
 
     def _buffered_map(self, fn: Callable, iterables: tuple, end_time: float | None,
                       chunksize: int, task_timeout: float | None, retries: int,
-                      buffersize: int) -> Iterator:
+                      buffersize: int, progress: bool = False) -> Iterator:
         """``map`` with ``buffersize``: ``Executor.map`` of 3.14, per chunk.
 
         The first *buffersize* chunks are submitted here (so the first
@@ -296,8 +315,14 @@ class Executor(_StdExecutor):
         """
         pieces = _batched(zip(*iterables), chunksize)
         first = list(itertools.islice(pieces, buffersize))
-        futures = collections.deque(self._submit_chunks(
-            fn, m.CALL_STAR, first, chunksize, task_timeout, retries))
+        bar = self._progress_bar(progress, None)
+        try:
+            futures = collections.deque(self._submit_chunks(
+                fn, m.CALL_STAR, first, chunksize, task_timeout, retries, bar=bar))
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            raise
         # Weak, as the stdlib's: the iterator must not keep the executor alive.
         executor_ref = weakref.ref(self)
         submitted = [len(first)]
@@ -309,10 +334,10 @@ class Executor(_StdExecutor):
                 return
             futures.extend(executor._submit_chunks(
                 fn, m.CALL_STAR, [piece], chunksize, task_timeout, retries,
-                first=submitted[0] * chunksize))
+                first=submitted[0] * chunksize, bar=bar))
             submitted[0] += 1
 
-        return _chained_results(futures, end_time, chunksize > 1, refill)
+        return _chained_results(futures, end_time, chunksize > 1, refill, bar)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Free the workers once the submitted calls are done.
@@ -374,7 +399,8 @@ class Executor(_StdExecutor):
     # -- internals ----------------------------------------------------------
     def _submit_chunks(self, fn: Callable, call: int, pieces: list[list], chunksize: int,
                        timeout: float | None, retries: int,
-                       first: int = 0) -> list[Future]:
+                       first: int = 0, bar: ProgressBar | None = None) -> list[Future]:
+        """Submit one future per piece; *bar* (``map(progress=True)``) counts them."""
         core = self._core
         _ownership.check_owner(core.pid, "this Executor")
         if core.shut_down:  # checked again under the lock by enqueue()
@@ -390,6 +416,8 @@ class Executor(_StdExecutor):
         except Exception as exc:  # every call fails with it
             for future in new_futures:
                 _fail_unsent(core, future, exc)
+            if bar is not None:
+                bar.count(sum(len(piece) for piece in pieces))
             return futures
         chunks: list[TaskChunk] = []
         try:
@@ -402,6 +430,11 @@ class Executor(_StdExecutor):
                                              start, sink, timeout, retries, transport))
                 except Exception as exc:  # could not be pickled
                     _fail_unsent(core, future, exc)
+                    if bar is not None:
+                        bar.count(len(piece))
+                    continue
+                if bar is not None:
+                    bar.add_call(sink, len(piece))
             core.enqueue(chunks)
         except BaseException:
             for chunk in chunks:
@@ -430,7 +463,8 @@ def _batched(iterable: Iterable, n: int) -> Iterator[list]:
 
 
 def _chained_results(futures: list[Future] | collections.deque, end_time: float | None,
-                     chunked: bool, refill: Callable[[], None] | None = None) -> Iterator:
+                     chunked: bool, refill: Callable[[], None] | None = None,
+                     bar: ProgressBar | None = None) -> Iterator:
     """The iterator ``map`` returns (``Executor.map``'s ``result_iterator``).
 
     No reference to a consumed future or to a result already yielded stays
@@ -440,7 +474,9 @@ def _chained_results(futures: list[Future] | collections.deque, end_time: float 
     from the call that fetched it, never from a local variable.
 
     *refill*, with ``buffersize``: called before each wait, it submits the
-    next chunk (appending its future to *futures*, a deque).
+    next chunk (appending its future to *futures*, a deque).  *bar*, the
+    map's progress bar, is closed when the iterator ends or is left (the
+    generator's ``close()``, or its collection).
     """
     if not isinstance(futures, collections.deque):
         futures = collections.deque(futures)
@@ -458,6 +494,8 @@ def _chained_results(futures: list[Future] | collections.deque, end_time: float 
     finally:
         for future in futures:
             future.cancel()
+        if bar is not None:
+            bar.close()
 
 
 def _result_or_cancel(future: Future, end_time: float | None) -> Any:
@@ -486,7 +524,8 @@ class ExecutorOptions:
 
     def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
             timeout: float | None = None,
-            chunksize: int = 1, buffersize: int | None = None) -> Iterator[_T]:
+            chunksize: int = 1, buffersize: int | None = None,
+            progress: bool = False) -> Iterator[_T]:
         """``Executor.map`` with these options; *timeout* is map's overall one."""
         return self._executor._map(fn, iterables, timeout, chunksize, self._timeout,
-                                   self._retries, buffersize)
+                                   self._retries, buffersize, progress)

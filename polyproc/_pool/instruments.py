@@ -26,7 +26,8 @@ itself acts on one task (a retry, a timeout).  A chunk's life::
                                              queued again as new chunks)
 
 plus ``results_received`` per message from a worker (how long the worker
-spent pickling it, its size), ``task_retried``, ``task_timed_out``,
+spent pickling it, its size), ``task_progress`` (a task's own
+``polyproc.progress`` loop reported, task_progress.py), ``task_retried``, ``task_timed_out``,
 ``worker_started`` (with the worker's start-up times, and the pid of the
 worker it replaced) and ``worker_exited`` (why: lost, timed out, retired...).
 A chunk that was queued may get no further event: its call was cancelled
@@ -80,7 +81,7 @@ from typing import Any, Callable, Iterable, Literal, NamedTuple
 __all__ = [
     "Instrument", "ChunkQueued", "ChunkDispatched", "ResultsReceived",
     "ChunkFinished", "ChunkFailed", "TaskRetried", "TaskTimedOut",
-    "WorkerStarted", "WorkerExited",
+    "WorkerStarted", "WorkerExited", "TaskProgress",
 ]
 
 # Where an instrument's error is logged (logging is imported only then).
@@ -174,6 +175,28 @@ class ChunkFailed(NamedTuple):
     tasks: int            # consecutive tasks failed from there
     error: BaseException  # what their results raise
     time: float
+
+
+class TaskProgress(NamedTuple):
+    """A task's ``polyproc.progress`` loop reported how far it has gone.
+
+    Sent by the worker when the loop starts, at most every 0.1 s while it
+    runs, and once more with *closed* when it ends (finished, raised or
+    left).  A loop whose task or worker ends first gets no *closed*
+    report: ``chunk_finished``, ``chunk_failed`` or ``worker_exited`` end it.
+    Process pools only (a ``ThreadPool``'s task draws a plain bar).
+    """
+    pid: int              # the worker running the task
+    chunk_id: int
+    call_id: int
+    position: int | None  # the task's position in its call (None: unknown,
+                          # in a chunk of tasks too fast to be tracked one by one)
+    bar: int              # numbers the loops of one worker process
+    n: int                # items yielded so far
+    total: int | None     # items in all, if known
+    desc: str | None      # the loop's label
+    closed: bool          # the loop ended
+    time: float           # when the scheduler received it
 
 
 class TaskRetried(NamedTuple):
@@ -274,6 +297,9 @@ class Instrument:
 
     def chunk_failed(self, info: ChunkFailed) -> None:
         """Tasks failed in the parent, without an outcome from a worker."""
+
+    def task_progress(self, info: TaskProgress) -> None:
+        """A task's ``polyproc.progress`` loop reported how far it has gone."""
 
     def task_retried(self, info: TaskRetried) -> None:
         """A task blamed for its worker's death runs again."""
@@ -413,6 +439,15 @@ class Instruments(dict):
         if "chunk_failed" in self:
             self.call("chunk_failed", ChunkFailed(chunk_id, id(sink), start, tasks,
                                                   error, now))
+
+    def task_progress(self, pid: int, chunk: Any, position: int | None, report: Any,
+                      now: float) -> None:
+        """*report* (a ``messages.TaskProgress``) came from worker *pid*, running
+        the task at *position* of *chunk*'s call."""
+        if "task_progress" in self:
+            self.call("task_progress", TaskProgress(
+                pid, chunk.chunk_id, id(chunk.sink), position, report.bar, report.n,
+                report.total, report.desc, report.closed, now))
 
     def task_blamed(self, pid: int, chunk: Any, task: int, error: BaseException | None,
                     retry: Any, now: float) -> None:

@@ -16,6 +16,8 @@ Worker -> scheduler:
     Retiring(reason)          exits after this message (maxtasksperchild or
                               max_memory_per_child reached); everything it
                               was given and did not report is unstarted
+    TaskProgress(...)         a task's ``polyproc.progress`` loop got this far
+                              (task_progress.py; throttled in the worker)
 """
 from __future__ import annotations
 
@@ -116,6 +118,23 @@ class Results(NamedTuple):
 
 class Retiring(NamedTuple):
     reason: str
+
+
+class TaskProgress(NamedTuple):
+    """A ``polyproc.progress`` loop of the running task has yielded *n* items.
+
+    Sent at the loop's start, at most every ``task_progress.REPORT_SECONDS``
+    while it runs, and once more with *closed* when it ends.  *bar* numbers
+    the loops of one worker process (a task may run several).
+    """
+    chunk_id: int       # the chunk whose task runs the loop
+    task: int           # that task's index in the chunk (0 if not tracked:
+                        # the scheduler knows whether it is, TRACK_*)
+    bar: int
+    n: int
+    total: int | None
+    desc: str | None
+    closed: bool
 
 
 # Every worker -> scheduler message is framed: 8 bytes naming the last chunk

@@ -30,6 +30,9 @@ of the code)::
   MapResult.get, <-----------+-- sink.deliver(start, values,     |
   IMapIterator.next          |      errors)                      |
                              |                                   |
+                             |  _on_task_progress <--------------+-- TaskProgress (a task's
+                             |  -> ProgressBar: nested bars      |   polyproc.progress loop)
+                             |                                   |
                              |  _on_worker_exit (sentinel) <-----+-- died, or retired
                              |  -> blame.recover_lost_chunks:    |
                              |     charge one task, _requeue     |
@@ -463,6 +466,8 @@ class ProcessScheduler:
     def _on_message(self, w: WorkerHandle, msg) -> None:
         if isinstance(msg, m.Results):
             self._on_results(w, msg)
+        elif isinstance(msg, m.TaskProgress):
+            self._on_task_progress(w, msg)
         elif isinstance(msg, m.WorkerReady):
             w.ready = True
             self._startup.worker_ready()
@@ -479,6 +484,19 @@ class ProcessScheduler:
                 "Fix the initializer, then create a new pool.")
             error.__cause__ = cause
             self._break(error)
+
+    def _on_task_progress(self, w: WorkerHandle, msg: m.TaskProgress) -> None:
+        """A task's ``polyproc.progress`` loop reported: tell the instruments
+        (the call's progress bar draws it), naming the call it belongs to."""
+        if not self._instruments:
+            return  # nobody shows it: dropped
+        chunk = next((c for c in w.assigned if c.chunk_id == msg.chunk_id), None)
+        if chunk is not None:  # None: not a task's (an initializer's loop)
+            # The task's position in its call, where the worker records it.
+            position = (None if chunk.tracking == m.TRACK_NONE
+                        else chunk.start + msg.task)
+            self._instruments.task_progress(w.process.pid, chunk, position, msg,
+                                            time.monotonic())
 
     def _on_results(self, w: WorkerHandle, results: m.Results) -> None:
         """Deliver each finished chunk's outcomes; results come in dispatch order."""

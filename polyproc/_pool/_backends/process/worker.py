@@ -30,6 +30,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from ... import messages as m
+from ... import task_progress
 from ...._transport import serialization as _serialization
 from ...._transport import shm_cache
 from ...._exceptions import SerializationError, UnloadableError
@@ -113,6 +114,26 @@ class _Worker:
         self.conn.send_bytes(m.frame(done[-1].chunk_id, data, dump_started,
                                      time.monotonic() - dump_started))
         self.mark(m.PHASE_IDLE)
+
+    def report_progress(self, bar: int, n: int, total: int | None, desc: str | None,
+                        closed: bool) -> bool:
+        """Send a ``TaskProgress`` of the running task (``polyproc.progress``).
+
+        Called from the task, in this process's main thread, between the
+        store of the task's index and its outcome: the slot names the chunk.
+        Returns False if the parent can no longer be told.
+        """
+        slots, base = self.slots, self.base
+        chunk_id, task = int(slots[base + m.SLOT_CHUNK]), int(slots[base + m.SLOT_TASK])
+        # Plain ints and a str: the parent must unpickle what the user
+        # passed (a numpy integer as total) without the user's classes.
+        message = m.TaskProgress(chunk_id, task, bar, n, _plain_total(total),
+                                 None if desc is None else str(desc), closed)
+        try:
+            self.send(message)
+        except (OSError, ValueError):
+            return False  # the parent is gone, or closed our pipe
+        return True
 
     # -- running --------------------------------------------------------
     def initialize(self) -> bool:
@@ -306,6 +327,13 @@ class _Worker:
         return True
 
 
+def _plain_total(total: Any) -> int | None:
+    try:
+        return None if total is None else int(total)
+    except (TypeError, ValueError, OverflowError):
+        return None  # not a count: the bar shows a rate instead
+
+
 class _Retire(Exception):
     def __init__(self, reason: str, done: m.ChunkDone):
         super().__init__(reason)
@@ -393,6 +421,7 @@ def worker_main(conn, table, slot: int, config: WorkerConfig) -> None:
     worker.mark(m.PHASE_IDLE)
     if not worker.initialize():
         return
+    task_progress.install_reporter(worker.report_progress)
     worker.send(m.WorkerReady(os.getpid(), entered, time.monotonic()))
     try:
         worker.serve()
