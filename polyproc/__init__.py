@@ -56,6 +56,10 @@ from ._pool.instruments import TaskTimedOut as TaskTimedOut
 from ._pool.instruments import WorkerExited as WorkerExited
 from ._pool.instruments import WorkerStarted as WorkerStarted
 from ._public import fixup_module_metadata as _fixup
+# polyproc.patch(): multiprocessing's and concurrent.futures' names become
+# polyproc's (polyproc/monkey.py; cheap to import, it imports on first call).
+from .monkey import patch as patch
+from .monkey import unpatch as unpatch
 # The default context's Process class (DefaultContext.Process), imported as
 # a class so that ``p: polyproc.Process`` is a valid annotation.
 from .process import Process as Process
@@ -128,6 +132,8 @@ __all__ += [  # polyproc's additions
     "ManagerProtocolError", "FrameTooLargeError", "InsecureAddressError",
     "process_cpu_count",
     "InheritedPoolError",
+    # Monkey-patching, for unmodified programs (python -m polyproc run).
+    "patch", "unpatch",
     # Instruments that watch a pool work, and the records of their events.
     "Instrument", "ChunkQueued", "ChunkDispatched", "ResultsReceived",
     "ChunkFinished", "ChunkFailed", "TaskRetried", "TaskTimedOut",
