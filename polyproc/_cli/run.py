@@ -114,7 +114,11 @@ def _script_code(path: str) -> tuple[types.CodeType, types.ModuleType]:
         _fail(2, f"can't open file {os.path.abspath(path)!r}: "
                  f"[Errno {error.errno}] {error.strerror}")
     filename = os.path.abspath(path)
-    code = compile(source, filename, "exec", dont_inherit=True)
+    try:
+        code = compile(source, filename, "exec", dont_inherit=True)
+    except SyntaxError as error:   # reported as Python reports it: no polyproc frames
+        sys.excepthook(type(error), error, None)
+        raise SystemExit(1) from None
     return code, _main_module(__file__=filename, __spec__=None, __package__=None,
                               __loader__=None, __cached__=None)
 
