@@ -4,7 +4,6 @@
 raises ValueError; anything else ends normally.
 """
 import json
-import os
 import sys
 
 print(json.dumps({"argv": sys.argv, "name": __name__, "file": __file__,
