@@ -25,7 +25,7 @@ from typing import Any, Callable, TextIO
 
 import polyproc
 
-from .harness import Result, Scenario, run_scenario
+from .harness import Result, Scenario, run_scenario, timed
 
 __all__ = ["add_arguments", "main", "scenarios"]
 
@@ -249,11 +249,10 @@ def _start_first_result_close(make_context: Callable[[], Any],
 
 
 def _calibrated_burn(seconds: float) -> int:
-    """The ``burn`` argument that takes about *seconds* here."""
+    """The ``burn`` argument that takes about *seconds* here (the fastest
+    of three timings: a busy machine only ever slows one down)."""
     n = 20_000
-    start = time.perf_counter()
-    burn(n)
-    took = time.perf_counter() - start
+    took = min(timed(lambda: burn(n)) for _ in range(3))
     return max(1000, int(n * seconds / took))
 
 
