@@ -38,6 +38,17 @@ Children are patched too:
   fork server imports the main module itself before serving, names that
   module binds at import time in the fork server are the stdlib's.)
 
+Cheap, because every spawned worker of a patched program calls it: the
+``multiprocessing`` names and the preparation data are patched at once
+(0.3 ms); ``multiprocessing.pool``, ``concurrent.futures`` and
+``concurrent.futures.process`` are patched when they are imported (now, if
+they are already), by an import hook first on ``sys.meta_path`` that wraps
+their loaders.  Importing them all, with polyproc's pool and executor,
+would cost each worker tens of milliseconds for modules it seldom uses.
+When polyproc's own module is the one importing the stdlib's (importing
+``polyproc.executor`` imports ``concurrent.futures``), the patch waits
+for polyproc's module to be complete.
+
 Rejected: an environment variable alone (nothing in a fresh interpreter
 reads it before the main module is imported), a ``sitecustomize`` (it
 would patch every Python program started with that environment), and
@@ -53,6 +64,8 @@ restores everything.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.abc
 import os
 import sys
 import threading
@@ -63,13 +76,35 @@ __all__ = ["patch", "unpatch", "is_patched"]
 # The key of the entry patch() adds to the spawn preparation data.
 PREPARATION_KEY = "polyproc_patch"
 
-_lock = threading.Lock()
+# The stdlib modules patched only once they are imported, and the polyproc
+# modules their replacements come from (engine first, then public).
+# Importing them all at patch() would cost every spawned child of a patched
+# program (each worker of its pools) tens of ms for modules a worker seldom
+# uses (concurrent.futures.process alone: ~10 ms, see _exceptions.py).
+_LAZY_TARGETS: dict[str, tuple[str, ...]] = {
+    "multiprocessing.pool": ("polyproc._pool.api", "polyproc.pool"),
+    "concurrent.futures": ("polyproc._pool.executor", "polyproc.executor"),
+    "concurrent.futures.process": ("polyproc._pool.executor", "polyproc.executor"),
+}
+
+# Held while the tables below change, never while importing (an import
+# takes the module's import lock: two orders would deadlock).
+_lock = threading.RLock()
 # While patched: (module, attribute) -> what was there (_MISSING: nothing,
 # as for concurrent.futures' lazily imported names).
 _saved: dict[tuple[Any, str], Any] = {}
+_MISSING = object()
+_patched = False
+# Lazy targets not patched yet: not imported, or their polyproc module was
+# being imported when they were (an import cycle: retried once it is done).
+_pending: set[str] = set()
+# Modules the import hook is executing now.
+_executing: set[str] = set()
+# The classes the patched names get, made once per patch() (so that
+# concurrent.futures' and concurrent.futures.process' are one class).
+_classes: dict[str, type] = {}
 # The keyword arguments the children of this process are patched with.
 _child_defaults: dict[str, Any] = {}
-_MISSING = object()
 
 
 def patch(*, cluster: str | None = None,
@@ -91,53 +126,45 @@ def patch(*, cluster: str | None = None,
     is given but this polyproc's ``Pool`` does not take that keyword (the
     cluster backend or the timeline is not available).
     """
-    import concurrent.futures
-    import concurrent.futures.process
+    global _patched
     import multiprocessing
-    import multiprocessing.pool
     import multiprocessing.spawn
 
     from . import context as _context
-    from . import pool as _pool
-    from .executor import Executor
 
     asked = {k: v for k, v in (("cluster", cluster), ("timeline", timeline))
              if v is not None}
-    pool_defaults = _accepted(_pool.Pool, asked, required=True)
-    executor_defaults = _accepted(Executor, asked, required=False)
+    pool_defaults: dict[str, Any] = {}
+    executor_defaults: dict[str, Any] = {}
+    if asked:   # (polyproc.pool and polyproc.executor only when needed)
+        from . import pool as _pool
+        from .executor import Executor
+        pool_defaults = _accepted(_pool.Pool, asked, required=True)
+        executor_defaults = _accepted(Executor, asked, required=False)
     # The very objects the package exports (``multiprocessing.Pool is
     # polyproc.Pool``: a bound method made once), read from the package
     # already imported (importing it here would make an import cycle).
-    ctx = sys.modules[__package__]
-    executor_class = _with_defaults(Executor, executor_defaults)
-    replacements: list[tuple[Any, str, Any]] = [
-        (multiprocessing, "Process", ctx.Process),
-        (multiprocessing, "Pool", ctx.Pool),
-        (multiprocessing, "Queue", ctx.Queue),
-        (multiprocessing, "SimpleQueue", ctx.SimpleQueue),
-        (multiprocessing, "JoinableQueue", ctx.JoinableQueue),
-        (multiprocessing, "Manager", ctx.Manager),
-        (multiprocessing, "Pipe", ctx.Pipe),
-        (multiprocessing, "get_context", ctx.get_context),
-        (multiprocessing.pool, "Pool", _with_defaults(_pool.Pool, pool_defaults)),
-        (multiprocessing.pool, "ThreadPool", _pool.ThreadPool),
-        (concurrent.futures, "ProcessPoolExecutor", executor_class),
-        (concurrent.futures.process, "ProcessPoolExecutor", executor_class),
-        (multiprocessing.spawn, "get_preparation_data", _preparation_data),
-    ]
+    package = sys.modules[__package__]
     with _lock:
-        for module, name, replacement in replacements:
-            if (module, name) not in _saved:
-                _saved[module, name] = module.__dict__.get(name, _MISSING)
-            setattr(module, name, replacement)
+        _patched = True
         # What polyproc's own context factories (polyproc.Pool(),
         # multiprocessing.Pool() once patched, get_context(m).Pool())
-        # give every Pool and Executor beneath the call's keywords.
+        # and the patched classes give every Pool and Executor beneath
+        # the call's keywords.
         _context._factory_defaults["Pool"] = pool_defaults
         _context._factory_defaults["Executor"] = executor_defaults
+        _classes.clear()
         _child_defaults.clear()
         if isinstance(cluster, str):   # an address travels; a client object would not
             _child_defaults["cluster"] = cluster
+        _replace(multiprocessing, {name: getattr(package, name) for name in (
+            "Process", "Pool", "Queue", "SimpleQueue", "JoinableQueue", "Manager",
+            "Pipe", "get_context")})
+        _replace(multiprocessing.spawn, {"get_preparation_data": _preparation_data})
+        _pending.update(_LAZY_TARGETS)
+        if _IMPORT_HOOK not in sys.meta_path:
+            sys.meta_path.insert(0, _IMPORT_HOOK)
+    _patch_imported_targets()
 
 
 def unpatch() -> None:
@@ -145,22 +172,124 @@ def unpatch() -> None:
 
     Children already started stay as they are.
     """
+    global _patched
     from . import context as _context
     with _lock:
+        if _IMPORT_HOOK in sys.meta_path:
+            sys.meta_path.remove(_IMPORT_HOOK)
         for (module, name), original in _saved.items():
             if original is _MISSING:
                 module.__dict__.pop(name, None)
             else:
                 setattr(module, name, original)
         _saved.clear()
+        _pending.clear()
+        _classes.clear()
         _child_defaults.clear()
         _context._factory_defaults["Pool"] = {}
         _context._factory_defaults["Executor"] = {}
+        _patched = False
 
 
 def is_patched() -> bool:
     """True between ``patch()`` and ``unpatch()``."""
-    return bool(_saved)
+    return _patched
+
+
+def _replace(module: Any, replacements: dict[str, Any]) -> None:
+    """Set *module*'s attributes, keeping the originals for ``unpatch()``."""
+    for name, replacement in replacements.items():
+        if (module, name) not in _saved:
+            _saved[module, name] = module.__dict__.get(name, _MISSING)
+        setattr(module, name, replacement)
+
+
+def _patch_imported_targets() -> None:
+    """Patch the pending lazy targets that are imported, unless the polyproc
+    module their replacements come from is being imported (then its end
+    calls this again)."""
+    with _lock:
+        targets = sorted(_pending)
+    for target in targets:
+        module = sys.modules.get(target)
+        providers = _LAZY_TARGETS[target]
+        if module is None or any(p in _executing for p in providers):
+            continue
+        for provider in providers:   # not under _lock: see _lock
+            importlib.import_module(provider)
+        with _lock:
+            if target in _pending:
+                _pending.discard(target)
+                _replace(module, _replacements(target))
+    with _lock:
+        if not _pending and _IMPORT_HOOK in sys.meta_path:
+            sys.meta_path.remove(_IMPORT_HOOK)
+
+
+def _replacements(target: str) -> dict[str, Any]:
+    from . import context as _context
+    if target == "multiprocessing.pool":
+        from .pool import Pool, ThreadPool
+        if "Pool" not in _classes:
+            _classes["Pool"] = _with_defaults(Pool, _context._factory_defaults["Pool"])
+        return {"Pool": _classes["Pool"], "ThreadPool": ThreadPool}
+    from .executor import Executor
+    if "Executor" not in _classes:
+        _classes["Executor"] = _with_defaults(Executor,
+                                              _context._factory_defaults["Executor"])
+    return {"ProcessPoolExecutor": _classes["Executor"]}
+
+
+class _ImportHook(importlib.abc.MetaPathFinder):
+    """Patches a lazy target as soon as it is imported (see ``_LAZY_TARGETS``).
+
+    First on ``sys.meta_path`` while targets are pending; it finds the
+    targets and their polyproc modules with the finders after it, and
+    wraps the loader so that the end of each import patches what can now
+    be patched.
+    """
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        with _lock:
+            watched = set(_pending).union(*(_LAZY_TARGETS[t] for t in _pending))
+        if fullname not in watched:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _PatchAfterLoading(spec.loader, fullname)
+                return spec
+        return None
+
+
+class _PatchAfterLoading(importlib.abc.Loader):
+    """A module's own loader, then ``_patch_imported_targets()``."""
+
+    def __init__(self, loader: Any, name: str):
+        self._loader = loader
+        self._name = name
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        with _lock:
+            _executing.add(self._name)
+        try:
+            self._loader.exec_module(module)
+        finally:
+            with _lock:
+                _executing.discard(self._name)
+        _patch_imported_targets()
+
+    def __getattr__(self, name: str) -> Any:   # get_source, get_code, ... of the loader
+        return getattr(self._loader, name)
+
+
+_IMPORT_HOOK = _ImportHook()
 
 
 def _accepted(cls: type, asked: dict[str, Any], *, required: bool) -> dict[str, Any]:

@@ -12,6 +12,9 @@ import inspect
 import multiprocessing
 import multiprocessing.pool
 import multiprocessing.spawn
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -132,3 +135,54 @@ def test_defaults_reach_pools_and_executors_made_by_every_patched_path(patched):
         polyproc.unpatch()
     assert _context._factory_defaults == {"Pool": {}, "Executor": {}}
     assert monkey._with_defaults(polyproc.pool.Pool, {}) is polyproc.pool.Pool
+
+
+# -- modules imported after patch() (in a fresh interpreter) ---------------------
+
+def _fresh(code: str) -> None:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok", result.stdout
+
+
+def test_patch_imports_nothing_heavy_and_patches_modules_imported_later():
+    # A spawned worker of a patched program calls patch() at start-up:
+    # it must not pay for the pool, executor and concurrent.futures modules.
+    _fresh("""
+        import sys
+        import polyproc
+        heavy = {"concurrent.futures", "concurrent.futures.process",
+                 "multiprocessing.pool", "polyproc._pool.api", "polyproc.executor"}
+        assert not heavy & set(sys.modules), heavy & set(sys.modules)
+        polyproc.patch()
+        assert not heavy & set(sys.modules), heavy & set(sys.modules)
+        import concurrent.futures
+        from concurrent.futures.process import ProcessPoolExecutor
+        import polyproc.executor
+        assert concurrent.futures.ProcessPoolExecutor is polyproc.executor.Executor
+        assert ProcessPoolExecutor is polyproc.executor.Executor
+        from multiprocessing.pool import Pool, ThreadPool
+        import polyproc.pool
+        assert (Pool, ThreadPool) == (polyproc.pool.Pool, polyproc.pool.ThreadPool)
+        # every target patched: the import hook is gone
+        assert not any(type(f).__module__ == "polyproc.monkey" for f in sys.meta_path)
+        print("ok")
+        """)
+
+
+def test_a_module_polyproc_itself_imports_first_is_patched_too():
+    # polyproc.Executor() imports polyproc.executor, which imports
+    # concurrent.futures: patched once polyproc.executor is complete.
+    _fresh("""
+        import polyproc
+        polyproc.patch()
+        polyproc.Executor(1).shutdown()
+        import concurrent.futures, polyproc.executor
+        assert concurrent.futures.ProcessPoolExecutor is polyproc.executor.Executor
+        polyproc.unpatch()
+        from concurrent.futures.process import ProcessPoolExecutor
+        assert concurrent.futures.ProcessPoolExecutor is ProcessPoolExecutor
+        assert ProcessPoolExecutor.__module__ == "concurrent.futures.process"
+        print("ok")
+        """)
