@@ -259,7 +259,7 @@ def _calibrated_burn(seconds: float) -> int:
 def scenarios(setup: Setup) -> list[Scenario]:
     """The shipped scenarios, their work divided by ``setup.divisor``."""
     maps, imaps, applies = setup.n(200_000), setup.n(20_000), setup.n(10_000)
-    cpu_tasks, burn_5ms = setup.n(400), _calibrated_burn(0.005)
+    cpu_tasks, burn_5ms = setup.n(200), _calibrated_burn(0.005)
     submits, messages = setup.n(10_000), setup.n(100_000)
     starts, calls = setup.n(50), setup.n(10_000)
     both = {"stdlib": setup.std, "polyproc": setup.poly}
