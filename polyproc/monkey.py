@@ -65,7 +65,6 @@ restores everything.
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import os
 import sys
 import threading
@@ -240,7 +239,7 @@ def _replacements(target: str) -> dict[str, Any]:
     return {"ProcessPoolExecutor": _classes["Executor"]}
 
 
-class _ImportHook(importlib.abc.MetaPathFinder):
+class _ImportHook:   # an importlib.abc.MetaPathFinder, by its methods
     """Patches a lazy target as soon as it is imported (see ``_LAZY_TARGETS``).
 
     First on ``sys.meta_path`` while targets are pending; it finds the
@@ -259,14 +258,19 @@ class _ImportHook(importlib.abc.MetaPathFinder):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _PatchAfterLoading(spec.loader, fullname)
+                if spec.loader is not None:   # (a Loader by its methods)
+                    spec.loader = _PatchAfterLoading(  # type: ignore[assignment]
+                        spec.loader, fullname)
                 return spec
         return None
 
 
-class _PatchAfterLoading(importlib.abc.Loader):
-    """A module's own loader, then ``_patch_imported_targets()``."""
+class _PatchAfterLoading:
+    """A module's own loader, then ``_patch_imported_targets()``.
+
+    (Not an ``importlib.abc`` subclass: importing that module costs
+    ``import polyproc`` six more modules, importlib.resources among them.)
+    """
 
     def __init__(self, loader: Any, name: str):
         self._loader = loader
