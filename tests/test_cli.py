@@ -118,15 +118,20 @@ def test_a_missing_script_or_module_is_a_clear_error(tmp_path):
     assert result.stderr == "python -m polyproc run: No module named no_such_module\n"
 
 
-def test_cluster_without_the_cluster_backend_is_a_clear_error():
-    # Until Pool takes cluster=, --cluster cannot be honoured: say so, run nothing.
-    if "cluster" in _pool_parameters():
-        pytest.skip("this polyproc has the cluster backend")
-    result = polyproc_cli("run", "--cluster", "tcp://127.0.0.1:1",
-                          str(SCRIPTS / "argv_and_exit.py"))
+@pytest.mark.parametrize("option, value, what", [
+    ("--cluster", "tcp://127.0.0.1:1", "the cluster backend"),
+    ("--timeline", "run.json", "the timeline")])
+def test_an_option_this_pool_cannot_honour_is_a_clear_error(option, value, what, tmp_path):
+    # Until Pool takes cluster= (timeline=), the option cannot be honoured:
+    # say so, and run nothing.
+    if option[2:] in _pool_parameters():
+        pytest.skip(f"this polyproc's Pool takes {option[2:]}=")
+    result = polyproc_cli("run", option, value, str(SCRIPTS / "argv_and_exit.py"),
+                          cwd=tmp_path)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert "the cluster backend is not available" in result.stderr
+    assert f"{what} is not available in this version of polyproc" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def _pool_parameters() -> set[str]:
