@@ -59,6 +59,10 @@ from ._pool.instruments import WorkerStarted as WorkerStarted
 # A task's own progress, drawn by the parent under the call's bar.
 from ._pool.task_progress import progress as progress
 from ._public import fixup_module_metadata as _fixup
+# polyproc.patch(): multiprocessing's and concurrent.futures' names become
+# polyproc's (polyproc/monkey.py; cheap to import, it imports on first call).
+from .monkey import patch as patch
+from .monkey import unpatch as unpatch
 # The default context's Process class (DefaultContext.Process), imported as
 # a class so that ``p: polyproc.Process`` is a valid annotation.
 from .process import Process as Process
@@ -131,6 +135,8 @@ __all__ += [  # polyproc's additions
     "ManagerProtocolError", "FrameTooLargeError", "InsecureAddressError",
     "process_cpu_count",
     "InheritedPoolError",
+    # Monkey-patching, for unmodified programs (python -m polyproc run).
+    "patch", "unpatch",
     # Instruments that watch a pool work, and the records of their events.
     "Instrument", "ChunkQueued", "ChunkDispatched", "ResultsReceived",
     "ChunkFinished", "ChunkFailed", "TaskRetried", "TaskTimedOut",

@@ -74,6 +74,13 @@ TimeoutError = _std_context.TimeoutError
 AuthenticationError = _std_context.AuthenticationError
 
 
+# Keyword arguments that ``polyproc.patch(cluster=..., timeline=...)`` gives
+# every Pool and Executor made by a context's factory (``polyproc.Pool()``,
+# ``multiprocessing.Pool()`` once patched, ``get_context(m).Pool()``),
+# beneath the call's own.  Written by polyproc.monkey only.
+_factory_defaults: dict[str, dict[str, Any]] = {"Pool": {}, "Executor": {}}
+
+
 class _PolyFactories(_FactoriesBase):
     """The factories polyproc overrides; mixed into every context below.
 
@@ -94,7 +101,8 @@ class _PolyFactories(_FactoriesBase):
         """Returns a process pool object (``polyproc.pool.Pool``)."""
         from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild,
-                    context=self.get_context(), **extras)
+                    context=self.get_context(),
+                    **{**_factory_defaults["Pool"], **extras})
 
     # Lock, RLock, Semaphore, BoundedSemaphore: the stdlib's, with 3.14's
     # locked() on older Pythons (polyproc.synchronize).
@@ -157,6 +165,7 @@ class _PolyFactories(_FactoriesBase):
     def Executor(self, max_workers: int | None = None, **kwargs: Any) -> _Executor:
         """Returns a ``concurrent.futures.Executor`` on polyproc's scheduler."""
         from .executor import Executor
+        kwargs = {**_factory_defaults["Executor"], **kwargs}
         kwargs.setdefault("mp_context", self.get_context())
         return Executor(max_workers, **kwargs)
 

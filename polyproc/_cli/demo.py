@@ -12,6 +12,7 @@ the stdlib and polyproc.
 """
 from __future__ import annotations
 
+import argparse
 import multiprocessing
 import os
 import signal
@@ -22,7 +23,7 @@ from typing import Callable
 
 import polyproc
 
-__all__ = ["Row", "SECTIONS", "main", "count_primes"]
+__all__ = ["Row", "SECTIONS", "add_arguments", "main", "count_primes"]
 
 
 @dataclass
@@ -198,7 +199,11 @@ def print_table(rows: list[Row], out=sys.stdout) -> None:
             print(f"note ({row.workload}): {note}", file=out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo takes no options (``python -m polyproc demo --help``)."""
+
+
+def main(args: argparse.Namespace | None = None) -> int:
     processes = os.cpu_count() or 1
     print(f"polyproc {polyproc.__version__} demo: {processes} worker processes, "
           f"start method {polyproc.get_start_method()!r}, Python "

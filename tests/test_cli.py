@@ -1,0 +1,191 @@
+"""``python -m polyproc ...`` run as a user runs it: in a subprocess.
+
+``run`` executes unmodified stdlib programs (tests/scripts/stdlib_*.py,
+argv_and_exit.py) and must leave them what ``python SCRIPT`` gives them:
+argv, ``__main__``, output and exit status, while their Pools, Queues and
+ProcessPoolExecutors, and their children's, are polyproc's.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import polyproc
+import polyproc.pool
+from polyproc.__main__ import COMMANDS
+
+SCRIPTS = Path(__file__).parent / "scripts"
+ROOT = Path(polyproc.__file__).parent.parent
+
+
+def polyproc_cli(*args: str, cwd: Path | str | None = None,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+    # polyproc importable in the program's children from the environment,
+    # as for an installed polyproc, wherever the test runs from.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-m", "polyproc", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": path})
+
+
+# -- run: polyproc under an unmodified program ---------------------------------
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_killed_worker_raises_worker_lost_instead_of_hanging(method):
+    # With the stdlib, every future fails with BrokenProcessPool and
+    # Pool.map never returns (gh-66587).
+    result = polyproc_cli("run", str(SCRIPTS / "stdlib_worker_killed.py"), method)
+    lines = result.stdout.splitlines()
+    assert lines[:6] == ["executor 0: 0", "executor 1: 1", "executor 2: 4",
+                         "executor 3: ExecutorWorkerLostError", "executor 4: 16",
+                         "executor 5: 25"], result.stdout + result.stderr
+    assert result.returncode == 1
+    assert result.stderr.startswith("Traceback (most recent call last):")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("polyproc.WorkerLostError: the worker process"), last
+    assert "running task task(3)" in last
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_children_of_a_patched_program_are_patched(method):
+    result = polyproc_cli("run", str(SCRIPTS / "stdlib_children.py"), method)
+    assert result.returncode == 0, result.stderr
+    seen = ast.literal_eval(result.stdout.splitlines()[0])
+    assert seen == {"multiprocessing.Pool": "polyproc.context",
+                    # run again in a spawn child, after its patch
+                    "Pool bound at import": "polyproc.context",
+                    "Queue": "polyproc.queues",
+                    "ProcessPoolExecutor": "polyproc.executor"}
+
+
+def test_without_polyproc_the_same_program_sees_the_stdlib():
+    # The control for the test above: the script reports what it is given.
+    result = subprocess.run([sys.executable, str(SCRIPTS / "stdlib_children.py"), "spawn"],
+                            capture_output=True, text=True, timeout=60)
+    seen = ast.literal_eval(result.stdout.splitlines()[0])
+    assert seen["Queue"] == "multiprocessing.queues"
+    assert seen["Pool bound at import"] == "multiprocessing.context"
+
+
+def _seen(result: subprocess.CompletedProcess) -> dict:
+    return json.loads(result.stdout.splitlines()[0])
+
+
+def test_argv_main_module_and_path_are_the_programs(tmp_path):
+    script = SCRIPTS / "argv_and_exit.py"
+    result = polyproc_cli("run", str(script), "a", "--timeline", "-m", "x", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert _seen(result) == {"argv": [str(script), "a", "--timeline", "-m", "x"],
+                             "name": "__main__", "file": str(script),
+                             "path0": str(SCRIPTS), "main_is_me": True}
+
+
+def test_exit_status_and_uncaught_exception_as_without_polyproc():
+    script = str(SCRIPTS / "argv_and_exit.py")
+    assert polyproc_cli("run", script, "exit", "3").returncode == 3
+    plain = subprocess.run([sys.executable, script, "raise"],
+                           capture_output=True, text=True, timeout=30)
+    patched = polyproc_cli("run", script, "raise")
+    assert patched.returncode == plain.returncode == 1
+    # The same traceback, from the program's first frame: none of polyproc's.
+    assert patched.stderr == plain.stderr
+    assert "polyproc" not in patched.stderr
+
+
+def test_run_a_module_with_dash_m():
+    result = polyproc_cli("run", "-m", "argv_and_exit", "exit", "4", cwd=SCRIPTS)
+    assert result.returncode == 4, result.stderr
+    seen = _seen(result)
+    assert seen["argv"] == [str(SCRIPTS / "argv_and_exit.py"), "exit", "4"]
+    assert seen["name"] == "__main__" and seen["main_is_me"]
+
+
+def test_a_missing_script_or_module_is_a_clear_error(tmp_path):
+    result = polyproc_cli("run", "no_such_script.py", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"python -m polyproc run: can't open file "
+        f"'{tmp_path / 'no_such_script.py'}': [Errno 2] No such file or directory\n")
+    result = polyproc_cli("run", "-m", "no_such_module", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == "python -m polyproc run: No module named no_such_module\n"
+
+
+@pytest.mark.parametrize("option, value, what", [
+    ("--cluster", "tcp://127.0.0.1:1", "the cluster backend"),
+    ("--timeline", "run.json", "the timeline")])
+def test_an_option_this_pool_cannot_honour_is_a_clear_error(option, value, what, tmp_path):
+    # Until Pool takes cluster= (timeline=), the option cannot be honoured:
+    # say so, and run nothing.
+    if option[2:] in _pool_parameters():
+        pytest.skip(f"this polyproc's Pool takes {option[2:]}=")
+    result = polyproc_cli("run", option, value, str(SCRIPTS / "argv_and_exit.py"),
+                          cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert f"{what} is not available in this version of polyproc" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def _pool_parameters() -> set[str]:
+    import inspect
+    return set(inspect.signature(polyproc.pool.Pool).parameters)
+
+
+# -- help, and the commands ----------------------------------------------------
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command):
+    result = polyproc_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: python -m polyproc {command}")
+    # The command's description (argparse wraps it over lines).
+    assert COMMANDS[command] in " ".join(result.stdout.split())
+
+
+def test_top_level_help_lists_every_command():
+    result = polyproc_cli("--help")
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+def test_a_command_is_required():
+    result = polyproc_cli()
+    assert result.returncode == 2
+    assert "required: COMMAND" in result.stderr
+
+
+# -- bench ---------------------------------------------------------------------
+
+def test_bench_prints_a_row_of_ratios_per_scenario():
+    # Two of the quick scenarios, once each: the real command, kept short.
+    result = polyproc_cli("bench", "--quick", "--repeat", "1", "--only", "Queue",
+                          "Process start")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("polyproc ") and "bench --quick" in lines[0]
+    assert lines[1].split() == ["scenario", "stdlib", "polyproc", "speed-up"]
+    rows = lines[2:4]
+    assert rows[0].startswith("Queue, 10,000 64-byte messages")
+    assert rows[1].startswith("Process start + join, x5")
+    for row in rows:
+        stdlib_ms, polyproc_ms, ratio = row.split()[-5], row.split()[-3], row.split()[-1]
+        assert float(stdlib_ms) > 0 and float(polyproc_ms) > 0
+        assert ratio.endswith("x")
+        assert float(ratio[:-1]) == pytest.approx(float(stdlib_ms) / float(polyproc_ms),
+                                                  rel=0.05)
+    assert lines[4].startswith("speed-up: stdlib time / polyproc time")
+
+
+def test_bench_with_no_matching_scenario_says_so():
+    result = polyproc_cli("bench", "--only", "no-such-scenario")
+    assert result.returncode == 2
+    assert "no scenario matches" in result.stderr
