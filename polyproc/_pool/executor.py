@@ -49,6 +49,7 @@ that was never shut down still completes before the interpreter exits.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import sys
 import threading
@@ -66,7 +67,7 @@ from .chunks import TaskChunk, function_blob, function_name, make_chunk
 from .executor_core import ExecutorCore, ExecutorFuture, FutureSink, for_executor
 from .instruments import Instrument, Instruments
 from .options import (WorkerOptions, check_buffersize, check_callable,
-                      check_task_options)
+                      check_hang_report, check_task_options)
 
 __all__ = ["Executor"]
 
@@ -124,6 +125,8 @@ class Executor(_StdExecutor):
     ``map(..., buffersize=)`` are there on every Python.  ``instruments=``
     (and ``add_instrument``/``remove_instrument``) attach
     ``polyproc.Instrument`` objects that watch the executor work.
+    ``stacks()`` and ``hang_report=`` show what stuck workers are running,
+    as ``Pool``'s do.
 
     Differences from ``ProcessPoolExecutor``, none of which changes what
     working stdlib code means: ``max_tasks_per_child`` works with the fork
@@ -136,9 +139,11 @@ class Executor(_StdExecutor):
                  initargs: Iterable[Any] = (), *,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
-                 instruments: Iterable[Instrument] = ()) -> None:
+                 instruments: Iterable[Instrument] = (),
+                 hang_report: float | None = None) -> None:
         options = WorkerOptions.for_executor(max_workers, initializer, initargs,
                                              max_tasks_per_child, max_memory_per_child)
+        options = dataclasses.replace(options, hang_report=check_hang_report(hang_report))
         if mp_context is None:
             mp_context = default_context()
         self._max_workers = options.workers
@@ -180,6 +185,15 @@ class Executor(_StdExecutor):
         """Stop calling *instrument*; ``KeyError`` if it is not attached
         (never added, or removed because it raised)."""
         self._instruments.remove_instrument(instrument)
+
+    def stacks(self, timeout: float = 1.0) -> dict[int, str]:
+        """What each worker is running now: ``{pid: text}``, as ``Pool.stacks()``.
+
+        Returns within about *timeout* seconds, even while calls are
+        blocked in C.  Raises ``InheritedPoolError`` in a forked child.
+        """
+        _ownership.check_owner(self._core.pid, "this Executor")
+        return self._core.backend.stacks(timeout)
 
     def options(self, *, timeout: float | None = None,
                 retries: int = 0) -> ExecutorOptions:

@@ -10,7 +10,8 @@ Scheduler -> worker, over the worker's own duplex pipe:
     Shutdown()                finish and exit
 
 Worker -> scheduler:
-    WorkerReady(pid)          started, initializer done, ready for chunks
+    WorkerReady(pid, ...)     started, initializer done, ready for chunks (and
+                              for stack requests: see _backends/process/stacks.py)
     InitializerFailed(error)  the initializer raised; the worker exits
     Results(...)              the outcomes of chunks that finished
     Retiring(reason)          exits after this message (maxtasksperchild or
@@ -69,6 +70,7 @@ class WorkerReady(NamedTuple):
     pid: int
     entered: float = 0.0  # time.monotonic() when worker_main began
     ready: float = 0.0    # ... and when the initializer had run (see instruments.py)
+    stacks_fd: int = -1   # its stack dump file's fd there, -1: none (stacks.py)
 
 
 class InitializerFailed(NamedTuple):

@@ -56,7 +56,9 @@ worker_handles.py; the table of seconds per task is timing.py.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
+import sys
 import threading
 import time
 from multiprocessing import connection as mp_connection
@@ -75,6 +77,7 @@ from ...backend import CLOSE, RUN, TERMINATE
 from ...chunks import TaskChunk, Transport
 from ...instruments import Instruments
 from ...options import WorkerOptions
+from . import stacks as _stacks
 from .worker import WorkerConfig
 from .worker_handles import (WorkerHandle, clear_slot, sigint_shielded_start,
                              start_worker, stop_processes)
@@ -86,6 +89,7 @@ PREFETCH_AHEAD_SECONDS = 0.1   # ... and if the work ahead of it is known to end
 TIMEOUT_POLL_SECONDS = 0.05
 FAST_TASK_SECONDS = 20e-6      # below this, a task's progress is not recorded
 SHUTDOWN_GRACE_SECONDS = 0.5
+STACKS_TIMEOUT_SECONDS = 1.0   # a hang report waits this long for the workers' stacks
 
 
 class ProcessScheduler:
@@ -115,9 +119,15 @@ class ProcessScheduler:
                      else _serialization.dumps_function(initializer))
         self._initializer_name = (None if initializer is None else
                                   getattr(initializer, "__qualname__", repr(initializer)))
+        self._stacks_signal = _stacks.configured_signal()
+        self._stacks_lock = threading.Lock()   # one request at a time (stacks.py)
+        self._hang_report = options.hang_report
+        self._stall_since: float | None = None  # no task finished since, work outstanding
+        self._hang_reported = False             # ... and this stall was reported
         self._config = WorkerConfig(init_blob,
                                     _serialization.dumps(options.initargs, "initargs"),
-                                    options.max_tasks, options.max_memory)
+                                    options.max_tasks, options.max_memory,
+                                    self._stacks_signal)
         self._maxtasks = options.max_tasks
         self._table = ctx.RawArray("d", processes * m.SLOT_WIDTH)
         self._pending: collections.deque[TaskChunk] = collections.deque()
@@ -186,6 +196,38 @@ class ProcessScheduler:
         """The worker processes now (a replaced worker is not among them)."""
         return [w.process for w in list(self._workers.values())]
 
+    def stacks(self, timeout: float = 1.0) -> dict[int, str]:
+        """``{pid: text}`` for every worker now: the tasks it holds, then the
+        Python stack of each of its threads (stacks.py).
+
+        Returns within about *timeout* seconds (one request at a time: a
+        concurrent call waits for the one in progress); a worker that does
+        not answer, or dies meanwhile, gets a text that says so.  Called
+        from any thread, the scheduler's included (``_report_hang``).
+        """
+        now = time.monotonic()
+        texts: dict[int, str] = {}
+        requests = []
+        for w in list(self._workers.values()):
+            pid = w.process.pid
+            texts[pid] = _stacks.describe_work(list(w.assigned), self._slot_values(w.slot), now)
+            if not w.ready:
+                texts[pid] += "no stack: the worker is starting\n"
+            elif w.stacks_fd < 0:
+                texts[pid] += "no stack: stacks are not available on this platform\n"
+            else:
+                requests.append(_stacks.StackRequest(pid, w.stacks_fd))
+        if requests:
+            with self._stacks_lock:
+                dumps = _stacks.collect(requests, self._stacks_signal, timeout)
+            for pid, dump in dumps.items():
+                texts[pid] += dump
+        return texts
+
+    def _slot_values(self, slot: int) -> list[float]:
+        base = slot * m.SLOT_WIDTH
+        return list(self._table[base:base + m.SLOT_WIDTH])
+
     def close(self) -> None:
         if self.state == RUN:
             self.state = CLOSE
@@ -234,6 +276,8 @@ class ProcessScheduler:
                 if self.state == CLOSE and self._all_done():
                     self._shutdown_workers()
                     return
+                if self._hang_report is not None:
+                    self._check_hang()
                 self._wait_and_handle_events()
                 self._enforce_timeouts()
                 self._replace_workers()
@@ -273,7 +317,55 @@ class ProcessScheduler:
         for w in self._workers.values():
             if any(c.timeout is not None for c in w.assigned):
                 return TIMEOUT_POLL_SECONDS
+        if self._stall_since is not None and not self._hang_reported:
+            assert self._hang_report is not None
+            return max(0.0, self._stall_since + self._hang_report - time.monotonic())
         return None
+
+    # -- hang reports -----------------------------------------------------
+    def _check_hang(self) -> None:
+        """Write the workers' stacks to stderr once per stall (``hang_report=``).
+
+        A stall begins when tasks are outstanding and none has finished
+        since (``_on_results`` ends it: the next stall is reported again);
+        an idle pool is not stalled.
+        """
+        if not (self._pending or self._requeued
+                or any(w.assigned for w in self._workers.values())):
+            self._stall_since = None
+            self._hang_reported = False
+            return
+        now = time.monotonic()
+        if self._stall_since is None:
+            self._stall_since = now
+        assert self._hang_report is not None
+        if not self._hang_reported and now - self._stall_since >= self._hang_report:
+            self._hang_reported = True
+            self._report_hang(now - self._stall_since)
+
+    def _outstanding_tasks(self) -> int:
+        chunks = itertools.chain(self._pending, self._requeued,
+                                 *(w.assigned for w in self._workers.values()))
+        return sum(c.count for c in chunks)
+
+    def _report_hang(self, seconds: float) -> None:
+        """Write the stacks; blocks this thread for up to ``STACKS_TIMEOUT_SECONDS``
+        (all workers are asked at once), while nothing finishes anyway."""
+        stream = sys.stderr
+        if stream is None:
+            return
+        queued = sum(c.count for c in itertools.chain(self._pending, self._requeued))
+        header = (f"polyproc: no task of the pool has finished for {seconds:.1f} s "
+                  f"({self._outstanding_tasks()} outstanding, {queued} of them queued); "
+                  f"what each worker holds and runs (hang_report={self._hang_report:g}):\n")
+        parts = [header]
+        for pid, text in self.stacks(STACKS_TIMEOUT_SECONDS).items():
+            parts.append(f"\n--- worker {pid} ---\n{text}")
+        try:
+            stream.write("".join(parts) + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stderr: nobody to tell
 
     # -- dispatch -------------------------------------------------------
     def _announce_queued(self) -> None:
@@ -463,6 +555,7 @@ class ProcessScheduler:
             self._on_results(w, msg)
         elif isinstance(msg, m.WorkerReady):
             w.ready = True
+            w.stacks_fd = msg.stacks_fd
             self._startup.worker_ready()
             if self._instruments:
                 self._instruments.worker_started(w, msg.entered, msg.ready,
@@ -520,6 +613,9 @@ class ProcessScheduler:
             chunk.release()
         if timing_func is not None and timing_tasks:
             self._times.learn(timing_func, timing_seconds, timing_tasks)
+        if self._hang_report is not None:  # tasks finished: a stall is over
+            self._stall_since = None
+            self._hang_reported = False
 
     # -- failures -------------------------------------------------------
     def _on_worker_exit(self, w: WorkerHandle) -> None:

@@ -34,6 +34,7 @@ from ...._transport import serialization as _serialization
 from ...._transport import shm_cache
 from ...._exceptions import SerializationError, UnloadableError
 from ...chunks import item_caller
+from . import stacks as _stacks
 
 FLUSH_SECONDS = 0.005
 
@@ -43,6 +44,7 @@ class WorkerConfig(NamedTuple):
     initargs: bytes             # pickled tuple
     maxtasks: int | None        # chunks before the worker retires
     max_memory: int | None      # bytes of RSS after which it retires
+    stacks_signal: int = 0      # the signal to dump stacks on (stacks.py), 0: none
 
 
 def _noop_signal_handler(signum, frame):
@@ -391,13 +393,16 @@ def worker_main(conn, table, slot: int, config: WorkerConfig) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     worker = _Worker(conn, table, slot, config)
     worker.mark(m.PHASE_IDLE)
-    if not worker.initialize():
-        return
-    worker.send(m.WorkerReady(os.getpid(), entered, time.monotonic()))
+    # Before WorkerReady: the scheduler signals only ready workers.
+    stacks_fd = _stacks.install(config.stacks_signal)
     try:
+        if not worker.initialize():
+            return
+        worker.send(m.WorkerReady(os.getpid(), entered, time.monotonic(), stacks_fd))
         worker.serve()
     except (BrokenPipeError, ConnectionResetError):
         pass  # the parent went away while we were sending: nothing to do
     finally:
+        _stacks.uninstall()
         sys.stdout.flush()
         sys.stderr.flush()
