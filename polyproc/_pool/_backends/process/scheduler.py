@@ -213,6 +213,9 @@ class ProcessScheduler:
             texts[pid] = _stacks.describe_work(list(w.assigned), self._slot_values(w.slot), now)
             if not w.ready:
                 texts[pid] += "no stack: the worker is starting\n"
+            elif not self._stacks_signal:
+                texts[pid] += (f"no stack: stacks are turned off "
+                               f"({_stacks.ENV_SIGNAL}=0)\n")
             elif w.stacks_fd < 0:
                 texts[pid] += "no stack: stacks are not available on this platform\n"
             else:
