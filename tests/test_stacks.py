@@ -43,6 +43,17 @@ def _start_blocked(pool, func, tmp_path: Path, name: str, *args):
     return result
 
 
+def _wait_until_ready(pool) -> dict[int, str]:
+    """The stacks of *pool*'s workers once every one of them is ready."""
+    deadline = time.monotonic() + 30
+    while True:
+        texts = pool.stacks()
+        if texts and not any("the worker is starting" in t for t in texts.values()):
+            return texts
+        assert time.monotonic() < deadline, texts
+        time.sleep(0.01)
+
+
 def _worker_running(texts: dict[int, str], func_name: str) -> str:
     found = [text for text in texts.values() if f"running {func_name}(" in text]
     assert len(found) == 1, texts
@@ -80,6 +91,11 @@ def test_stacks_name_the_tasks_each_worker_holds(tmp_path):
         started = str(tmp_path / "started")
         pool.map_async(helpers.sleep_if, [started] + [None] * 7, chunksize=1)
         helpers.wait_for_file(started)
+        [worker] = pool._backend._workers.values()
+        deadline = time.monotonic() + 10
+        while len(worker.assigned) < 2:  # the scheduler sends more as it wakes
+            assert time.monotonic() < deadline, "no chunk was sent behind the first"
+            time.sleep(0.001)
         [text] = pool.stacks().values()
     lines = text.splitlines()
     assert lines[0].startswith("running sleep_if('/") and "[task 0]" in lines[0], text
@@ -229,7 +245,14 @@ def test_a_worker_killed_between_the_signal_and_the_read(ctx, tmp_path):
         assert time.monotonic() - killed < 2.0
         with pytest.raises(polyproc.WorkerLostError):
             result.get(10)
+        # Its replacement (under fork, a child of the fork template, not of
+        # this process) answers.
+        replacement = _wait_until_ready(pool)
     [texts] = answers
+    [(new_pid, text)] = replacement.items()
+    assert new_pid != pid
+    assert text.startswith("holds no task\n")
+    assert " in serve\n" in text and " in worker_main\n" in text
     assert f"no stack: worker {pid} died" in texts[pid] or \
         f"no stack: worker {pid} is gone" in texts[pid]
 

@@ -210,7 +210,8 @@ class ProcessScheduler:
         requests = []
         for w in list(self._workers.values()):
             pid = w.process.pid
-            texts[pid] = _stacks.describe_work(list(w.assigned), self._slot_values(w.slot), now)
+            texts[pid] = _stacks.describe_work(_snapshot(w.assigned),
+                                               self._slot_values(w.slot), now)
             if not w.ready:
                 texts[pid] += "no stack: the worker is starting\n"
             elif not self._stacks_signal:
@@ -335,8 +336,7 @@ class ProcessScheduler:
         """
         if not (self._pending or self._requeued
                 or any(w.assigned for w in self._workers.values())):
-            self._stall_since = None
-            self._hang_reported = False
+            self._end_stall()  # idle: not a stall
             return
         now = time.monotonic()
         if self._stall_since is None:
@@ -345,6 +345,11 @@ class ProcessScheduler:
         if not self._hang_reported and now - self._stall_since >= self._hang_report:
             self._hang_reported = True
             self._report_hang(now - self._stall_since)
+
+    def _end_stall(self) -> None:
+        """Tasks finished (values or errors): the next stall is a new one."""
+        self._stall_since = None
+        self._hang_reported = False
 
     def _outstanding_tasks(self) -> int:
         chunks = itertools.chain(self._pending, self._requeued,
@@ -616,9 +621,8 @@ class ProcessScheduler:
             chunk.release()
         if timing_func is not None and timing_tasks:
             self._times.learn(timing_func, timing_seconds, timing_tasks)
-        if self._hang_report is not None:  # tasks finished: a stall is over
-            self._stall_since = None
-            self._hang_reported = False
+        if self._hang_report is not None:
+            self._end_stall()
 
     # -- failures -------------------------------------------------------
     def _on_worker_exit(self, w: WorkerHandle) -> None:
@@ -696,6 +700,8 @@ class ProcessScheduler:
                 self._instruments.task_blamed(w.process.pid, chunk, task, exc, None, now)
         for chunk, task, exc in recovery.failures:
             _deliver(chunk, task, [None], {0: exc})
+        if recovery.failures and self._hang_report is not None:
+            self._end_stall()  # a task blamed for a death, or timed out, is finished
         for c in lost:
             c.release()
         self._requeue(recovery.requeue)
@@ -832,6 +838,18 @@ class ProcessScheduler:
             except OSError:
                 pass
         self._wakeup_r = self._wakeup_w = -1
+
+
+def _snapshot(chunks: collections.deque) -> list[TaskChunk]:
+    """A copy of a worker's chunks, from a caller thread while the
+    PoolScheduler thread may change them (under the GIL the copy is one C
+    loop; without it, a concurrent change shows as a RuntimeError)."""
+    for _ in range(100):
+        try:
+            return list(chunks)
+        except RuntimeError:
+            continue
+    return []
 
 
 def _drop_chunks_of(queue: collections.deque, sinks: set) -> None:
