@@ -51,7 +51,8 @@ scheduler always knows which tasks were on which worker.
 What happens when a worker dies (who is to blame, what a retry costs,
 when deaths at start-up break the pool) is decided in blame.py, as
 functions of what the scheduler knows; how a worker starts and stops is
-worker_handles.py; the table of seconds per task is timing.py.
+worker_handles.py; the table of seconds per task is timing.py; the
+workers' stacks and when a stall is reported (``hang_report=``), stacks.py.
 """
 from __future__ import annotations
 
@@ -121,9 +122,8 @@ class ProcessScheduler:
                                   getattr(initializer, "__qualname__", repr(initializer)))
         self._stacks_signal = _stacks.configured_signal()
         self._stacks_lock = threading.Lock()   # one request at a time (stacks.py)
-        self._hang_report = options.hang_report
-        self._stall_since: float | None = None  # no task finished since, work outstanding
-        self._hang_reported = False             # ... and this stall was reported
+        self._stall = (None if options.hang_report is None
+                       else _stacks.StallWatch(options.hang_report))
         self._config = WorkerConfig(init_blob,
                                     _serialization.dumps(options.initargs, "initargs"),
                                     options.max_tasks, options.max_memory,
@@ -203,34 +203,11 @@ class ProcessScheduler:
         Returns within about *timeout* seconds (one request at a time: a
         concurrent call waits for the one in progress); a worker that does
         not answer, or dies meanwhile, gets a text that says so.  Called
-        from any thread, the scheduler's included (``_report_hang``).
+        from any thread, the scheduler's included (``_check_hang``).
         """
-        now = time.monotonic()
-        texts: dict[int, str] = {}
-        requests = []
-        for w in list(self._workers.values()):
-            pid = w.process.pid
-            texts[pid] = _stacks.describe_work(_snapshot(w.assigned),
-                                               self._slot_values(w.slot), now)
-            if not w.ready:
-                texts[pid] += "no stack: the worker is starting\n"
-            elif not self._stacks_signal:
-                texts[pid] += (f"no stack: stacks are turned off "
-                               f"({_stacks.ENV_SIGNAL}=0)\n")
-            elif w.stacks_fd < 0:
-                texts[pid] += "no stack: stacks are not available on this platform\n"
-            else:
-                requests.append(_stacks.StackRequest(pid, w.stacks_fd))
-        if requests:
-            with self._stacks_lock:
-                dumps = _stacks.collect(requests, self._stacks_signal, timeout)
-            for pid, dump in dumps.items():
-                texts[pid] += dump
-        return texts
-
-    def _slot_values(self, slot: int) -> list[float]:
-        base = slot * m.SLOT_WIDTH
-        return list(self._table[base:base + m.SLOT_WIDTH])
+        with self._stacks_lock:
+            return _stacks.worker_stacks(list(self._workers.values()), self._table,
+                                         self._stacks_signal, timeout)
 
     def close(self) -> None:
         if self.state == RUN:
@@ -280,8 +257,8 @@ class ProcessScheduler:
                 if self.state == CLOSE and self._all_done():
                     self._shutdown_workers()
                     return
-                if self._hang_report is not None:
-                    self._check_hang()
+                if self._stall is not None:
+                    self._check_hang(self._stall)
                 self._wait_and_handle_events()
                 self._enforce_timeouts()
                 self._replace_workers()
@@ -321,57 +298,28 @@ class ProcessScheduler:
         for w in self._workers.values():
             if any(c.timeout is not None for c in w.assigned):
                 return TIMEOUT_POLL_SECONDS
-        if self._stall_since is not None and not self._hang_reported:
-            assert self._hang_report is not None
-            return max(0.0, self._stall_since + self._hang_report - time.monotonic())
+        if self._stall is not None:
+            return self._stall.next_timeout(time.monotonic())
         return None
 
-    # -- hang reports -----------------------------------------------------
-    def _check_hang(self) -> None:
+    def _check_hang(self, stall: _stacks.StallWatch) -> None:
         """Write the workers' stacks to stderr once per stall (``hang_report=``).
 
-        A stall begins when tasks are outstanding and none has finished
-        since (``_on_results`` ends it: the next stall is reported again);
-        an idle pool is not stalled.
+        Blocks this thread for up to ``STACKS_TIMEOUT_SECONDS`` when it
+        does (all workers are asked at once), while nothing finishes anyway.
         """
-        if not (self._pending or self._requeued
-                or any(w.assigned for w in self._workers.values())):
-            self._end_stall()  # idle: not a stall
-            return
-        now = time.monotonic()
-        if self._stall_since is None:
-            self._stall_since = now
-        assert self._hang_report is not None
-        if not self._hang_reported and now - self._stall_since >= self._hang_report:
-            self._hang_reported = True
-            self._report_hang(now - self._stall_since)
-
-    def _end_stall(self) -> None:
-        """Tasks finished (values or errors): the next stall is a new one."""
-        self._stall_since = None
-        self._hang_reported = False
-
-    def _outstanding_tasks(self) -> int:
-        chunks = itertools.chain(self._pending, self._requeued,
-                                 *(w.assigned for w in self._workers.values()))
-        return sum(c.count for c in chunks)
-
-    def _report_hang(self, seconds: float) -> None:
-        """Write the stacks; blocks this thread for up to ``STACKS_TIMEOUT_SECONDS``
-        (all workers are asked at once), while nothing finishes anyway."""
-        stream = sys.stderr
-        if stream is None:
+        busy = bool(self._pending or self._requeued
+                    or any(w.assigned for w in self._workers.values()))
+        seconds = stall.due(busy, time.monotonic())
+        if seconds is None or sys.stderr is None:
             return
         queued = sum(c.count for c in itertools.chain(self._pending, self._requeued))
-        header = (f"polyproc: no task of the pool has finished for {seconds:.1f} s "
-                  f"({self._outstanding_tasks()} outstanding, {queued} of them queued); "
-                  f"what each worker holds and runs (hang_report={self._hang_report:g}):\n")
-        parts = [header]
-        for pid, text in self.stacks(STACKS_TIMEOUT_SECONDS).items():
-            parts.append(f"\n--- worker {pid} ---\n{text}")
+        held = sum(c.count for w in self._workers.values() for c in w.assigned)
+        text = _stacks.hang_report_text(seconds, stall.seconds, queued + held, queued,
+                                        self.stacks(STACKS_TIMEOUT_SECONDS))
         try:
-            stream.write("".join(parts) + "\n")
-            stream.flush()
+            sys.stderr.write(text)
+            sys.stderr.flush()
         except (OSError, ValueError):
             pass  # a closed or broken stderr: nobody to tell
 
@@ -621,8 +569,8 @@ class ProcessScheduler:
             chunk.release()
         if timing_func is not None and timing_tasks:
             self._times.learn(timing_func, timing_seconds, timing_tasks)
-        if self._hang_report is not None:
-            self._end_stall()
+        if self._stall is not None:
+            self._stall.tasks_finished()
 
     # -- failures -------------------------------------------------------
     def _on_worker_exit(self, w: WorkerHandle) -> None:
@@ -700,8 +648,8 @@ class ProcessScheduler:
                 self._instruments.task_blamed(w.process.pid, chunk, task, exc, None, now)
         for chunk, task, exc in recovery.failures:
             _deliver(chunk, task, [None], {0: exc})
-        if recovery.failures and self._hang_report is not None:
-            self._end_stall()  # a task blamed for a death, or timed out, is finished
+        if recovery.failures and self._stall is not None:
+            self._stall.tasks_finished()  # blamed for a death, or timed out: finished
         for c in lost:
             c.release()
         self._requeue(recovery.requeue)
@@ -838,18 +786,6 @@ class ProcessScheduler:
             except OSError:
                 pass
         self._wakeup_r = self._wakeup_w = -1
-
-
-def _snapshot(chunks: collections.deque) -> list[TaskChunk]:
-    """A copy of a worker's chunks, from a caller thread while the
-    PoolScheduler thread may change them (under the GIL the copy is one C
-    loop; without it, a concurrent change shows as a RuntimeError)."""
-    for _ in range(100):
-        try:
-            return list(chunks)
-        except RuntimeError:
-            continue
-    return []
 
 
 def _drop_chunks_of(queue: collections.deque, sinks: set) -> None:

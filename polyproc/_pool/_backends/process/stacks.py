@@ -57,7 +57,8 @@ from typing import Any, Iterable, NamedTuple
 from ... import messages as m
 
 __all__ = ["ENV_SIGNAL", "configured_signal", "install", "uninstall", "StackRequest",
-           "collect", "describe_work", "POLL_SECONDS"]
+           "collect", "worker_stacks", "describe_work", "StallWatch", "hang_report_text",
+           "POLL_SECONDS"]
 
 ENV_SIGNAL = "POLYPROC_STACKS_SIGNAL"
 POLL_SECONDS = 0.001
@@ -310,7 +311,47 @@ def _signal_name(signum: int) -> str:
         return str(signum)
 
 
-# -- what each worker holds ------------------------------------------------
+# -- what each worker holds and runs --------------------------------------
+def worker_stacks(workers: list, table: Any, signum: int,
+                  timeout: float) -> dict[int, str]:
+    """``{pid: text}`` of *workers* (the scheduler's ``WorkerHandle``s): the
+    tasks each holds (``describe_work``, from the progress *table*), then
+    its dump (``collect``) or why there is none.  Returns within about
+    *timeout* seconds."""
+    now = time.monotonic()
+    texts: dict[int, str] = {}
+    requests = []
+    for w in workers:
+        pid = w.process.pid
+        base = w.slot * m.SLOT_WIDTH
+        texts[pid] = describe_work(_snapshot(w.assigned),
+                                   list(table[base:base + m.SLOT_WIDTH]), now)
+        if not w.ready:
+            texts[pid] += "no stack: the worker is starting\n"
+        elif not signum:
+            texts[pid] += f"no stack: stacks are turned off ({ENV_SIGNAL}=0)\n"
+        elif w.stacks_fd < 0:
+            texts[pid] += "no stack: stacks are not available on this platform\n"
+        else:
+            requests.append(StackRequest(pid, w.stacks_fd))
+    if requests:
+        for pid, dump in collect(requests, signum, timeout).items():
+            texts[pid] += dump
+    return texts
+
+
+def _snapshot(chunks: Any) -> list:
+    """A copy of a worker's chunks (a deque), from a caller thread while the
+    PoolScheduler thread may change them (under the GIL the copy is one C
+    loop; without it, a concurrent change shows as a RuntimeError)."""
+    for _ in range(100):
+        try:
+            return list(chunks)
+        except RuntimeError:
+            continue
+    return []
+
+
 def describe_work(chunks: list, slot: list[float], now: float) -> str:
     """The tasks a worker holds, one line each, from the scheduler's books.
 
@@ -347,3 +388,56 @@ def _tasks_of(chunk) -> str:
     last = chunk.start + chunk.count - 1
     tasks = f"task {chunk.start}" if chunk.count == 1 else f"tasks {chunk.start}..{last}"
     return f"{chunk.func_name} {tasks}"
+
+
+# -- hang reports ----------------------------------------------------------
+class StallWatch:
+    """When a pool is stalled long enough for a hang report (``hang_report=``).
+
+    A stall begins when tasks are outstanding and none has finished since;
+    it is reported once, however long it lasts, and ends when a task
+    finishes (``tasks_finished``), so the next stall is reported again.  An
+    idle pool is not stalled.  Kept by the PoolScheduler thread only.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.since: float | None = None   # when the stall began
+        self.reported = False
+
+    def tasks_finished(self) -> None:
+        self.since = None
+        self.reported = False
+
+    def due(self, busy: bool, now: float) -> float | None:
+        """How long the stall has lasted if it is to be reported now, else None.
+
+        *busy*: whether tasks are outstanding.  Marks the stall reported.
+        """
+        if not busy:
+            self.tasks_finished()
+            return None
+        if self.since is None:
+            self.since = now
+        if self.reported or now - self.since < self.seconds:
+            return None
+        self.reported = True
+        return now - self.since
+
+    def next_timeout(self, now: float) -> float | None:
+        """Seconds until a report is due (for the scheduler's wait), or None."""
+        if self.since is None or self.reported:
+            return None
+        return max(0.0, self.since + self.seconds - now)
+
+
+def hang_report_text(seconds: float, threshold: float, outstanding: int, queued: int,
+                     texts: dict[int, str]) -> str:
+    """What a hang report writes: a header, then each worker's text."""
+    header = (f"polyproc: no task of the pool has finished for {seconds:.1f} s "
+              f"({outstanding} outstanding, {queued} of them queued); what each worker "
+              f"holds and runs (hang_report={threshold:g}):\n")
+    parts = [header]
+    for pid, text in texts.items():
+        parts.append(f"\n--- worker {pid} ---\n{text}")
+    return "".join(parts) + "\n"
