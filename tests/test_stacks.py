@@ -139,6 +139,21 @@ def test_thread_pool_stacks(tmp_path):
     assert sum("holds no task" in t for t in texts.values()) == 1
 
 
+def test_stacks_show_a_hung_initializer(tmp_path):
+    started = str(tmp_path / "started")
+    with polyproc.get_context("forkserver").Pool(
+            1, initializer=helpers.blocked_in_lock, initargs=(started,)) as pool:
+        helpers.wait_for_file(started)
+        deadline = time.monotonic() + 10
+        while "the worker is starting" in (text := next(iter(pool.stacks().values()))):
+            # WorkerReady never comes; StacksReady was sent just before the
+            # file was made, and is read by the scheduler at once.
+            assert time.monotonic() < deadline, text
+            time.sleep(0.005)
+    assert text.startswith("holds no task\n")
+    assert _frame_line("lock", helpers.blocked_in_lock) in text
+
+
 def test_stacks_of_a_pool_that_is_gone_are_empty():
     pool = polyproc.get_context("fork").Pool(1)
     pool.terminate()

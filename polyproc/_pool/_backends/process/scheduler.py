@@ -516,6 +516,8 @@ class ProcessScheduler:
             if self._instruments:
                 self._instruments.worker_started(w, msg.entered, msg.ready,
                                                  time.monotonic())
+        elif isinstance(msg, m.StacksReady):
+            w.stacks_fd = msg.stacks_fd
         elif isinstance(msg, m.Retiring):
             w.retiring = True
         elif isinstance(msg, m.InitializerFailed):

@@ -12,10 +12,12 @@ The worker's side (``install``, ``uninstall``, from ``worker_main``):
 
 * at start, before it reports ready, the worker creates an anonymous
   in-memory file (``memfd_create``, close-on-exec, append-only) and
-  registers ``faulthandler`` on ``STACKS_SIGNAL`` to dump every thread into
-  it; the file descriptor's number travels to the scheduler in
-  ``WorkerReady``.  No file is ever made on disk, so none can be left
-  behind: the memory goes with the last descriptor, the worker's own.
+  registers ``faulthandler`` on the stacks signal (below) to dump every
+  thread into it (``chain=False``: the signal is ours alone); the file
+  descriptor's number travels to the scheduler in ``WorkerReady`` (in
+  ``StacksReady`` before that, when there is an initializer to run: an
+  initializer may hang too).  No file is ever made on disk, so none can be
+  left behind: the memory goes with the last descriptor, the worker's own.
 * when ``worker_main`` ends it unregisters and closes the file, and the
   signal is ignored from then on (a request racing with the exit must not
   kill a worker that is shutting down).  A process a task forks gets
@@ -41,8 +43,16 @@ The signal: ``SIGRTMAX - 6`` by default (58 on Linux), a real-time signal
 (so SIGUSR1 and SIGUSR2 stay the program's); the environment variable
 ``POLYPROC_STACKS_SIGNAL`` (a number, or a name such as ``SIGUSR2`` or
 ``SIGRTMIN+3``, read when a pool is created; ``0`` turns stacks off) picks
-another where that one is taken.  A worker not yet ready has not
-registered, and is never sent the signal: its default action would kill it.
+another where that one is taken.  A worker whose file the scheduler has
+not heard of yet may not have registered, and is never sent the signal:
+its default action would kill it.
+
+Rejected: a thread in each worker that answers requests (it needs the GIL,
+which a task in a C loop may hold, and a thread in every worker makes each
+``fork`` a task does unsafe); a file on disk per worker (a pool killed with
+SIGKILL leaves it behind; the memfd cannot outlive its worker); telling a
+dump's end from its text (faulthandler writes no end marker, and the
+number of threads is not known).
 
 Linux only (``/proc``, ``memfd_create``, ``tgkill``); elsewhere a worker
 reports no file and its text says stacks are not available.
@@ -326,14 +336,14 @@ def worker_stacks(workers: list, table: Any, signum: int,
         base = w.slot * m.SLOT_WIDTH
         texts[pid] = describe_work(_snapshot(w.assigned),
                                    list(table[base:base + m.SLOT_WIDTH]), now)
-        if not w.ready:
+        if w.stacks_fd >= 0:  # it has registered (StacksReady, WorkerReady)
+            requests.append(StackRequest(pid, w.stacks_fd))
+        elif not w.ready:
             texts[pid] += "no stack: the worker is starting\n"
         elif not signum:
             texts[pid] += f"no stack: stacks are turned off ({ENV_SIGNAL}=0)\n"
-        elif w.stacks_fd < 0:
-            texts[pid] += "no stack: stacks are not available on this platform\n"
         else:
-            requests.append(StackRequest(pid, w.stacks_fd))
+            texts[pid] += "no stack: stacks are not available on this platform\n"
     if requests:
         for pid, dump in collect(requests, signum, timeout).items():
             texts[pid] += dump

@@ -393,9 +393,11 @@ def worker_main(conn, table, slot: int, config: WorkerConfig) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     worker = _Worker(conn, table, slot, config)
     worker.mark(m.PHASE_IDLE)
-    # Before WorkerReady: the scheduler signals only ready workers.
+    # The scheduler signals a worker only once it has heard of its file.
     stacks_fd = _stacks.install(config.stacks_signal)
     try:
+        if config.initializer is not None and stacks_fd >= 0:
+            worker.send(m.StacksReady(stacks_fd))  # an initializer may hang too
         if not worker.initialize():
             return
         worker.send(m.WorkerReady(os.getpid(), entered, time.monotonic(), stacks_fd))
