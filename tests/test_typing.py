@@ -50,6 +50,7 @@ def main() -> None:
         assert_type(pool.apply(square, (3,)), int)
         assert_type(pool.apply_async(square, (3,)).get(), int)
         assert_type(list(pool.imap(square, range(3))), list[int])
+        assert_type(pool.stacks(), dict[int, str])
     with polyproc.pool.ThreadPool(2) as threads:
         assert_type(threads, polyproc.pool.ThreadPool)
 
@@ -62,6 +63,9 @@ def main() -> None:
     executor = polyproc.Executor()
     assert_type(executor, polyproc.executor.Executor)
     assert_type(executor.submit(square, 3), concurrent.futures.Future[int])
+    assert_type(executor.stacks(timeout=0.5), dict[int, str])
+    polyproc.Executor(hang_report=60.0)
+    polyproc.Pool(hang_report=60)
     with polyproc.Executor(2) as executor:
         assert_type(list(executor.map(square, [1, 2])), list[int])
     # A polyproc context is a stdlib context for the stdlib's own APIs.
