@@ -100,6 +100,22 @@ def install_then_uninstall(signum: int) -> dict:
             "still_registered": faulthandler.unregister(signum)}
 
 
+def report_at_exit(signum: int, path: str) -> None:
+    """A pool initializer: when this process exits, after ``worker_main``
+    has returned, write to *path* whether *signum* is still caught there,
+    whether it is ignored, and whether stacks.py still holds a file."""
+    from multiprocessing import util
+
+    from polyproc._pool._backends.process import stacks
+
+    def report() -> None:
+        ignored = bool(_sigset("self", "SigIgn") & (1 << (signum - 1)))
+        Path(path).write_text(f"{int(caught(signum))}{int(ignored)}"
+                              f"{int(stacks._installed is not None)}")
+
+    util.Finalize(None, report, exitpriority=0)
+
+
 def caught(signum: int, pid: int | str = "self") -> bool:
     """Whether process *pid* has a handler for *signum* (``SigCgt``)."""
     return bool(_sigset(pid, "SigCgt") & (1 << (signum - 1)))

@@ -221,6 +221,19 @@ def test_a_process_forked_by_a_task_inherits_no_handler_and_no_file():
     assert report["file"].startswith("/memfd:polyproc-stacks")
 
 
+def test_a_worker_leaving_its_pool_unregisters(ctx, tmp_path):
+    report = tmp_path / "at-exit"
+    with ctx.Pool(1, initializer=helpers.report_at_exit,
+                  initargs=(SIGNAL, str(report))) as pool:
+        [pid] = [p.pid for p in pool._pool]
+        assert pool.apply(helpers.caught, (SIGNAL,)) is True  # while in the pool
+        pool.close()
+        pool.join()
+    # Read at the worker's exit, after worker_main returned: not caught any
+    # more (ignored: a late request must not kill it), no file held.
+    assert report.read_text() == "010", pid
+
+
 def test_uninstall_leaves_nothing_registered():
     with polyproc.get_context("spawn").Pool(1) as pool:
         # A fresh process (a spawned worker) installs again, then undoes it.
