@@ -84,10 +84,12 @@ def fork_and_report(signum: int) -> dict:
 
 
 def install_then_uninstall(signum: int) -> dict:
-    """In a fresh process: ``install``, then ``uninstall`` as a worker's end does."""
+    """``install``, then ``uninstall`` as a worker's end does (in a worker:
+    its own registration is undone first)."""
     import faulthandler
 
     from polyproc._pool._backends.process import stacks
+    stacks.uninstall(ignore_later=False)
     fd = stacks.install(signum)
     during = caught(signum)
     stacks.uninstall()

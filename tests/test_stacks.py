@@ -236,7 +236,6 @@ def test_a_worker_leaving_its_pool_unregisters(ctx, tmp_path):
 
 def test_uninstall_leaves_nothing_registered():
     with polyproc.get_context("spawn").Pool(1) as pool:
-        # A fresh process (a spawned worker) installs again, then undoes it.
         report = pool.apply(helpers.install_then_uninstall, (SIGNAL,))
     assert report == {"during": True, "after": False, "fd_open": False,
                       "still_registered": False}
