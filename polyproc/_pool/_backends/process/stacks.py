@@ -248,7 +248,10 @@ def _answer(pid: int, fd: int, signum: int) -> str | None:
     if not size:
         return None
     bit = 1 << (signum - 1)
-    if (_sigset(status, "SigBlk") | _sigset(status, "SigPnd")) & bit:
+    # The main thread's mask and pending set (ShdPnd: the process's, for
+    # the fallback to kill()).
+    waiting = _sigset(status, "SigBlk") | _sigset(status, "SigPnd") | _sigset(status, "ShdPnd")
+    if waiting & bit:
         return None  # still in the handler (or a second request is pending)
     return _trim_below_entry(os.pread(fd, size, 0).decode(errors="replace"))
 
@@ -295,8 +298,10 @@ def _signal_main_thread(pid: int, signum: int) -> None:
     """Send *signum* to *pid*'s main thread (the one that runs its tasks).
 
     ``tgkill`` (glibc 2.30) rather than ``kill``: a signal to the process
-    may be taken by any of its threads, and two requests by two threads
-    at once would interleave their dumps.  Falls back to ``kill``.
+    may be taken by any of its threads, while ``/proc/<pid>/status`` shows
+    the main thread's signal mask, which tells when the dump is complete.
+    Falls back to ``kill`` (the main thread takes a signal to the process
+    first, unless it is busy with another).
     """
     global _tgkill
     if _tgkill is None:
