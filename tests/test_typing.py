@@ -54,6 +54,7 @@ def main() -> None:
                        timeline_events=1000) as pool:
         assert_type(pool.insights(), dict[str, Any])
         pool.timeline("now.json")
+        assert_type(pool.stacks(), dict[int, str])
         assert_type(pool.map(square, range(3), progress=True), list[int])
     # A task's own progress bar: an iterator of the items it is given.
     assert_type(polyproc.progress(range(3), total=3, desc="items"), Iterator[int])
@@ -69,6 +70,9 @@ def main() -> None:
     executor = polyproc.Executor()
     assert_type(executor, polyproc.executor.Executor)
     assert_type(executor.submit(square, 3), concurrent.futures.Future[int])
+    assert_type(executor.stacks(timeout=0.5), dict[int, str])
+    polyproc.Executor(hang_report=60.0)
+    polyproc.Pool(hang_report=60)
     with polyproc.Executor(2) as executor:
         assert_type(list(executor.map(square, [1, 2])), list[int])
     with polyproc.Executor(2, insights=True, timeline=True) as executor:

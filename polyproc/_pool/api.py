@@ -28,6 +28,7 @@ marks the child's copy.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -52,7 +53,7 @@ from .._observe.observers import DEFAULT_MAX_EVENTS, Observers, TimelineOption
 from .progress import progress_bar
 from .registry import CancelOnInterrupt, SinkRegistry
 from .options import (WorkerOptions, check_buffersize, check_callable,
-                      check_task_options)
+                      check_hang_report, check_task_options)
 
 # For type checkers, as typeshed's ``multiprocessing.pool``: the type of a
 # task's argument (_S) and result (_T), and ``with Pool() as p`` of a
@@ -84,7 +85,10 @@ class Pool:
     ``polyproc.Instrument`` objects that watch the pool work;
     with ``insights=True``, ``insights()`` says where the time went, and
     ``timeline="run.json"`` records a Chrome trace of the run, written when
-    the pool is done (``timeline_events=`` bounds it).
+    the pool is done (``timeline_events=`` bounds it);
+    ``stacks()`` shows what each worker is running now; with
+    ``hang_report=seconds``, once no task has finished for that long while
+    tasks are outstanding, the same is written to stderr (once per stall).
     """
 
     # The engine that runs the tasks (see backend.py): local processes.
@@ -96,10 +100,12 @@ class Pool:
                  context: Any = None, *, max_memory_per_child: int | None = None,
                  instruments: Iterable[Instrument] = (), insights: bool = False,
                  timeline: TimelineOption = None,
-                 timeline_events: int = DEFAULT_MAX_EVENTS) -> None:
+                 timeline_events: int = DEFAULT_MAX_EVENTS,
+                 hang_report: float | None = None) -> None:
         self._state = "INIT"  # first: __del__ reads it even if __init__ fails
         options = WorkerOptions.for_pool(processes, initializer, initargs,
                                          maxtasksperchild, max_memory_per_child)
+        options = dataclasses.replace(options, hang_report=check_hang_report(hang_report))
         # None: the default; a stdlib context (multiprocessing.get_context(
         # "spawn")): polyproc's of the same start method, whose Process class
         # gives workers the daemon watchdog.
@@ -156,6 +162,25 @@ class Pool:
         file cannot be written.
         """
         self._observers.write_timeline(path)
+
+    def stacks(self, timeout: float = 1.0) -> dict[int, str]:
+        """What each worker is running now: ``{pid: text}`` for every live worker.
+
+        Each text names the tasks the worker holds (the one running, with
+        its arguments, and those waiting behind it), then the Python stack
+        of each of its threads, most recent call first, as ``faulthandler``
+        writes it.  Works while a task is blocked in C (``time.sleep``, a
+        lock, a read): the stack is written by a signal handler in the
+        worker (signal ``SIGRTMAX-6``, or ``POLYPROC_STACKS_SIGNAL``; see
+        docs/observe.md).  Returns within about *timeout* seconds; a worker
+        that does not answer in time, or dies meanwhile, gets a text that
+        says so.  In a ``ThreadPool``, the keys are the worker threads'
+        native ids.  Empty once the pool's workers are gone.
+
+        Raises ``InheritedPoolError`` in a forked child.
+        """
+        _ownership.check_owner(self._registry.pid, "this Pool")
+        return self._backend.stacks(timeout)
 
     # -- the stdlib's interface --------------------------------------------
     def __repr__(self) -> str:

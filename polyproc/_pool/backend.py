@@ -97,6 +97,14 @@ class Backend(Protocol):
         """The worker processes on this machine now (empty for backends
         without local processes: threads, a cluster)."""
 
+    def stacks(self, timeout: float = 1.0) -> dict[int, str]:
+        """What each worker is running now: ``{id: text}``, the tasks it holds
+        and its Python stack, for every worker on this machine (a process:
+        its pid; a thread: its native thread id).  Returns within about
+        *timeout* seconds, even while tasks are blocked in C; a worker that
+        cannot answer gets a text that says why.  Empty for workers this
+        process cannot see (a cluster)."""
+
     def close(self) -> None:
         """Run what was submitted (and what feeders still submit), then stop
         the workers.  Never blocks."""

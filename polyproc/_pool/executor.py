@@ -49,6 +49,7 @@ that was never shut down still completes before the interpreter exits.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import os
 import sys
@@ -69,7 +70,7 @@ from .instruments import Instrument, Instruments
 from .._observe.observers import DEFAULT_MAX_EVENTS, Observers, TimelineOption
 from .progress import ProgressBar, progress_bar
 from .options import (WorkerOptions, check_buffersize, check_callable,
-                      check_task_options)
+                      check_hang_report, check_task_options)
 
 __all__ = ["Executor"]
 
@@ -129,7 +130,9 @@ class Executor(_StdExecutor):
     ``map(..., buffersize=)`` are there on every Python.  ``instruments=``
     (and ``add_instrument``/``remove_instrument``) attach
     ``polyproc.Instrument`` objects that watch the executor work;
-    ``insights()`` and ``timeline=``/``timeline()`` are the Pool's.
+    ``insights()`` and ``timeline=``/``timeline()`` are the Pool's;
+    ``stacks()`` and ``hang_report=`` show what stuck workers are running,
+    as ``Pool``'s do.
 
     Differences from ``ProcessPoolExecutor``, none of which changes what
     working stdlib code means: ``max_tasks_per_child`` works with the fork
@@ -144,9 +147,11 @@ class Executor(_StdExecutor):
                  max_memory_per_child: int | None = None,
                  instruments: Iterable[Instrument] = (), insights: bool = False,
                  timeline: TimelineOption = None,
-                 timeline_events: int = DEFAULT_MAX_EVENTS) -> None:
+                 timeline_events: int = DEFAULT_MAX_EVENTS,
+                 hang_report: float | None = None) -> None:
         options = WorkerOptions.for_executor(max_workers, initializer, initargs,
                                              max_tasks_per_child, max_memory_per_child)
+        options = dataclasses.replace(options, hang_report=check_hang_report(hang_report))
         if mp_context is None:
             mp_context = default_context()
         self._max_workers = options.workers
@@ -206,6 +211,15 @@ class Executor(_StdExecutor):
         path; ``OSError`` if the file cannot be written.
         """
         self._observers.write_timeline(path)
+
+    def stacks(self, timeout: float = 1.0) -> dict[int, str]:
+        """What each worker is running now: ``{pid: text}``, as ``Pool.stacks()``.
+
+        Returns within about *timeout* seconds, even while calls are
+        blocked in C.  Raises ``InheritedPoolError`` in a forked child.
+        """
+        _ownership.check_owner(self._core.pid, "this Executor")
+        return self._core.backend.stacks(timeout)
 
     def options(self, *, timeout: float | None = None,
                 retries: int = 0) -> ExecutorOptions:

@@ -10,7 +10,10 @@ Scheduler -> worker, over the worker's own duplex pipe:
     Shutdown()                finish and exit
 
 Worker -> scheduler:
-    WorkerReady(pid)          started, initializer done, ready for chunks
+    StacksReady(fd)           (before the initializer runs, if there is one)
+                              stack requests are welcome (_backends/process/stacks.py)
+    WorkerReady(pid, ...)     started, initializer done, ready for chunks (and
+                              for stack requests)
     InitializerFailed(error)  the initializer raised; the worker exits
     Results(...)              the outcomes of chunks that finished
     Retiring(reason)          exits after this message (maxtasksperchild or
@@ -71,6 +74,12 @@ class WorkerReady(NamedTuple):
     pid: int
     entered: float = 0.0  # time.monotonic() when worker_main began
     ready: float = 0.0    # ... and when the initializer had run (see instruments.py)
+    stacks_fd: int = -1   # its stack dump file's fd there, -1: none (stacks.py)
+
+
+class StacksReady(NamedTuple):
+    """Sent before a long initializer, so that its stack can be asked for."""
+    stacks_fd: int  # the stack dump file's fd in the worker (stacks.py)
 
 
 class InitializerFailed(NamedTuple):

@@ -23,7 +23,7 @@ from .._process.child import refuse_start_while_importing_main
 from .._process.process import current_process
 
 __all__ = ["WorkerOptions", "check_task_options", "check_buffersize",
-           "check_callable"]
+           "check_callable", "check_hang_report"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class WorkerOptions:
     ``max_tasks``: chunks a worker runs before it is replaced (the
     stdlib's ``maxtasksperchild``/``max_tasks_per_child``), or None;
     ``max_memory``: bytes of resident memory after which a worker is
-    replaced before its next task, or None.
+    replaced before its next task, or None; ``hang_report``: seconds
+    without a finished task, while tasks are outstanding, after which the
+    workers' stacks are written to stderr, or None.
     """
 
     workers: int
@@ -41,6 +43,7 @@ class WorkerOptions:
     initargs: tuple = ()
     max_tasks: int | None = None
     max_memory: int | None = None
+    hang_report: float | None = None
 
     @classmethod
     def for_pool(cls, processes: int | None, initializer: Callable[..., Any] | None,
@@ -143,3 +146,17 @@ def check_callable(func: Callable[..., Any]) -> None:
     """``TypeError`` naming *func* unless it is callable."""
     if not callable(func):
         raise TypeError(f"{func!r} is not callable")
+
+
+def check_hang_report(hang_report: float | None) -> float | None:
+    """``hang_report=`` of ``Pool`` and ``Executor``: ``TypeError`` unless a
+    number or None, ``ValueError`` unless positive; returns it as a float."""
+    if hang_report is None:
+        return None
+    if isinstance(hang_report, bool) or not isinstance(hang_report, (int, float)):
+        raise TypeError(f"hang_report must be a number of seconds or None, "
+                        f"not {hang_report!r}")
+    if not hang_report > 0:
+        raise ValueError(f"hang_report must be a positive number of seconds or None, "
+                         f"not {hang_report!r}")
+    return float(hang_report)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
 from ..chunks import TaskChunk, Transport, item_caller
@@ -50,6 +52,8 @@ class ThreadBackend:
         self._closed = False
         self._terminated = False
         self._task_seconds: float | None = None
+        # The chunk each worker thread runs (by thread ident), for stacks().
+        self._running: dict[int, TaskChunk] = {}
         self._threads = [threading.Thread(target=self._work, name=f"PolyThreadWorker-{i + 1}",
                                           daemon=True) for i in range(processes)]
         for t in self._threads:
@@ -86,6 +90,26 @@ class ThreadBackend:
     def worker_processes(self) -> list:
         return []  # threads of this process
 
+    def stacks(self, timeout: float = 1.0) -> dict[int, str]:
+        """``{native thread id: text}`` of each live worker thread: the chunk
+        it runs and its stack (``sys._current_frames``, no signal: the
+        threads are this process's).  Never waits; *timeout* is unused."""
+        frames = sys._current_frames()
+        texts: dict[int, str] = {}
+        for thread in self._threads:
+            ident, native_id = thread.ident, thread.native_id
+            if ident is None or native_id is None or ident not in frames:
+                continue  # not started, or ended
+            frame = frames[ident]
+            chunk = self._running.get(ident)
+            held = "holds no task\n" if chunk is None else (
+                f"running {chunk.func_name} "
+                f"{_task_range(chunk.start, chunk.count)}\n")
+            texts[native_id] = (
+                held + f"Thread {thread.name} (most recent call last):\n"
+                + "".join(traceback.format_stack(frame)))
+        return texts
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -117,7 +141,12 @@ class ThreadBackend:
                 return
             if chunk.sink.cancelled:
                 continue
-            self._run_chunk(chunk)
+            ident = threading.get_ident()
+            self._running[ident] = chunk
+            try:
+                self._run_chunk(chunk)
+            finally:
+                del self._running[ident]
             # Not kept while waiting for the next one: the chunk holds the
             # task's function and arguments, which must die with the task.
             del chunk
@@ -139,6 +168,10 @@ class ThreadBackend:
         if self._instruments:
             self._instruments.chunk_ran(os.getpid(), chunk, len(errors), started, finished)
         chunk.sink.deliver(chunk.start, values, errors)
+
+
+def _task_range(start: int, count: int) -> str:
+    return f"task {start}" if count == 1 else f"tasks {start}..{start + count - 1}"
 
 
 backend_class = ThreadBackend

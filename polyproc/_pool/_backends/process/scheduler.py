@@ -54,12 +54,15 @@ scheduler always knows which tasks were on which worker.
 What happens when a worker dies (who is to blame, what a retry costs,
 when deaths at start-up break the pool) is decided in blame.py, as
 functions of what the scheduler knows; how a worker starts and stops is
-worker_handles.py; the table of seconds per task is timing.py.
+worker_handles.py; the table of seconds per task is timing.py; the
+workers' stacks and when a stall is reported (``hang_report=``), stacks.py.
 """
 from __future__ import annotations
 
 import collections
+import itertools
 import os
+import sys
 import threading
 import time
 from multiprocessing import connection as mp_connection
@@ -78,6 +81,7 @@ from ...backend import CLOSE, RUN, TERMINATE
 from ...chunks import TaskChunk, Transport
 from ...instruments import Instruments
 from ...options import WorkerOptions
+from . import stacks as _stacks
 from .worker import WorkerConfig
 from .worker_handles import (WorkerHandle, clear_slot, sigint_shielded_start,
                              start_worker, stop_processes)
@@ -89,6 +93,7 @@ PREFETCH_AHEAD_SECONDS = 0.1   # ... and if the work ahead of it is known to end
 TIMEOUT_POLL_SECONDS = 0.05
 FAST_TASK_SECONDS = 20e-6      # below this, a task's progress is not recorded
 SHUTDOWN_GRACE_SECONDS = 0.5
+STACKS_TIMEOUT_SECONDS = 1.0   # a hang report waits this long for the workers' stacks
 
 
 class ProcessScheduler:
@@ -118,9 +123,14 @@ class ProcessScheduler:
                      else _serialization.dumps_function(initializer))
         self._initializer_name = (None if initializer is None else
                                   getattr(initializer, "__qualname__", repr(initializer)))
+        self._stacks_signal = _stacks.configured_signal()
+        self._stacks_lock = threading.Lock()   # one request at a time (stacks.py)
+        self._stall = (None if options.hang_report is None
+                       else _stacks.StallWatch(options.hang_report))
         self._config = WorkerConfig(init_blob,
                                     _serialization.dumps(options.initargs, "initargs"),
-                                    options.max_tasks, options.max_memory)
+                                    options.max_tasks, options.max_memory,
+                                    self._stacks_signal)
         self._maxtasks = options.max_tasks
         self._table = ctx.RawArray("d", processes * m.SLOT_WIDTH)
         self._pending: collections.deque[TaskChunk] = collections.deque()
@@ -189,6 +199,19 @@ class ProcessScheduler:
         """The worker processes now (a replaced worker is not among them)."""
         return [w.process for w in list(self._workers.values())]
 
+    def stacks(self, timeout: float = 1.0) -> dict[int, str]:
+        """``{pid: text}`` for every worker now: the tasks it holds, then the
+        Python stack of each of its threads (stacks.py).
+
+        Returns within about *timeout* seconds (one request at a time: a
+        concurrent call waits for the one in progress); a worker that does
+        not answer, or dies meanwhile, gets a text that says so.  Called
+        from any thread, the scheduler's included (``_check_hang``).
+        """
+        with self._stacks_lock:
+            return _stacks.worker_stacks(list(self._workers.values()), self._table,
+                                         self._stacks_signal, timeout)
+
     def close(self) -> None:
         if self.state == RUN:
             self.state = CLOSE
@@ -237,6 +260,8 @@ class ProcessScheduler:
                 if self.state == CLOSE and self._all_done():
                     self._shutdown_workers()
                     return
+                if self._stall is not None:
+                    self._check_hang(self._stall)
                 self._wait_and_handle_events()
                 self._enforce_timeouts()
                 self._replace_workers()
@@ -276,7 +301,30 @@ class ProcessScheduler:
         for w in self._workers.values():
             if any(c.timeout is not None for c in w.assigned):
                 return TIMEOUT_POLL_SECONDS
+        if self._stall is not None:
+            return self._stall.next_timeout(time.monotonic())
         return None
+
+    def _check_hang(self, stall: _stacks.StallWatch) -> None:
+        """Write the workers' stacks to stderr once per stall (``hang_report=``).
+
+        Blocks this thread for up to ``STACKS_TIMEOUT_SECONDS`` when it
+        does (all workers are asked at once), while nothing finishes anyway.
+        """
+        busy = bool(self._pending or self._requeued
+                    or any(w.assigned for w in self._workers.values()))
+        seconds = stall.due(busy, time.monotonic())
+        if seconds is None or sys.stderr is None:
+            return
+        queued = sum(c.count for c in itertools.chain(self._pending, self._requeued))
+        held = sum(c.count for w in self._workers.values() for c in w.assigned)
+        text = _stacks.hang_report_text(seconds, stall.seconds, queued + held, queued,
+                                        self.stacks(STACKS_TIMEOUT_SECONDS))
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stderr: nobody to tell
 
     # -- dispatch -------------------------------------------------------
     def _announce_queued(self) -> None:
@@ -470,10 +518,13 @@ class ProcessScheduler:
             self._on_task_progress(w, msg)
         elif isinstance(msg, m.WorkerReady):
             w.ready = True
+            w.stacks_fd = msg.stacks_fd
             self._startup.worker_ready()
             if self._instruments:
                 self._instruments.worker_started(w, msg.entered, msg.ready,
                                                  time.monotonic())
+        elif isinstance(msg, m.StacksReady):
+            w.stacks_fd = msg.stacks_fd
         elif isinstance(msg, m.Retiring):
             w.retiring = True
         elif isinstance(msg, m.InitializerFailed):
@@ -540,6 +591,8 @@ class ProcessScheduler:
             chunk.release()
         if timing_func is not None and timing_tasks:
             self._times.learn(timing_func, timing_seconds, timing_tasks)
+        if self._stall is not None:
+            self._stall.tasks_finished()
 
     # -- failures -------------------------------------------------------
     def _on_worker_exit(self, w: WorkerHandle) -> None:
@@ -617,6 +670,8 @@ class ProcessScheduler:
                 self._instruments.task_blamed(w.process.pid, chunk, task, exc, None, now)
         for chunk, task, exc in recovery.failures:
             _deliver(chunk, task, [None], {0: exc})
+        if recovery.failures and self._stall is not None:
+            self._stall.tasks_finished()  # blamed for a death, or timed out: finished
         for c in lost:
             c.release()
         self._requeue(recovery.requeue)

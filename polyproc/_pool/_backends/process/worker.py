@@ -35,6 +35,7 @@ from ...._transport import serialization as _serialization
 from ...._transport import shm_cache
 from ...._exceptions import SerializationError, UnloadableError
 from ...chunks import item_caller
+from . import stacks as _stacks
 
 FLUSH_SECONDS = 0.005
 
@@ -44,6 +45,7 @@ class WorkerConfig(NamedTuple):
     initargs: bytes             # pickled tuple
     maxtasks: int | None        # chunks before the worker retires
     max_memory: int | None      # bytes of RSS after which it retires
+    stacks_signal: int = 0      # the signal to dump stacks on (stacks.py), 0: none
 
 
 def _noop_signal_handler(signum, frame):
@@ -419,14 +421,19 @@ def worker_main(conn, table, slot: int, config: WorkerConfig) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     worker = _Worker(conn, table, slot, config)
     worker.mark(m.PHASE_IDLE)
-    if not worker.initialize():
-        return
-    task_progress.install_reporter(worker.report_progress)
-    worker.send(m.WorkerReady(os.getpid(), entered, time.monotonic()))
+    # The scheduler signals a worker only once it has heard of its file.
+    stacks_fd = _stacks.install(config.stacks_signal)
     try:
+        if config.initializer is not None and stacks_fd >= 0:
+            worker.send(m.StacksReady(stacks_fd))  # an initializer may hang too
+        if not worker.initialize():
+            return
+        task_progress.install_reporter(worker.report_progress)
+        worker.send(m.WorkerReady(os.getpid(), entered, time.monotonic(), stacks_fd))
         worker.serve()
     except (BrokenPipeError, ConnectionResetError):
         pass  # the parent went away while we were sending: nothing to do
     finally:
+        _stacks.uninstall()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -30,7 +30,7 @@ class WorkerHandle:
 
     __slots__ = ("process", "conn", "slot", "ready", "assigned", "dispatch_ends",
                  "retiring", "shutdown_sent", "timed_out", "chunks_given",
-                 "cancelled_sinks", "spawned", "replaces")
+                 "cancelled_sinks", "spawned", "replaces", "stacks_fd")
 
     def __init__(self, process, conn, slot: int, spawned: float = 0.0,
                  replaces: int | None = None):
@@ -48,6 +48,9 @@ class WorkerHandle:
         self.chunks_given = 0
         # Calls whose tasks it held when it was killed to cancel them.
         self.cancelled_sinks: set = set()
+        # Its stack dump file's fd number in the worker (stacks.py), from
+        # WorkerReady; -1: none.
+        self.stacks_fd = -1
 
 
 def clear_slot(table: Any, slot: int) -> None:

@@ -1,0 +1,329 @@
+"""Stacks of a stuck pool: ``Pool.stacks()``, ``Executor.stacks()``, ``hang_report=``.
+
+Real workers blocked in C (a sleep, a lock, a pipe read), real signals,
+real SIGKILLs; the hang report is read from the stderr of a program run as
+a user runs it.  The mechanism is ``_pool/_backends/process/stacks.py``.
+"""
+from __future__ import annotations
+
+import faulthandler
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import polyproc
+import polyproc.pool
+from polyproc._pool._backends.process import stacks as _stacks
+
+import _stacks_helpers as helpers
+
+SCRIPTS = Path(__file__).parent / "scripts"
+SIGNAL = _stacks.configured_signal()
+HELPERS_FILE = helpers.__file__
+
+BLOCKERS = {"sleep": helpers.blocked_in_sleep, "lock": helpers.blocked_in_lock,
+            "read": helpers.blocked_in_read}
+
+
+def _frame_line(kind: str, func) -> str:
+    """What faulthandler writes for the blocking line of *func*."""
+    return f'File "{HELPERS_FILE}", line {helpers.blocking_line(kind)} in {func.__name__}'
+
+
+def _start_blocked(pool, func, tmp_path: Path, name: str, *args):
+    started = str(tmp_path / f"{name}.started")
+    result = pool.apply_async(func, (*args, started))
+    helpers.wait_for_file(started)
+    return result
+
+
+def _wait_until_ready(pool) -> dict[int, str]:
+    """The stacks of *pool*'s workers once every one of them is ready."""
+    deadline = time.monotonic() + 30
+    while True:
+        texts = pool.stacks()
+        if texts and not any("the worker is starting" in t for t in texts.values()):
+            return texts
+        assert time.monotonic() < deadline, texts
+        time.sleep(0.01)
+
+
+def _worker_running(texts: dict[int, str], func_name: str) -> str:
+    found = [text for text in texts.values() if f"running {func_name}(" in text]
+    assert len(found) == 1, texts
+    return found[0]
+
+
+def test_stacks_show_tasks_blocked_in_c(ctx, tmp_path):
+    with ctx.Pool(3) as pool:
+        for kind, func in BLOCKERS.items():
+            _start_blocked(pool, func, tmp_path, kind)
+        began = time.monotonic()
+        texts = pool.stacks()
+        took = time.monotonic() - began
+        pids = {p.pid for p in pool._pool}
+    assert took < 1.0
+    assert set(texts) == pids
+    for kind, func in BLOCKERS.items():
+        text = _worker_running(texts, func.__name__)
+        # The task it holds, from the scheduler's books, then the stack
+        # with the very line the task is blocked on.
+        first = text.splitlines()[0]   # (a long argument is shortened)
+        assert first.startswith(f"running {func.__name__}('/"), text
+        assert "[task 0], its chunk started " in first, text
+        assert _frame_line(kind, func) in text, text
+        assert "Current thread" in text
+        assert "no stack" not in text
+
+
+def test_stacks_name_the_tasks_each_worker_holds(tmp_path):
+    ctx = polyproc.get_context("fork")
+    with ctx.Pool(1) as pool:
+        # Once its tasks are known to be quick, a worker is sent several
+        # chunks at a time: it holds the others while the first one blocks.
+        pool.map(helpers.sleep_if, [None] * 100, chunksize=1)
+        started = str(tmp_path / "started")
+        pool.map_async(helpers.sleep_if, [started] + [None] * 7, chunksize=1)
+        helpers.wait_for_file(started)
+        [worker] = pool._backend._workers.values()
+        deadline = time.monotonic() + 10
+        while len(worker.assigned) < 2:  # the scheduler sends more as it wakes
+            assert time.monotonic() < deadline, "no chunk was sent behind the first"
+            time.sleep(0.001)
+        [text] = pool.stacks().values()
+    lines = text.splitlines()
+    assert lines[0].startswith("running sleep_if('/") and "[task 0]" in lines[0], text
+    assert lines[1] == "holds sleep_if task 1 (not started)", text
+    assert _frame_line("sleep_if", helpers.sleep_if) in text
+
+
+def test_executor_stacks(tmp_path):
+    ctx = polyproc.get_context("forkserver")
+    with polyproc.Executor(1, mp_context=ctx) as executor:
+        started = str(tmp_path / "started")
+        future = executor.submit(helpers.blocked_in_read, started)
+        helpers.wait_for_file(started)
+        began = time.monotonic()
+        texts = executor.stacks()
+        assert time.monotonic() - began < 1.0
+        executor.kill_workers()
+    [text] = texts.values()
+    assert text.startswith("running blocked_in_read('/") and "[task 0]" in text
+    assert _frame_line("read", helpers.blocked_in_read) in text
+    assert future.exception() is not None
+
+
+def test_thread_pool_stacks(tmp_path):
+    event = threading.Event()
+    with polyproc.pool.ThreadPool(2) as pool:
+        result = pool.apply_async(helpers.waits_for, (event,))
+        deadline = time.monotonic() + 10
+        while not any("running waits_for" in t for t in pool.stacks().values()):
+            assert time.monotonic() < deadline, "the task did not start"
+            time.sleep(0.005)
+        texts = pool.stacks()
+        native_ids = {t.native_id for t in threading.enumerate()}
+        event.set()
+        result.get(10)
+    assert len(texts) == 2 and set(texts) <= native_ids
+    [text] = [t for t in texts.values() if "running waits_for" in t]
+    assert text.startswith("running waits_for task 0\n")
+    assert (f'File "{HELPERS_FILE}", line {helpers.blocking_line("event")}, '
+            f"in waits_for") in text
+    assert sum("holds no task" in t for t in texts.values()) == 1
+
+
+def test_stacks_show_a_hung_initializer(tmp_path):
+    started = str(tmp_path / "started")
+    with polyproc.get_context("forkserver").Pool(
+            1, initializer=helpers.blocked_in_lock, initargs=(started,)) as pool:
+        helpers.wait_for_file(started)
+        deadline = time.monotonic() + 10
+        while "the worker is starting" in (text := next(iter(pool.stacks().values()))):
+            # WorkerReady never comes; StacksReady was sent just before the
+            # file was made, and is read by the scheduler at once.
+            assert time.monotonic() < deadline, text
+            time.sleep(0.005)
+    assert text.startswith("holds no task\n")
+    assert _frame_line("lock", helpers.blocked_in_lock) in text
+
+
+def test_stacks_of_a_pool_that_is_gone_are_empty():
+    pool = polyproc.get_context("fork").Pool(1)
+    pool.terminate()
+    pool.join()
+    assert pool.stacks() == {}
+
+
+# The executor shares the pool's scheduler: one start method is enough.
+@pytest.mark.parametrize("method, front", [("fork", "pool"), ("forkserver", "pool"),
+                                           ("spawn", "pool"), ("spawn", "executor")])
+def test_hang_report_once_per_stall(method, front):
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "hang_report.py"), method, front],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "done\n"
+    # Two stalls of 0.8 s with hang_report=0.2: one report each, although
+    # each lasted four times the threshold.
+    reports = proc.stderr.split("polyproc: no task of the pool has finished for ")
+    assert reports[0] == "", proc.stderr
+    assert len(reports) == 3, proc.stderr
+    script = (SCRIPTS / "hang_report.py").read_text().splitlines()
+    line = next(n for n, text in enumerate(script, 1) if text.endswith("# STALLS HERE"))
+    for report in reports[1:]:
+        assert "(1 outstanding, 0 of them queued)" in report
+        assert "--- worker " in report
+        assert "running stall_for(0.8) [task 0]" in report
+        assert f'hang_report.py", line {line} in stall_for' in report
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_nothing_remains_after_the_pool(ctx, tmp_path):
+    enabled = faulthandler.is_enabled()
+    with ctx.Pool(2) as warm_up:  # the fork server, the tracker: started for good
+        warm_up.stacks()
+    before = _fds()
+    pool = ctx.Pool(2)
+    for name in ("one", "two"):  # one on each worker: both are ready
+        _start_blocked(pool, helpers.blocked_in_sleep, tmp_path, name)
+    worker_pids = [p.pid for p in pool._pool]
+    for _ in range(3):
+        assert len(pool.stacks()) == 2
+    # Each worker registered its handler (the positive control of the
+    # checks below), and writes to an in-memory file, never one on disk.
+    assert all(helpers.caught(SIGNAL, pid) for pid in worker_pids)
+    assert not helpers.caught(SIGNAL)
+    pool.terminate()
+    pool.join()
+    assert _fds() == before
+    assert faulthandler.is_enabled() == enabled
+    assert not helpers.caught(SIGNAL)  # nothing registered in this process, ever
+    assert not faulthandler.unregister(SIGNAL)
+    for pid in worker_pids:
+        assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_a_process_forked_by_a_task_inherits_no_handler_and_no_file():
+    with polyproc.get_context("fork").Pool(1) as pool:
+        report = pool.apply(helpers.fork_and_report, (SIGNAL,))
+    assert report["worker"] is True
+    assert report["child"] is False
+    assert report["child_has_file"] is False
+    assert report["file"].startswith("/memfd:polyproc-stacks")
+
+
+def test_a_worker_leaving_its_pool_unregisters(ctx, tmp_path):
+    report = tmp_path / "at-exit"
+    with ctx.Pool(1, initializer=helpers.report_at_exit,
+                  initargs=(SIGNAL, str(report))) as pool:
+        [pid] = [p.pid for p in pool._pool]
+        assert pool.apply(helpers.caught, (SIGNAL,)) is True  # while in the pool
+        pool.close()
+        pool.join()
+    # Read at the worker's exit, after worker_main returned: not caught any
+    # more (ignored: a late request must not kill it), no file held.
+    assert report.read_text() == "010", pid
+
+
+def test_uninstall_leaves_nothing_registered():
+    with polyproc.get_context("spawn").Pool(1) as pool:
+        report = pool.apply(helpers.install_then_uninstall, (SIGNAL,))
+    assert report == {"during": True, "after": False, "fd_open": False,
+                      "still_registered": False}
+
+
+def test_a_worker_that_does_not_answer_costs_the_timeout(tmp_path):
+    with polyproc.get_context("fork").Pool(1) as pool:
+        _start_blocked(pool, helpers.deaf_to, tmp_path, "deaf", SIGNAL)
+        began = time.monotonic()
+        [text] = pool.stacks(timeout=0.3).values()
+        took = time.monotonic() - began
+    assert 0.3 <= took < 1.0
+    assert "running deaf_to(" in text
+    assert "did not answer signal" in text
+
+
+def test_a_worker_killed_between_the_signal_and_the_read(ctx, tmp_path):
+    with ctx.Pool(1) as pool:
+        result = _start_blocked(pool, helpers.deaf_to, tmp_path, "deaf", SIGNAL)
+        [pid] = [p.pid for p in pool._pool]
+        answers: list = []
+        asking = threading.Thread(target=lambda: answers.append(pool.stacks(timeout=30)))
+        asking.start()
+        # The request is sent once the signal waits for the worker (it
+        # blocks it); then the worker dies before it could answer.
+        deadline = time.monotonic() + 10
+        while not helpers.pending(SIGNAL, pid):
+            assert time.monotonic() < deadline, "the request never reached the worker"
+            time.sleep(0.001)
+        killed = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        asking.join(5)
+        assert not asking.is_alive(), "stacks() waited on a dead worker"
+        assert time.monotonic() - killed < 2.0
+        with pytest.raises(polyproc.WorkerLostError):
+            result.get(10)
+        # Its replacement (under fork, a child of the fork template, not of
+        # this process) answers.
+        replacement = _wait_until_ready(pool)
+    [texts] = answers
+    [(new_pid, text)] = replacement.items()
+    assert new_pid != pid
+    assert text.startswith("holds no task\n")
+    assert " in serve\n" in text and " in worker_main\n" in text
+    assert f"no stack: worker {pid} died" in texts[pid] or \
+        f"no stack: worker {pid} is gone" in texts[pid]
+
+
+def test_the_signal_can_be_chosen(monkeypatch, tmp_path):
+    monkeypatch.setenv(_stacks.ENV_SIGNAL, "SIGUSR2")
+    assert _stacks.configured_signal() == signal.SIGUSR2
+    with polyproc.get_context("spawn").Pool(1) as pool:
+        _start_blocked(pool, helpers.blocked_in_sleep, tmp_path, "sleep")
+        [(pid, text)] = pool.stacks().items()
+        assert helpers.caught(signal.SIGUSR2, pid)
+        assert not helpers.caught(SIGNAL, pid)
+    assert _frame_line("sleep", helpers.blocked_in_sleep) in text
+
+
+def test_stacks_can_be_turned_off(monkeypatch, tmp_path):
+    monkeypatch.setenv(_stacks.ENV_SIGNAL, "0")
+    with polyproc.get_context("fork").Pool(1) as pool:
+        _start_blocked(pool, helpers.blocked_in_sleep, tmp_path, "sleep")
+        [(pid, text)] = pool.stacks().items()
+        assert not helpers.caught(SIGNAL, pid)
+    assert text.startswith("running blocked_in_sleep(")
+    assert f"no stack: stacks are turned off ({_stacks.ENV_SIGNAL}=0)" in text
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("SIGUSR1", signal.SIGUSR1), ("sigrtmin+3", signal.SIGRTMIN + 3),
+    ("SIGRTMAX-2", signal.SIGRTMAX - 2), ("40", 40), ("0", 0)])
+def test_signal_names(monkeypatch, value, expected):
+    monkeypatch.setenv(_stacks.ENV_SIGNAL, value)
+    assert _stacks.configured_signal() == expected
+
+
+@pytest.mark.parametrize("value", ["SIGNOPE", "SIGKILL", "999", "SIGRTMIN+x"])
+def test_a_bad_signal_is_refused_with_the_variable_named(monkeypatch, value):
+    monkeypatch.setenv(_stacks.ENV_SIGNAL, value)
+    with pytest.raises(ValueError, match=_stacks.ENV_SIGNAL):
+        polyproc.Pool(1)
+
+
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-1.0, ValueError),
+                                          ("5", TypeError), (True, TypeError)])
+def test_hang_report_is_checked(value, error):
+    with pytest.raises(error, match="hang_report"):
+        polyproc.Pool(1, hang_report=value)
+    with pytest.raises(error, match="hang_report"):
+        polyproc.Executor(1, hang_report=value)
