@@ -72,6 +72,9 @@ __all__ = ["ENV_SIGNAL", "configured_signal", "install", "uninstall", "StackRequ
 
 ENV_SIGNAL = "POLYPROC_STACKS_SIGNAL"
 POLL_SECONDS = 0.001
+# The name of the workers' stack files: what the parent checks before it
+# writes to a file it reached through /proc/<pid>/fd (_is_stack_file).
+MEMFD_NAME = "polyproc-stacks"
 
 
 def _default_signal() -> int:
@@ -128,7 +131,7 @@ def install(signum: int) -> int:
         return -1
     import fcntl
     import faulthandler
-    fd = os.memfd_create("polyproc-stacks", os.MFD_CLOEXEC)
+    fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC)
     # Append-only: the parent empties the file before each request, and
     # the next dump must then start at its beginning.
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
@@ -225,6 +228,16 @@ def _ask(request: StackRequest, signum: int) -> int | str:
         return f"no stack: worker {pid} is gone (it died or exited)\n"
     except OSError as exc:
         return f"no stack: worker {pid}'s stack file cannot be opened: {exc}\n"
+    if not _is_stack_file(fd):
+        # The worker exited and its pid (or the fd number) now belongs to
+        # something else: a process of another program whose fd
+        # *their_fd* may be any file, a system library being loaded
+        # included.  Emptying it would destroy that file (as root, for
+        # good), so nothing is written to a file that is not a worker's
+        # stack memfd; the check is on the object we hold, not on a name
+        # looked up before, so no race can swap it.
+        os.close(fd)
+        return f"no stack: worker {pid} is gone (its pid is reused)\n"
     try:
         os.ftruncate(fd, 0)
         _signal_main_thread(pid, signum)
@@ -235,6 +248,17 @@ def _ask(request: StackRequest, signum: int) -> int | str:
         os.close(fd)
         return f"no stack: worker {pid} cannot be asked: {exc}\n"
     return fd
+
+
+def _is_stack_file(fd: int) -> bool:
+    """Whether our descriptor *fd* is a worker's stack file: an unlinked
+    in-memory file of ``MEMFD_NAME`` (``/proc`` names one ``/memfd:NAME
+    (deleted)``)."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+    return target.startswith(f"/memfd:{MEMFD_NAME} ") and os.fstat(fd).st_nlink == 0
 
 
 def _answer(pid: int, fd: int, signum: int) -> str | None:
