@@ -38,6 +38,10 @@ CHUNKS_PER_WORKER = 32
 MIN_CHUNK_SECONDS = 0.002
 TARGET_CHUNK_SECONDS = 0.01
 MAX_GROWN_CHUNKSIZE = 65536
+# A Dask task costs 2 to 40 ms of scheduling and round trips (PEERS.md,
+# docs/cluster.md): chunks on a cluster are fewer and longer.
+CLUSTER_CHUNKS_PER_WORKER = 4
+CLUSTER_MIN_CHUNK_SECONDS = 0.05
 
 _chunk_ids = itertools.count(1)
 
@@ -69,6 +73,11 @@ def function_blob(fn: Callable, transport: Transport) -> Any:
     can't be), or *fn* itself when nothing is serialized."""
     if transport is Transport.NONE:
         return fn
+    if transport is Transport.IN_BAND and getattr(fn, "__module__", None) == "__main__":
+        # By value: another machine's ``__main__`` is not this program (a
+        # Dask worker's is Dask's), so a reference to it would not load.
+        import cloudpickle
+        return cloudpickle.dumps(fn, protocol=_serialization.PROTOCOL)
     return _serialization.dumps_function(fn)
 
 
@@ -159,17 +168,21 @@ def _short_repr(obj: Any, limit: int = 60) -> str:
 
 
 def auto_chunksize(length: int, workers: int,
-                   task_seconds: float | None = None) -> int:
+                   task_seconds: float | None = None, *,
+                   chunks_per_worker: int = CHUNKS_PER_WORKER,
+                   min_chunk_seconds: float = MIN_CHUNK_SECONDS) -> int:
     """The chunk size for a call of *length* tasks when the caller gave none.
 
     About ``CHUNKS_PER_WORKER`` chunks per worker; but when the function's
     time per task is known (the scheduler measures it), no chunk shorter
     than ``MIN_CHUNK_SECONDS``: a map of trivial tasks then travels in a few
     large chunks, as the stdlib's does, instead of in many small messages.
+    A cluster, where a chunk costs milliseconds, passes fewer and longer
+    chunks (``CLUSTER_CHUNKS_PER_WORKER``, ``CLUSTER_MIN_CHUNK_SECONDS``).
     """
-    size = math.ceil(length / (max(1, workers) * CHUNKS_PER_WORKER))
+    size = math.ceil(length / (max(1, workers) * chunks_per_worker))
     if task_seconds is not None:
-        size = max(size, math.ceil(MIN_CHUNK_SECONDS / max(task_seconds, 1e-8)))
+        size = max(size, math.ceil(min_chunk_seconds / max(task_seconds, 1e-8)))
         size = min(size, math.ceil(length / max(1, workers)))
     return max(1, size)
 

@@ -124,6 +124,8 @@ class Executor(_StdExecutor):
     ``map(..., buffersize=)`` are there on every Python.  ``instruments=``
     (and ``add_instrument``/``remove_instrument``) attach
     ``polyproc.Instrument`` objects that watch the executor work.
+    ``cluster=`` runs the calls on a Dask cluster, as ``Pool(cluster=)``
+    does (docs/cluster.md); *max_workers* then defaults to its threads.
 
     Differences from ``ProcessPoolExecutor``, none of which changes what
     working stdlib code means: ``max_tasks_per_child`` works with the fork
@@ -136,17 +138,20 @@ class Executor(_StdExecutor):
                  initargs: Iterable[Any] = (), *,
                  max_tasks_per_child: int | None = None,
                  max_memory_per_child: int | None = None,
-                 instruments: Iterable[Instrument] = ()) -> None:
+                 instruments: Iterable[Instrument] = (), cluster: Any = None) -> None:
         options = WorkerOptions.for_executor(max_workers, initializer, initargs,
-                                             max_tasks_per_child, max_memory_per_child)
+                                             max_tasks_per_child, max_memory_per_child,
+                                             cluster)
         if mp_context is None:
             mp_context = default_context()
-        self._max_workers = options.workers
         self._mp_context = mp_context
         core = ExecutorCore(options.workers)
         self._instruments = Instruments(instruments)
-        core.backend = _backends.load("process")(options, mp_context, core.abort_all,
-                                                 self._instruments)
+        # cluster=: the Dask backend (docs/cluster.md), imported only here.
+        core.backend = _backends.load("process" if cluster is None else "dask")(
+            options, mp_context, core.abort_all, self._instruments)
+        # With a cluster and no max_workers, the backend counted its threads.
+        self._max_workers = core.workers = core.backend.size
         self._core = core
         _live_cores.add(core)
         # Dropped without shutdown(): let its work finish, then stop its workers.
