@@ -234,8 +234,8 @@ class DaskBackend:
             return
         while self._pending and len(self._in_flight) < self._window:
             chunk = self._pending.popleft()
-            if chunk.sink.cancelled:
-                continue
+            if getattr(chunk.sink, "cancelled", False):
+                continue  # its call was cancelled (Ctrl-C) while it waited
             self._send(chunk, ())
 
     def _send(self, chunk: TaskChunk, earlier: tuple) -> None:
@@ -287,7 +287,7 @@ class DaskBackend:
                 continue
             if flight.future.status == "error":
                 self._on_failed_future(flight, _one_outcome(flight.future))
-            elif not flight.chunk.sink.cancelled:
+            elif not getattr(flight.chunk.sink, "cancelled", False):
                 # Cancelled by Dask, not by us: the scheduler went away (or
                 # someone cancelled the key).
                 _fail_chunk(flight.chunk, ClusterError(

@@ -1,0 +1,169 @@
+"""Pool(cluster=...) and Executor(cluster=...) on a real Dask cluster.
+
+The cluster is the session's (conftest.py ``dask_cluster``: a ``dask
+scheduler`` and a ``dask worker --nworkers 2 --nthreads 1`` with nannies,
+as subprocesses on 127.0.0.1).  Faults (killed workers, timeouts) are in
+test_cluster_faults.py.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import polyproc
+from polyproc import ClusterDependencyError
+
+import _cluster_helpers as h
+
+WAIT = 30
+
+
+@pytest.fixture
+def pool(dask_cluster):
+    with polyproc.Pool(cluster=dask_cluster) as p:
+        yield p
+
+
+def test_processes_default_to_the_clusters_threads(pool):
+    assert pool._processes == 2
+    assert "pool_size=2" in repr(pool)
+
+
+def test_apply_map_starmap_and_their_async_twins(pool):
+    assert pool.apply(divmod, (7, 2)) == (3, 1)
+    assert pool.apply_async(h.square, (9,)).get(WAIT) == 81
+    assert pool.map(h.square, range(100)) == [x * x for x in range(100)]
+    assert pool.map_async(h.square, range(10), chunksize=3).get(WAIT) == \
+        [x * x for x in range(10)]
+    assert pool.starmap(divmod, [(7, 2), (9, 4)]) == [(3, 1), (2, 1)]
+    assert pool.starmap_async(pow, [(2, 3), (3, 2)]).get(WAIT) == [8, 9]
+    assert list(pool.imap(h.square, range(20), chunksize=3)) == [x * x for x in range(20)]
+    assert sorted(pool.imap_unordered(h.square, iter(range(20)))) == \
+        sorted(x * x for x in range(20))
+
+
+def test_identical_calls_each_run(pool):
+    # Dask's default pure=True would run os.urandom(16) once for all four.
+    values = pool.map(os.urandom, [16] * 4, chunksize=1)
+    assert len(set(values)) == 4
+
+
+def test_lambdas_and_closures_run_on_the_cluster(pool):
+    offset = 10
+    assert pool.map(lambda x: x + offset, range(5)) == [10, 11, 12, 13, 14]
+    assert pool.apply(lambda: offset * 2) == 20
+
+
+def test_exceptions_keep_their_type_and_the_remote_traceback(pool):
+    with pytest.raises(h.TaskFailed, match="task 3 failed on purpose") as info:
+        pool.starmap(h.fail_on, [(x, 3) for x in range(6)])
+    assert "remote.py" in str(info.value.__cause__) and "fail_on" in str(info.value.__cause__)
+    # The other tasks of the call were not lost with it.
+    result = pool.starmap_async(h.fail_on, [(x, 99) for x in range(6)])
+    assert result.get(WAIT) == list(range(6))
+
+
+def test_callbacks_run_in_one_polyproc_thread_in_completion_order(pool):
+    seen: list[tuple[str, object]] = []
+    done = threading.Event()
+
+    def callback(value):
+        seen.append((threading.current_thread().name, value))
+        if len(seen) == 6:
+            done.set()
+
+    results = [pool.apply_async(h.square, (i,), callback=callback) for i in range(5)]
+    pool.apply_async(h.fail_on, (1, 1), error_callback=callback)
+    assert done.wait(WAIT)
+    assert {name for name, _ in seen} == {"ClusterScheduler"}
+    assert sorted(v for _, v in seen if isinstance(v, int)) == [0, 1, 4, 9, 16]
+    assert [r.get(WAIT) for r in results] == [0, 1, 4, 9, 16]
+
+
+def test_imap_of_an_endless_generator_reads_ahead_a_bounded_amount(pool):
+    taken = itertools.count()
+
+    def endless():
+        while True:
+            yield next(taken)
+
+    it = pool.imap(h.square, endless())
+    assert [next(it) for _ in range(50)] == [x * x for x in range(50)]
+    read = next(taken)
+    # What the feeder may read ahead: 4 chunks per worker of up to 64 tasks.
+    assert read < 50 + 4 * 2 * 64 + 2
+
+
+def test_close_then_join_finishes_the_work(dask_cluster):
+    p = polyproc.Pool(cluster=dask_cluster)
+    result = p.map_async(h.square, range(10))
+    p.close()
+    p.join()
+    assert result.get(0) == [x * x for x in range(10)]
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.apply(h.square, (1,))
+
+
+def test_terminate_fails_what_is_pending(dask_cluster, tmp_path):
+    p = polyproc.Pool(cluster=dask_cluster)
+    slow = p.apply_async(h.announce_and_sleep, (str(tmp_path / "pid"), 30))
+    p.terminate()
+    with pytest.raises(polyproc.ProcessError, match="terminated"):
+        slow.get(WAIT)
+    p.join()
+
+
+def test_a_users_client_is_never_closed(dask_cluster):
+    from distributed import Client
+    with Client(dask_cluster, set_as_default=False) as client:
+        with polyproc.Pool(cluster=client) as p:
+            assert p.map(h.square, range(4)) == [0, 1, 4, 9]
+        assert client.status == "running"
+        assert client.submit(h.square, 3).result(WAIT) == 9
+
+
+def test_progress_bar(pool, capsys):
+    assert pool.map(h.square, range(10), progress=True) == [x * x for x in range(10)]
+    assert "10/10" in capsys.readouterr().err
+
+
+def test_executor_submit_and_map(dask_cluster):
+    with polyproc.Executor(cluster=dask_cluster) as ex:
+        assert ex._max_workers == 2
+        assert ex.submit(h.square, 7).result(WAIT) == 49
+        assert list(ex.map(h.square, range(6), chunksize=2)) == [0, 1, 4, 9, 16, 25]
+        with pytest.raises(h.TaskFailed):
+            ex.submit(h.fail_on, 2, 2).result(WAIT)
+
+
+# -- the tutorial programs ----------------------------------------------------
+
+def test_tutorial_a_pool_of_apply_calls(pool):
+    results = [pool.apply_async(pow, (x, 2)) for x in range(10)]
+    assert [r.get(timeout=WAIT) for r in results] == [x ** 2 for x in range(10)]
+    assert pool.apply(sum, ([1, 2, 3],)) == 6
+
+
+# -- without Dask ----------------------------------------------------------------
+
+def test_without_dask_the_error_names_the_extra():
+    code = ("import sys; sys.modules['distributed'] = None\n"
+            "import polyproc\n"
+            "try:\n"
+            "    polyproc.Pool(cluster='tcp://127.0.0.1:1')\n"
+            "except ImportError as e:\n"
+            "    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=WAIT, env={**os.environ, "PYTHONPATH": _root()})
+    assert out.stdout.startswith("ClusterDependencyError"), out.stderr
+    assert "pip install polyproc[dask]" in out.stdout
+    assert issubclass(ClusterDependencyError, ImportError)
+
+
+def _root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
