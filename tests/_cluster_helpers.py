@@ -70,3 +70,10 @@ def put_all(queue, items) -> int:
 
 def take(queue, n: int) -> list:
     return [queue.get(timeout=20) for _ in range(n)]
+
+
+def nap(item: tuple) -> int:
+    """``item`` is (value, seconds): sleep, then return value."""
+    value, seconds = item
+    time.sleep(seconds)
+    return value

@@ -265,7 +265,17 @@ class DaskBackend:
 
     # -- outcomes ---------------------------------------------------------
     def _finish(self, futures: list) -> None:
-        flights = [self._in_flight.pop(f.key) for f in futures if f.key in self._in_flight]
+        flights = []
+        for future in futures:
+            flight = self._in_flight.get(future.key)
+            if flight is None or flight.future is not future:
+                continue  # cancelled, or a late callback
+            if future.status in ("finished", "error", "cancelled"):
+                flights.append(self._in_flight.pop(future.key))
+            else:
+                # "lost": its result died with its worker before it was
+                # fetched, and Dask computes it again: wait for that.
+                future.add_done_callback(self._on_future_done)
         finished = [f for f in flights if f.future.status == "finished"]
         outcomes: list = []
         if finished:
@@ -278,12 +288,15 @@ class DaskBackend:
                 outcomes = [_one_outcome(f.future) for f in finished]
                 del error
         for flight, outcome in zip(finished, outcomes):
-            if isinstance(outcome, BaseException):
-                self._on_failed_future(flight, outcome)
-            else:
+            if not isinstance(outcome, BaseException):
                 self._on_outcome(flight, outcome)
+            elif flight.future.status in ("finished", "error", "cancelled"):
+                self._on_failed_future(flight, outcome)
+            else:  # lost while it was fetched: Dask computes it again
+                self._in_flight[flight.future.key] = flight
+                flight.future.add_done_callback(self._on_future_done)
         for flight in flights:
-            if flight.future.status == "finished":
+            if flight in finished:
                 continue
             if flight.future.status == "error":
                 self._on_failed_future(flight, _one_outcome(flight.future))
@@ -297,6 +310,9 @@ class DaskBackend:
 
     def _on_outcome(self, flight: _Flight, outcome: remote.ChunkOutcome) -> None:
         chunk = flight.chunk
+        if outcome.retired:  # not run: its worker retires (maxtasksperchild)
+            self._resubmit(chunk.subchunk(0, chunk.count), flight.earlier)
+            return
         if not outcome.ran:
             self._after_lost_runs(flight, outcome.earlier)
             return
@@ -348,7 +364,7 @@ class DaskBackend:
                 [remote.METADATA_ROOT, self._pool_id, flight.future.key], None)
         except Exception:
             runs = None
-        return tuple(tuple(r) for r in runs or ())
+        return tuple((r[0], r[1]) for r in runs or () if not r[2])
 
     def _after_lost_runs(self, flight: _Flight, runs: tuple,
                          killed: BaseException | None = None) -> None:

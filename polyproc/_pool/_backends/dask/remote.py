@@ -4,10 +4,13 @@ The client (``backend.py``) submits ``run_chunk(RemoteChunk)`` as one Dask
 task per ``TaskChunk``.  Here, in the Dask worker, it:
 
 1. records the run in the scheduler's task metadata (``_record_run``) and
-   reads the runs recorded before it.  Dask reruns a task whose worker was
+   reads the runs recorded before it; a run that ends marks itself
+   finished (``_mark_finished``).  Dask reruns a task whose worker was
    lost, up to its ``allowed-failures``, and its ``retries=`` counts only
-   exceptions; an earlier run recorded for this chunk therefore means a
-   worker died under it.  A one-task chunk then runs only while it has
+   exceptions; an earlier run recorded for this chunk and not finished
+   therefore means a worker died under it.  (A finished run whose result
+   died with its worker before the client fetched it is run again, and
+   not counted.)  A one-task chunk then runs only while it has
    retries left (``retries=N``: at most N reruns, counted here, exactly); a
    chunk of several tasks is not run at all but handed back, so that the
    client splits it into one-task chunks (the task that killed the worker
@@ -20,7 +23,8 @@ task per ``TaskChunk``.  Here, in the Dask worker, it:
    (distributed#391), a process can be.  The tasks after the one that timed
    out run in a new child.
 3. counts chunks per worker process for ``maxtasksperchild``: after that
-   many, the worker closes and its nanny starts a new one.
+   many, the worker runs no more chunks (the client submits them again)
+   and closes; its nanny starts a new one (``_retiring``).
 
 Exceptions travel as ``remote_errors`` payloads (type and remote
 traceback kept); the client rebuilds them.
@@ -84,6 +88,7 @@ class ChunkOutcome(NamedTuple):
     worker: str         # this worker's address
     pid: int
     earlier: tuple      # ((address, pid), ...) of the runs lost before this one
+    retired: bool = False  # not run: this worker retires (maxtasksperchild)
 
 
 # -- the Dask task ------------------------------------------------------------
@@ -92,7 +97,12 @@ def run_chunk(job: RemoteChunk) -> ChunkOutcome:
     """Run one chunk in this Dask worker (the task the client submits)."""
     from distributed import get_worker
     worker = get_worker()
-    earlier = tuple(job.earlier) + _record_run(worker, job)
+    if _retiring(worker, job):
+        return ChunkOutcome(False, [], {}, {}, time.monotonic(), 0.0, worker.address,
+                            os.getpid(), (), retired=True)
+    record = _record_run(worker, job)
+    earlier = tuple(job.earlier) + tuple((a, p) for a, p, finished in record[:-1]
+                                         if not finished)
     lost = len(earlier) - len(job.earlier)
     started = time.monotonic()
     if earlier and (job.count > 1 and lost or len(earlier) > job.retries):
@@ -117,24 +127,39 @@ def run_chunk(job: RemoteChunk) -> ChunkOutcome:
     outcome = ChunkOutcome(True, values, errors, stopped, started,
                            time.monotonic() - started, worker.address, os.getpid(),
                            earlier)
+    _mark_finished(worker, job, record)
     _count_for_maxtasks(worker, job)
     return outcome
 
 
-def _record_run(worker: Any, job: RemoteChunk) -> tuple:
-    """Add this run to the chunk's record in the scheduler; the runs before it.
+def _record_run(worker: Any, job: RemoteChunk) -> list:
+    """Add this run to the chunk's record in the scheduler; return the record.
 
-    Two calls to the scheduler (about a millisecond on a LAN).  No two runs
-    of one key overlap (Dask runs a key on one worker at a time), so a
-    read then a write is enough.
+    The record is ``[address, pid, finished]`` per run, this one last.  Two
+    calls to the scheduler (about a millisecond on a LAN).  No two runs of
+    one key overlap (Dask runs a key on one worker at a time), so a read
+    then a write is enough.
     """
     from distributed.utils import sync
     path = [METADATA_ROOT, job.pool, job.key]
     runs = sync(worker.loop, worker.scheduler.get_metadata, keys=path, default=None) or []
-    runs = [tuple(r) for r in runs]
-    sync(worker.loop, worker.scheduler.set_metadata, keys=path,
-         value=runs + [(worker.address, os.getpid())])
-    return tuple(runs)
+    runs = [list(r) for r in runs] + [[worker.address, os.getpid(), False]]
+    sync(worker.loop, worker.scheduler.set_metadata, keys=path, value=runs)
+    return runs
+
+
+def _mark_finished(worker: Any, job: RemoteChunk, record: list) -> None:
+    """Mark this run finished in the record, without waiting for it.
+
+    Dask keeps a result on its worker until the client fetches it: if the
+    worker dies first, Dask runs the task again, and that rerun must not
+    count as a lost run (the task did finish).  Should the worker die
+    before this message leaves, the run counts as lost: it died as the
+    task ended.
+    """
+    record[-1][2] = True
+    worker.loop.add_callback(worker.scheduler.set_metadata,
+                             keys=[METADATA_ROOT, job.pool, job.key], value=record)
 
 
 def _run_here(call_fn: Callable, items: list, values: list, errors: dict) -> None:
@@ -306,15 +331,30 @@ _chunks_run: dict[str, int] = {}
 
 
 def _count_for_maxtasks(worker: Any, job: RemoteChunk) -> None:
-    """After ``maxtasks`` chunks of this pool, close this worker gracefully
-    (its results stay: the scheduler moves them first); its nanny starts a
-    new one."""
-    if job.maxtasks is None:
-        return
-    done = _chunks_run[job.pool] = _chunks_run.get(job.pool, 0) + 1
-    if done == job.maxtasks:
+    if job.maxtasks is not None:
+        _chunks_run[job.pool] = _chunks_run.get(job.pool, 0) + 1
+
+
+def _retiring(worker: Any, job: RemoteChunk) -> bool:
+    """Whether this worker process ran ``maxtasks`` chunks of the pool already.
+
+    Then it runs no more: it closes gracefully (the scheduler moves the
+    results it holds first, where another worker can take them) and its
+    nanny starts a new one; the client submits the chunk again.  Checked
+    when the next chunk starts, not when the last one ends: Dask may have
+    started another task on this worker meanwhile, which closing the worker
+    would lose.
+    """
+    if job.maxtasks is None or _chunks_run.get(job.pool, 0) < job.maxtasks:
+        return False
+    if not _retire_requested.get(job.pool):
+        _retire_requested[job.pool] = True
         worker.loop.add_callback(worker.close_gracefully, restart=True,
                                  reason="polyproc maxtasksperchild")
+    return True
+
+
+_retire_requested: dict[str, bool] = {}
 
 
 def versions() -> dict[str, str]:
