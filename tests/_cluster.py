@@ -42,7 +42,8 @@ def cluster_environment() -> dict[str, str]:
     """The environment of the scheduler and workers: this checkout first on
     the path, no dashboard noise, quick heartbeats."""
     env = dict(os.environ)
-    paths = [str(ROOT), str(ROOT / "tests")] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [str(ROOT), str(ROOT / "tests"), *inherited]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env

@@ -130,10 +130,9 @@ def test_a_worker_that_cannot_import_the_task_module_fails_it_clearly(
     (tmp_path / "only_here.py").write_text("def twice(x):\n    return 2 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     import only_here
-    with polyproc.Pool(cluster=dask_cluster) as pool:
-        with pytest.raises(polyproc.SerializationError,
-                           match=r"only_here.*Dask worker tcp://127\.0\.0\.1"):
-            pool.map(only_here.twice, range(3))
+    with polyproc.Pool(cluster=dask_cluster) as pool, pytest.raises(
+            polyproc.SerializationError, match=r"only_here.*Dask worker tcp://127\.0\.0\.1"):
+        pool.map(only_here.twice, range(3))
 
 
 def test_an_unreachable_scheduler_is_named_within_the_bound(monkeypatch):

@@ -51,7 +51,10 @@ class RecordingSink:
 @pytest.fixture(params=backends.available())
 def backend(request):
     aborts: list[BaseException] = []  # abort_all: the backend failed everything
-    made = backends.load(request.param)(WorkerOptions(2), polyproc.get_context("fork"),
+    options = WorkerOptions(2)
+    if request.param == "dask":   # on the session's real cluster (conftest.py)
+        options = WorkerOptions(2, cluster=request.getfixturevalue("dask_cluster"))
+    made = backends.load(request.param)(options, polyproc.get_context("fork"),
                                         aborts.append)
     made.aborts = aborts
     yield made
@@ -59,7 +62,7 @@ def backend(request):
 
 
 def test_the_backends_are_found_by_name():
-    assert {"process", "thread"} <= set(backends.available())
+    assert {"process", "thread", "dask"} <= set(backends.available())
     with pytest.raises(ValueError, match=r"no pool backend named 'nope'.*'process'.*'thread'"):
         backends.load("nope")
 

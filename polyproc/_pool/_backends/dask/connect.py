@@ -67,7 +67,8 @@ def connect(cluster: Any, workers: int) -> ClusterLink:
     ``TypeError`` for a *cluster* of another kind.
     """
     if isinstance(cluster, distributed.Client):
-        return ClusterLink(cluster, str(cluster.scheduler.address), owns_client=False)
+        return ClusterLink(cluster, str(cluster.scheduler_info().get("address", cluster)),
+                           owns_client=False)
     if cluster == "local":
         return _local_cluster(workers)
     if not isinstance(cluster, str):

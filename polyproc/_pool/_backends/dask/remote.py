@@ -63,7 +63,7 @@ class RemoteChunk(NamedTuple):
     func: bytes         # the pickled function
     payload: bytes      # the pickled list of items (in band)
     call: int           # messages.CALL_*
-    count: int          # number of items
+    items: int          # number of items
     retries: int        # reruns allowed after a lost worker
     timeout: float | None
     maxtasks: int | None
@@ -105,7 +105,7 @@ def run_chunk(job: RemoteChunk) -> ChunkOutcome:
                                          if not finished)
     lost = len(earlier) - len(job.earlier)
     started = time.monotonic()
-    if earlier and (job.count > 1 and lost or len(earlier) > job.retries):
+    if earlier and ((job.items > 1 and lost) or len(earlier) > job.retries):
         return ChunkOutcome(False, [], {}, {}, started, 0.0, worker.address,
                             os.getpid(), earlier)
     values: list = []
@@ -367,7 +367,7 @@ def versions() -> dict[str, str]:
         polyproc_version = version("polyproc")
     except PackageNotFoundError:
         polyproc_version = "unknown"
-    return {"python": "%d.%d" % sys.version_info[:2], "polyproc": polyproc_version,
+    return {"python": "{}.{}".format(*sys.version_info[:2]), "polyproc": polyproc_version,
             "cloudpickle": cloudpickle.__version__,
             "chunk protocol": str(CHUNK_PROTOCOL)}
 
