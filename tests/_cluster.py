@@ -57,8 +57,8 @@ def _dask(module: str, *args: str, log: pathlib.Path) -> subprocess.Popen:
             env=cluster_environment(), cwd=str(ROOT), start_new_session=True)
 
 
-def start_cluster(directory: pathlib.Path) -> RunningCluster:
-    """Start a scheduler and two worker processes; return once both are connected.
+def start_cluster(directory: pathlib.Path, workers: int = WORKERS) -> RunningCluster:
+    """Start a scheduler and *workers* worker processes; return once all are connected.
 
     Raises ``RuntimeError`` with the processes' output if they are not
     ready within ``START_SECONDS``.
@@ -67,16 +67,16 @@ def start_cluster(directory: pathlib.Path) -> RunningCluster:
     scheduler = _dask("dask_scheduler", "--host", "127.0.0.1", "--port", "0",
                       "--no-dashboard", "--scheduler-file", str(scheduler_file),
                       log=directory / "scheduler.log")
-    workers = None
+    count, workers = workers, None
     try:
         address = _wait_for_address(scheduler_file, scheduler, directory)
-        workers = _dask("dask_worker", address, "--nworkers", str(WORKERS),
+        workers = _dask("dask_worker", address, "--nworkers", str(count),
                         "--nthreads", "1", "--nanny", "--host", "127.0.0.1",
                         "--no-dashboard", "--memory-limit", "0",
                         "--local-directory", str(directory / "workers"),
                         log=directory / "workers.log")
         cluster = RunningCluster(address, scheduler, workers, directory)
-        wait_for_workers(address, WORKERS, START_SECONDS)
+        wait_for_workers(address, count, START_SECONDS)
     except BaseException:
         stop_cluster(RunningCluster("", scheduler, workers, directory))
         raise

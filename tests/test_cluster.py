@@ -167,3 +167,23 @@ def test_without_dask_the_error_names_the_extra():
 
 def _root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tutorial_producers_and_consumers_share_a_manager_queue(pool):
+    with polyproc.Manager() as manager:
+        queue = manager.Queue()
+        producers = [pool.apply_async(h.put_all, (queue, list(range(i * 10, i * 10 + 10))))
+                     for i in range(2)]
+        consumer = pool.apply_async(h.take, (queue, 20))
+        assert [p.get(WAIT) for p in producers] == [10, 10]
+        assert sorted(consumer.get(WAIT)) == list(range(20))
+
+
+def test_proxies_carry_their_authkey_only_over_loopback_or_tls(pool):
+    from polyproc._pool._backends.dask import connect
+    from polyproc._pool.chunks import Transport
+    assert pool._transport is Transport.IN_BAND_TRUSTED   # all on 127.0.0.1
+    assert connect._is_loopback("tcp://127.0.0.1:8786")
+    assert connect._is_loopback("tcp://[::1]:8786")
+    assert not connect._is_loopback("tcp://10.1.2.3:8786")
+    assert not connect._is_loopback("tcp://scheduler.example.org:8786")

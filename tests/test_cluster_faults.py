@@ -146,3 +146,27 @@ def test_an_unreachable_scheduler_is_named_within_the_bound(monkeypatch):
         polyproc.Pool(cluster=address)
     assert time.monotonic() - started < 10
     assert info.value.address == address
+
+
+def test_a_scheduler_that_dies_mid_map_fails_every_pending_task(tmp_path, monkeypatch):
+    # A cluster of its own: the session's scheduler must live.
+    import os
+    import signal
+
+    from _cluster import start_cluster, stop_cluster
+    from polyproc._pool._backends.dask import connect
+    monkeypatch.setattr(connect, "CONNECT_SECONDS", 2.0)
+    cluster = start_cluster(tmp_path, workers=1)
+    try:
+        pool = polyproc.Pool(cluster=cluster.address)
+        result = pool.map_async(h.nap, [(i, 60) for i in range(6)], chunksize=1)
+        os.killpg(cluster.scheduler.pid, signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(ClusterError, match=f"Dask scheduler at {cluster.address}"):
+            result.get(WAIT)
+        assert time.monotonic() - started < 2.0 + 10
+        with pytest.raises(ClusterError, match="lost the connection"):
+            pool.apply(h.square, (2,))
+        pool.terminate()
+    finally:
+        stop_cluster(cluster)

@@ -56,8 +56,30 @@ class Transport(enum.Enum):
     #: Pickled into self-contained bytes (``dumps_in_band``): a segment's
     #: name means nothing on another machine.
     IN_BAND = "in band"
+    #: As ``IN_BAND``, over a link that is loopback or encrypted (TLS):
+    #: manager proxies among the arguments carry their authentication key,
+    #: as they do when pickled for a child being spawned (docs/cluster.md).
+    IN_BAND_TRUSTED = "in band, trusted link"
     #: Not serialized: the objects themselves (workers in this process).
     NONE = "none"
+
+
+class _CarryingAuthkeys:
+    """The pickling context of ``Transport.IN_BAND_TRUSTED``.
+
+    Manager proxies pickle their authkey only while a child is being
+    spawned (``multiprocessing.context.get_spawning_popen()`` is set, per
+    thread); this sets it for the duration, so they do the same for a
+    link that keeps the key secret.
+    """
+
+    def __enter__(self) -> None:
+        from multiprocessing import context
+        context.set_spawning_popen(self)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        from multiprocessing import context
+        context.set_spawning_popen(None)
 
 
 def _dumps_items(items: list, transport: Transport) -> bytes | None:
@@ -65,6 +87,9 @@ def _dumps_items(items: list, transport: Transport) -> bytes | None:
         return _serialization.dumps(items, "task arguments")
     if transport is Transport.IN_BAND:
         return _serialization.dumps_in_band(items, "task arguments")
+    if transport is Transport.IN_BAND_TRUSTED:
+        with _CarryingAuthkeys():
+            return _serialization.dumps_in_band(items, "task arguments")
     return None
 
 
@@ -73,12 +98,15 @@ def function_blob(fn: Callable, transport: Transport) -> Any:
     can't be), or *fn* itself when nothing is serialized."""
     if transport is Transport.NONE:
         return fn
-    if transport is Transport.IN_BAND and getattr(fn, "__module__", None) == "__main__":
+    if transport in _IN_BAND and getattr(fn, "__module__", None) == "__main__":
         # By value: another machine's ``__main__`` is not this program (a
         # Dask worker's is Dask's), so a reference to it would not load.
         import cloudpickle
         return cloudpickle.dumps(fn, protocol=_serialization.PROTOCOL)
     return _serialization.dumps_function(fn)
+
+
+_IN_BAND = (Transport.IN_BAND, Transport.IN_BAND_TRUSTED)
 
 
 def function_name(fn: Callable) -> str:

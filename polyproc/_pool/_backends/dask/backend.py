@@ -89,7 +89,7 @@ class _Flight(NamedTuple):
 class DaskBackend:
     """Runs TaskChunks as tasks of a Dask cluster (a ``Backend``)."""
 
-    transport = Transport.IN_BAND
+    transport: Transport = Transport.IN_BAND
 
     def __init__(self, options: WorkerOptions, context: Any,
                  abort_all: Callable[[BaseException], None],
@@ -104,6 +104,10 @@ class DaskBackend:
         try:
             _connect.check_workers(self._link, needs_nanny=options.max_tasks is not None)
             self.size = options.workers or _connect.total_threads(self._link)
+            # Manager proxies carry their authkey only where nobody can read
+            # it on the way (docs/cluster.md, "Security").
+            self.transport = (Transport.IN_BAND_TRUSTED if _connect.trusted_link(self._link)
+                              else Transport.IN_BAND)
             self._register_initializer(options)
         except BaseException:
             self._link.close()

@@ -12,6 +12,9 @@ closed with it).  Each failure ends in a clear error within a bound:
 * workers that cannot import polyproc, or run another version of Python,
   polyproc or cloudpickle than the client: ``ClusterError`` naming them
   (Dask's own check of its packages only logs a warning);
+* task arguments travel in band (pickled into the Dask task); manager
+  proxies among them carry their authkey only over a trusted link
+  (``trusted_link``: TLS, or loopback only);
 * ``maxtasksperchild`` on workers without a nanny (nobody would replace a
   retired worker): ``ValueError`` at ``Pool()``.
 """
@@ -96,6 +99,30 @@ def _local_cluster(workers: int) -> ClusterLink:
         cluster.close()
         raise
     return ClusterLink(client, str(cluster.scheduler_address), cluster)
+
+
+def trusted_link(link: ClusterLink) -> bool:
+    """Whether task payloads travel only over TLS or loopback.
+
+    True for a ``tls://`` (or in-process) scheduler, and for a scheduler
+    and workers that all listen on loopback addresses (one machine).  Then
+    manager proxies among the arguments may carry their authkey.
+    """
+    if link.address.startswith(("tls://", "inproc://")):
+        return True
+    workers = link.client.scheduler_info(n_workers=-1)["workers"]
+    return all(_is_loopback(a) for a in [link.address, *workers])
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def total_threads(link: ClusterLink) -> int:
