@@ -77,3 +77,8 @@ def nap(item: tuple) -> int:
     value, seconds = item
     time.sleep(seconds)
     return value
+
+
+def negate_in_place(array) -> float:
+    array *= -1
+    return float(array[5])

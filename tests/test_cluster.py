@@ -187,3 +187,17 @@ def test_proxies_carry_their_authkey_only_over_loopback_or_tls(pool):
     assert connect._is_loopback("tcp://[::1]:8786")
     assert not connect._is_loopback("tcp://10.1.2.3:8786")
     assert not connect._is_loopback("tcp://scheduler.example.org:8786")
+
+
+def test_large_arrays_are_scattered_once(pool):
+    np = pytest.importorskip("numpy")
+    big = np.arange(1 << 18, dtype=np.float64)          # 2 MiB
+    sums = pool.starmap(np.dot, [(big, big)] * 4 + [(big, np.ones_like(big))], chunksize=1)
+    assert sums[:4] == [float(np.dot(big, big))] * 4
+    assert sums[4] == float(big.sum())
+    backend = pool._backend
+    assert len(backend._scatters) == 2                   # big and ones, once each
+    assert backend._scatter_bytes == 2 * big.nbytes
+    # Tasks may change their arrays in place: each gets its own copy.
+    assert pool.map(h.negate_in_place, [big] * 3, chunksize=1) == [-5.0] * 3
+    assert big[5] == 5.0

@@ -112,9 +112,12 @@ def test_in_band_chunks_never_use_shared_memory():
     try:
         assert bytes(shared.payload[:4]) == serialization.MAGIC
         for chunk, expected in ((in_band, arrays), (in_band.subchunk(1, 2), arrays[1:])):
+            # Self-contained bytes, the large buffers left out to be sent once
+            # (copies taken now: a later change of the array is not seen).
             assert bytes(chunk.payload[:4]) != serialization.MAGIC
-            assert len(chunk.payload) > sum(a.nbytes for a in expected)
-            loaded = pickle.loads(chunk.payload)
+            assert [len(b) for b in chunk.payload.buffers] == [a.nbytes for a in expected]
+            assert len(chunk.payload) < serialization.ZERO_COPY_THRESHOLD
+            loaded = pickle.loads(chunk.payload, buffers=chunk.payload.buffers)
             assert len(loaded) == len(expected)
             assert all(np.array_equal(x, y) for x, y in zip(loaded, expected))
     finally:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import pickle
 from typing import Any, Callable, Iterable, Iterator
 
 from . import messages as m
@@ -75,7 +76,7 @@ class _CarryingAuthkeys:
 
     def __enter__(self) -> None:
         from multiprocessing import context
-        context.set_spawning_popen(self)
+        context.set_spawning_popen(self)  # type: ignore[arg-type]
 
     def __exit__(self, *exc_info: Any) -> None:
         from multiprocessing import context
@@ -86,11 +87,53 @@ def _dumps_items(items: list, transport: Transport) -> bytes | None:
     if transport is Transport.SHARED_MEMORY:
         return _serialization.dumps(items, "task arguments")
     if transport is Transport.IN_BAND:
-        return _serialization.dumps_in_band(items, "task arguments")
+        return _dumps_leaving_out_large_buffers(items)
     if transport is Transport.IN_BAND_TRUSTED:
         with _CarryingAuthkeys():
-            return _serialization.dumps_in_band(items, "task arguments")
+            return _dumps_leaving_out_large_buffers(items)
     return None
+
+
+class OutOfBandPayload(bytes):
+    """An in-band pickle (these bytes) whose large buffers were left out.
+
+    ``buffers``: copies of the buffers of ``ZERO_COPY_THRESHOLD`` bytes or
+    more (NumPy arrays' data, large ``PickleBuffer``s), taken when the
+    chunk was made, in the order ``pickle.loads(self, buffers=...)`` wants
+    them.  A cluster backend sends each distinct one to the workers once
+    (``client.scatter``) instead of inside every task.
+    """
+
+    buffers: tuple[bytes, ...] = ()
+
+
+def _dumps_leaving_out_large_buffers(items: list) -> bytes:
+    """``dumps_in_band``, with large buffers left out (``OutOfBandPayload``)."""
+    large: list[memoryview] = []
+
+    def leave_out(buffer: pickle.PickleBuffer) -> bool:
+        view = buffer.raw() if memoryview(buffer).contiguous else None
+        if view is None or view.nbytes < _serialization.ZERO_COPY_THRESHOLD:
+            return True   # in band
+        large.append(view)
+        return False
+
+    try:
+        stream = pickle.dumps(items, _serialization.PROTOCOL, buffer_callback=leave_out)
+    except Exception:
+        large.clear()
+        try:
+            import cloudpickle
+            stream = cloudpickle.dumps(items, protocol=_serialization.PROTOCOL,
+                                       buffer_callback=leave_out)
+        except Exception:
+            # What neither can pickle: the error that names it.
+            return _serialization.dumps_in_band(items, "task arguments")
+    if not large:
+        return stream
+    payload = OutOfBandPayload(stream)
+    payload.buffers = tuple(view.tobytes() for view in large)
+    return payload
 
 
 def function_blob(fn: Callable, transport: Transport) -> Any:

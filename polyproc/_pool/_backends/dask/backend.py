@@ -37,6 +37,10 @@ What polyproc adds over ``client.map``:
 * A window of at most ``_window`` chunks on the cluster (four per worker
   thread); the rest wait here, so that ``cancel`` and ``terminate`` have
   little to take back and an ``imap`` reads its input only as it goes.
+* Large arguments: NumPy arrays (any buffer of 1 MiB or more) are left
+  out of the pickled chunk (``chunks.OutOfBandPayload``) and scattered to
+  the workers once (``_scattered``: known by a digest of their content),
+  then passed to the task as Dask futures.
 * Lost workers: see remote.py.  Dask's ``KilledWorker`` (its own limit,
   ``allowed-failures``) is mapped onto the same rule, so ``retries=N``
   reruns a task exactly N times whatever that setting is.
@@ -46,6 +50,7 @@ What polyproc adds over ``client.map``:
 from __future__ import annotations
 
 import collections
+import hashlib
 import queue
 import threading
 import time
@@ -64,6 +69,7 @@ from ...instruments import Instruments
 from ...options import WorkerOptions
 
 CHUNKS_PER_THREAD = 4   # on the cluster at once, per worker thread
+SCATTER_CACHE_BYTES = 1 << 30   # large arguments kept scattered on the cluster
 CONNECTION_CHECK_SECONDS = 0.5  # how often an idle ClusterScheduler looks at its client
 
 
@@ -121,6 +127,10 @@ class DaskBackend:
         self._seconds: dict[Any, float] = {}   # function blob -> seconds per task
         self._feeders = 0
         self._lock = threading.Lock()
+        # Large buffers sent to the workers: content digest -> (future, bytes).
+        self._scatters: collections.OrderedDict[bytes, tuple[Any, int]] = \
+            collections.OrderedDict()
+        self._scatter_bytes = 0
         self._thread = threading.Thread(target=self._run, name="ClusterScheduler",
                                         daemon=True)
         self._thread.start()
@@ -244,12 +254,13 @@ class DaskBackend:
 
     def _send(self, chunk: TaskChunk, earlier: tuple) -> None:
         key = f"polyproc-{_safe_name(chunk.func_name)}-{self._pool_id}-{chunk.chunk_id}"
-        job = remote.RemoteChunk(self._pool_id, key, chunk.func, chunk.payload, chunk.call,
-                                 chunk.count, chunk.retries, chunk.timeout, self._maxtasks,
-                                 earlier)
         try:
-            future = self._link.client.submit(remote.run_chunk, job, key=key, pure=False,
-                                              retries=0)
+            buffers = self._scattered(chunk.payload)
+            job = remote.RemoteChunk(self._pool_id, key, chunk.func, bytes(chunk.payload),
+                                     chunk.call, chunk.count, chunk.retries, chunk.timeout,
+                                     self._maxtasks, earlier)
+            future = self._link.client.submit(remote.run_chunk, job, *buffers, key=key,
+                                              pure=False, retries=0)
         except Exception as error:
             self._break(ClusterError(
                 f"cannot submit to the Dask scheduler at {self.address}: {error!r}",
@@ -266,6 +277,30 @@ class DaskBackend:
     def _on_future_done(self, future: Any) -> None:
         # In Dask's callback thread: only queue it.
         self._events.put(_Done(future))
+
+    def _scattered(self, payload: bytes) -> list:
+        """The futures of *payload*'s large buffers, each scattered once.
+
+        Buffers are known by a digest of their content: the same array in
+        many chunks (or calls) is sent to the workers once, straight from
+        here rather than through the scheduler, and a changed array is
+        sent again.  The most recent ``SCATTER_CACHE_BYTES`` stay scattered.
+        """
+        buffers = getattr(payload, "buffers", ())
+        futures = []
+        for data in buffers:
+            digest = hashlib.sha1(data).digest()
+            cached = self._scatters.pop(digest, None)
+            future = None if cached is None else cached[0]
+            if future is None:
+                future = self._link.client.scatter(data, hash=False)
+                self._scatter_bytes += len(data)
+            self._scatters[digest] = (future, len(data))   # most recent last
+            futures.append(future)
+        while self._scatter_bytes > SCATTER_CACHE_BYTES and len(self._scatters) > len(buffers):
+            _, (_, size) = self._scatters.popitem(last=False)
+            self._scatter_bytes -= size
+        return futures
 
     # -- outcomes ---------------------------------------------------------
     def _finish(self, futures: list) -> None:
@@ -435,6 +470,7 @@ class DaskBackend:
         from ...._exceptions import ProcessError
         futures = [f.future for f in self._in_flight.values()]
         self._in_flight.clear()
+        self._scatters.clear()   # the workers may forget the scattered data
         client = self._link.client
         connected = client.status == "running"
         if futures and connected:

@@ -93,8 +93,13 @@ class ChunkOutcome(NamedTuple):
 
 # -- the Dask task ------------------------------------------------------------
 
-def run_chunk(job: RemoteChunk) -> ChunkOutcome:
-    """Run one chunk in this Dask worker (the task the client submits)."""
+def run_chunk(job: RemoteChunk, *buffers: bytes) -> ChunkOutcome:
+    """Run one chunk in this Dask worker (the task the client submits).
+
+    *buffers*: the large buffers left out of ``job.payload``
+    (``chunks.OutOfBandPayload``), scattered to the workers once and
+    passed by Dask as the data of their futures.
+    """
     from distributed import get_worker
     worker = get_worker()
     if _retiring(worker, job):
@@ -113,7 +118,7 @@ def run_chunk(job: RemoteChunk) -> ChunkOutcome:
     stopped: dict[int, StoppedTask] = {}
     try:
         fn = _load_function(job)
-        items = _serialization.loads(job.payload, "task arguments")
+        items = _load_items(job.payload, buffers)
     except BaseException as exc:
         if isinstance(exc, SerializationError):
             exc = _unloadable(exc, worker.address)
@@ -160,6 +165,19 @@ def _mark_finished(worker: Any, job: RemoteChunk, record: list) -> None:
     record[-1][2] = True
     worker.loop.add_callback(worker.scheduler.set_metadata,
                              keys=[METADATA_ROOT, job.pool, job.key], value=record)
+
+
+def _load_items(payload: bytes, buffers: tuple) -> list:
+    if not buffers:
+        return _serialization.loads(payload, "task arguments")
+    try:
+        # A copy each: the scattered data is shared by every task on this
+        # worker, and a task may change its arrays in place.
+        return pickle.loads(payload, buffers=[bytearray(b) for b in buffers])
+    except Exception as error:
+        raise SerializationError(
+            f"cannot unpickle task arguments: {error!r}. The class or function it "
+            "refers to must be importable in the receiving process.") from error
 
 
 def _run_here(call_fn: Callable, items: list, values: list, errors: dict) -> None:
