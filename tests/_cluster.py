@@ -49,16 +49,21 @@ def cluster_environment() -> dict[str, str]:
     return env
 
 
-def _dask(module: str, *args: str, log: pathlib.Path) -> subprocess.Popen:
+def _dask(module: str, *args: str, log: pathlib.Path,
+          python: str = sys.executable) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", f"distributed.cli.{module}", *args],
+            [python, "-m", f"distributed.cli.{module}", *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=cluster_environment(), cwd=str(ROOT), start_new_session=True)
 
 
-def start_cluster(directory: pathlib.Path, workers: int = WORKERS) -> RunningCluster:
+def start_cluster(directory: pathlib.Path, workers: int = WORKERS,
+                  python: str = sys.executable) -> RunningCluster:
     """Start a scheduler and *workers* worker processes; return once all are connected.
+
+    *python*: the interpreter they run (another one makes a cluster whose
+    versions differ from the client's).
 
     Raises ``RuntimeError`` with the processes' output if they are not
     ready within ``START_SECONDS``.
@@ -66,7 +71,7 @@ def start_cluster(directory: pathlib.Path, workers: int = WORKERS) -> RunningClu
     scheduler_file = directory / "scheduler.json"
     scheduler = _dask("dask_scheduler", "--host", "127.0.0.1", "--port", "0",
                       "--no-dashboard", "--scheduler-file", str(scheduler_file),
-                      log=directory / "scheduler.log")
+                      log=directory / "scheduler.log", python=python)
     count, workers = workers, None
     try:
         address = _wait_for_address(scheduler_file, scheduler, directory)
@@ -74,7 +79,7 @@ def start_cluster(directory: pathlib.Path, workers: int = WORKERS) -> RunningClu
                         "--nthreads", "1", "--nanny", "--host", "127.0.0.1",
                         "--no-dashboard", "--memory-limit", "0",
                         "--local-directory", str(directory / "workers"),
-                        log=directory / "workers.log")
+                        log=directory / "workers.log", python=python)
         cluster = RunningCluster(address, scheduler, workers, directory)
         wait_for_workers(address, count, START_SECONDS)
     except BaseException:

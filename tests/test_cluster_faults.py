@@ -170,3 +170,19 @@ def test_a_scheduler_that_dies_mid_map_fails_every_pending_task(tmp_path, monkey
         pool.terminate()
     finally:
         stop_cluster(cluster)
+
+
+OTHER_PYTHON = pathlib.Path("/work/main/.venv-3.10/bin/python")
+
+
+@pytest.mark.skipif(not OTHER_PYTHON.exists() or sys.version_info[:2] == (3, 10),
+                    reason="needs a venv of another Python with Dask")
+def test_workers_of_another_version_are_refused_clearly(tmp_path):
+    from _cluster import start_cluster, stop_cluster
+    cluster = start_cluster(tmp_path, workers=1, python=str(OTHER_PYTHON))
+    try:
+        with pytest.raises(ClusterError, match=r"runs other versions than this client: "
+                                               r"python 3\.\d+ here, 3\.10 there"):
+            polyproc.Pool(cluster=cluster.address)
+    finally:
+        stop_cluster(cluster)
