@@ -112,8 +112,8 @@ def test_in_band_chunks_never_use_shared_memory():
     try:
         assert bytes(shared.payload[:4]) == serialization.MAGIC
         for chunk, expected in ((in_band, arrays), (in_band.subchunk(1, 2), arrays[1:])):
-            # Self-contained bytes, the large buffers left out to be sent once
-            # (copies taken now: a later change of the array is not seen).
+            # Self-contained bytes, the large buffers left out (views of the
+            # arrays) to be sent once.
             assert bytes(chunk.payload[:4]) != serialization.MAGIC
             assert [len(b) for b in chunk.payload.buffers] == [a.nbytes for a in expected]
             assert len(chunk.payload) < serialization.ZERO_COPY_THRESHOLD

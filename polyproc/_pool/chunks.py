@@ -97,14 +97,16 @@ def _dumps_items(items: list, transport: Transport) -> bytes | None:
 class OutOfBandPayload(bytes):
     """An in-band pickle (these bytes) whose large buffers were left out.
 
-    ``buffers``: copies of the buffers of ``ZERO_COPY_THRESHOLD`` bytes or
-    more (NumPy arrays' data, large ``PickleBuffer``s), taken when the
-    chunk was made, in the order ``pickle.loads(self, buffers=...)`` wants
-    them.  A cluster backend sends each distinct one to the workers once
-    (``client.scatter``) instead of inside every task.
+    ``buffers``: the buffers of ``ZERO_COPY_THRESHOLD`` bytes or more
+    (NumPy arrays' data, large ``PickleBuffer``s), as views of the objects'
+    memory (no copy), in the order ``pickle.loads(self, buffers=...)``
+    wants them.  A cluster backend sends each distinct one to the workers
+    once (``client.scatter``) instead of inside every task; they are read
+    when they are sent, as the stdlib Pool's task handler thread reads a
+    task's arguments when it sends them, not when the call was made.
     """
 
-    buffers: tuple[bytes, ...] = ()
+    buffers: tuple[memoryview, ...] = ()
 
 
 def _dumps_leaving_out_large_buffers(items: list) -> bytes:
@@ -132,7 +134,7 @@ def _dumps_leaving_out_large_buffers(items: list) -> bytes:
     if not large:
         return stream
     payload = OutOfBandPayload(stream)
-    payload.buffers = tuple(view.tobytes() for view in large)
+    payload.buffers = tuple(large)
     return payload
 
 

@@ -293,7 +293,7 @@ class DaskBackend:
         where the workers cannot be reached from here.  The most recent
         ``SCATTER_CACHE_BYTES`` stay scattered.
         """
-        new: dict[bytes, bytes] = {}
+        new: dict[bytes, memoryview] = {}
         for chunk in chunks:
             for data, digest in zip(getattr(chunk.payload, "buffers", ()),
                                     _digests(chunk.payload)):

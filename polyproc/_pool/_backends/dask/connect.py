@@ -35,7 +35,6 @@ except ImportError as _error:
 from . import remote
 
 CONNECT_SECONDS = 10.0   # a scheduler that does not answer: ClusterError after this
-CHECK_SECONDS = 30.0     # the workers' version report
 
 
 class ClusterLink:
