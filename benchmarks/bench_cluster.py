@@ -31,7 +31,7 @@ def _client():
     if not _cluster:
         from distributed import Client, LocalCluster
         cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=":0")
         _cluster["cluster"] = cluster
         _cluster["client"] = Client(cluster, set_as_default=False)
         atexit.register(_close)
@@ -116,7 +116,7 @@ def _dask_local_cluster_first_result() -> float:
     from distributed import Client, LocalCluster
     start = time.perf_counter()
     cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
-                           dashboard_address=None)
+                           dashboard_address=":0")
     client = Client(cluster, set_as_default=False)
     try:
         assert client.submit(trivial, 1).result() == 1

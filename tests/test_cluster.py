@@ -201,3 +201,17 @@ def test_large_arrays_are_scattered_once(pool):
     # Tasks may change their arrays in place: each gets its own copy.
     assert pool.map(h.negate_in_place, [big] * 3, chunksize=1) == [-5.0] * 3
     assert big[5] == 5.0
+
+
+def test_a_local_cluster_is_the_pools_own(dask_cluster):
+    with polyproc.Pool(2, cluster="local") as p:
+        assert p.apply(h.square, (6,)) == 36
+        cluster = p._backend._link.cluster
+        assert cluster is not None
+    p.join()
+    assert cluster.status.name == "closed"
+
+
+def test_an_initializer_that_raises_fails_the_pool_clearly(dask_cluster):
+    with pytest.raises(polyproc.InitializerError, match=r"fail_on\(\) raised TaskFailed"):
+        polyproc.Pool(cluster=dask_cluster, initializer=h.fail_on, initargs=(1, 1))

@@ -91,7 +91,7 @@ def _local_cluster(workers: int) -> ClusterLink:
     from ...._cpu import process_cpu_count
     n = workers or process_cpu_count() or 1
     cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1,
-                                       processes=True, dashboard_address=None)
+                                       processes=True, dashboard_address=":0")
     try:
         client = distributed.Client(cluster, set_as_default=False)
     except BaseException:
