@@ -59,11 +59,12 @@ def _dask(module: str, *args: str, log: pathlib.Path,
 
 
 def start_cluster(directory: pathlib.Path, workers: int = WORKERS,
-                  python: str = sys.executable) -> RunningCluster:
+                  python: str = sys.executable, nanny: bool = True) -> RunningCluster:
     """Start a scheduler and *workers* worker processes; return once all are connected.
 
     *python*: the interpreter they run (another one makes a cluster whose
-    versions differ from the client's).
+    versions differ from the client's); *nanny*: False for workers
+    without one (``--no-nanny``).
 
     Raises ``RuntimeError`` with the processes' output if they are not
     ready within ``START_SECONDS``.
@@ -76,7 +77,8 @@ def start_cluster(directory: pathlib.Path, workers: int = WORKERS,
     try:
         address = _wait_for_address(scheduler_file, scheduler, directory)
         workers = _dask("dask_worker", address, "--nworkers", str(count),
-                        "--nthreads", "1", "--nanny", "--host", "127.0.0.1",
+                        "--nthreads", "1", "--nanny" if nanny else "--no-nanny",
+                        "--host", "127.0.0.1",
                         "--no-dashboard", "--memory-limit", "0",
                         "--local-directory", str(directory / "workers"),
                         log=directory / "workers.log", python=python)

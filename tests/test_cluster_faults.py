@@ -187,3 +187,16 @@ def test_workers_of_another_version_are_refused_clearly(tmp_path):
             polyproc.Pool(cluster=cluster.address)
     finally:
         stop_cluster(cluster)
+
+
+def test_maxtasksperchild_without_a_nanny_is_refused_at_pool(tmp_path):
+    from _cluster import start_cluster, stop_cluster
+    cluster = start_cluster(tmp_path, workers=1, nanny=False)
+    try:
+        with pytest.raises(ValueError, match=r"maxtasksperchild needs Dask workers with a "
+                                             r"nanny.*tcp://127\.0\.0\.1:\d+ has none"):
+            polyproc.Pool(cluster=cluster.address, maxtasksperchild=3)
+        with polyproc.Pool(cluster=cluster.address) as pool:   # without it: fine
+            assert pool.apply(h.square, (3,)) == 9
+    finally:
+        stop_cluster(cluster)
