@@ -464,9 +464,14 @@ class DaskBackend:
 
     # -- cancellation, breaking, stopping -----------------------------------
     def _apply_cancels(self, sinks: set) -> None:
-        kept = [c for c in self._pending if c.sink not in sinks]
-        self._pending.clear()
-        self._pending.extend(kept)
+        # Emptied from the left while callers may append (submit): what
+        # stays goes back in front of anything appended meanwhile.
+        kept = []
+        while self._pending:
+            chunk = self._pending.popleft()
+            if chunk.sink not in sinks:
+                kept.append(chunk)
+        self._pending.extendleft(reversed(kept))
         futures = [f.future for k, f in list(self._in_flight.items())
                    if f.chunk.sink in sinks and self._in_flight.pop(k)]
         if futures:
