@@ -7,6 +7,7 @@ test_cluster_faults.py.
 """
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import subprocess
@@ -215,3 +216,14 @@ def test_a_local_cluster_is_the_pools_own(dask_cluster):
 def test_an_initializer_that_raises_fails_the_pool_clearly(dask_cluster):
     with pytest.raises(polyproc.InitializerError, match=r"fail_on\(\) raised TaskFailed"):
         polyproc.Pool(cluster=dask_cluster, initializer=h.fail_on, initargs=(1, 1))
+
+
+def test_a_cancelled_call_drops_its_tasks_and_the_pool_goes_on(pool):
+    # What Ctrl-C in map() does (SinkRegistry.cancel): the queued chunks are
+    # dropped, those on the cluster cancelled (a running one finishes there).
+    result = pool.map_async(h.nap, [(i, 1.0) for i in range(40)], chunksize=1)
+    pool._registry.cancel(result)
+    with pytest.raises(polyproc.ProcessError, match="cancelled"):
+        result.get(WAIT)
+    assert pool.apply(h.square, (3,)) == 9
+    assert pool._backend._pending == collections.deque()
