@@ -112,7 +112,9 @@ def test_close_then_join_finishes_the_work(dask_cluster):
 
 def test_terminate_fails_what_is_pending(dask_cluster, tmp_path):
     p = polyproc.Pool(cluster=dask_cluster)
-    slow = p.apply_async(h.announce_and_sleep, (str(tmp_path / "pid"), 30))
+    # Short: Dask cannot stop the task once it runs, and the worker it
+    # runs on takes no other task of the session's cluster until it ends.
+    slow = p.apply_async(h.announce_and_sleep, (str(tmp_path / "pid"), 1))
     p.terminate()
     with pytest.raises(polyproc.ProcessError, match="terminated"):
         slow.get(WAIT)
