@@ -70,6 +70,8 @@ import sys
 import threading
 from typing import Any
 
+from . import context as _context
+
 __all__ = ["patch", "unpatch", "is_patched"]
 
 # The key of the entry patch() adds to the spawn preparation data.
@@ -129,7 +131,6 @@ def patch(*, cluster: str | None = None,
     import multiprocessing
     import multiprocessing.spawn
 
-    from . import context as _context
 
     asked = {k: v for k, v in (("cluster", cluster), ("timeline", timeline))
              if v is not None}
@@ -140,6 +141,11 @@ def patch(*, cluster: str | None = None,
         from .executor import Executor
         pool_defaults = _accepted(_pool.Pool, asked, required=True)
         executor_defaults = _accepted(Executor, asked, required=False)
+        if timeline is not None:   # one numbering for Pools and Executors
+            files = _TimelineFiles(timeline)
+            for defaults in (pool_defaults, executor_defaults):
+                if "timeline" in defaults:
+                    defaults["timeline"] = files
     # The very objects the package exports (``multiprocessing.Pool is
     # polyproc.Pool``: a bound method made once), read from the package
     # already imported (importing it here would make an import cycle).
@@ -172,7 +178,6 @@ def unpatch() -> None:
     Children already started stay as they are.
     """
     global _patched
-    from . import context as _context
     with _lock:
         if _IMPORT_HOOK in sys.meta_path:
             sys.meta_path.remove(_IMPORT_HOOK)
@@ -226,16 +231,14 @@ def _patch_imported_targets() -> None:
 
 
 def _replacements(target: str) -> dict[str, Any]:
-    from . import context as _context
     if target == "multiprocessing.pool":
         from .pool import Pool, ThreadPool
         if "Pool" not in _classes:
-            _classes["Pool"] = _with_defaults(Pool, _context._factory_defaults["Pool"])
+            _classes["Pool"] = _with_defaults(Pool, "Pool")
         return {"Pool": _classes["Pool"], "ThreadPool": ThreadPool}
     from .executor import Executor
     if "Executor" not in _classes:
-        _classes["Executor"] = _with_defaults(Executor,
-                                              _context._factory_defaults["Executor"])
+        _classes["Executor"] = _with_defaults(Executor, "Executor")
     return {"ProcessPoolExecutor": _classes["Executor"]}
 
 
@@ -315,23 +318,47 @@ def _accepted(cls: type, asked: dict[str, Any], *, required: bool) -> dict[str, 
     return {k: v for k, v in asked.items() if k in parameters}
 
 
-def _with_defaults(cls: type, defaults: dict[str, Any]) -> type:
-    """*cls* itself, or with *defaults*, a subclass that adds them to each call.
+def _with_defaults(cls: type, kind: str) -> type:
+    """*cls* itself, or, when patch() set defaults for *kind* ("Pool" or
+    "Executor"), a subclass that adds them to each call.
 
     A subclass, not a function, so that ``isinstance`` and subclassing
     (``class MyPool(multiprocessing.pool.Pool)``) keep working.
     """
-    if not defaults:
+    if not _context._factory_defaults[kind]:
         return cls
 
     class WithDefaults(cls):
         __doc__ = cls.__doc__
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **{**defaults, **kwargs})
+            super().__init__(*args, **{**_context._defaults_for(kind, kwargs), **kwargs})
 
     WithDefaults.__name__ = WithDefaults.__qualname__ = cls.__name__
     return WithDefaults
+
+
+class _TimelineFiles(_context._PerPool):
+    """``patch(timeline=FILE)``: the file of each pool, in the order they are made.
+
+    The first Pool or Executor writes FILE itself, the next ones FILE with
+    ``-2``, ``-3``, ... before its extension (``run.json``, ``run-2.json``):
+    one file per pool, since each pool's trace is its own (times from its
+    start, its workers) and is written when that pool is done.  A
+    ``context._PerPool``: asked once per pool, from any thread.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self._stem, self._extension = os.path.splitext(os.fspath(path))
+        self._made = 0
+        self._lock = threading.Lock()
+
+    def next_value(self) -> str:
+        with self._lock:
+            self._made += 1
+            made = self._made
+        suffix = "" if made == 1 else f"-{made}"
+        return f"{self._stem}{suffix}{self._extension}"
 
 
 def _preparation_data(name: str) -> dict[str, Any]:
