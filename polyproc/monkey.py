@@ -57,8 +57,9 @@ which polyproc reuses, would start building polyproc's objects).
 
 ``patch(cluster=..., timeline=...)`` sets defaults that every Pool made
 through a patched name or a polyproc context factory receives, when its
-class accepts the keyword (a call's own keyword wins).  The cluster
-address is passed on to patched children; the timeline file is not (each
+class accepts the keyword (a call's own keyword wins); the timeline file
+is numbered per pool (``_TimelineFiles``: run.json, run-2.json, ...).  The
+cluster address is passed on to patched children; the timeline file is not (each
 child's Pools would overwrite the main program's file).  ``unpatch()``
 restores everything.
 """

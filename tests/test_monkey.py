@@ -95,32 +95,54 @@ def test_spawn_preparation_data_carries_the_patch_only_while_patched(patched):
     assert monkey.PREPARATION_KEY not in multiprocessing.spawn.get_preparation_data("x")
 
 
-def test_a_keyword_the_pool_does_not_take_is_refused_and_nothing_is_patched():
+@pytest.mark.parametrize("keyword", ["cluster", "timeline"])
+def test_a_keyword_the_pool_does_not_take_is_refused_and_nothing_is_patched(
+        keyword, monkeypatch):
+    # A polyproc whose Pool does not take the keyword (before the cluster
+    # backend or the timeline existed): the keyword out of Pool's signature.
+    signature = inspect.signature(polyproc.pool.Pool)
+    monkeypatch.setattr(polyproc.pool.Pool, "__signature__", signature.replace(
+        parameters=[p for p in signature.parameters.values() if p.name != keyword]),
+        raising=False)
     before = _snapshot()
-    for keyword in ("cluster", "timeline"):
-        if keyword in inspect.signature(polyproc.pool.Pool).parameters:
-            continue   # available in this polyproc: nothing to refuse
-        with pytest.raises(TypeError, match=f"polyproc.patch\\({keyword}=...\\): .* "
-                                            "is not available in this version"):
-            polyproc.patch(**{keyword: "x"})
-        assert _snapshot() == before and not monkey.is_patched()
+    with pytest.raises(TypeError, match=f"polyproc.patch\\({keyword}=...\\): .* "
+                                        "is not available in this version"):
+        polyproc.patch(**{keyword: "x"})
+    assert _snapshot() == before and not monkey.is_patched()
+
+
+def test_each_pool_gets_its_own_timeline_file(tmp_path):
+    # Numbered in the order pools are made, Pools and Executors alike; a
+    # pool given its own timeline= takes no number.
+    polyproc.patch(timeline=tmp_path / "run.json")
+    try:
+        with multiprocessing.Pool(1) as pool:
+            pool.apply(abs, (-1,))
+        with multiprocessing.Pool(1, timeline=tmp_path / "mine.json") as pool:
+            pool.apply(abs, (-1,))
+        with polyproc.Executor(1) as executor:
+            executor.submit(abs, -1).result()
+    finally:
+        polyproc.unpatch()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mine.json", "run-2.json", "run.json"]
 
 
 def test_defaults_reach_pools_and_executors_made_by_every_patched_path(patched):
     # With a keyword every Pool and Executor takes (an invalid value, so
     # that it shows without starting a worker); patch() sets only cluster=
-    # and timeline=, which this Pool may not take yet.
+    # and timeline=, which this Pool may not take.
     bad = {"max_memory_per_child": 0}
-    pool_class = monkey._with_defaults(polyproc.pool.Pool, bad)
-    executor_class = monkey._with_defaults(polyproc.executor.Executor, bad)
+    _context._factory_defaults["Pool"] = dict(bad)
+    _context._factory_defaults["Executor"] = dict(bad)
+    pool_class = monkey._with_defaults(polyproc.pool.Pool, "Pool")
+    executor_class = monkey._with_defaults(polyproc.executor.Executor, "Executor")
     assert issubclass(pool_class, polyproc.pool.Pool)
     assert pool_class.__name__ == "Pool"
     with pytest.raises(ValueError, match="max_memory_per_child"):
         pool_class(1)
     with pytest.raises(ValueError, match="max_memory_per_child"):
         executor_class(1)
-    _context._factory_defaults["Pool"] = dict(bad)
-    _context._factory_defaults["Executor"] = dict(bad)
     try:
         with pytest.raises(ValueError, match="max_memory_per_child"):
             multiprocessing.Pool(1)
@@ -134,7 +156,7 @@ def test_defaults_reach_pools_and_executors_made_by_every_patched_path(patched):
     finally:
         polyproc.unpatch()
     assert _context._factory_defaults == {"Pool": {}, "Executor": {}}
-    assert monkey._with_defaults(polyproc.pool.Pool, {}) is polyproc.pool.Pool
+    assert monkey._with_defaults(polyproc.pool.Pool, "Pool") is polyproc.pool.Pool
 
 
 # -- modules imported after patch() (in a fresh interpreter) ---------------------
