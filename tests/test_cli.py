@@ -10,8 +10,11 @@ from __future__ import annotations
 import ast
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +119,60 @@ def test_a_missing_script_or_module_is_a_clear_error(tmp_path):
     result = polyproc_cli("run", "-m", "no_such_module", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr == "python -m polyproc run: No module named no_such_module\n"
+
+
+@pytest.mark.parametrize("method, kind", [("fork", "pool"), ("fork", "executor"),
+                                          ("spawn", "executor")])
+def test_ctrl_c_ends_the_program_as_without_polyproc(method, kind):
+    # SIGINT to the process group, as a terminal's Ctrl-C, once a task runs.
+    # polyproc's workers ignore SIGINT (the parent decides): leaving the
+    # executor's ``with`` by the interrupt must not wait for the calls.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polyproc", "run", str(SCRIPTS / "stdlib_sigint.py"),
+         method, kind], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env={**os.environ, "PYTHONPATH": path})
+    try:
+        assert proc.stdout.readline().startswith("task started")
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+        # Python's own way to end on an uncaught KeyboardInterrupt: killed by SIGINT.
+        assert proc.returncode == -signal.SIGINT, err
+        assert err.rstrip().endswith("KeyboardInterrupt")
+        assert _wait_for_no_live_process(proc.pid, within=10) == []
+    finally:
+        _kill_group(proc.pid)
+        proc.wait()   # (reaped by communicate() when it returned)
+
+
+def _wait_for_no_live_process(group: int, within: float) -> list[int]:
+    """The processes of process group *group* still alive (not zombies)
+    after waiting up to *within* seconds for each to exit (a pidfd becomes
+    readable when its process has exited)."""
+    ps = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(group)],
+                        capture_output=True, text=True).stdout.splitlines()
+    deadline = time.monotonic() + within
+    live = []
+    for pid, stat in (line.split() for line in ps if line.strip()):
+        if "Z" in stat:
+            continue
+        try:
+            fd = os.pidfd_open(int(pid))
+        except ProcessLookupError:
+            continue   # gone since ps looked
+        with os.fdopen(fd) as pidfd:
+            ready, _, _ = select.select([pidfd], [], [],
+                                        max(0.0, deadline - time.monotonic()))
+        if not ready:
+            live.append(int(pid))
+    return live
+
+
+def _kill_group(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _trace(path: Path) -> tuple[dict[str, int], list[dict]]:
