@@ -12,8 +12,8 @@ script starts)::
                                         make polyproc's objects)
     multiprocessing.pool.Pool, ThreadPool          -> polyproc.pool's
     concurrent.futures.ProcessPoolExecutor (and
-        concurrent.futures.process.ProcessPoolExecutor) -> polyproc.Executor
-        (same signature: max_workers, mp_context, initializer, initargs,
+        concurrent.futures.process.ProcessPoolExecutor) -> a subclass of
+        polyproc.Executor named ProcessPoolExecutor (same signature: max_workers, mp_context, initializer, initargs,
         max_tasks_per_child; a dead worker fails one future with
         WorkerLostError, a BrokenProcessPool, instead of breaking them all)
 
@@ -239,7 +239,10 @@ def _replacements(target: str) -> dict[str, Any]:
         return {"Pool": _classes["Pool"], "ThreadPool": ThreadPool}
     from .executor import Executor
     if "Executor" not in _classes:
-        _classes["Executor"] = _with_defaults(Executor, "Executor")
+        # Under the stdlib's name: a program that shows type(executor).__name__
+        # prints what it printed without polyproc.
+        _classes["Executor"] = _with_defaults(Executor, "Executor",
+                                              name="ProcessPoolExecutor")
     return {"ProcessPoolExecutor": _classes["Executor"]}
 
 
@@ -319,14 +322,16 @@ def _accepted(cls: type, asked: dict[str, Any], *, required: bool) -> dict[str, 
     return {k: v for k, v in asked.items() if k in parameters}
 
 
-def _with_defaults(cls: type, kind: str) -> type:
+def _with_defaults(cls: type, kind: str, name: str | None = None) -> type:
     """*cls* itself, or, when patch() set defaults for *kind* ("Pool" or
-    "Executor"), a subclass that adds them to each call.
+    "Executor") or *name* is not *cls*'s, a subclass called *name* that adds
+    the defaults to each call.
 
     A subclass, not a function, so that ``isinstance`` and subclassing
     (``class MyPool(multiprocessing.pool.Pool)``) keep working.
     """
-    if not _context._factory_defaults[kind]:
+    name = name or cls.__name__
+    if not _context._factory_defaults[kind] and name == cls.__name__:
         return cls
 
     class WithDefaults(cls):
@@ -335,7 +340,8 @@ def _with_defaults(cls: type, kind: str) -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **{**_context._defaults_for(kind, kwargs), **kwargs})
 
-    WithDefaults.__name__ = WithDefaults.__qualname__ = cls.__name__
+    WithDefaults.__name__ = WithDefaults.__qualname__ = name
+    WithDefaults.__module__ = cls.__module__
     return WithDefaults
 
 

@@ -90,6 +90,22 @@ def test_argv_main_module_and_path_are_the_programs(tmp_path):
                              "path0": str(SCRIPTS), "main_is_me": True}
 
 
+@pytest.mark.parametrize("program", [
+    ["stdlib_manager_queue.py"],   # Manager().Queue(), Processes, a Pool; exit 3
+    ["stdlib_futures.py"],         # ProcessPoolExecutor, as_completed, wait, map
+    ["stdlib_spawn_main.py"],      # set_start_method("spawn") under the main guard
+    ["-m", "stdlib_pkg", "a", "b"],   # python -m package, relative imports; exit 7
+])
+def test_real_programs_print_and_exit_as_without_polyproc(program):
+    command = program if program[0] == "-m" else [str(SCRIPTS / program[0])]
+    plain = subprocess.run([sys.executable, *command], capture_output=True, text=True,
+                           timeout=60, cwd=SCRIPTS)
+    patched = polyproc_cli("run", *command, cwd=SCRIPTS)
+    assert (patched.stdout, patched.stderr, patched.returncode) == (
+        plain.stdout, plain.stderr, plain.returncode)
+    assert plain.stdout   # (the programs ran)
+
+
 def test_exit_status_and_uncaught_exception_as_without_polyproc():
     script = str(SCRIPTS / "argv_and_exit.py")
     assert polyproc_cli("run", script, "exit", "3").returncode == 3
