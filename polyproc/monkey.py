@@ -13,7 +13,8 @@ script starts)::
     multiprocessing.pool.Pool, ThreadPool          -> polyproc.pool's
     concurrent.futures.ProcessPoolExecutor (and
         concurrent.futures.process.ProcessPoolExecutor) -> a subclass of
-        polyproc.Executor named ProcessPoolExecutor (same signature: max_workers, mp_context, initializer, initargs,
+        polyproc.Executor named ProcessPoolExecutor (same signature:
+        max_workers, mp_context, initializer, initargs,
         max_tasks_per_child; a dead worker fails one future with
         WorkerLostError, a BrokenProcessPool, instead of breaking them all)
 

@@ -151,7 +151,7 @@ def test_ctrl_c_ends_the_program_as_without_polyproc(method, kind):
     try:
         assert proc.stdout.readline().startswith("task started")
         os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
+        _, err = proc.communicate(timeout=15)
         # Python's own way to end on an uncaught KeyboardInterrupt: killed by SIGINT.
         assert proc.returncode == -signal.SIGINT, err
         assert err.rstrip().endswith("KeyboardInterrupt")

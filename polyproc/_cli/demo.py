@@ -217,13 +217,12 @@ def observed_run(processes: int, timeline: str) -> tuple[int, dict[str, Any]]:
     chunks = [(i * n // PRIMES_CHUNKS, (i + 1) * n // PRIMES_CHUNKS)
               for i in range(PRIMES_CHUNKS)]
     victim = chunks[len(chunks) // 3][1]   # a task in the middle of the run
-    with tempfile.TemporaryDirectory(prefix="polyproc-demo-") as scratch:
-        with polyproc.Pool(processes, initializer=arm_kill_once,
-                           initargs=(os.path.join(scratch, "killed"), victim),
-                           insights=True, timeline=timeline) as pool:
-            total = sum(pool.map(count_primes_dying_once, chunks, chunksize=1,
-                                 retries=1))
-            insights = pool.insights()
+    with tempfile.TemporaryDirectory(prefix="polyproc-demo-") as scratch, \
+            polyproc.Pool(processes, initializer=arm_kill_once,
+                          initargs=(os.path.join(scratch, "killed"), victim),
+                          insights=True, timeline=timeline) as pool:
+        total = sum(pool.map(count_primes_dying_once, chunks, chunksize=1, retries=1))
+        insights = pool.insights()
     return total, insights
 
 
@@ -231,8 +230,8 @@ def print_insights(primes: int, insights: dict[str, Any], timeline: str,
                    out: TextIO = sys.stdout) -> None:
     """A short summary of ``insights()``, and where the timeline is."""
     totals = insights["totals"]
-    print(f"{primes:,} primes; tasks: {totals['tasks_completed']} completed, {totals['tasks_failed']} "
-          f"failed, {totals['retries']} retried; workers: "
+    print(f"{primes:,} primes; tasks: {totals['tasks_completed']} completed, "
+          f"{totals['tasks_failed']} failed, {totals['retries']} retried; workers: "
           f"{totals['workers_started']} started, {totals['workers_lost']} lost; "
           f"wall time {totals['wall_time']:.2f} s", file=out)
     header = ("worker", "pid", "tasks", "working", "waiting", "start-up", "ended")
@@ -260,7 +259,8 @@ def print_insights(primes: int, insights: dict[str, Any], timeline: str,
 def _how_it_ended(worker: dict[str, Any]) -> str:
     if worker["status"] != "lost":
         return str(worker["status"])
-    return f"lost ({worker['signal'] or 'exit code %s' % worker['exitcode']})"
+    cause = worker["signal"] or f"exit code {worker['exitcode']}"
+    return f"lost ({cause})"
 
 
 # --- the table ---------------------------------------------------------------
@@ -324,8 +324,8 @@ def main(args: argparse.Namespace | None = None) -> int:
         rows.append(section(processes))
     print_table(rows)
     timeline = os.path.abspath(args.timeline if args is not None else DEFAULT_TIMELINE)
-    print(f"\npolyproc's own view of the primes map, run once more with "
-          f"Pool(insights=True, timeline=...), a worker SIGKILLed mid-task and "
-          f"retries=1:", flush=True)
+    print("\npolyproc's own view of the primes map, run once more with "
+          "Pool(insights=True, timeline=...), a worker SIGKILLed mid-task and "
+          "retries=1:", flush=True)
     print_insights(*observed_run(processes, timeline), timeline)
     return 0
