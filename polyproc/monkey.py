@@ -354,14 +354,22 @@ class _TimelineFiles(_context._PerPool):
     one file per pool, since each pool's trace is its own (times from its
     start, its workers) and is written when that pool is done.  A
     ``context._PerPool``: asked once per pool, from any thread.
+
+    Only in the process that called ``patch()``: a forked child (a
+    ``Process`` that makes a Pool) inherits this object, and its copy of
+    the count would give its pools the names of the parent's next ones;
+    its pools record no timeline, as a spawned child's (not given the file).
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         self._stem, self._extension = os.path.splitext(os.fspath(path))
         self._made = 0
         self._lock = threading.Lock()
+        self._owner = os.getpid()
 
-    def next_value(self) -> str:
+    def next_value(self) -> str | None:
+        if os.getpid() != self._owner:
+            return None   # timeline=None: record nothing
         with self._lock:
             self._made += 1
             made = self._made

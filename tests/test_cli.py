@@ -205,7 +205,7 @@ def test_timeline_writes_one_file_per_pool(method, tmp_path):
     result = polyproc_cli("run", "--timeline", "run.json",
                           str(SCRIPTS / "stdlib_pools_timeline.py"), method, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["2470", "506", "30"]   # as without polyproc
+    assert result.stdout.split() == ["2470", "506", "30", "5"]   # as without polyproc
     assert result.stderr == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "run-2.json", "run-3.json", "run.json"]
