@@ -91,13 +91,13 @@ import time
 import weakref
 from multiprocessing import connection as mp_connection
 from multiprocessing import popen_fork, util
-from multiprocessing.process import current_process
+from multiprocessing.process import current_process, parent_process
 from typing import Any, Callable, NamedTuple
 
 from ...._exceptions import ProcessError
 from .worker import worker_main
 
-__all__ = ["ForkTemplate", "TemplateWorker", "template_main"]
+__all__ = ["ForkTemplate", "TemplateWorker", "template_main", "template_start_method"]
 
 PARENT_POLL_SECONDS = 0.1   # how often the template checks that its parent lives
 REAP_POLL_SECONDS = 0.002   # between a sentinel's EOF and the exit status
@@ -190,11 +190,14 @@ def _receive(sock: socket.socket) -> tuple[Any, list[int]] | None:
 # --- the template process ---------------------------------------------------
 
 def template_main(sock: socket.socket, parent_sentinel: int, parent: tuple[int, str],
-                  ctx: Any, table: Any, config: Any, name_format: str) -> None:
+                  ctx: Any, table: Any, config: Any, name_format: str,
+                  caller_is_os_parent: bool = True) -> None:
     """The template's whole life, in the child of the fork in ``ForkTemplate``.
 
     *parent_sentinel* reaches EOF when the caller is gone; *parent* is the
-    caller's pid and process name.  *ctx* makes the worker Process objects
+    caller's pid and process name; *caller_is_os_parent* is False when the
+    fork server started the template (then ``os.getppid()`` is the fork
+    server, and only the sentinel tells).  *ctx* makes the worker Process objects
     (polyproc's, or the stdlib's when an Executor was given a stdlib
     context); *table* and *config* are the pool's progress table and
     ``WorkerConfig``, inherited by the fork.
@@ -204,15 +207,18 @@ def template_main(sock: socket.socket, parent_sentinel: int, parent: tuple[int, 
     # inherit both and install their own handler (worker_main).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock.settimeout(SEND_TIMEOUT_SECONDS)
-    _Template(sock, parent_sentinel, parent, ctx, table, config, name_format).serve()
+    _Template(sock, parent_sentinel, parent, ctx, table, config, name_format,
+              caller_is_os_parent).serve()
 
 
 class _Template:
     """The template's loop: fork on request, reap, report, watch the parent."""
 
     def __init__(self, sock: socket.socket, parent_sentinel: int, parent: tuple[int, str],
-                 ctx: Any, table: Any, config: Any, name_format: str):
+                 ctx: Any, table: Any, config: Any, name_format: str,
+                 caller_is_os_parent: bool = True):
         self.sock = sock
+        self.caller_is_os_parent = caller_is_os_parent
         self.parent_sentinel = parent_sentinel
         self.parent_pid, self.parent_name = parent
         self.ctx = ctx
@@ -243,7 +249,9 @@ class _Template:
         # The sentinel reaches EOF when the caller is gone, unless a process
         # the caller forked later holds a copy of its write end: getppid
         # covers that case (as in the workers' watchdog).
-        return os.getppid() != self.parent_pid or self.parent_sentinel in ready
+        if self.parent_sentinel in ready:
+            return True
+        return self.caller_is_os_parent and os.getppid() != self.parent_pid
 
     def handle_request(self) -> bool:
         """Serve one request; False when the template must exit at once."""
@@ -398,6 +406,74 @@ class _TemplateChild:
                 pass
 
 
+def template_start_method() -> str:
+    """How to start a pool's template now: ``"fork"`` or ``"forkserver"``.
+
+    ``"fork"`` only while this process runs no other Python thread (another
+    pool's PoolScheduler, a stdlib pool's handlers, the caller's own): a
+    fork then copies no lock that another thread holds.  Threads outside
+    Python (a BLAS library's) are not counted: they are the library's to
+    make fork-safe (OpenBLAS stops its threads in its own fork handler).
+    """
+    return "fork" if threading.active_count() == 1 else "forkserver"
+
+
+def _template_from_forkserver(sock: socket.socket, caller: tuple[int, str], ctx: Any,
+                              table: Any, config: Any, name_format: str) -> None:
+    """The template's entry point when the fork server started it."""
+    parent = parent_process()
+    assert parent is not None  # a child of the fork server always has one
+    template_main(sock, parent.sentinel, caller, ctx, table, config, name_format,
+                  caller_is_os_parent=False)
+
+
+class _ForkServerTemplateChild:
+    """The template, started by the stdlib's fork server: the same
+    interface as ``_TemplateChild``.
+
+    For a caller that runs other threads: the fork server is a
+    single-threaded process that execs Python and imports the main module,
+    and forks the template; this process only sends it the arguments
+    (pickled, with their descriptors).  The stdlib's ``Process`` rather
+    than polyproc's: polyproc's starts a watchdog thread in a daemon child,
+    and the template must run one thread.
+    """
+
+    def __init__(self, args: tuple):
+        """Start the template with ``_template_from_forkserver(*args)``.
+
+        Raises what ``Process.start()`` raises.
+        """
+        import multiprocessing  # the stdlib's: see above
+        process = multiprocessing.get_context("forkserver").Process(
+            target=_template_from_forkserver, args=args,
+            name="PolyPoolTemplate", daemon=True)
+        process.start()
+        self._process = process
+        self.pid: int = process.pid  # type: ignore[assignment]  # started
+        self.sentinel: int = process.sentinel
+
+    @property
+    def reaped(self) -> bool:
+        return self._process.exitcode is not None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._process.exitcode
+
+    def join(self, timeout: float | None) -> None:
+        self._process.join(timeout)
+
+    def kill(self) -> None:
+        if not self.reaped:
+            self._process.kill()
+
+    def close(self) -> None:
+        """Release the process's resources (after join)."""
+        if self.reaped:
+            self._process.close()
+
+
 class ForkTemplate:
     """The caller's handle on a pool's template process.
 
@@ -406,10 +482,14 @@ class ForkTemplate:
     """
 
     def __init__(self, ctx: Any, table: Any, config: Any,
-                 name_format: str = "PolyPoolWorker-{}"):
-        """Fork the template from the calling thread.
+                 name_format: str = "PolyPoolWorker-{}", start_method: str = "fork"):
+        """Start the template: forked from the calling thread (*start_method*
+        ``"fork"``: call it only while this process runs no other thread,
+        see ``template_start_method``), or started by the stdlib's fork
+        server (``"forkserver"``).
 
-        Raises ``OSError`` when fork fails.
+        Raises ``OSError`` when fork fails, what ``Process.start()`` raises
+        under the fork server.
         """
         self._lock = threading.Lock()
         # Workers not known to have exited, by pid: an exit report sets the
@@ -420,15 +500,26 @@ class ForkTemplate:
         self._gone: str | None = None  # why no more workers can be started
         self._stopped = False
         self._closed = False
+        # Replies to requests not collected yet, by slot: the first workers
+        # are requested together (``request``) and collected later, and a
+        # thread waiting for an exit report may read them first.
+        self._replies: dict[int, tuple[Any, list[int]]] = {}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         caller = (os.getpid(), current_process().name)
-
-        def run_template(caller_sentinel: int) -> None:  # in the child
-            ours.close()  # only the caller holds the caller's end
-            template_main(theirs, caller_sentinel, caller, ctx, table, config, name_format)
+        self.start_method = start_method
+        if start_method == "fork":
+            def run_template(caller_sentinel: int) -> None:  # in the child
+                ours.close()  # only the caller holds the caller's end
+                template_main(theirs, caller_sentinel, caller, ctx, table, config,
+                              name_format)
 
         try:
-            self._process = _TemplateChild(run_template)
+            if start_method == "fork":
+                self._process: _TemplateChild | _ForkServerTemplateChild = \
+                    _TemplateChild(run_template)
+            else:
+                self._process = _ForkServerTemplateChild(
+                    (theirs, caller, ctx, table, config, name_format))
         except BaseException:
             ours.close()
             raise
@@ -442,11 +533,20 @@ class ForkTemplate:
         return self._process.pid
 
     def spawn(self, slot: int, number: int) -> tuple[TemplateWorker, mp_connection.Connection]:
-        """Have the template fork worker *number* for *slot*.
+        """Have the template fork worker *number* for *slot*: ``request``, then ``collect``.
 
         Returns the worker and the caller's end of its duplex pipe.  Blocks
         for one fork in the template.  Raises ``ProcessError`` if the
         template is gone, ``OSError`` if its fork failed.
+        """
+        self.request(slot, number)
+        return self.collect(slot, number)
+
+    def request(self, slot: int, number: int) -> None:
+        """Ask the template to fork worker *number* for *slot*; does not wait.
+
+        ``collect(slot, number)`` gets the worker.  Raises ``ProcessError``
+        if the template is gone.
         """
         with self._lock:
             if self._stopped:
@@ -457,23 +557,30 @@ class ForkTemplate:
             except OSError as exc:
                 self._mark_gone(_gone_words(self._process, exc))
                 self._check_usable()
-            while True:
-                received = self._next_record(None)
-                if received is None:
+
+    def collect(self, slot: int, number: int) -> tuple[TemplateWorker, mp_connection.Connection]:
+        """Wait for the worker requested for *slot* (``request``).
+
+        Returns it and the caller's end of its duplex pipe.  Blocks until
+        the template has forked it.  Raises ``ProcessError`` if the
+        template is gone, ``OSError`` if its fork failed.
+        """
+        with self._lock:
+            while slot not in self._replies:
+                if self._next_record(None) is None:
                     self._check_usable()
-                    continue
-                message, fds = received
-                if isinstance(message, Spawned) and message.slot == slot and len(fds) == 2:
-                    worker = TemplateWorker(self, message.pid,
-                                            self._name_format.format(number), fds[1])
-                    self._running[worker.pid] = worker
-                    return worker, mp_connection.Connection(fds[0])
-                for fd in fds:
-                    os.close(fd)
-                if isinstance(message, SpawnFailed) and message.slot == slot:
-                    raise OSError(message.errno,
-                                  f"the pool's template process (pid {self.pid}) could "
-                                  f"not fork a worker: {os.strerror(message.errno)}")
+            message, fds = self._replies.pop(slot)
+            if isinstance(message, Spawned) and len(fds) == 2:
+                worker = TemplateWorker(self, message.pid,
+                                        self._name_format.format(number), fds[1])
+                self._running[worker.pid] = worker
+                return worker, mp_connection.Connection(fds[0])
+            for fd in fds:
+                os.close(fd)
+            errno = message.errno if isinstance(message, SpawnFailed) else 0
+            raise OSError(errno,
+                          f"the pool's template process (pid {self.pid}) could "
+                          f"not fork a worker: {os.strerror(errno)}")
 
     def wait_exit(self, worker: TemplateWorker, timeout: float | None) -> None:
         """Wait up to *timeout* s for the template to report *worker*'s exit.
@@ -515,6 +622,10 @@ class ForkTemplate:
                 return
             self._closed = True
             self._mark_gone("the pool was closed")
+            for _, fds in self._replies.values():
+                for fd in fds:
+                    os.close(fd)
+            self._replies.clear()
             self._sock.close()
             self._process.join(CLOSE_TIMEOUT_SECONDS)
             if not self._process.reaped:
@@ -524,7 +635,10 @@ class ForkTemplate:
 
     # -- under the lock --------------------------------------------------------
     def _next_record(self, timeout: float | None) -> tuple[Any, list[int]] | None:
-        """Read one record (storing an exit report) or mark the template gone.
+        """Read one record or mark the template gone.
+
+        An exit report sets its worker's exit code; a reply to ``request``
+        waits in ``_replies`` for ``collect``.
 
         Returns None on timeout or when the template is gone.
         """
@@ -544,11 +658,16 @@ class ForkTemplate:
         if received is None:
             self._mark_gone(_gone_words(self._process))
             return None
-        message, _fds = received
+        message, fds = received
         if isinstance(message, WorkerExited):
             worker = self._running.pop(message.pid, None)
             if worker is not None:
                 worker._exitcode = message.exitcode
+        elif isinstance(message, (Spawned, SpawnFailed)):
+            self._replies[message.slot] = received  # for collect()
+        else:
+            for fd in fds:
+                os.close(fd)
         return received
 
     def _mark_gone(self, why: str) -> None:

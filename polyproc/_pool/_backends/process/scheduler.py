@@ -69,7 +69,7 @@ from ...._exceptions import (InitializerError, ProcessError, SerializationError,
                           UnloadableError)
 from .blame import Death, StartupRecord, recover_lost_chunks
 from .timing import MAX_TIMING_KEY_BYTES, TaskTimes, timing_key
-from .fork_template import ForkTemplate
+from .fork_template import ForkTemplate, template_start_method
 from ...._transport.remote_errors import rebuild_exception
 from ...backend import CLOSE, RUN, TERMINATE
 from ...chunks import TaskChunk, Transport
@@ -135,14 +135,21 @@ class ProcessScheduler:
         self._feeders_lock = threading.Lock()
         self._startup = StartupRecord()
         self._worker_counter = 0
+        # Under fork, the first workers are asked of the template here and
+        # collected by the PoolScheduler thread (_collect_first_workers):
+        # Pool() does one fork, the template's.  Set once they are known.
+        self._first_workers_known = threading.Event()
+        self._first_requests: list[tuple[int, int, float]] = []  # slot, number, time
         self._template = self._start_template()
         try:
             for slot in range(processes):
-                self._spawn_worker(slot, in_caller_thread=True)
+                self._start_first_worker(slot)
         except BaseException:
             if self._template is not None:
                 self._template.close()
             raise
+        if self._template is None:
+            self._first_workers_known.set()
         self._thread = threading.Thread(target=self._run, name="PoolScheduler",
                                         daemon=True)
         self._thread.start()
@@ -183,7 +190,13 @@ class ProcessScheduler:
         self._wake(force=True)
 
     def worker_processes(self) -> list:
-        """The worker processes now (a replaced worker is not among them)."""
+        """The worker processes now (a replaced worker is not among them).
+
+        Right after ``__init__`` under fork, waits until the template has
+        forked the first workers.
+        """
+        if threading.current_thread() is not self._thread:
+            self._first_workers_known.wait()
         return [w.process for w in list(self._workers.values())]
 
     def close(self) -> None:
@@ -227,6 +240,7 @@ class ProcessScheduler:
     # ------------------------------------------------------------------
     def _run(self) -> None:
         try:
+            self._collect_first_workers()
             while self.state != TERMINATE:
                 self._wakeup_armed = False
                 self._apply_cancels()
@@ -644,30 +658,70 @@ class ProcessScheduler:
 
     # -- worker processes -------------------------------------------------
     def _start_template(self) -> ForkTemplate | None:
-        """Under fork, the process that forks replacement workers
+        """Under fork, the process that forks this pool's workers
         (``fork_template.py`` beside this module).
 
-        Forked here, in the caller's thread, before the first workers, as
-        the stdlib forks those; the scheduler thread never forks.  None
-        under spawn and forkserver, which never fork this process.
+        Forked here, in the caller's thread, before the PoolScheduler thread
+        starts, when this process runs no other thread; started by the
+        fork server when it does (``template_start_method``): polyproc
+        never forks a multi-threaded process.  None under spawn and
+        forkserver, which never fork this process.
         """
         if self._ctx.get_start_method() != "fork":
             return None
-        with sigint_shielded_start("fork"):
-            return ForkTemplate(self._ctx, self._table, self._config)
+        method = template_start_method()
+        with sigint_shielded_start(method):
+            return ForkTemplate(self._ctx, self._table, self._config, start_method=method)
 
-    def _spawn_worker(self, slot: int, in_caller_thread: bool = False) -> None:
-        """Start a worker for *slot*.
+    def _start_first_worker(self, slot: int) -> None:
+        """Start (under fork: ask the template for) the first worker of *slot*.
 
-        Under fork, only the caller's thread forks this process (the first
-        workers, in ``__init__``); later workers are forked by the template.
+        Raises ``ProcessError`` if the template is gone, and what
+        ``Process.start()`` raises.
+        """
+        if self._template is None:
+            self._spawn_worker(slot)
+            return
+        clear_slot(self._table, slot)
+        self._worker_counter += 1
+        self._template.request(slot, self._worker_counter)
+        self._first_requests.append((slot, self._worker_counter, time.monotonic()))
+
+    def _collect_first_workers(self) -> None:
+        """Take the first workers that the template forked (in the
+        PoolScheduler thread); a failed fork breaks the pool."""
+        error: BaseException | None = None
+        try:
+            for slot, number, spawned in self._first_requests:
+                try:
+                    process, conn = self._template.collect(slot, number)
+                except ProcessError as exc:  # the template is gone
+                    error = error or exc
+                    continue
+                except OSError as exc:  # its fork failed
+                    error = error or ProcessError(
+                        f"the pool's template process could not fork worker "
+                        f"{number}: {exc}.  Too many processes, or too little memory?")
+                    continue
+                self._workers[slot] = WorkerHandle(process, conn, slot, spawned)
+                self._slot_pids[slot] = process.pid
+        finally:
+            self._first_requests.clear()
+            self._first_workers_known.set()
+        if error is not None:
+            self._break(error)
+
+    def _spawn_worker(self, slot: int) -> None:
+        """Start a worker for *slot*: under fork the template forks it,
+        else this thread starts it with the pool's context.
+
         Raises ``ProcessError`` if the template is gone, and what
         ``Process.start()`` raises.
         """
         clear_slot(self._table, slot)
         self._worker_counter += 1
         spawned, replaces = time.monotonic(), self._slot_pids.get(slot)
-        if self._template is not None and not in_caller_thread:
+        if self._template is not None:
             process, parent_conn = self._template.spawn(slot, self._worker_counter)
             self._workers[slot] = WorkerHandle(process, parent_conn, slot, spawned, replaces)
             self._slot_pids[slot] = process.pid
