@@ -100,7 +100,7 @@ from .worker import worker_main
 __all__ = ["ForkTemplate", "TemplateWorker", "template_main", "template_start_method"]
 
 PARENT_POLL_SECONDS = 0.1   # how often the template checks that its parent lives
-REAP_POLL_SECONDS = 0.002   # between a sentinel's EOF and the exit status
+REAP_POLL_SECONDS = 0.0005  # between a sentinel's EOF and the exit status
 SEND_TIMEOUT_SECONDS = 5.0  # a parent that reads nothing for this long is gone
 CLOSE_TIMEOUT_SECONDS = 1.0
 
