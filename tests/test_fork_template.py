@@ -89,8 +89,12 @@ def test_replacement_worker_runs_while_parent_threads_hold_locks(ctx, replaced):
 
 
 @pytest.mark.timeout(60)
-def test_all_workers_are_forked_by_a_single_threaded_template():
+def test_replacements_are_forked_by_a_single_threaded_template():
     with FORK.Pool(2, maxtasksperchild=1) as pool:
+        # The first workers are forked by this thread in Pool(), as the
+        # stdlib's are (before the scheduler thread starts); from here on
+        # every worker is a replacement, needed while this process runs the
+        # scheduler thread and one more.
         first = {w.pid for w in pool._pool}
         idle = threading.Event()
         extra = threading.Thread(target=idle.wait, args=(30,), daemon=True)
@@ -98,18 +102,16 @@ def test_all_workers_are_forked_by_a_single_threaded_template():
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                # One task per chunk, one chunk per worker: eight workers,
-                # six of them replacements started while this process runs
-                # the scheduler thread and one more.
+                # One task per chunk, one chunk per worker: eight workers.
                 lineages = pool.map(fh.lineage, range(6), chunksize=1)
                 _kill_and_wait(pool._pool[0].pid)
                 lineages += pool.map(fh.lineage, range(2), chunksize=1)
-            assert len({pid for pid, _, _ in lineages} - first) >= 4
-            # The first workers too: Pool() forks the template only.
-            parents = {ppid for _, ppid, _ in lineages}
+            assert {ppid for pid, ppid, _ in lineages if pid in first} == {os.getpid()}
+            replacements = [(pid, ppid) for pid, ppid, _ in lineages if pid not in first]
+            assert len(replacements) >= 6
+            parents = {ppid for _, ppid in replacements}
             assert len(parents) == 1 and os.getpid() not in parents
             template = psutil.Process(parents.pop())
-            assert first <= {pid for pid, _, _ in lineages}
             assert template.pid == pool._backend._template.pid
             assert template.ppid() == os.getpid()
             assert template.num_threads() == 1

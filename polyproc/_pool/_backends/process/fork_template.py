@@ -92,7 +92,7 @@ import weakref
 from multiprocessing import connection as mp_connection
 from multiprocessing import popen_fork, util
 from multiprocessing.process import current_process, parent_process
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ...._exceptions import ProcessError
 from .worker import worker_main
@@ -482,11 +482,15 @@ class ForkTemplate:
     """
 
     def __init__(self, ctx: Any, table: Any, config: Any,
-                 name_format: str = "PolyPoolWorker-{}", start_method: str = "fork"):
+                 name_format: str = "PolyPoolWorker-{}", start_method: str = "fork",
+                 inherited_fds: Sequence[int] = ()):
         """Start the template: forked from the calling thread (*start_method*
         ``"fork"``: call it only while this process runs no other thread,
         see ``template_start_method``), or started by the stdlib's fork
         server (``"forkserver"``).
+
+        *inherited_fds* are closed in a forked template: this process's
+        ends of the pipes of workers it forked itself.
 
         Raises ``OSError`` when fork fails, what ``Process.start()`` raises
         under the fork server.
@@ -510,6 +514,8 @@ class ForkTemplate:
         if start_method == "fork":
             def run_template(caller_sentinel: int) -> None:  # in the child
                 ours.close()  # only the caller holds the caller's end
+                for fd in inherited_fds:
+                    os.close(fd)
                 template_main(theirs, caller_sentinel, caller, ctx, table, config,
                               name_format)
 

@@ -135,21 +135,12 @@ class ProcessScheduler:
         self._feeders_lock = threading.Lock()
         self._startup = StartupRecord()
         self._worker_counter = 0
-        # Under fork, the first workers are asked of the template here and
-        # collected by the PoolScheduler thread (_collect_first_workers):
-        # Pool() does one fork, the template's.  Set once they are known.
+        # Set once the first workers are known: at once, unless the template
+        # forks them (_start_workers_and_template).
         self._first_workers_known = threading.Event()
         self._first_requests: list[tuple[int, int, float]] = []  # slot, number, time
-        self._template = self._start_template()
-        try:
-            for slot in range(processes):
-                self._start_first_worker(slot)
-        except BaseException:
-            if self._template is not None:
-                self._template.close()
-            raise
-        if self._template is None:
-            self._first_workers_known.set()
+        self._template: ForkTemplate | None = None
+        self._start_workers_and_template(processes)
         self._thread = threading.Thread(target=self._run, name="PoolScheduler",
                                         daemon=True)
         self._thread.start()
@@ -657,31 +648,50 @@ class ProcessScheduler:
                     pass
 
     # -- worker processes -------------------------------------------------
-    def _start_template(self) -> ForkTemplate | None:
-        """Under fork, the process that forks this pool's workers
-        (``fork_template.py`` beside this module).
+    def _start_workers_and_template(self, processes: int) -> None:
+        """Start the first workers and, under fork, the template
+        (``fork_template.py`` beside this module), from the caller's thread.
 
-        Forked here, in the caller's thread, before the PoolScheduler thread
-        starts, when this process runs no other thread; started by the
-        fork server when it does (``template_start_method``): polyproc
-        never forks a multi-threaded process.  None under spawn and
-        forkserver, which never fork this process.
+        Under fork, while this process runs no other thread
+        (``template_start_method``), this thread forks the first workers,
+        as the stdlib does, then the template; the PoolScheduler thread,
+        started after, never forks.  While it runs other threads, nothing
+        is forked here: the fork server starts the template, which forks
+        every worker, the first ones included (asked for here, collected
+        by the PoolScheduler thread).  Under spawn and forkserver there is
+        no template.  Raises what ``Process.start()`` raises.
         """
-        if self._ctx.get_start_method() != "fork":
-            return None
-        method = template_start_method()
-        with sigint_shielded_start(method):
-            return ForkTemplate(self._ctx, self._table, self._config, start_method=method)
+        method = (template_start_method() if self._ctx.get_start_method() == "fork"
+                  else None)
+        try:
+            if method != "forkserver":
+                for slot in range(processes):
+                    self._spawn_worker(slot)
+            if method is not None:
+                # The template must not hold the caller's ends of the first
+                # workers' pipes: a worker sees EOF when the scheduler closes its end.
+                ends = [w.conn.fileno() for w in self._workers.values()]
+                with sigint_shielded_start(method):
+                    self._template = ForkTemplate(self._ctx, self._table, self._config,
+                                                  start_method=method, inherited_fds=ends)
+            if method == "forkserver":
+                for slot in range(processes):
+                    self._request_first_worker(slot)
+        except BaseException:
+            if self._template is not None:
+                self._template.close()
+            stop_processes([w.process for w in self._workers.values()], 0.0)
+            for w in self._workers.values():
+                w.conn.close()
+            raise
+        if not self._first_requests:
+            self._first_workers_known.set()
 
-    def _start_first_worker(self, slot: int) -> None:
-        """Start (under fork: ask the template for) the first worker of *slot*.
-
-        Raises ``ProcessError`` if the template is gone, and what
-        ``Process.start()`` raises.
-        """
-        if self._template is None:
-            self._spawn_worker(slot)
-            return
+    def _request_first_worker(self, slot: int) -> None:
+        """Ask the template for the first worker of *slot* (collected by
+        ``_collect_first_workers``).  Raises ``ProcessError`` if the
+        template is gone."""
+        assert self._template is not None
         clear_slot(self._table, slot)
         self._worker_counter += 1
         self._template.request(slot, self._worker_counter)
@@ -690,6 +700,9 @@ class ProcessScheduler:
     def _collect_first_workers(self) -> None:
         """Take the first workers that the template forked (in the
         PoolScheduler thread); a failed fork breaks the pool."""
+        if not self._first_requests:
+            return
+        assert self._template is not None
         error: BaseException | None = None
         try:
             for slot, number, spawned in self._first_requests:
