@@ -14,16 +14,16 @@ process is multi-threaded, use of fork() may lead to deadlocks in the
 child``), and 3.14 moved the default start method off fork for this reason.
 
 The design.  ``Pool()`` (in the caller's thread, where the stdlib forks its
-workers) forks one *template* process, then the first workers, as the
-stdlib does.  The template runs no thread and no user code: it waits for
-requests from the scheduler and forks every later worker from its one
-thread, so no worker is ever forked from a multi-threaded process by
-polyproc::
+workers, before the PoolScheduler thread starts) forks the first workers,
+as the stdlib does, then one *template* process.  The template runs no
+thread and no user code: it waits for requests from the scheduler and
+forks every later worker from its one thread, so no worker is ever forked
+from a multi-threaded process by polyproc::
 
   caller's process                               | template (one thread)    | workers
                                                  |                          |
-  Pool(): ForkTemplate(): fork ------------------+-> template_main          |
-          first workers: ctx.Process.start() ----+--------------------------+-> worker_main
+  Pool(): first workers: ctx.Process.start() ----+--------------------------+-> worker_main
+          ForkTemplate(): fork ------------------+-> template_main          |
   PoolScheduler thread, _spawn_worker            |                          |
    -> ForkTemplate.spawn: SpawnRequest ----------+-> Pipe(), Popen: fork ---+-> worker_main
                                       <----------+-- Spawned + 2 fds        |   (its end of the
@@ -59,12 +59,20 @@ polyproc::
   workers still running, not the replacements, and not the template (it is
   forked with ``os.fork``, not as a ``Process``: see ``_TemplateChild``).
   ``parent_process()`` in every worker is the caller, as under forkserver.
+* A caller that runs other threads (another pool's scheduler, its own):
+  ``Pool()`` forks nothing (``template_start_method``).  The stdlib's fork
+  server starts the template (``_ForkServerTemplateChild``), which forks
+  every worker, the first ones too: ``Pool()`` sends their requests
+  (``request``) and the PoolScheduler thread ``collect``s them.  The
+  template then has the fork server's state (the main module imported
+  again), not the caller's: forkserver semantics for that pool.
 
-Why the first workers are not forked by the template too: the caller would
-then wait for the template's start-up and a round trip per worker; measured
-on the 2-core development machine, ``Pool(2)`` took 3.5 ms longer that way.
-What remains is the template's own fork and exit, about 2.5 ms of CPU per
-pool (docs/pool.md has the measurements).
+Why the first workers are not forked by the template when the caller can
+fork them: the first result would wait for the template to run, fork and
+answer (two process hand-offs more); measured on the 2-core development
+machine, a ``Pool(2)`` start + first result + close fell from 0.7-0.8x the
+stdlib to 0.55x that way.  What remains is the template's own fork and
+exit, about 1.5 ms of the caller's time per pool (docs/pool.md).
 
 Rejected alternatives (see docs/pool.md): forking replacements from the
 scheduler thread (the bug); from a caller's thread (a worker dies while no
