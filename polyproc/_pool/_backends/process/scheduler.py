@@ -725,8 +725,10 @@ class ProcessScheduler:
             self._break(error)
 
     def _spawn_worker(self, slot: int) -> None:
-        """Start a worker for *slot*: under fork the template forks it,
-        else this thread starts it with the pool's context.
+        """Start a worker for *slot*: the template forks it once there is
+        one (under fork, after ``__init__``), else this thread starts it
+        with the pool's context (the first workers, or any worker under
+        spawn and forkserver).
 
         Raises ``ProcessError`` if the template is gone, and what
         ``Process.start()`` raises.
