@@ -236,3 +236,26 @@ def test_progress_bar_leaves_no_thread_behind(capfd):
         pool.join()
     assert "20/20" in capfd.readouterr().err
     assert {t.ident for t in threading.enumerate()} <= before
+
+
+def _pool_while_a_thread_runs() -> list[int]:
+    """In a forked child: a fork pool made while another thread runs."""
+    idle = threading.Event()
+    thread = threading.Thread(target=idle.wait, args=(30,), daemon=True)
+    thread.start()
+    try:
+        with FORK.Pool(2) as pool:
+            return pool.map(h.square, range(4))
+    finally:
+        idle.set()
+        thread.join(5)
+
+
+@pytest.mark.timeout(60)
+def test_forked_child_of_a_fork_server_user_gets_its_own_fork_server():
+    # The child inherits this process's record of its fork server, which
+    # the stdlib's ensure_running() then waits for: ChildProcessError (a
+    # manager's server process making a Pool hit it).
+    with polyproc.get_context("forkserver").Pool(1) as pool:
+        assert pool.apply(h.square, (3,)) == 9  # the fork server runs
+    assert h.report_of_fork_child(_pool_while_a_thread_runs) == [0, 1, 4, 9]
