@@ -160,6 +160,10 @@ def test_pool_made_while_another_thread_runs_does_not_fork_this_process(other):
             _kill_and_wait(pool._pool[0].pid)
             took_lock, logged, _ = pool.apply_async(fh.take_lock_and_log).get(timeout=10)
             lineages += pool.map(fh.lineage, range(4), chunksize=1)
+            # A worker has the modules this process had imported (psutil: by
+            # this test module only), as a forked one would: the template
+            # imported them, not each worker at its first task.
+            assert pool.apply(fh.imported, ("psutil",))
             template = psutil.Process(pool._backend._template.pid)
             # Started by the fork server, not forked from this process; the
             # template forks every worker.
