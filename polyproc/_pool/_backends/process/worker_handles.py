@@ -121,7 +121,7 @@ def sigint_shielded_start(start_method: str) -> Iterator[None]:
     """
     if start_method == "forkserver":
         from multiprocessing import forkserver
-        _forget_inherited_fork_server(forkserver._forkserver)  # type: ignore[attr-defined]
+        _forget_inherited_fork_server(forkserver._forkserver)
         forkserver.ensure_running()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     # A handler installed outside Python reads as None and could not be put
