@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -262,3 +263,38 @@ def test_plot_of_a_file_that_is_no_timeline_fails_clearly(tmp_path):
                               env=_env(), capture_output=True, text=True, timeout=60)
         assert done.returncode == 1
         assert "cannot read the timeline" in done.stderr and words in done.stderr
+
+
+def test_concurrent_timeline_writes_to_one_path_each_leave_a_whole_file(tmp_path):
+    # Threads writing the same file at once (a user's thread while the pool
+    # writes its own at terminate, or two of the user's): each write is
+    # atomic, so every read between them parses.
+    path = tmp_path / "run.json"
+    errors: list[BaseException] = []
+
+    def write_and_read() -> None:
+        for _ in range(15):
+            try:
+                pool.timeline(path)
+                _load(path)
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+    with FORK.Pool(1, timeline=True) as pool:
+        pool.map(h.square, range(2000), chunksize=1)  # a file of some size
+        threads = [threading.Thread(target=write_and_read) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_timeline_in_a_missing_folder_names_the_path_asked_for(tmp_path):
+    path = tmp_path / "no such folder" / "run.json"
+    with FORK.Pool(1, timeline=True) as pool:
+        with pytest.raises(FileNotFoundError) as raised:
+            pool.timeline(path)
+    assert raised.value.filename == str(path)
+    assert str(path) in str(raised.value) and ".tmp" not in str(raised.value)

@@ -291,20 +291,26 @@ class Timeline(Instrument):
         """Write the trace to *path* (JSON), replacing it whole.
 
         Written to a temporary file beside it, then renamed: a reader never
-        sees half a file.  Raises ``OSError`` if it cannot be written.
+        sees half a file.  The temporary file is this thread's own, so
+        threads writing the same *path* at once (a user's thread while the
+        pool writes its ``timeline=`` file) each replace it whole.  Raises
+        ``OSError`` if it cannot be written, naming *path*.
         """
         path = os.fspath(path)
         trace = self.trace()
-        temporary = f"{path}.{os.getpid()}.tmp"
+        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             with open(temporary, "w", encoding="utf-8") as file:
                 json.dump(trace, file, separators=(",", ":"))
             os.replace(temporary, path)
-        except BaseException:
+        except BaseException as error:
             try:
                 os.unlink(temporary)
             except OSError:
                 pass
+            if isinstance(error, OSError) and error.filename == temporary:
+                # The user asked for *path*: the temporary name would puzzle.
+                raise type(error)(error.errno, error.strerror, path) from None
             raise
 
 
