@@ -92,6 +92,21 @@ def test_worker_that_exits_reports_its_exit_code():
     assert lost["exitcode"] == 7 and lost["signal"] is None
 
 
+def test_tasks_submitted_to_a_broken_pool_count_as_failed(ctx):
+    # Whether a map reaches the pool before or after its initializer broke
+    # it (a race the start method decides), its tasks failed: insights
+    # count them either way.
+    with ctx.Pool(1, initializer=h.failing_initializer, insights=True) as pool:
+        with pytest.raises(polyproc.InitializerError):
+            pool.map(h.square, range(4))
+        with pytest.raises(polyproc.InitializerError):  # the pool is broken by now
+            pool.map(h.square, range(5))
+        with pytest.raises(polyproc.InitializerError):
+            pool.apply_async(h.square, (1,)).get(10)
+        totals = pool.insights()["totals"]
+    assert totals["tasks_failed"] == 10 and totals["tasks_completed"] == 0
+
+
 def test_timeout_is_counted():
     with FORK.Pool(1, insights=True) as pool:
         with pytest.raises(TaskTimeoutError):

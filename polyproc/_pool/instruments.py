@@ -50,7 +50,8 @@ differences of the worker's readings.
 Threads.  Events are called in the PoolScheduler thread, one at a time, so
 an instrument of one pool sees them in order without a lock.  Exceptions:
 ``chunk_failed`` for tasks that failed before they reached the scheduler
-(an argument that cannot be pickled, an ``imap`` input that raised) is
+(an argument that cannot be pickled, an ``imap`` input that raised, a
+submission to a pool already broken) is
 called in the thread that found it, and a ``ThreadPool`` calls everything
 in its worker threads.  An instrument shared by several pools, or read by
 another thread (a caller asking for totals), must lock what it shares.

@@ -153,8 +153,10 @@ class ProcessScheduler:
     def submit(self, chunks: list[TaskChunk]) -> None:
         """Queue chunks for dispatch (never blocks)."""
         if self.broken is not None:
+            # chunk_failed (in this thread) as for chunks queued before the
+            # break: whether a call came before or after it is a race.
             for chunk in chunks:
-                _fail_chunk(chunk, self.broken)
+                _fail_chunk(chunk, self.broken, self._instruments)
             return
         if self._instruments:  # before the chunks can be dispatched
             self._queued_at.append((time.monotonic(), chunks))
