@@ -484,6 +484,10 @@ class ProcessScheduler:
 
     def _on_results(self, w: WorkerHandle, results: m.Results) -> None:
         """Deliver each finished chunk's outcomes; results come in dispatch order."""
+        if self.broken is not None:
+            # The pool broke while *w* ran these chunks: ``_break`` failed
+            # and forgot them (w.assigned is empty); their outcomes are late.
+            return
         assigned, dispatch_ends = w.assigned, w.dispatch_ends
         all_errors = results.errors
         timing_func: bytes | None = None
