@@ -157,6 +157,26 @@ def test_thread_pool_reports_its_own_process():
     assert worker["pid"] == os.getpid() and worker["tasks_completed"] == 30
 
 
+@pytest.mark.parametrize("ending", ["terminate", "close and join"])
+def test_thread_pool_that_is_done_stops_its_clock(ending):
+    # A ThreadPool fires no worker events: without being told, its entry
+    # stayed "running" and its wall and waiting times grew for ever.
+    pool = ThreadPool(2, insights=True)
+    pool.map(h.square, range(10))
+    if ending == "terminate":
+        pool.terminate()
+    else:
+        pool.close()
+        pool.join()
+    first = pool.insights()
+    h.sleep_for(0.05)  # time passes: nothing may move
+    again = pool.insights()
+    assert again["totals"]["wall_time"] == first["totals"]["wall_time"]
+    (worker,) = again["workers"]
+    assert worker == first["workers"][0]
+    assert worker["status"] == ("terminated" if ending == "terminate" else "shut down")
+
+
 def test_executor_insights():
     with polyproc.Executor(2, mp_context=FORK, insights=True) as executor:
         futures = [executor.submit(h.square, x) for x in range(20)]

@@ -66,6 +66,12 @@ class Observers:
                              "timeline='run.json' (written when the pool is done)")
         self._timeline.write(path)
 
+    def pool_stopped(self, reason: str) -> None:
+        """The pool is done (join after close: ``"shut down"``, or
+        ``"terminated"``): its insights stop counting time."""
+        if self._insights is not None:
+            self._insights.pool_stopped(reason)
+
     def write_on_close(self) -> None:
         """Write the ``timeline=`` file, if one was given; warn if that fails.
 
