@@ -3,6 +3,7 @@ plot`` (polyproc/_cli/plot.py): Chrome Trace Event files from real pools with
 workers killed by real signals, and the PNG drawn from one."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -298,3 +299,27 @@ def test_timeline_in_a_missing_folder_names_the_path_asked_for(tmp_path):
             pool.timeline(path)
     assert raised.value.filename == str(path)
     assert str(path) in str(raised.value) and ".tmp" not in str(raised.value)
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_a_call_cancelled_by_ctrl_c_leaves_nothing_counted_queued(kind, tmp_path):
+    # Its queued chunks never run: chunk_cancelled takes them off the
+    # counter (without it, "queued" stayed up for the rest of the run).
+    hold = tmp_path / "hold"
+    hold.touch()
+    fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
+    make = FORK.Pool if kind == "process" else ThreadPool
+    with make(1, timeline=True) as pool:
+        ctrl_c = h.CtrlC("_pool/results.py", (tmp_path / "started-0").exists)
+        with h.ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
+            ctrl_c.start()
+            pool.map(fn, range(6), chunksize=1)
+        hold.unlink()
+        assert pool.map(h.square, range(3), chunksize=1) == [0, 1, 4]  # runs on
+        pool.timeline(tmp_path / "run.json")
+    trace = _load(tmp_path / "run.json")
+    assert _events(trace, "C")[-1]["args"] == {"queued": 0, "in flight": 0}
+    cancelled = _events(trace, "i", "cancelled")
+    assert sum(e["args"]["tasks"] for e in cancelled) >= 3  # tasks 2..5 at least
+    assert all(e["pid"] == trace["otherData"]["pool_pid"] for e in cancelled)

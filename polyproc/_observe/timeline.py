@@ -28,7 +28,8 @@ What is in it (``ts`` and ``dur`` in microseconds since the pool was made):
   ``args`` reason, exitcode and signal; named ``"worker lost (SIGKILL)"``
   and the like), a task retried after its worker died (``"retry"``) or
   killed for its timeout (``"timeout"``); on the pool's track, tasks that
-  failed without a worker's outcome (``"tasks failed"``).
+  failed without a worker's outcome (``"tasks failed"``) and queued chunks
+  of a call cancelled by Ctrl-C (``"cancelled"``).
 * a counter (``C``) ``"tasks"`` on the pool's track: tasks ``queued`` and
   ``in flight`` (sent to a worker, outcome not back).
 
@@ -49,9 +50,9 @@ import threading
 import time
 from typing import Any
 
-from .._pool.instruments import (ChunkDispatched, ChunkFailed, ChunkFinished,
-                                 ChunkQueued, Instrument, ResultsReceived, TaskRetried,
-                                 TaskTimedOut, WorkerExited, WorkerStarted)
+from .._pool.instruments import (ChunkCancelled, ChunkDispatched, ChunkFailed,
+                                 ChunkFinished, ChunkQueued, Instrument, ResultsReceived,
+                                 TaskRetried, TaskTimedOut, WorkerExited, WorkerStarted)
 
 __all__ = ["Timeline", "DEFAULT_MAX_EVENTS", "check_max_events"]
 
@@ -200,6 +201,14 @@ class Timeline(Instrument):
             self._instant("tasks failed", "failure", self._pid, info.time,
                           {"call": info.call_id, "first_task": info.start,
                            "tasks": info.tasks, "error": _short(repr(info.error))})
+            self._count(info.time)
+
+    def chunk_cancelled(self, info: ChunkCancelled) -> None:
+        with self._lock:
+            self._settle(info.chunk_id)
+            self._instant("cancelled", "cancelled", self._pid, info.time,
+                          {"call": info.call_id, "first_task": info.start,
+                           "tasks": info.tasks})
             self._count(info.time)
 
     def task_retried(self, info: TaskRetried) -> None:

@@ -29,9 +29,10 @@ plus ``results_received`` per message from a worker (how long the worker
 spent pickling it, its size), ``task_retried``, ``task_timed_out``,
 ``worker_started`` (with the worker's start-up times, and the pid of the
 worker it replaced) and ``worker_exited`` (why: lost, timed out, retired...).
-A chunk that was queued may get no further event: its call was cancelled
-(Ctrl-C), or the pool terminated (``worker_exited`` then says so for the
-chunks the workers held).  A chunk that retires with its worker half-way
+A chunk of a call cancelled by Ctrl-C that was still queued gets
+``chunk_cancelled``.  A chunk that was queued may get no further event if
+the pool is terminated (``worker_exited`` then says so for the chunks the
+workers held).  A chunk that retires with its worker half-way
 (``maxtasksperchild``) finishes with fewer tasks than it was queued with,
 and the rest is queued again as a new chunk.
 
@@ -80,7 +81,7 @@ from typing import Any, Callable, Iterable, Literal, NamedTuple
 
 __all__ = [
     "Instrument", "ChunkQueued", "ChunkDispatched", "ResultsReceived",
-    "ChunkFinished", "ChunkFailed", "TaskRetried", "TaskTimedOut",
+    "ChunkFinished", "ChunkFailed", "ChunkCancelled", "TaskRetried", "TaskTimedOut",
     "WorkerStarted", "WorkerExited",
 ]
 
@@ -174,6 +175,17 @@ class ChunkFailed(NamedTuple):
     start: int            # position in its call of the first failed task
     tasks: int            # consecutive tasks failed from there
     error: BaseException  # what their results raise
+    time: float
+
+
+class ChunkCancelled(NamedTuple):
+    """A queued chunk will never run: its call was cancelled (Ctrl-C in the
+    caller).  The chunks a worker held for it end with ``worker_exited``
+    (the worker is killed, ``"cancelled"``) or, in a ThreadPool, finish."""
+    chunk_id: int
+    call_id: int
+    start: int            # position in its call of the chunk's first task
+    tasks: int
     time: float
 
 
@@ -275,6 +287,9 @@ class Instrument:
 
     def chunk_failed(self, info: ChunkFailed) -> None:
         """Tasks failed in the parent, without an outcome from a worker."""
+
+    def chunk_cancelled(self, info: ChunkCancelled) -> None:
+        """A queued chunk will never run: its call was cancelled."""
 
     def task_retried(self, info: TaskRetried) -> None:
         """A task blamed for its worker's death runs again."""
@@ -414,6 +429,13 @@ class Instruments(dict):
         if "chunk_failed" in self:
             self.call("chunk_failed", ChunkFailed(chunk_id, id(sink), start, tasks,
                                                   error, now))
+
+    def chunks_cancelled(self, chunks: Iterable, now: float) -> None:
+        if "chunk_cancelled" not in self:
+            return
+        for c in chunks:
+            self.call("chunk_cancelled", ChunkCancelled(c.chunk_id, id(c.sink), c.start,
+                                                        c.count, now))
 
     def task_blamed(self, pid: int, chunk: Any, task: int, error: BaseException | None,
                     retry: Any, now: float) -> None:

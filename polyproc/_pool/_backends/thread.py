@@ -116,6 +116,8 @@ class ThreadBackend:
             if chunk is _STOP or self._terminated:
                 return
             if chunk.sink.cancelled:
+                if self._instruments:
+                    self._instruments.chunks_cancelled([chunk], time.monotonic())
                 continue
             self._run_chunk(chunk)
             # Not kept while waiting for the next one: the chunk holds the
