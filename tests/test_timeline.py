@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -323,3 +324,33 @@ def test_a_call_cancelled_by_ctrl_c_leaves_nothing_counted_queued(kind, tmp_path
     cancelled = _events(trace, "i", "cancelled")
     assert sum(e["args"]["tasks"] for e in cancelled) >= 3  # tasks 2..5 at least
     assert all(e["pid"] == trace["otherData"]["pool_pid"] for e in cancelled)
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_terminate_leaves_nothing_counted_queued(kind, tmp_path):
+    # Terminate fails what was queued without a chunk event: the file it
+    # writes must not end with a queue that never drains.
+    hold = tmp_path / "hold"
+    hold.touch()
+    fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
+    path = tmp_path / "run.json"
+    make = FORK.Pool if kind == "process" else ThreadPool
+    pool = make(1, timeline=str(path))
+    pool.map_async(fn, range(6), chunksize=1)
+    h._wait_for_file(str(tmp_path / "started-0"))
+    _wait_for_queued(pool, tmp_path / "now.json", 4)  # the rest is fed in a thread
+    if kind == "thread":
+        hold.unlink()  # a thread cannot be killed: let its task end
+    pool.terminate()
+    assert _events(_load(path), "C")[-1]["args"] == {"queued": 0, "in flight": 0}
+
+
+def _wait_for_queued(pool, path, tasks: int, limit: float = 10.0) -> None:
+    """Return once the pool's timeline counts *tasks* tasks queued."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        pool.timeline(path)
+        if _events(_load(path), "C")[-1]["args"]["queued"] >= tasks:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{tasks} tasks were not queued within {limit} s")

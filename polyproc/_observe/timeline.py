@@ -263,6 +263,17 @@ class Timeline(Instrument):
                        {"chunk": chunk_id, "tasks": entry[_TASKS], "lost": True,
                         "reason": info.reason, "started_at_most": True})
 
+    def pool_stopped(self) -> None:
+        """The pool is done (joined or terminated): nothing is queued or in
+        flight any more.  ``terminate`` fails what was, without a chunk event:
+        settle it, so that the counter ends at zero."""
+        with self._lock:
+            if not self._chunks and not self._queued and not self._in_flight:
+                return
+            self._chunks.clear()
+            self._queued = self._in_flight = 0
+            self._count(time.monotonic())
+
     # -- the file ---------------------------------------------------------
     def trace(self) -> dict[str, Any]:
         """The trace as a JSON-serialisable dict (what ``write`` writes)."""
