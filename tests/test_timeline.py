@@ -354,3 +354,44 @@ def _wait_for_queued(pool, path, tasks: int, limit: float = 10.0) -> None:
             return
         time.sleep(0.005)
     raise AssertionError(f"{tasks} tasks were not queued within {limit} s")
+
+
+def _trace_with_late_deaths(tmp_path) -> str:
+    """A real pool's timeline whose last events are two deaths: a worker
+    SIGKILLed at the very end, and a worker whose exit code no one could
+    read (``exitcode`` None, as for a fork template's orphan)."""
+    path = tmp_path / "run.json"
+    with FORK.Pool(2, timeline=True) as pool:
+        pool.map(h.square, range(8), chunksize=1)
+        with pytest.raises(WorkerLostError):
+            pool.apply(h.kill_self, (0,))
+        pool.timeline(path)
+    trace = _load(path)
+    (death,) = [e for e in _events(trace, "i", "worker") if e["args"]["reason"] == "lost"]
+    unknown = dict(death, pid=death["pid"] + 1_000_000, ts=death["ts"] - 1,
+                   args=dict(death["args"], exitcode=None, signal=None))
+    trace["traceEvents"].append(unknown)
+    trace["traceEvents"].append({"ph": "M", "name": "process_name", "pid": unknown["pid"],
+                                 "tid": unknown["pid"], "args": {"name": "orphan"}})
+    path.write_text(json.dumps(trace))
+    return str(path)
+
+
+def test_plot_labels_deaths_inside_the_picture_and_says_when_the_exit_code_is_unknown(
+        tmp_path):
+    pytest.importorskip("matplotlib")
+    from polyproc._cli import plot
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    figure = plot.figure_of(plot.load_trace(_trace_with_late_deaths(tmp_path)))
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    axes = figure.axes[0]
+    frame = axes.get_window_extent(renderer)
+    labels = [t for t in axes.texts if t.get_text().startswith("lost")]
+    assert sorted(t.get_text() for t in labels) == ["lost: SIGKILL",
+                                                    "lost: exit code unknown"]
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        # Not over the legend, beside the axes on the right.
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1, label.get_text()

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["add_arguments", "main", "Trace", "load_trace", "draw"]
+__all__ = ["add_arguments", "main", "Trace", "load_trace", "draw", "figure_of"]
 
 # Worker exits drawn as a death (red cross), by WorkerExited.reason.
 DEATHS = ("lost", "timed out", "cancelled")
@@ -127,6 +127,14 @@ def draw(trace: Trace, output: str, width: float = 12.0, title: str = "") -> Non
     Raises ``ImportError`` without matplotlib, ``OSError`` if *output*
     cannot be written.
     """
+    figure_of(trace, width, title).savefig(output, format="png")
+
+
+def figure_of(trace: Trace, width: float = 12.0, title: str = "") -> Any:
+    """The picture of *trace*: a matplotlib ``Figure`` (Agg backend, no display).
+
+    Raises ``ImportError`` without matplotlib.
+    """
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
@@ -146,7 +154,7 @@ def draw(trace: Trace, output: str, width: float = 12.0, title: str = "") -> Non
     if trace.dropped:
         summary += f"; the {trace.dropped} oldest events were dropped (timeline_events=)"
     figure.suptitle(f"{title}: {summary}" if title else summary)
-    figure.savefig(output, format="png")
+    return figure
 
 
 def _draw_rows(axes: Any, trace: Trace, rows: list[int]) -> None:
@@ -192,6 +200,9 @@ def _draw_rows(axes: Any, trace: Trace, rows: list[int]) -> None:
 
 
 def _draw_instants(axes: Any, trace: Trace, y_of: dict[int, int]) -> None:
+    times = [c["start"] + c["seconds"] for c in trace.chunks + trace.start_ups] + \
+        [i["time"] for i in trace.instants]
+    first, last = (min(times), max(times)) if times else (0.0, 0.0)
     for instant in trace.instants:
         y = y_of.get(instant["pid"])
         if y is None:
@@ -200,15 +211,28 @@ def _draw_instants(axes: Any, trace: Trace, y_of: dict[int, int]) -> None:
         if cat == "worker" and args.get("reason") in DEATHS:
             axes.plot(instant["time"], y, marker="X", markersize=14, color="red",
                       markeredgecolor="black", zorder=5)
-            cause = args.get("signal") or f"exit code {args.get('exitcode')}"
-            axes.annotate(f"{args.get('reason')}: {cause}", (instant["time"], y),
-                          xytext=(8, -10), textcoords="offset points", color="darkred",
-                          fontsize="small", fontweight="bold", zorder=6)
+            # Deaths late in the run are labelled on their left: on the
+            # right the label would run out of the axes, over the legend.
+            late = instant["time"] > first + 0.6 * (last - first)
+            axes.annotate(f"{args.get('reason')}: {_cause(args)}", (instant["time"], y),
+                          xytext=(-10 if late else 8, -10), textcoords="offset points",
+                          horizontalalignment="right" if late else "left",
+                          color="darkred", fontsize="small", fontweight="bold", zorder=6)
         elif cat == "worker":
             axes.plot(instant["time"], y, marker="|", markersize=14, color="0.4", zorder=4)
         elif cat in ("retry", "timeout"):
             axes.plot(instant["time"], y - 0.45, marker="v", markersize=9,
                       color="orange" if cat == "retry" else "purple", zorder=5)
+
+
+def _cause(args: dict[str, Any]) -> str:
+    """What ended a worker, from its exit instant's args: its signal or exit code."""
+    if args.get("signal"):
+        return str(args["signal"])
+    code = args.get("exitcode")
+    # None: nobody could read it (a fork template's worker orphaned by the
+    # template's death).
+    return "exit code unknown" if code is None else f"exit code {code}"
 
 
 def _draw_counters(axes: Any, trace: Trace) -> None:
