@@ -395,3 +395,4 @@ def test_plot_labels_deaths_inside_the_picture_and_says_when_the_exit_code_is_un
         box = label.get_window_extent(renderer)
         # Not over the legend, beside the axes on the right.
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1, label.get_text()
+        assert label.get_bbox_patch() is not None  # a backing: readable over bars

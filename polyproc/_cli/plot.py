@@ -217,7 +217,10 @@ def _draw_instants(axes: Any, trace: Trace, y_of: dict[int, int]) -> None:
             axes.annotate(f"{args.get('reason')}: {_cause(args)}", (instant["time"], y),
                           xytext=(-10 if late else 8, -10), textcoords="offset points",
                           horizontalalignment="right" if late else "left",
-                          color="darkred", fontsize="small", fontweight="bold", zorder=6)
+                          color="darkred", fontsize="small", fontweight="bold", zorder=6,
+                          # Readable over the bars it may cross.
+                          bbox={"boxstyle": "round,pad=0.15", "facecolor": "white",
+                                "edgecolor": "none", "alpha": 0.8})
         elif cat == "worker":
             axes.plot(instant["time"], y, marker="|", markersize=14, color="0.4", zorder=4)
         elif cat in ("retry", "timeout"):
