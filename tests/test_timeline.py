@@ -396,3 +396,26 @@ def test_plot_labels_deaths_inside_the_picture_and_says_when_the_exit_code_is_un
         # Not over the legend, beside the axes on the right.
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1, label.get_text()
         assert label.get_bbox_patch() is not None  # a backing: readable over bars
+
+
+def test_a_long_lived_worker_keeps_its_track_name_while_others_come_and_go(tmp_path):
+    # The names of tracks are bounded like the events: the names forgotten
+    # first must be those of workers gone, not that of a worker still
+    # running (its track showed as a bare pid).
+    hold = tmp_path / "hold"
+    hold.touch()
+    fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
+    with FORK.Pool(2, timeline=True, timeline_events=10) as pool:
+        held = pool.apply_async(fn, (0,))
+        h._wait_for_file(str(tmp_path / "started-0"))
+        for _ in range(12):  # the other worker dies, a new one comes: a new name
+            with pytest.raises(WorkerLostError):
+                pool.apply(h.kill_self, (0,))
+        hold.unlink()
+        assert held.get(timeout=10) == 0
+        pool.timeline(tmp_path / "run.json")
+    trace = _load(tmp_path / "run.json")
+    names = _track_names(trace)
+    (chunk,) = [e for e in _events(trace, "X", "chunk") if "square_unless_held" in e["name"]]
+    assert names.get(chunk["pid"], "").startswith("worker "), names
+    assert {e["pid"] for e in trace["traceEvents"]} <= set(names)

@@ -36,7 +36,9 @@ What is in it (``ts`` and ``dur`` in microseconds since the pool was made):
 Bounded.  Events are kept in a ring of the last ``max_events`` (the
 ``timeline_events=`` of Pool and Executor); older ones are dropped, and
 ``otherData`` says how many were recorded and dropped.  The bookkeeping
-of chunks in progress and of worker names is bounded by the same number.
+of chunks in progress and of worker names is bounded by the same number
+(past it, the names of workers that exited are forgotten first, never
+a live worker's).
 
 An instrument: events arrive in the scheduler thread (a ThreadPool's worker
 threads), ``write()`` may be called from any thread, so both take a lock.
@@ -87,6 +89,7 @@ class Timeline(Instrument):
         #              dispatched at]
         self._chunks: dict[int, list[Any]] = {}
         self._tracks: dict[int, str] = {}    # pid (or thread id) -> its name
+        self._ended_tracks: set[int] = set()  # those of workers that exited
         self._idle_since: dict[int, float] = {}  # worker pid -> end of its last chunk
         self._queued = 0
         self._in_flight = 0
@@ -103,8 +106,22 @@ class Timeline(Instrument):
         tracks = self._tracks
         tracks.pop(track, None)
         tracks[track] = name
+        self._ended_tracks.discard(track)
         if len(tracks) > self._max_events:
-            del tracks[next(iter(tracks))]
+            self._forget_an_ended_track()
+
+    def _forget_an_ended_track(self) -> None:
+        """Forget the name of the oldest track whose worker exited.
+
+        Never a live worker's: its events keep coming, and a track without
+        a name shows as a bare pid.  Live workers are as many as the pool's
+        processes (or threads), so the names stay bounded.
+        """
+        for track in self._tracks:
+            if track in self._ended_tracks:
+                del self._tracks[track]
+                self._ended_tracks.discard(track)
+                return
 
     def _track_of(self, pid: int) -> int:
         """The track of an event from worker *pid*: a ThreadPool's are its threads."""
@@ -237,6 +254,7 @@ class Timeline(Instrument):
         with self._lock:
             if info.pid not in self._tracks:  # died before it was ready
                 self._name_track(info.pid, f"worker {info.slot} (pid {info.pid})")
+            self._ended_tracks.add(info.pid)
             idle_since = self._idle_since.pop(info.pid, None)
             for index, chunk_id in enumerate(info.chunk_ids):
                 entry = self._settle(chunk_id)
