@@ -419,3 +419,27 @@ def test_a_long_lived_worker_keeps_its_track_name_while_others_come_and_go(tmp_p
     (chunk,) = [e for e in _events(trace, "X", "chunk") if "square_unless_held" in e["name"]]
     assert names.get(chunk["pid"], "").startswith("worker "), names
     assert {e["pid"] for e in trace["traceEvents"]} <= set(names)
+
+
+class _CallableWithoutRepr:
+    """A callable object whose repr raises (as a half-built object's may)."""
+
+    def __call__(self, x):
+        return x + 1
+
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+
+def test_chunks_of_a_partial_or_a_callable_object_have_short_names(tmp_path):
+    # Named after what they call: a partial's repr held every bound
+    # argument (a path here, a whole data set elsewhere), made for each
+    # call; a callable object's repr may even raise.
+    big = "x" * 10_000
+    with FORK.Pool(1, timeline=True) as pool:
+        assert pool.map(functools.partial(h.add, 1), range(3)) == [1, 2, 3]
+        assert pool.map(functools.partial(h.add, big), ["y"]) == [big + "y"]
+        assert pool.map(_CallableWithoutRepr(), range(3)) == [1, 2, 3]
+        pool.timeline(tmp_path / "run.json")
+    names = {e["name"] for e in _events(_load(tmp_path / "run.json"), "X", "chunk")}
+    assert names == {"partial(add)", "_CallableWithoutRepr"}

@@ -98,7 +98,8 @@ class ChunkQueued(NamedTuple):
                           # call's result object (AsyncResult, iterator, Future)
     start: int            # position in its call of the chunk's first task
     tasks: int            # number of tasks
-    function: str         # the function's qualified name
+    function: str         # the function's qualified name (a partial's:
+                          # "partial(f)"; a callable object's: its class's)
     payload_bytes: int    # size of the pickled arguments that go through the
                           # worker's pipe (buffers sent through shared memory
                           # count by their name only; 0 in a ThreadPool)
