@@ -443,3 +443,16 @@ def test_chunks_of_a_partial_or_a_callable_object_have_short_names(tmp_path):
         pool.timeline(tmp_path / "run.json")
     names = {e["name"] for e in _events(_load(tmp_path / "run.json"), "X", "chunk")}
     assert names == {"partial(add)", "_CallableWithoutRepr"}
+
+
+def test_plot_of_a_thread_pool_counts_threads_not_processes(tmp_path):
+    pytest.importorskip("matplotlib")
+    from polyproc._cli import plot
+    with ThreadPool(2, timeline=True) as pool:
+        pool.map(h.square, range(6), chunksize=1)
+        pool.timeline(tmp_path / "run.json")
+    trace = plot.load_trace(str(tmp_path / "run.json"))
+    title = plot.figure_of(trace)._suptitle.get_text()
+    rows = len(trace.worker_tracks())
+    assert title.startswith(f"{rows} thread{'s' if rows != 1 else ''}, 6 chunks")
+    assert "process" not in title

@@ -149,8 +149,10 @@ def figure_of(trace: Trace, width: float = 12.0, title: str = "") -> Any:
     lost = sum(1 for i in trace.instants if i["cat"] == "worker"
                and i["args"].get("reason") in DEATHS)
     finished = sum(1 for c in trace.chunks if not c["args"].get("lost"))
-    summary = (f"{len(rows)} worker processes, {finished} chunks, "
-               f"{lost} worker{'s' if lost != 1 else ''} lost or killed")
+    # A ThreadPool's rows are its threads (named "thread ..." by the timeline).
+    threads = bool(rows) and all(trace.names.get(t, "").startswith("thread ") for t in rows)
+    summary = (f"{_count(len(rows), 'thread' if threads else 'worker process')}, "
+               f"{_count(finished, 'chunk')}, {_count(lost, 'worker')} lost or killed")
     if trace.dropped:
         summary += f"; the {trace.dropped} oldest events were dropped (timeline_events=)"
     figure.suptitle(f"{title}: {summary}" if title else summary)
@@ -226,6 +228,13 @@ def _draw_instants(axes: Any, trace: Trace, y_of: dict[int, int]) -> None:
         elif cat in ("retry", "timeout"):
             axes.plot(instant["time"], y - 0.45, marker="v", markersize=9,
                       color="orange" if cat == "retry" else "purple", zorder=5)
+
+
+def _count(number: int, thing: str) -> str:
+    """``"1 chunk"``, ``"2 chunks"``, ``"2 worker processes"``."""
+    if number == 1:
+        return f"1 {thing}"
+    return f"{number} {thing}{'es' if thing.endswith('ss') else 's'}"
 
 
 def _cause(args: dict[str, Any]) -> str:
