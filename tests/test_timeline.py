@@ -456,3 +456,49 @@ def test_plot_of_a_thread_pool_counts_threads_not_processes(tmp_path):
     rows = len(trace.worker_tracks())
     assert title.startswith(f"{rows} thread{'s' if rows != 1 else ''}, 6 chunks")
     assert "process" not in title
+
+
+def _many_deaths_trace(path, workers: int) -> str:
+    """A timeline file in polyproc's shape: *workers* workers, each running
+    a chunk until it is SIGKILLed (as under an OOM killer's rampage)."""
+    pool_pid = 1
+    events: list[dict] = [{"ph": "M", "name": "process_name", "pid": pool_pid,
+                           "tid": pool_pid, "args": {"name": "pool (pid 1)"}}]
+    for n in range(workers):
+        pid = 1000 + n
+        events += [
+            {"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
+             "args": {"name": f"worker {n % 8} (pid {pid})"}},
+            {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": pid,
+             "args": {"sort_index": n}},
+            {"ph": "X", "cat": "chunk", "name": "work", "pid": pid, "tid": pid,
+             "ts": n * 1e4, "dur": 5e3, "args": {"tasks": 1, "lost": True}},
+            {"ph": "i", "s": "p", "cat": "worker", "name": "worker lost (SIGKILL)",
+             "pid": pid, "tid": pid, "ts": n * 1e4 + 5e3,
+             "args": {"reason": "lost", "exitcode": -9, "signal": "SIGKILL"}},
+            {"ph": "C", "name": "tasks", "pid": pool_pid, "tid": pool_pid, "ts": n * 1e4,
+             "args": {"queued": workers - n, "in flight": 1}},
+        ]
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump({"traceEvents": events, "otherData": {"pool_pid": pool_pid}}, file)
+    return str(path)
+
+
+def test_plot_of_hundreds_of_workers_stays_readable(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from polyproc._cli import plot
+    figure = plot.figure_of(plot.load_trace(_many_deaths_trace(tmp_path / "run.json", 300)))
+    FigureCanvasAgg(figure).draw()
+    rows_axes, counter_axes = figure.axes[:2]
+    # The counters keep a panel of their own, not a sliver under 300 rows.
+    assert counter_axes.get_position().height * figure.get_figheight() >= 1.0
+    # Row names and death labels that would pile on each other are thinned
+    # out: at most one name per 0.12 inch of rows, no text per death.
+    named = [t for t in rows_axes.get_yticklabels() if t.get_text()]
+    rows_inches = rows_axes.get_position().height * figure.get_figheight()
+    assert 10 <= len(named) <= rows_inches / 0.12
+    assert not [t for t in rows_axes.texts if t.get_text().startswith("lost")]
+    # Every death still has its marker.
+    markers = [line for line in rows_axes.get_lines() if line.get_marker() == "X"]
+    assert len(markers) == 300
