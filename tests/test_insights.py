@@ -195,3 +195,19 @@ def test_insights_are_off_by_default():
     with polyproc.Executor(1, mp_context=FORK) as executor, \
             pytest.raises(ValueError, match="insights=True"):
         executor.insights()
+
+
+def test_a_pool_without_insights_or_timeline_attaches_no_instrument():
+    # What makes them free when off: no instrument, so the scheduler fires
+    # and builds no event at all (one truth test of an empty dict).
+    pools = [FORK.Pool(1), ThreadPool(1), FORK.Pool(1, insights=False, timeline=None)]
+    try:
+        for pool in pools:
+            assert pool.map(h.square, range(3)) == [0, 1, 4]
+            assert not pool._registry.instruments
+    finally:
+        for pool in pools:
+            pool.terminate()
+    with polyproc.Executor(1, mp_context=FORK) as executor:
+        assert executor.submit(h.square, 3).result(timeout=10) == 9
+        assert not executor._instruments
