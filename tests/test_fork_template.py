@@ -263,3 +263,46 @@ def test_forked_child_of_a_fork_server_user_gets_its_own_fork_server():
     with polyproc.get_context("forkserver").Pool(1) as pool:
         assert pool.apply(h.square, (3,)) == 9  # the fork server runs
     assert h.report_of_fork_child(_pool_while_a_thread_runs) == [0, 1, 4, 9]
+
+
+class _ResultsFrom(polyproc.Instrument):
+    """The pids of the workers whose results messages arrived."""
+
+    def __init__(self) -> None:
+        self.pids: set[int] = set()
+        self.changed = threading.Condition()
+
+    def results_received(self, info) -> None:
+        with self.changed:
+            self.pids.add(info.pid)
+            self.changed.notify_all()
+
+    def wait_for(self, pid: int, seconds: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: pid in self.pids, seconds)
+
+
+@pytest.mark.timeout(60)
+def test_results_of_a_worker_still_running_when_the_template_broke_the_pool_are_dropped():
+    # The template is gone, one worker dies: the pool breaks and fails the
+    # chunks every worker held.  The other worker, still running one, then
+    # sends its results: the scheduler must drop them, not crash (it did:
+    # IndexError, and every later call failed "scheduler crashed").
+    watch = _ResultsFrom()
+    with FORK.Pool(2, instruments=[watch]) as pool:
+        assert pool.map(h.square, range(4)) == [0, 1, 4, 9]  # both workers up
+        watch.pids.clear()  # no event comes meanwhile: no task runs
+        template = pool._backend._template.pid
+        os.kill(template, signal.SIGKILL)
+        assert _wait_gone([template], 5)
+        running = pool.apply_async(h.slow_pid, (0.5,))   # an idle worker takes it
+        dying = pool.apply_async(h.kill_self, (0,))      # the other one
+        with pytest.raises(ProcessError, match="template process"):
+            running.get(timeout=10)
+        with pytest.raises(ProcessError):
+            dying.get(timeout=10)
+        survivors = [w.pid for w in pool._pool if w.is_alive()]
+        assert len(survivors) == 1
+        assert watch.wait_for(survivors[0], 10)
+        with pytest.raises(ProcessError, match="template process"):
+            pool.apply_async(h.square, (3,)).get(timeout=10)

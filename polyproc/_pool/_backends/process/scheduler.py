@@ -164,8 +164,10 @@ class ProcessScheduler:
     def submit(self, chunks: list[TaskChunk]) -> None:
         """Queue chunks for dispatch (never blocks)."""
         if self.broken is not None:
+            # chunk_failed (in this thread) as for chunks queued before the
+            # break: whether a call came before or after it is a race.
             for chunk in chunks:
-                _fail_chunk(chunk, self.broken)
+                _fail_chunk(chunk, self.broken, self._instruments)
             return
         if self._instruments:  # before the chunks can be dispatched
             self._queued_at.append((time.monotonic(), chunks))
@@ -556,6 +558,10 @@ class ProcessScheduler:
 
     def _on_results(self, w: WorkerHandle, results: m.Results) -> None:
         """Deliver each finished chunk's outcomes; results come in dispatch order."""
+        if self.broken is not None:
+            # The pool broke while *w* ran these chunks: ``_break`` failed
+            # and forgot them (w.assigned is empty); their outcomes are late.
+            return
         assigned, dispatch_ends = w.assigned, w.dispatch_ends
         all_errors = results.errors
         timing_func: bytes | None = None
@@ -646,8 +652,12 @@ class ProcessScheduler:
         sinks = set()
         while self._cancel_requests:
             sinks.add(self._cancel_requests.popleft())
-        _drop_chunks_of(self._pending, sinks)
-        _drop_chunks_of(self._requeued, sinks)
+        if self._queued_at:  # chunk_queued before their chunk_cancelled
+            self._announce_queued()
+        dropped = _drop_chunks_of(self._pending, sinks) + \
+            _drop_chunks_of(self._requeued, sinks)
+        if self._instruments and dropped:
+            self._instruments.chunks_cancelled(dropped, time.monotonic())
         for w in self._workers.values():
             if not any(c.sink in sinks for c in w.assigned):
                 continue
@@ -879,21 +889,24 @@ class ProcessScheduler:
         self._wakeup_r = self._wakeup_w = -1
 
 
-def _drop_chunks_of(queue: collections.deque, sinks: set) -> None:
-    """Remove (and release) the chunks of *sinks* from *queue*, keeping the order.
+def _drop_chunks_of(queue: collections.deque, sinks: set) -> list[TaskChunk]:
+    """Remove (and release) the chunks of *sinks* from *queue*, keeping the
+    order of the others; return those removed.
 
     Caller threads may append to the queue meanwhile (``submit``): it is
     emptied from the left, their appends included, and what stays goes
     back in front of anything appended since.
     """
-    kept = []
+    kept, dropped = [], []
     while queue:
         chunk = queue.popleft()
         if chunk.sink in sinks:
             chunk.release()
+            dropped.append(chunk)
         else:
             kept.append(chunk)
     queue.extendleft(reversed(kept))
+    return dropped
 
 
 def _deliver(chunk: TaskChunk, offset: int, values: list, errors: dict) -> None:
