@@ -279,7 +279,7 @@ def test_concurrent_timeline_writes_to_one_path_each_leave_a_whole_file(tmp_path
             try:
                 pool.timeline(path)
                 _load(path)
-            except BaseException as error:  # noqa: BLE001 - reported below
+            except BaseException as error:
                 errors.append(error)
 
     with FORK.Pool(1, timeline=True) as pool:
@@ -295,9 +295,8 @@ def test_concurrent_timeline_writes_to_one_path_each_leave_a_whole_file(tmp_path
 
 def test_timeline_in_a_missing_folder_names_the_path_asked_for(tmp_path):
     path = tmp_path / "no such folder" / "run.json"
-    with FORK.Pool(1, timeline=True) as pool:
-        with pytest.raises(FileNotFoundError) as raised:
-            pool.timeline(path)
+    with FORK.Pool(1, timeline=True) as pool, pytest.raises(FileNotFoundError) as raised:
+        pool.timeline(path)
     assert raised.value.filename == str(path)
     assert str(path) in str(raised.value) and ".tmp" not in str(raised.value)
 
