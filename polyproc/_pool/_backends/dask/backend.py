@@ -52,6 +52,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -59,6 +60,7 @@ from typing import Any, Callable, NamedTuple
 
 from . import connect as _connect
 from . import remote
+from . import stacks as _stacks
 from ...._exceptions import (ClusterError, InitializerError, TaskTimeoutError,
                              WorkerLostError)
 from ...._transport import serialization as _serialization
@@ -71,6 +73,7 @@ from ...options import WorkerOptions
 CHUNKS_PER_THREAD = 4   # on the cluster at once, per worker thread
 SCATTER_CACHE_BYTES = 1 << 30   # large arguments kept scattered on the cluster
 CONNECTION_CHECK_SECONDS = 0.5  # how often an idle ClusterScheduler looks at its client
+STACKS_TIMEOUT_SECONDS = 1.0   # a hang report waits this long for the workers' stacks
 
 
 class _Wake(NamedTuple):
@@ -127,6 +130,11 @@ class DaskBackend:
         self._seconds: dict[Any, float] = {}   # function blob -> seconds per task
         self._feeders = 0
         self._lock = threading.Lock()
+        self._pids: dict[str, int] = {}   # worker address -> pid, from outcomes and stacks
+        self._stall = None
+        if options.hang_report is not None:
+            from ..process.stacks import StallWatch
+            self._stall = StallWatch(options.hang_report)
         # Large buffers sent to the workers: content digest -> (future, bytes).
         self._scatters: collections.OrderedDict[bytes, tuple[Any, int]] = \
             collections.OrderedDict()
@@ -172,6 +180,32 @@ class DaskBackend:
     def worker_processes(self) -> list:
         return []   # on the cluster, not processes of this machine
 
+    def stacks(self, timeout: float = 1.0) -> dict[int, str]:
+        """``{pid: text}`` for every Dask worker process of the cluster now.
+
+        Each text names the worker (address, host, pid), the tasks of this
+        pool it holds, and the Python stack of each one running, read in
+        the worker's event-loop thread (stacks.py), so a task blocked in C
+        is shown too.  Returns within about *timeout* seconds; a worker
+        that does not answer gets a ``"no stack:"`` text.  Called from any
+        thread, the ClusterScheduler's included (``_check_hang``).
+        """
+        flights = dict(self._in_flight)   # a copy: the ClusterScheduler changes it
+        try:
+            answers = _stacks.ask_workers(self._link.client, self._pool_id, timeout)
+        except Exception as error:  # the scheduler cannot name its workers
+            answers = dict.fromkeys(self._pids, error)
+        for answer in answers.values():
+            if isinstance(answer, remote.WorkerStacks):
+                self._pids[answer.address] = answer.pid
+
+        def describe(key: str) -> str:
+            flight = flights.get(key)
+            if flight is None:
+                return f"a task of this pool (Dask key {key})"
+            return f"{_stacks.describe_chunk(flight.chunk)} (Dask key {key})"
+        return _stacks.stacks_texts(answers, self._pids, timeout, describe)
+
     def close(self) -> None:
         if self.state == RUN:
             self.state = CLOSE
@@ -202,6 +236,8 @@ class DaskBackend:
                 self._handle_events()
                 self._check_connection()
                 self._dispatch()
+                if self._stall is not None:
+                    self._check_hang(self._stall)
                 if self.state == CLOSE and self._all_done():
                     return
         except BaseException as exc:  # a bug here must not hang callers
@@ -232,6 +268,27 @@ class DaskBackend:
             self._apply_cancels(cancels)
         if done:
             self._finish(done)
+
+    def _check_hang(self, stall: Any) -> None:
+        """Write the workers' stacks to stderr once per stall (``hang_report=``).
+
+        Checked at each turn of the loop, which turns at least every
+        ``CONNECTION_CHECK_SECONDS``; blocks this thread for up to
+        ``STACKS_TIMEOUT_SECONDS`` when it reports, while nothing finishes anyway.
+        """
+        seconds = stall.due(bool(self._pending or self._in_flight), time.monotonic())
+        if seconds is None or sys.stderr is None:
+            return
+        from ..process.stacks import hang_report_text
+        queued = sum(c.count for c in list(self._pending))
+        held = sum(f.chunk.count for f in self._in_flight.values())
+        text = hang_report_text(seconds, stall.seconds, queued + held, queued,
+                                self.stacks(STACKS_TIMEOUT_SECONDS))
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stderr: nobody to tell
 
     def _check_connection(self) -> None:
         client = self._link.client
@@ -340,6 +397,8 @@ class DaskBackend:
                 # fetched, and Dask computes it again: wait for that.
                 future.add_done_callback(self._on_future_done)
         finished = [f for f in flights if f.future.status == "finished"]
+        if flights and self._stall is not None:
+            self._stall.tasks_finished()
         outcomes: list = []
         if finished:
             try:
@@ -376,6 +435,7 @@ class DaskBackend:
         if outcome.retired:  # not run: its worker retires (maxtasksperchild)
             self._resubmit(chunk.subchunk(0, chunk.count), flight.earlier)
             return
+        self._pids[outcome.worker] = outcome.pid
         if not outcome.ran:
             self._after_lost_runs(flight, outcome.earlier)
             return

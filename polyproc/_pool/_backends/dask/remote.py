@@ -41,7 +41,10 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
+import sys
 import time
+import traceback
 import types
 from multiprocessing.connection import Connection
 from typing import Any, Callable, NamedTuple
@@ -263,6 +266,37 @@ def _exitcode(status: int) -> int:
     if os.WIFSIGNALED(status):
         return -os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+# -- stacks: what a worker runs for a pool (``DaskBackend.stacks``) -----------
+
+class WorkerStacks(NamedTuple):
+    """What ``worker_stacks`` returns: one Dask worker process and the pool's tasks in it."""
+    address: str
+    host: str
+    pid: int
+    held: dict          # key -> Dask state ("executing", "ready", ...) of the pool's tasks
+    stacks: dict        # key -> the Python stack of the thread running it
+
+
+def worker_stacks(pool: str, dask_worker: Any = None) -> WorkerStacks:
+    """The pool's tasks in this worker, and the stack of each one running.
+
+    Run by ``client.run`` in the worker's event-loop thread, not in a task
+    thread, so it answers while the tasks are blocked in C (``time.sleep``,
+    a lock): it reads their frames (``sys._current_frames``) without
+    stopping them.  (A task holding the GIL keeps the loop from answering
+    at all: the client then says "no stack".)
+    """
+    mine = f"-{pool}-"
+    frames = sys._current_frames()
+    stacks = {key: "".join(traceback.format_stack(frames[ident]))
+              for ident, key in list(dask_worker.active_threads.items())
+              if isinstance(key, str) and mine in key and ident in frames}
+    held = {key: task.state for key, task in list(dask_worker.state.tasks.items())
+            if isinstance(key, str) and mine in key and task.state != "memory"}
+    return WorkerStacks(dask_worker.address, socket.gethostname(), os.getpid(), held,
+                        stacks)
 
 
 # -- functions, and the initializer's __main__ ----------------------------------
