@@ -7,13 +7,19 @@ cluster (Dask cannot stop a running task).
 """
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 import socket
 import time
 
+import pytest
+
 import polyproc
+from polyproc import WorkerLostError
 
 import _cluster_helpers as h
+from _cluster import wait_for_workers
 
 WAIT = 30
 
@@ -83,3 +89,57 @@ def test_hang_report_on_a_cluster_pool_once_per_stall(dask_cluster, tmp_path, ca
     assert "(2 outstanding, 0 of them queued)" in report
     assert f"--- worker {sleeper} ---" in report and f"--- worker {waiter} ---" in report
     assert "in sleep_until" in report and "in wait_on_lock_until" in report
+
+
+def test_insights_of_a_cluster_pool_count_each_dask_worker(dask_cluster):
+    wait_for_workers(dask_cluster, 2, WAIT)
+    with polyproc.Pool(cluster=dask_cluster, insights=True) as pool:
+        naps = [(i, 0.01 if i < 2 else 0.0) for i in range(40)]
+        assert pool.map(h.nap, naps, chunksize=1) == list(range(40))
+        pids = pool.map(h.pid, range(40), chunksize=1)
+        report = pool.insights()
+    assert report["totals"]["tasks_completed"] == 80
+    assert report["totals"]["workers_started"] == len(report["workers"])
+    by_pid = {w["pid"]: w for w in report["workers"]}
+    assert set(by_pid) == set(pids), report["workers"]   # one entry per process that ran
+    assert sum(w["tasks_completed"] for w in by_pid.values()) == 80
+    for pid, worker in by_pid.items():
+        assert worker["host"] == socket.gethostname()
+        assert worker["tasks_completed"] >= pids.count(pid)
+        assert 0 < worker["working_time"] < report["totals"]["wall_time"]
+    assert report["totals"]["working_time"] >= 0.02   # the two naps, measured remotely
+
+
+def test_a_cluster_pool_s_timeline_has_a_track_per_dask_worker(dask_cluster, tmp_path):
+    with polyproc.Pool(cluster=dask_cluster, timeline=True) as pool:
+        pids = pool.map(h.pid, range(20), chunksize=1)
+        pool.timeline(tmp_path / "run.json")
+    trace = json.loads((tmp_path / "run.json").read_text())["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in trace
+             if e["ph"] == "M" and e["name"] == "process_name"}
+    host = socket.gethostname()
+    for pid in set(pids):
+        assert re.fullmatch(rf"worker \d \(pid {pid} on {re.escape(host)}\)", names[pid])
+    chunks = [e for e in trace if e["ph"] == "X" and e["cat"] == "chunk"]
+    assert len(chunks) == 20 and {e["pid"] for e in chunks} == set(pids)
+    assert all(e["ts"] >= 0 for e in chunks)   # the workers' clock put on the pool's
+
+
+def test_a_killed_dask_worker_shows_as_lost_and_its_retry_is_counted(dask_cluster,
+                                                                     tmp_path):
+    wait_for_workers(dask_cluster, 2, WAIT)
+    runs = tmp_path / "runs"
+    with polyproc.Pool(cluster=dask_cluster, insights=True, timeline=True) as pool:
+        with pytest.raises(WorkerLostError):
+            pool.apply(h.record_and_die, (str(runs),), retries=1)
+        report = pool.insights()
+        pool.timeline(tmp_path / "run.json")
+    killed = [int(pid) for pid in runs.read_text().split()]
+    assert len(killed) == 2
+    totals = report["totals"]
+    assert (totals["workers_lost"], totals["retries"], totals["tasks_failed"]) == (2, 1, 1)
+    lost = {w["pid"]: w["status"] for w in report["workers"] if w["status"] == "lost"}
+    assert set(lost) == set(killed)
+    trace = json.loads((tmp_path / "run.json").read_text())["traceEvents"]
+    assert {e["pid"] for e in trace if e.get("cat") == "worker"} == set(killed)
+    assert [e["pid"] for e in trace if e.get("cat") == "retry"] == killed[:1]

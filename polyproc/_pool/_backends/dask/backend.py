@@ -131,6 +131,10 @@ class DaskBackend:
         self._feeders = 0
         self._lock = threading.Lock()
         self._pids: dict[str, int] = {}   # worker address -> pid, from outcomes and stacks
+        # The worker processes instruments were told of: pid -> slot (in the
+        # order they were first heard of), and those reported lost.
+        self._slots: dict[int, int] = {}
+        self._lost: set[int] = set()
         self._stall = None
         if options.hang_report is not None:
             from ..process.stacks import StallWatch
@@ -443,17 +447,32 @@ class DaskBackend:
             exc = rebuild_exception(outcome.errors[-1])
             _fail_chunk(chunk, exc, self._instruments)
             return
+        now = time.monotonic()
+        # The worker's clock put on this one's, through the wall clocks
+        # (the same clock on this machine; NTP's accuracy between machines).
+        started = outcome.started + outcome.clock - (time.time() - now)
+        if self._instruments and outcome.pid not in self._slots:
+            self._instruments.remote_worker_started(outcome.pid, self._slot_of(outcome.pid),
+                                                    outcome.host, started, now)
+        if self._instruments and len(outcome.earlier) > len(flight.earlier):
+            self._report_lost_runs(flight, outcome.earlier, rerun_follows=True)
         errors = {i: rebuild_exception(p) for i, p in outcome.errors.items()}
         for i, stop in outcome.stopped.items():
             errors[i] = self._stopped_error(chunk, i, stop, outcome)
+            if stop.timed_out and self._instruments:
+                self._instruments.task_timed_out(outcome.pid, chunk, i, started, now)
         if outcome.values:
             seconds = outcome.seconds / len(outcome.values)
             old = self._seconds.get(chunk.func)
             self._seconds[chunk.func] = seconds if old is None else (old + seconds) / 2
         if self._instruments:
-            self._instruments.chunk_ran(outcome.pid, chunk, len(errors), outcome.started,
-                                        outcome.started + outcome.seconds)
+            self._instruments.chunk_ran(outcome.pid, chunk, len(errors), started,
+                                        started + outcome.seconds, outcome.load_seconds, now)
         chunk.sink.deliver(chunk.start, outcome.values, errors)
+
+    def _slot_of(self, pid: int) -> int:
+        """The slot of worker *pid* for instruments: the order it was first heard of."""
+        return self._slots.setdefault(pid, len(self._slots))
 
     def _stopped_error(self, chunk: TaskChunk, index: int, stop: remote.StoppedTask,
                        outcome: remote.ChunkOutcome) -> BaseException:
@@ -499,6 +518,9 @@ class DaskBackend:
         ``WorkerLostError`` naming the last worker lost.
         """
         chunk = flight.chunk
+        if self._instruments:
+            self._report_lost_runs(flight, runs, rerun_follows=(
+                chunk.count == 1 and 0 < len(runs) <= chunk.retries))
         if not runs:  # queued on a lost worker, never started (KilledWorker)
             self._resubmit(chunk.subchunk(0, chunk.count), ())
         elif chunk.count > 1:
@@ -516,6 +538,27 @@ class DaskBackend:
                 f"again on another worker.", pid, None, task)
             error.__cause__ = killed
             _fail_chunk(chunk, error, self._instruments)
+
+    def _report_lost_runs(self, flight: _Flight, runs: tuple, rerun_follows: bool) -> None:
+        """Tell instruments of the runs of *flight* lost since it was sent.
+
+        *runs*: its lost runs, ``flight.earlier`` (reported before) first.
+        Each lost worker gets ``worker_exited`` ("lost") once, naming only
+        this chunk as held (the others it held report the same worker).  A
+        one-task chunk's lost run followed by another run is a retry
+        (``task_retried``): Dask reran it (remote.py counts the runs), or
+        *rerun_follows*, the last one is to be sent again now.
+        """
+        chunk, now = flight.chunk, time.monotonic()
+        new = runs[len(flight.earlier):]
+        for i, (_, pid) in enumerate(new):
+            if pid not in self._lost:
+                self._lost.add(pid)
+                self._instruments.remote_worker_lost(pid, self._slot_of(pid),
+                                                     (chunk.chunk_id,), now)
+            if chunk.count == 1 and (i < len(new) - 1 or rerun_follows):
+                self._instruments.remote_task_retried(
+                    pid, chunk, chunk.retries - len(flight.earlier) - i - 1, chunk, now)
 
     def _resubmit(self, chunk: TaskChunk, earlier: tuple) -> None:
         if self._instruments:

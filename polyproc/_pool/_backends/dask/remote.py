@@ -92,6 +92,10 @@ class ChunkOutcome(NamedTuple):
     pid: int
     earlier: tuple      # ((address, pid), ...) of the runs lost before this one
     retired: bool = False  # not run: this worker retires (maxtasksperchild)
+    load_seconds: float = 0.0  # of ``seconds``: unpickling the function and arguments
+    host: str = ""      # this worker's host name
+    clock: float = 0.0  # time.time() - time.monotonic() here: puts ``started``
+                        # on the client's clock (machines' monotonic clocks differ)
 
 
 # -- the Dask task ------------------------------------------------------------
@@ -119,6 +123,7 @@ def run_chunk(job: RemoteChunk, *buffers: bytes) -> ChunkOutcome:
     values: list = []
     errors: dict[int, bytes] = {}
     stopped: dict[int, StoppedTask] = {}
+    loaded = started
     try:
         fn = _load_function(job)
         items = _load_items(job.payload, buffers)
@@ -127,14 +132,17 @@ def run_chunk(job: RemoteChunk, *buffers: bytes) -> ChunkOutcome:
             exc = _unloadable(exc, worker.address)
         errors[-1] = exception_payload(exc)
     else:
+        loaded = time.monotonic()
         call_fn = item_caller(fn, job.call)
         if job.timeout is None:
             _run_here(call_fn, items, values, errors)
         else:
             _run_in_children(call_fn, items, job.timeout, values, errors, stopped)
-    outcome = ChunkOutcome(True, values, errors, stopped, started,
-                           time.monotonic() - started, worker.address, os.getpid(),
-                           earlier)
+    ended = time.monotonic()
+    outcome = ChunkOutcome(True, values, errors, stopped, started, ended - started,
+                           worker.address, os.getpid(), earlier,
+                           load_seconds=loaded - started,
+                           host=socket.gethostname(), clock=time.time() - time.monotonic())
     _mark_finished(worker, job, record)
     _count_for_maxtasks(worker, job)
     return outcome
@@ -411,8 +419,6 @@ _retire_requested: dict[str, bool] = {}
 
 def versions() -> dict[str, str]:
     """What must match between the client and the workers (``client.run``)."""
-    import sys
-
     import cloudpickle
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -425,4 +431,4 @@ def versions() -> dict[str, str]:
 
 
 # Bumped whenever RemoteChunk or ChunkOutcome change.
-CHUNK_PROTOCOL = 1
+CHUNK_PROTOCOL = 2
