@@ -107,3 +107,9 @@ def _announce(path: str) -> None:
     tmp = pathlib.Path(path + ".tmp")
     tmp.write_text(str(os.getpid()))
     tmp.rename(path)
+
+
+def hold_the_gil(path: str, n: int) -> int:
+    """Write this worker's pid to *path*, then sum ``range(n)`` in C, never releasing the GIL."""
+    _announce(path)
+    return sum(range(n))

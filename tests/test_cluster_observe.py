@@ -143,3 +143,27 @@ def test_a_killed_dask_worker_shows_as_lost_and_its_retry_is_counted(dask_cluste
     trace = json.loads((tmp_path / "run.json").read_text())["traceEvents"]
     assert {e["pid"] for e in trace if e.get("cat") == "worker"} == set(killed)
     assert [e["pid"] for e in trace if e.get("cat") == "retry"] == killed[:1]
+
+
+def test_a_worker_that_cannot_answer_gets_a_no_stack_text(dask_cluster, tmp_path):
+    # A task holding the GIL in C keeps its worker's event loop from
+    # answering; the others answer, and the call keeps its bound.
+    started = time.perf_counter()
+    sum(range(10**7))
+    n = int(10**7 * 3.0 / (time.perf_counter() - started))   # about 3 s of C here
+    wait_for_workers(dask_cluster, 2, WAIT)
+    with polyproc.Pool(cluster=dask_cluster) as pool:
+        known = set(pool.stacks(timeout=WAIT))   # the pool learns the workers' pids
+        hog = pool.apply_async(h.hold_the_gil, (str(tmp_path / "hog"), n))
+        pid = int(_wait_for_file(tmp_path / "hog"))
+        asked = time.monotonic()
+        texts = pool.stacks(timeout=0.5)
+        elapsed = time.monotonic() - asked
+        hog.get(WAIT)
+    assert pid in known
+    assert texts[pid].splitlines()[1] == (
+        "no stack: the worker did not answer within 0.5 s (a task holding the GIL in "
+        "C, or the worker is overloaded or gone)"), texts[pid]
+    assert elapsed < 2.5
+    assert all("holds no task of this pool" in text
+               for other, text in texts.items() if other != pid), texts
