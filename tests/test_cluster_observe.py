@@ -69,6 +69,7 @@ def test_stacks_of_an_idle_cluster_pool_say_it_holds_nothing(dask_cluster):
         pids = set(pool.map(h.pid, range(8), chunksize=1))
         texts = pool.stacks()
     assert pids <= set(texts)
+    assert pool.stacks() == {}   # done: nobody to ask
     assert all("holds no task of this pool" in text for text in texts.values()), texts
 
 

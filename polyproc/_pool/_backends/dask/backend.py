@@ -192,8 +192,11 @@ class DaskBackend:
         the worker's event-loop thread (stacks.py), so a task blocked in C
         is shown too.  Returns within about *timeout* seconds; a worker
         that does not answer gets a ``"no stack:"`` text.  Called from any
-        thread, the ClusterScheduler's included (``_check_hang``).
+        thread, the ClusterScheduler's included (``_check_hang``).  Empty
+        once the pool is done (its client is closed).
         """
+        if not self._thread.is_alive():
+            return {}
         flights = dict(self._in_flight)   # a copy: the ClusterScheduler changes it
         try:
             answers = _stacks.ask_workers(self._link.client, self._pool_id, timeout)
