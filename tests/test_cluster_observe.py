@@ -168,3 +168,18 @@ def test_a_worker_that_cannot_answer_gets_a_no_stack_text(dask_cluster, tmp_path
     assert elapsed < 2.5
     assert all("holds no task of this pool" in text
                for other, text in texts.items() if other != pid), texts
+
+
+def test_a_timed_out_task_on_a_cluster_counts_and_shows_on_its_worker(dask_cluster,
+                                                                        tmp_path):
+    with polyproc.Pool(cluster=dask_cluster, insights=True, timeline=True) as pool:
+        with pytest.raises(polyproc.TaskTimeoutError):
+            pool.apply(time.sleep, (60,), timeout=0.5)
+        report = pool.insights()
+        pool.timeline(tmp_path / "run.json")
+    assert (report["totals"]["timeouts"], report["totals"]["tasks_failed"]) == (1, 1)
+    assert report["totals"]["workers_lost"] == 0   # its child was killed, not the worker
+    (worker,) = report["workers"]
+    assert worker["status"] == "running" and worker["tasks_failed"] == 1
+    trace = json.loads((tmp_path / "run.json").read_text())["traceEvents"]
+    assert [e["pid"] for e in trace if e.get("cat") == "timeout"] == [worker["pid"]]
