@@ -82,3 +82,34 @@ def nap(item: tuple) -> int:
 def negate_in_place(array) -> float:
     array *= -1
     return float(array[5])
+
+
+def sleep_until(path: str, release: str) -> int:
+    """Write this worker's pid to *path*, then sleep (in ``time.sleep``) until *release* exists."""
+    _announce(path)
+    while not os.path.exists(release):
+        time.sleep(0.05)
+    return os.getpid()
+
+
+def wait_on_lock_until(path: str, release: str) -> int:
+    """Write this worker's pid to *path*, then wait in ``Lock.acquire`` until *release* exists."""
+    import threading
+    lock = threading.Lock()
+    lock.acquire()
+    _announce(path)
+    while not os.path.exists(release):
+        lock.acquire(timeout=0.05)
+    return os.getpid()
+
+
+def _announce(path: str) -> None:
+    tmp = pathlib.Path(path + ".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.rename(path)
+
+
+def hold_the_gil(path: str, n: int) -> int:
+    """Write this worker's pid to *path*, then sum ``range(n)`` in C, never releasing the GIL."""
+    _announce(path)
+    return sum(range(n))

@@ -12,6 +12,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -273,6 +274,43 @@ def test_cluster_is_honoured_exactly_when_pool_takes_it(tmp_path):
     assert unavailable == ("cluster" not in _pool_parameters()), result.stderr
     if unavailable:
         assert result.returncode == 2 and result.stdout == ""
+
+
+def test_run_cluster_runs_a_stdlib_pool_on_the_dask_workers(dask_cluster, tmp_path):
+    from distributed import Client
+
+    from _cluster import wait_for_workers
+    wait_for_workers(dask_cluster, 2, 30)   # a nanny may be restarting one
+    with Client(dask_cluster, timeout=30, set_as_default=False) as client:
+        dask_pids = set(client.run(os.getpid).values())
+    script = str(SCRIPTS / "stdlib_where_tasks_run.py")
+    plain = subprocess.run([sys.executable, script], capture_output=True, text=True,
+                           timeout=60, cwd=tmp_path)
+    result = polyproc_cli("run", "--cluster", dask_cluster, script, cwd=tmp_path)
+    assert result.returncode == plain.returncode == 0, result.stderr
+    assert result.stderr == plain.stderr == ""
+    rows = [line.split() for line in result.stdout.splitlines()]
+    # As without polyproc: a line per task, in order, from this host...
+    assert [row[:2] for row in rows] == [line.split()[:2]
+                                         for line in plain.stdout.splitlines()]
+    assert {row[1] for row in rows} == {socket.gethostname()}
+    # ...but run by the Dask workers, not by local worker processes.
+    assert {int(row[2]) for row in rows} <= dask_pids, (rows, dask_pids)
+
+
+def test_run_cluster_names_a_bad_address_without_a_traceback(tmp_path):
+    started = time.monotonic()
+    result = polyproc_cli("run", "--cluster", "tcp://127.0.0.1:1",
+                          str(SCRIPTS / "stdlib_where_tasks_run.py"), cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1 and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(
+        "python -m polyproc run: the program's pool cannot run on the cluster "
+        "tcp://127.0.0.1:1: cannot reach the Dask scheduler at tcp://127.0.0.1:1 "
+        "within 10 s"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert elapsed < 10 + 15   # the bound (connect.CONNECT_SECONDS), plus start-up
 
 
 def _pool_parameters() -> set[str]:

@@ -21,6 +21,11 @@ The program must not be able to tell it from ``python SCRIPT ARGS``:
 * output and exit status are the program's: ``sys.exit(n)`` exits with
   *n*; an uncaught exception goes to ``sys.excepthook`` with the traceback
   from the program's first frame (none of polyproc's) and exits with 1.
+  Except, with ``--cluster``, an uncaught ``ClusterError``: the cluster
+  given on the command line is at fault (its address is wrong, its
+  scheduler went away), not the program, so its message alone is printed
+  (``python -m polyproc run: cannot reach the Dask scheduler at ...``),
+  with status 1; a traceback through the program would only hide it.
 
 A script that cannot be opened exits with status 2 and Python's message;
 a module that cannot be found, with status 1 (as ``python -m`` does).
@@ -83,10 +88,11 @@ def main(args: argparse.Namespace) -> int:
         # the working directory that ``python -m polyproc`` put there.
         sys.path[0] = os.path.dirname(os.path.realpath(args.target))
     sys.modules["__main__"] = sys.modules["__mp_main__"] = module
-    return _execute(code, module)
+    return _execute(code, module, cluster=args.cluster)
 
 
-def _execute(code: types.CodeType, module: types.ModuleType) -> int:
+def _execute(code: types.CodeType, module: types.ModuleType,
+             cluster: str | None = None) -> int:
     try:
         exec(code, module.__dict__)
     except SystemExit:
@@ -94,6 +100,11 @@ def _execute(code: types.CodeType, module: types.ModuleType) -> int:
     except KeyboardInterrupt:
         raise   # Python exits by SIGINT then; let it do so
     except BaseException as exc:
+        if cluster is not None and isinstance(exc, polyproc.ClusterError):
+            # The cluster of --cluster is at fault (the module docstring).
+            print(f"{PROG}: the program's pool cannot run on the cluster {cluster}: "
+                  f"{exc}", file=sys.stderr)
+            return 1
         # The traceback from the program's first frame: this frame is its head.
         tb = exc.__traceback__.tb_next if exc.__traceback__ else None
         exc = exc.with_traceback(tb)

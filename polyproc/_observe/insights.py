@@ -45,7 +45,8 @@ class _Worker:
     """What is known of one worker process."""
 
     __slots__ = ("pid", "slot", "spawned", "ready", "ended", "status", "exitcode",
-                 "signal", "tasks_completed", "tasks_failed", "chunks", "working_time")
+                 "signal", "tasks_completed", "tasks_failed", "chunks", "working_time",
+                 "host")
 
     def __init__(self, pid: int, slot: int | None, spawned: float, ready: float | None):
         self.pid = pid
@@ -60,8 +61,10 @@ class _Worker:
         self.tasks_failed = 0
         self.chunks = 0
         self.working_time = 0.0
+        self.host: str | None = None   # a cluster's worker: its host (WorkerStarted.host)
 
     def as_dict(self, host: str, now: float) -> dict[str, Any]:
+        """The worker's entry; *host*: this machine's, for a worker without its own."""
         end = self.ended if self.ended is not None else now
         # Alive and ready for work, minus working: waiting for work (or for
         # its results to be sent).  A ThreadPool's single entry sums the
@@ -69,7 +72,7 @@ class _Worker:
         alive = 0.0 if self.ready is None else max(0.0, end - self.ready)
         return {
             "pid": self.pid,
-            "host": host,
+            "host": host if self.host is None else self.host,
             "slot": self.slot,
             "status": self.status,
             "exitcode": self.exitcode,
@@ -155,9 +158,11 @@ class Insights(Instrument):
             self._ended = None
             worker = self._workers.get(info.pid)
             if worker is None:
-                self._add_worker(_Worker(info.pid, info.slot, info.spawned, info.ready))
+                worker = self._add_worker(_Worker(info.pid, info.slot, info.spawned,
+                                                  info.ready))
             else:
                 worker.slot, worker.spawned, worker.ready = info.slot, info.spawned, info.ready
+            worker.host = info.host
 
     def worker_exited(self, info: WorkerExited) -> None:
         with self._lock:

@@ -12,7 +12,9 @@ What is in it (``ts`` and ``dur`` in microseconds since the pool was made):
 
 * one track per worker process: its ``pid`` is the worker's, named by ``M``
   events ``"worker <slot> (pid <pid>)"``; the pool's own process is the
-  track ``"pool (pid <pid>)"``.  A ThreadPool's tracks are its threads.
+  track ``"pool (pid <pid>)"``.  A ThreadPool's tracks are its threads; a
+  cluster pool's are its Dask worker processes, ``"worker <slot> (pid
+  <pid> on <host>)"``, numbered in the order they first ran its tasks.
 * per chunk, an ``X`` event (``cat`` ``"chunk"``, named after the function)
   from the moment its worker began unpickling it to the end of its last
   task, with nested ``X`` phases ``"unpickle"`` and ``"run"``; its ``args``:
@@ -243,6 +245,10 @@ class Timeline(Instrument):
 
     def worker_started(self, info: WorkerStarted) -> None:
         with self._lock:
+            if info.host is not None:  # a cluster's worker: its start-up is not known
+                self._name_track(info.pid, f"worker {info.slot} (pid {info.pid} on "
+                                           f"{info.host})")
+                return
             self._name_track(info.pid, f"worker {info.slot} (pid {info.pid})")
             self._complete("start-up", "start-up", info.pid, info.spawned,
                            info.ready - info.spawned,

@@ -194,7 +194,9 @@ class Pool:
         docs/observe.md).  Returns within about *timeout* seconds; a worker
         that does not answer in time, or dies meanwhile, gets a text that
         says so.  In a ``ThreadPool``, the keys are the worker threads'
-        native ids.  Empty once the pool's workers are gone.
+        native ids; on a cluster pool, every Dask worker process is asked
+        (docs/cluster.md), its text headed by its address and host.  Empty
+        once the pool's workers are gone (a cluster pool: once it is done).
 
         Raises ``InheritedPoolError`` in a forked child.
         """

@@ -103,8 +103,8 @@ class Backend(Protocol):
         and its Python stack, for every worker on this machine (a process:
         its pid; a thread: its native thread id).  Returns within about
         *timeout* seconds, even while tasks are blocked in C; a worker that
-        cannot answer gets a text that says why.  Empty for workers this
-        process cannot see (a cluster)."""
+        cannot answer gets a text that says why.  A cluster's workers are
+        keyed by their pids on their own machines."""
 
     def close(self) -> None:
         """Run what was submitted (and what feeders still submit), then stop

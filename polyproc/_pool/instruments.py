@@ -219,7 +219,8 @@ class TaskRetried(NamedTuple):
     call_id: int
     position: int         # the task's position in its call
     retries_left: int     # after this retry
-    new_chunk_id: int     # the one-task chunk that runs it again
+    new_chunk_id: int     # the one-task chunk that runs it again (on a cluster
+                          # Dask reruns the same task: its chunk_id)
     pid: int              # the worker that died
     time: float
 
@@ -253,6 +254,10 @@ class WorkerStarted(NamedTuple):
     entered: float        # when the worker's loop began (worker's clock)
     ready: float          # when it was ready (worker's clock)
     time: float           # when the scheduler heard of it
+    host: str | None = None  # the worker's host: a cluster pool's (Dask worker,
+                             # first heard of when its first chunk came back;
+                             # spawned = entered = ready = that chunk's start);
+                             # None for a worker of this machine
 
 
 # Why a worker exited (WorkerExited.reason).
@@ -444,12 +449,16 @@ class Instruments(dict):
                 results.seconds[index] - load_seconds, now, chunk.describe_task))
 
     def chunk_ran(self, pid: int, chunk: Any, failed: int, started: float,
-                  finished: float) -> None:
-        """A chunk ran in this process (a ``ThreadPool``'s worker thread)."""
+                  finished: float, load_seconds: float = 0.0,
+                  now: float | None = None) -> None:
+        """A chunk ran from *started* to *finished*, the first *load_seconds*
+        unpickling it: in this process (a ``ThreadPool``'s worker thread,
+        *now* = *finished*) or on a cluster's worker *pid*."""
         if "chunk_finished" in self:
             self.call("chunk_finished", ChunkFinished(
                 chunk.chunk_id, id(chunk.sink), chunk.start, chunk.count, failed,
-                pid, started, 0.0, finished - started, finished, chunk.describe_task))
+                pid, started, load_seconds, finished - started - load_seconds,
+                finished if now is None else now, chunk.describe_task))
 
     def tasks_failed(self, chunk_id: int | None, sink: Any, start: int, tasks: int,
                      error: BaseException, now: float) -> None:
@@ -496,6 +505,29 @@ class Instruments(dict):
             self.call("worker_started", WorkerStarted(
                 worker.process.pid, worker.slot, worker.replaces, worker.spawned,
                 entered, ready, now))
+
+    def remote_worker_started(self, pid: int, slot: int, host: str, started: float,
+                              now: float) -> None:
+        """A cluster's worker process *pid* on *host* was first heard of: its
+        first chunk of the pool, started at *started*, came back."""
+        if "worker_started" in self:
+            self.call("worker_started", WorkerStarted(pid, slot, None, started, started,
+                                                      started, now, host))
+
+    def remote_worker_lost(self, pid: int, slot: int, chunk_ids: tuple, now: float) -> None:
+        """A cluster's worker process *pid* died holding the chunks *chunk_ids*."""
+        if "worker_exited" in self:
+            self.call("worker_exited", WorkerExited(pid, slot, "lost", None, None, True,
+                                                    chunk_ids, now))
+
+    def remote_task_retried(self, pid: int, chunk: Any, retries_left: int,
+                            retry: Any, now: float) -> None:
+        """The one task of *chunk* lost its cluster worker *pid*: it runs again
+        as the chunk *retry*."""
+        if "task_retried" in self:
+            self.call("task_retried", TaskRetried(
+                chunk.chunk_id, id(chunk.sink), chunk.start, retries_left, retry.chunk_id,
+                pid, now))
 
     def worker_exited(self, worker: Any, exitcode: int | None, held: Iterable,
                       terminating: bool, now: float) -> None:

@@ -52,6 +52,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -59,6 +60,7 @@ from typing import Any, Callable, NamedTuple
 
 from . import connect as _connect
 from . import remote
+from . import stacks as _stacks
 from ...._exceptions import (ClusterError, InitializerError, TaskTimeoutError,
                              WorkerLostError)
 from ...._transport import serialization as _serialization
@@ -71,6 +73,7 @@ from ...options import WorkerOptions
 CHUNKS_PER_THREAD = 4   # on the cluster at once, per worker thread
 SCATTER_CACHE_BYTES = 1 << 30   # large arguments kept scattered on the cluster
 CONNECTION_CHECK_SECONDS = 0.5  # how often an idle ClusterScheduler looks at its client
+STACKS_TIMEOUT_SECONDS = 1.0   # a hang report waits this long for the workers' stacks
 
 
 class _Wake(NamedTuple):
@@ -127,6 +130,15 @@ class DaskBackend:
         self._seconds: dict[Any, float] = {}   # function blob -> seconds per task
         self._feeders = 0
         self._lock = threading.Lock()
+        self._pids: dict[str, int] = {}   # worker address -> pid, from outcomes and stacks
+        # The worker processes instruments were told of: pid -> slot (in the
+        # order they were first heard of), and those reported lost.
+        self._slots: dict[int, int] = {}
+        self._lost: set[int] = set()
+        self._stall = None
+        if options.hang_report is not None:
+            from ..process.stacks import StallWatch
+            self._stall = StallWatch(options.hang_report)
         # Large buffers sent to the workers: content digest -> (future, bytes).
         self._scatters: collections.OrderedDict[bytes, tuple[Any, int]] = \
             collections.OrderedDict()
@@ -172,6 +184,35 @@ class DaskBackend:
     def worker_processes(self) -> list:
         return []   # on the cluster, not processes of this machine
 
+    def stacks(self, timeout: float = 1.0) -> dict[int, str]:
+        """``{pid: text}`` for every Dask worker process of the cluster now.
+
+        Each text names the worker (address, host, pid), the tasks of this
+        pool it holds, and the Python stack of each one running, read in
+        the worker's event-loop thread (stacks.py), so a task blocked in C
+        is shown too.  Returns within about *timeout* seconds; a worker
+        that does not answer gets a ``"no stack:"`` text.  Called from any
+        thread, the ClusterScheduler's included (``_check_hang``).  Empty
+        once the pool is done (its client is closed).
+        """
+        if not self._thread.is_alive():
+            return {}
+        flights = dict(self._in_flight)   # a copy: the ClusterScheduler changes it
+        try:
+            answers = _stacks.ask_workers(self._link.client, self._pool_id, timeout)
+        except Exception as error:  # the scheduler cannot name its workers
+            answers = dict.fromkeys(self._pids, error)
+        for answer in answers.values():
+            if isinstance(answer, remote.WorkerStacks):
+                self._pids[answer.address] = answer.pid
+
+        def describe(key: str) -> str:
+            flight = flights.get(key)
+            if flight is None:
+                return f"a task of this pool (Dask key {key})"
+            return f"{_stacks.describe_chunk(flight.chunk)} (Dask key {key})"
+        return _stacks.stacks_texts(answers, self._pids, timeout, describe)
+
     def close(self) -> None:
         if self.state == RUN:
             self.state = CLOSE
@@ -202,6 +243,8 @@ class DaskBackend:
                 self._handle_events()
                 self._check_connection()
                 self._dispatch()
+                if self._stall is not None:
+                    self._check_hang(self._stall)
                 if self.state == CLOSE and self._all_done():
                     return
         except BaseException as exc:  # a bug here must not hang callers
@@ -232,6 +275,27 @@ class DaskBackend:
             self._apply_cancels(cancels)
         if done:
             self._finish(done)
+
+    def _check_hang(self, stall: Any) -> None:
+        """Write the workers' stacks to stderr once per stall (``hang_report=``).
+
+        Checked at each turn of the loop, which turns at least every
+        ``CONNECTION_CHECK_SECONDS``; blocks this thread for up to
+        ``STACKS_TIMEOUT_SECONDS`` when it reports, while nothing finishes anyway.
+        """
+        seconds = stall.due(bool(self._pending or self._in_flight), time.monotonic())
+        if seconds is None or sys.stderr is None:
+            return
+        from ..process.stacks import hang_report_text
+        queued = sum(c.count for c in list(self._pending))
+        held = sum(f.chunk.count for f in self._in_flight.values())
+        text = hang_report_text(seconds, stall.seconds, queued + held, queued,
+                                self.stacks(STACKS_TIMEOUT_SECONDS))
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stderr: nobody to tell
 
     def _check_connection(self) -> None:
         client = self._link.client
@@ -340,6 +404,8 @@ class DaskBackend:
                 # fetched, and Dask computes it again: wait for that.
                 future.add_done_callback(self._on_future_done)
         finished = [f for f in flights if f.future.status == "finished"]
+        if flights and self._stall is not None:
+            self._stall.tasks_finished()
         outcomes: list = []
         if finished:
             try:
@@ -376,6 +442,7 @@ class DaskBackend:
         if outcome.retired:  # not run: its worker retires (maxtasksperchild)
             self._resubmit(chunk.subchunk(0, chunk.count), flight.earlier)
             return
+        self._pids[outcome.worker] = outcome.pid
         if not outcome.ran:
             self._after_lost_runs(flight, outcome.earlier)
             return
@@ -383,17 +450,32 @@ class DaskBackend:
             exc = rebuild_exception(outcome.errors[-1])
             _fail_chunk(chunk, exc, self._instruments)
             return
+        now = time.monotonic()
+        # The worker's clock put on this one's, through the wall clocks
+        # (the same clock on this machine; NTP's accuracy between machines).
+        started = outcome.started + outcome.clock - (time.time() - now)
+        if self._instruments and outcome.pid not in self._slots:
+            self._instruments.remote_worker_started(outcome.pid, self._slot_of(outcome.pid),
+                                                    outcome.host, started, now)
+        if self._instruments and len(outcome.earlier) > len(flight.earlier):
+            self._report_lost_runs(flight, outcome.earlier, rerun_follows=True)
         errors = {i: rebuild_exception(p) for i, p in outcome.errors.items()}
         for i, stop in outcome.stopped.items():
             errors[i] = self._stopped_error(chunk, i, stop, outcome)
+            if stop.timed_out and self._instruments:
+                self._instruments.task_timed_out(outcome.pid, chunk, i, started, now)
         if outcome.values:
             seconds = outcome.seconds / len(outcome.values)
             old = self._seconds.get(chunk.func)
             self._seconds[chunk.func] = seconds if old is None else (old + seconds) / 2
         if self._instruments:
-            self._instruments.chunk_ran(outcome.pid, chunk, len(errors), outcome.started,
-                                        outcome.started + outcome.seconds)
+            self._instruments.chunk_ran(outcome.pid, chunk, len(errors), started,
+                                        started + outcome.seconds, outcome.load_seconds, now)
         chunk.sink.deliver(chunk.start, outcome.values, errors)
+
+    def _slot_of(self, pid: int) -> int:
+        """The slot of worker *pid* for instruments: the order it was first heard of."""
+        return self._slots.setdefault(pid, len(self._slots))
 
     def _stopped_error(self, chunk: TaskChunk, index: int, stop: remote.StoppedTask,
                        outcome: remote.ChunkOutcome) -> BaseException:
@@ -439,6 +521,9 @@ class DaskBackend:
         ``WorkerLostError`` naming the last worker lost.
         """
         chunk = flight.chunk
+        if self._instruments:
+            self._report_lost_runs(flight, runs, rerun_follows=(
+                chunk.count == 1 and 0 < len(runs) <= chunk.retries))
         if not runs:  # queued on a lost worker, never started (KilledWorker)
             self._resubmit(chunk.subchunk(0, chunk.count), ())
         elif chunk.count > 1:
@@ -456,6 +541,27 @@ class DaskBackend:
                 f"again on another worker.", pid, None, task)
             error.__cause__ = killed
             _fail_chunk(chunk, error, self._instruments)
+
+    def _report_lost_runs(self, flight: _Flight, runs: tuple, rerun_follows: bool) -> None:
+        """Tell instruments of the runs of *flight* lost since it was sent.
+
+        *runs*: its lost runs, ``flight.earlier`` (reported before) first.
+        Each lost worker gets ``worker_exited`` ("lost") once, naming only
+        this chunk as held (the others it held report the same worker).  A
+        one-task chunk's lost run followed by another run is a retry
+        (``task_retried``): Dask reran it (remote.py counts the runs), or
+        *rerun_follows*, the last one is to be sent again now.
+        """
+        chunk, now = flight.chunk, time.monotonic()
+        new = runs[len(flight.earlier):]
+        for i, (_, pid) in enumerate(new):
+            if pid not in self._lost:
+                self._lost.add(pid)
+                self._instruments.remote_worker_lost(pid, self._slot_of(pid),
+                                                     (chunk.chunk_id,), now)
+            if chunk.count == 1 and (i < len(new) - 1 or rerun_follows):
+                self._instruments.remote_task_retried(
+                    pid, chunk, chunk.retries - len(flight.earlier) - i - 1, chunk, now)
 
     def _resubmit(self, chunk: TaskChunk, earlier: tuple) -> None:
         if self._instruments:

@@ -41,7 +41,10 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
+import sys
 import time
+import traceback
 import types
 from multiprocessing.connection import Connection
 from typing import Any, Callable, NamedTuple
@@ -89,6 +92,10 @@ class ChunkOutcome(NamedTuple):
     pid: int
     earlier: tuple      # ((address, pid), ...) of the runs lost before this one
     retired: bool = False  # not run: this worker retires (maxtasksperchild)
+    load_seconds: float = 0.0  # of ``seconds``: unpickling the function and arguments
+    host: str = ""      # this worker's host name
+    clock: float = 0.0  # time.time() - time.monotonic() here: puts ``started``
+                        # on the client's clock (machines' monotonic clocks differ)
 
 
 # -- the Dask task ------------------------------------------------------------
@@ -116,6 +123,7 @@ def run_chunk(job: RemoteChunk, *buffers: bytes) -> ChunkOutcome:
     values: list = []
     errors: dict[int, bytes] = {}
     stopped: dict[int, StoppedTask] = {}
+    loaded = started
     try:
         fn = _load_function(job)
         items = _load_items(job.payload, buffers)
@@ -124,14 +132,17 @@ def run_chunk(job: RemoteChunk, *buffers: bytes) -> ChunkOutcome:
             exc = _unloadable(exc, worker.address)
         errors[-1] = exception_payload(exc)
     else:
+        loaded = time.monotonic()
         call_fn = item_caller(fn, job.call)
         if job.timeout is None:
             _run_here(call_fn, items, values, errors)
         else:
             _run_in_children(call_fn, items, job.timeout, values, errors, stopped)
-    outcome = ChunkOutcome(True, values, errors, stopped, started,
-                           time.monotonic() - started, worker.address, os.getpid(),
-                           earlier)
+    ended = time.monotonic()
+    outcome = ChunkOutcome(True, values, errors, stopped, started, ended - started,
+                           worker.address, os.getpid(), earlier,
+                           load_seconds=loaded - started,
+                           host=socket.gethostname(), clock=time.time() - time.monotonic())
     _mark_finished(worker, job, record)
     _count_for_maxtasks(worker, job)
     return outcome
@@ -265,6 +276,37 @@ def _exitcode(status: int) -> int:
     return os.WEXITSTATUS(status)
 
 
+# -- stacks: what a worker runs for a pool (``DaskBackend.stacks``) -----------
+
+class WorkerStacks(NamedTuple):
+    """What ``worker_stacks`` returns: one Dask worker process and the pool's tasks in it."""
+    address: str
+    host: str
+    pid: int
+    held: dict          # key -> Dask state ("executing", "ready", ...) of the pool's tasks
+    stacks: dict        # key -> the Python stack of the thread running it
+
+
+def worker_stacks(pool: str, dask_worker: Any = None) -> WorkerStacks:
+    """The pool's tasks in this worker, and the stack of each one running.
+
+    Run by ``client.run`` in the worker's event-loop thread, not in a task
+    thread, so it answers while the tasks are blocked in C (``time.sleep``,
+    a lock): it reads their frames (``sys._current_frames``) without
+    stopping them.  (A task holding the GIL keeps the loop from answering
+    at all: the client then says "no stack".)
+    """
+    mine = f"-{pool}-"
+    frames = sys._current_frames()
+    stacks = {key: "".join(traceback.format_stack(frames[ident]))
+              for ident, key in list(dask_worker.active_threads.items())
+              if isinstance(key, str) and mine in key and ident in frames}
+    held = {key: task.state for key, task in list(dask_worker.state.tasks.items())
+            if isinstance(key, str) and mine in key and task.state != "memory"}
+    return WorkerStacks(dask_worker.address, socket.gethostname(), os.getpid(), held,
+                        stacks)
+
+
 # -- functions, and the initializer's __main__ ----------------------------------
 
 _functions: dict[bytes, Callable] = {}
@@ -377,8 +419,6 @@ _retire_requested: dict[str, bool] = {}
 
 def versions() -> dict[str, str]:
     """What must match between the client and the workers (``client.run``)."""
-    import sys
-
     import cloudpickle
     from importlib.metadata import PackageNotFoundError, version
     try:
@@ -391,4 +431,4 @@ def versions() -> dict[str, str]:
 
 
 # Bumped whenever RemoteChunk or ChunkOutcome change.
-CHUNK_PROTOCOL = 1
+CHUNK_PROTOCOL = 2
