@@ -38,33 +38,41 @@ class RunningCluster(NamedTuple):
     directory: pathlib.Path
 
 
-def cluster_environment() -> dict[str, str]:
-    """The environment of the scheduler and workers: this checkout first on
-    the path, no dashboard noise, quick heartbeats."""
+def cluster_environment(first_on_path: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of the scheduler and workers: *first_on_path*, then
+    this checkout on the path, no dashboard noise, quick heartbeats."""
     env = dict(os.environ)
     inherited = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    paths = [str(ROOT), str(ROOT / "tests"), *inherited]
+    paths = [*first_on_path, str(ROOT), str(ROOT / "tests"), *inherited]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 
 
 def _dask(module: str, *args: str, log: pathlib.Path,
-          python: str = sys.executable) -> subprocess.Popen:
+          python: str = sys.executable,
+          first_on_path: tuple[str, ...] = ()) -> subprocess.Popen:
     with open(log, "wb") as out:
         return subprocess.Popen(
             [python, "-m", f"distributed.cli.{module}", *args],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=cluster_environment(), cwd=str(ROOT), start_new_session=True)
+            env=cluster_environment(first_on_path),
+            # A dask worker puts its working directory first on its path:
+            # with *first_on_path*, that folder (this checkout is on the
+            # path through PYTHONPATH, after it).
+            cwd=first_on_path[0] if first_on_path else str(ROOT),
+            start_new_session=True)
 
 
 def start_cluster(directory: pathlib.Path, workers: int = WORKERS,
-                  python: str = sys.executable, nanny: bool = True) -> RunningCluster:
+                  python: str = sys.executable, nanny: bool = True,
+                  worker_path: tuple[str, ...] = ()) -> RunningCluster:
     """Start a scheduler and *workers* worker processes; return once all are connected.
 
     *python*: the interpreter they run (another one makes a cluster whose
     versions differ from the client's); *nanny*: False for workers
-    without one (``--no-nanny``).
+    without one (``--no-nanny``); *worker_path*: folders put first on the
+    workers' path (other packages than the client's).
 
     Raises ``RuntimeError`` with the processes' output if they are not
     ready within ``START_SECONDS``.
@@ -81,7 +89,8 @@ def start_cluster(directory: pathlib.Path, workers: int = WORKERS,
                         "--host", "127.0.0.1",
                         "--no-dashboard", "--memory-limit", "0",
                         "--local-directory", str(directory / "workers"),
-                        log=directory / "workers.log", python=python)
+                        log=directory / "workers.log", python=python,
+                        first_on_path=worker_path)
         cluster = RunningCluster(address, scheduler, workers, directory)
         wait_for_workers(address, count, START_SECONDS)
     except BaseException:

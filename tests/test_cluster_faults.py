@@ -6,7 +6,9 @@ start new ones, and each test that needs both workers waits for them first
 """
 from __future__ import annotations
 
+import importlib.metadata
 import pathlib
+import re
 import socket
 import sys
 import time
@@ -173,17 +175,23 @@ def test_a_scheduler_that_dies_mid_map_fails_every_pending_task(tmp_path, monkey
         stop_cluster(cluster)
 
 
-OTHER_PYTHON = pathlib.Path("/work/main/.venv-3.10/bin/python")
-
-
-@pytest.mark.skipif(not OTHER_PYTHON.exists() or sys.version_info[:2] == (3, 10),
-                    reason="needs a venv of another Python with Dask")
 def test_workers_of_another_version_are_refused_clearly(tmp_path):
+    # The workers find another polyproc release first on their path (a
+    # distribution's metadata is what importlib.metadata reads, as it does
+    # for a real install of another version); the pool must refuse them
+    # at Pool(), naming both versions, before any task is pickled for them.
     from _cluster import start_cluster, stop_cluster
-    cluster = start_cluster(tmp_path, workers=1, python=str(OTHER_PYTHON))
+    other = tmp_path / "other-site"
+    dist_info = other / "polyproc-9.9.9.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: polyproc\nVersion: 9.9.9\n")
+    mine = importlib.metadata.version("polyproc")
+    cluster = start_cluster(tmp_path, workers=1, worker_path=(str(other),))
     try:
-        with pytest.raises(ClusterError, match=r"runs other versions than this client: "
-                                               r"python 3\.\d+ here, 3\.10 there"):
+        with pytest.raises(ClusterError, match=(
+                rf"runs other versions than this client: polyproc "
+                rf"{re.escape(mine)} here, 9\.9\.9 there")):
             polyproc.Pool(cluster=cluster.address)
     finally:
         stop_cluster(cluster)
