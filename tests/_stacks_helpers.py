@@ -148,3 +148,27 @@ def wait_for_file(path: str, seconds: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} was not created within {seconds} s")
         time.sleep(0.005)
+
+
+def write_over_stack_file(path: str, started: str, release: str) -> str:
+    """Put a file of the task's own at the fd number of this worker's stack
+    file (``dup2``, as code that redirects a descriptor does), write to it,
+    and wait for *release* to exist: what the file then holds."""
+    from polyproc._pool._backends.process import stacks
+    assert stacks._installed is not None
+    stack_fd = stacks._installed[1]
+    with open(path, "w") as f:
+        f.write("the task's own data\n")
+        f.flush()
+        os.dup2(f.fileno(), stack_fd)
+    _started(started)
+    wait_for_file(release)
+    os.close(stack_fd)
+    return Path(path).read_text()
+
+
+def reset_signal(signum: int, action: int) -> int:
+    """Give *signum* the default action, or ignore it, as a task may; this
+    worker's pid."""
+    signal.signal(signum, action)
+    return os.getpid()

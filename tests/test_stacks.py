@@ -284,6 +284,38 @@ def test_a_worker_killed_between_the_signal_and_the_read(ctx, tmp_path):
         f"no stack: worker {pid} is gone" in texts[pid]
 
 
+def test_a_file_a_task_put_at_the_stack_files_number_is_left_alone(ctx, tmp_path):
+    # A worker's stack file is reached through its fd number: once a task
+    # puts a file of its own there, the request must neither empty nor
+    # dump into it (a pid reused by another process: the same).
+    path, release = tmp_path / "own.txt", tmp_path / "release"
+    with ctx.Pool(1) as pool:
+        started = str(tmp_path / "started")
+        result = pool.apply_async(helpers.write_over_stack_file,
+                                  (str(path), started, str(release)))
+        helpers.wait_for_file(started)
+        [(pid, text)] = pool.stacks(timeout=0.5).items()
+        release.touch()
+        assert result.get(10) == "the task's own data\n"
+    assert f"no stack: worker {pid}'s fd" in text and "not its stack file" in text
+
+
+@pytest.mark.parametrize("action", [signal.SIG_DFL, signal.SIG_IGN],
+                         ids=["default", "ignored"])
+def test_a_worker_whose_task_reset_the_signal_is_not_sent_it(ctx, action):
+    # By default a real-time signal terminates its process: a request must
+    # not kill a worker whose task took the handler away, nor wait for
+    # one that ignores it.
+    with ctx.Pool(1) as pool:
+        pid = pool.apply(helpers.reset_signal, (SIGNAL, action))
+        began = time.monotonic()
+        texts = pool.stacks(timeout=5)
+        took = time.monotonic() - began
+        assert pool.apply(os.getpid) == pid  # alive, still the pool's worker
+    assert took < 2.5
+    assert f"no stack: worker {pid} does not catch signal" in texts[pid]
+
+
 def test_the_signal_can_be_chosen(monkeypatch, tmp_path):
     monkeypatch.setenv(_stacks.ENV_SIGNAL, "SIGUSR2")
     assert _stacks.configured_signal() == signal.SIGUSR2

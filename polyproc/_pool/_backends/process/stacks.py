@@ -26,8 +26,12 @@ The worker's side (``install``, ``uninstall``, from ``worker_main``):
 
 The parent's side (``collect``, called by the scheduler's ``stacks``):
 
-* it opens the worker's file through ``/proc/<pid>/fd/<fd>``, empties it,
-  sends the signal to the worker's main thread (``tgkill``: the thread that
+* it opens the worker's file through ``/proc/<pid>/fd/<fd>``, checks that
+  it is still the worker's stack file (a task may have put a file of its
+  own at that number, and a reused pid has other files: neither is ever
+  emptied or dumped into) and that the worker still catches the signal (a
+  task that reset it to its default action would be killed by it), empties
+  it, sends the signal to the worker's main thread (``tgkill``: the thread that
   runs tasks, and only one handler at a time, so dumps never interleave)
   and polls, every millisecond and for at most *timeout* seconds for all
   workers together, until the dump is complete.
@@ -71,6 +75,9 @@ __all__ = ["ENV_SIGNAL", "configured_signal", "install", "uninstall", "StackRequ
            "POLL_SECONDS"]
 
 ENV_SIGNAL = "POLYPROC_STACKS_SIGNAL"
+STACK_FILE_NAME = "polyproc-stacks"
+# What /proc/<pid>/fd/<fd> of a worker's stack file links to (Linux).
+STACK_FILE_LINK = f"/memfd:{STACK_FILE_NAME} (deleted)"
 POLL_SECONDS = 0.001
 
 
@@ -128,7 +135,7 @@ def install(signum: int) -> int:
         return -1
     import fcntl
     import faulthandler
-    fd = os.memfd_create("polyproc-stacks", os.MFD_CLOEXEC)
+    fd = os.memfd_create(STACK_FILE_NAME, os.MFD_CLOEXEC)
     # Append-only: the parent empties the file before each request, and
     # the next dump must then start at its beginning.
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
@@ -222,10 +229,17 @@ def _ask(request: StackRequest, signum: int) -> int | str:
     try:
         fd = os.open(f"/proc/{pid}/fd/{their_fd}", os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        return f"no stack: worker {pid} is gone (it died or exited)\n"
+        if _status(pid) is None:
+            return f"no stack: worker {pid} is gone (it died or exited)\n"
+        return (f"no stack: worker {pid}'s stack file (fd {their_fd}) is closed: "
+                f"a task closed it\n")
     except OSError as exc:
         return f"no stack: worker {pid}'s stack file cannot be opened: {exc}\n"
     try:
+        refusal = _refusal(pid, their_fd, fd, signum)
+        if refusal is not None:
+            os.close(fd)
+            return refusal
         os.ftruncate(fd, 0)
         _signal_main_thread(pid, signum)
     except ProcessLookupError:
@@ -235,6 +249,32 @@ def _ask(request: StackRequest, signum: int) -> int | str:
         os.close(fd)
         return f"no stack: worker {pid} cannot be asked: {exc}\n"
     return fd
+
+
+def _refusal(pid: int, their_fd: int, fd: int, signum: int) -> str | None:
+    """Why the worker must not be asked, or None: checked before the file
+    is emptied and the signal sent, since both act on whatever *their_fd*
+    and *pid* are now.
+
+    * The file must still be the worker's stack file: a task may have put
+      a file of its own at that number (``dup2``, or closed it and opened
+      another), and a pid reused by another process has other files; that
+      file must not be emptied, nor the signal sent (it would dump there).
+    * The worker must still catch the signal: a task may have given it its
+      default action (for a real-time signal: to terminate the process) or
+      ignored it (the request would wait out the timeout).
+    """
+    if os.readlink(f"/proc/self/fd/{fd}") != STACK_FILE_LINK:
+        return (f"no stack: worker {pid}'s fd {their_fd} is not its stack file any "
+                f"more (a task closed it or put another file there); left alone\n")
+    status = _status(pid)
+    if status is None:
+        raise ProcessLookupError(pid)
+    if not _sigset(status, "SigCgt") & (1 << (signum - 1)):
+        return (f"no stack: worker {pid} does not catch signal {_signal_name(signum)} "
+                f"any more (a task reset or ignored it); not sent, as it would kill "
+                f"the worker or be lost\n")
+    return None
 
 
 def _answer(pid: int, fd: int, signum: int) -> str | None:
@@ -275,7 +315,8 @@ def _silent(pid: int, fd: int, signum: int, timeout: float) -> str:
     size = os.fstat(fd).st_size
     partial = os.pread(fd, size, 0).decode(errors="replace") if size else ""
     return (f"no stack: worker {pid} did not answer signal {_signal_name(signum)} "
-            f"within {timeout:g} s (it blocks the signal, or is stopped)\n" + partial)
+            f"within {timeout:g} s (it blocks the signal, is stopped, or a task "
+            f"installed its own handler for it)\n" + partial)
 
 
 def _status(pid: int) -> dict[str, str] | None:
