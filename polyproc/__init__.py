@@ -29,6 +29,8 @@ from . import context as _context
 from ._cpu import process_cpu_count as process_cpu_count
 from ._exceptions import AuthenticationError as AuthenticationError
 from ._exceptions import BufferTooShort as BufferTooShort
+from ._exceptions import ClusterDependencyError as ClusterDependencyError
+from ._exceptions import ClusterError as ClusterError
 from ._exceptions import FrameTooLargeError as FrameTooLargeError
 from ._exceptions import InheritedPoolError as InheritedPoolError
 from ._exceptions import InitializerError as InitializerError
@@ -134,7 +136,7 @@ __all__ += [  # polyproc's additions
     "StdinUnavailableError", "QueueGoneError", "ManagerConnectionError",
     "ManagerProtocolError", "FrameTooLargeError", "InsecureAddressError",
     "process_cpu_count",
-    "InheritedPoolError",
+    "InheritedPoolError", "ClusterError", "ClusterDependencyError",
     # Monkey-patching, for unmodified programs (python -m polyproc run).
     "patch", "unpatch",
     # Instruments that watch a pool work, and the records of their events.

@@ -23,7 +23,8 @@ __all__ = [
     "SerializationTypeError", "SerializationPicklingError",
     "SerializationAttributeError", "UnloadableError", "pickling_error",
     "add_note", "MainGuardError", "StdinUnavailableError",
-    "QueueGoneError", "InheritedPoolError",
+    "QueueGoneError", "InheritedPoolError", "ClusterDependencyError",
+    "ClusterError",
 ]
 
 
@@ -411,6 +412,27 @@ class InsecureAddressError(ValueError):
     neither know nor should; a server reachable from the network must be
     given its key on purpose.
     """
+
+
+# --- the cluster backend (polyproc._pool._backends.dask) -------------------------
+
+class ClusterDependencyError(ImportError):
+    """``cluster=`` was given, but Dask distributed (the optional extra
+    ``polyproc[dask]``) cannot be imported here."""
+
+
+class ClusterError(ProcessError):
+    """The Dask cluster behind a ``Pool(cluster=...)`` failed: its scheduler
+    cannot be reached or went away, or its workers cannot run polyproc's
+    tasks (another version of polyproc or Dask, a task module they cannot
+    import).  The message names the scheduler's address and what to do."""
+
+    def __init__(self, message: str, address: str | None = None):
+        super().__init__(message)
+        self.address = address
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.address))
 
 
 # --- zero-copy transport (polyproc._transport: shm, shm_cache, tracker) --------

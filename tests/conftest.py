@@ -19,3 +19,18 @@ def ctx(request):
 def ctx_fs(request):
     """fork and spawn only: for slower tests where forkserver adds nothing new."""
     return polyproc.get_context(request.param)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory):
+    """The scheduler address of a real Dask cluster, one for the whole run.
+
+    A ``dask scheduler`` and a ``dask worker --nworkers 2 --nthreads 1``
+    (with nannies) on 127.0.0.1, as subprocesses (tests/_cluster.py);
+    skipped where Dask is not installed.
+    """
+    pytest.importorskip("distributed")
+    from _cluster import start_cluster, stop_cluster
+    cluster = start_cluster(tmp_path_factory.mktemp("dask"))
+    yield cluster.address
+    stop_cluster(cluster)

@@ -306,3 +306,16 @@ def test_the_diagram_check_catches_made_up_names():
                             "ProcessScheduler.dispatch (_scheduler.py) caller thread") == [
         "_scheduler.py", "receive_results", "dispatch_chunks", "on_worker_exit",
         "ProcessScheduler.dispatch"]
+
+
+def test_import_polyproc_imports_no_optional_engine():
+    # Dask (the cluster backend) costs 0.35 s to import: only cluster= loads it.
+    import subprocess
+    import sys
+    code = ("import sys, polyproc, polyproc.pool, polyproc.executor\n"
+            "print(sorted(m for m in ('distributed', 'dask', 'tqdm', "
+            "'polyproc._pool._backends.dask') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=str(ROOT))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -359,3 +359,27 @@ def test_hang_report_is_checked(value, error):
         polyproc.Pool(1, hang_report=value)
     with pytest.raises(error, match="hang_report"):
         polyproc.Executor(1, hang_report=value)
+
+
+def test_a_reused_pid_s_file_is_never_written(tmp_path):
+    # A worker that exited leaves its pid and fd number in the scheduler's
+    # books; another process may get that pid and hold any file at that fd
+    # (a program loading a shared library does, for a moment).  The request
+    # must not empty that file: this once truncated a system library.
+    victim = tmp_path / "precious.bin"
+    victim.write_bytes(b"do not truncate me" * 100)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, sys; fd = os.open(sys.argv[1], os.O_RDWR); print(fd, flush=True);"
+         " sys.stdin.read()", str(victim)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        fd = int(holder.stdout.readline())
+        texts = _stacks.collect([_stacks.StackRequest(holder.pid, fd)],
+                                signal.SIGRTMAX - 6, timeout=0.5)
+        assert victim.read_bytes() == b"do not truncate me" * 100
+        assert texts[holder.pid].startswith("no stack:")
+        assert holder.poll() is None  # and it was not signalled either
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)

@@ -46,7 +46,8 @@ from .._process.context import engine_context
 from .backend import CLOSE, RUN, TERMINATE
 from .results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
                        MapResult)
-from .chunks import Transport, auto_chunksize, function_blob, function_name, make_chunk
+from .chunks import (CLUSTER_CHUNKS_PER_WORKER, CLUSTER_MIN_CHUNK_SECONDS, Transport,
+                     auto_chunksize, function_blob, function_name, make_chunk)
 from .feeding import BUFFERED, Window, chunks_for_piece, fail_from_caller, feed_chunks
 from .instruments import Instrument
 from .._observe.observers import DEFAULT_MAX_EVENTS, Observers, TimelineOption
@@ -64,6 +65,11 @@ _PoolT = TypeVar("_PoolT", bound="Pool")
 
 # Inputs that map() and imap() cut into chunks by slicing, keeping their type.
 _SLICEABLE = (list, tuple, range)
+
+# An imap of an iterator on a cluster: chunks per worker read ahead of the
+# consumer, and tasks per chunk counted when the chunks grow by themselves.
+_CLUSTER_IMAP_CHUNKS = 4
+_CLUSTER_IMAP_TASKS_PER_CHUNK = 64
 
 
 def _terminate_pool(registry: SinkRegistry) -> None:
@@ -89,6 +95,14 @@ class Pool:
     ``stacks()`` shows what each worker is running now; with
     ``hang_report=seconds``, once no task has finished for that long while
     tasks are outstanding, the same is written to stderr (once per stall).
+
+    ``cluster=`` runs the tasks on a Dask cluster instead (docs/cluster.md):
+    a scheduler address (``"tcp://host:8786"``), a ``distributed.Client``
+    (the caller's, never closed by the pool) or ``"local"`` (a
+    ``LocalCluster`` the pool starts and closes); *processes* then defaults
+    to the cluster's total threads.  Raises ``ClusterDependencyError`` (an
+    ``ImportError``) if Dask is not installed, ``ClusterError`` if the
+    scheduler cannot be reached within 10 s.
     """
 
     # The engine that runs the tasks (see backend.py): local processes.
@@ -101,23 +115,28 @@ class Pool:
                  instruments: Iterable[Instrument] = (), insights: bool = False,
                  timeline: TimelineOption = None,
                  timeline_events: int = DEFAULT_MAX_EVENTS,
-                 hang_report: float | None = None) -> None:
+                 hang_report: float | None = None, cluster: Any = None) -> None:
         self._state = "INIT"  # first: __del__ reads it even if __init__ fails
         options = WorkerOptions.for_pool(processes, initializer, initargs,
-                                         maxtasksperchild, max_memory_per_child)
+                                         maxtasksperchild, max_memory_per_child, cluster)
         options = dataclasses.replace(options, hang_report=check_hang_report(hang_report))
         # None: the default; a stdlib context (multiprocessing.get_context(
         # "spawn")): polyproc's of the same start method, whose Process class
         # gives workers the daemon watchdog.
         self._ctx = engine_context(context)
-        self._processes = options.workers
         self._registry = SinkRegistry()
         for instrument in instruments:
             self.add_instrument(instrument)
         self._observers = Observers(self._registry.instruments, insights, timeline,
                                     timeline_events)
-        self._backend: _backends.Backend = _backends.load(self._backend_name)(
+        # A cluster runs on the Dask backend (docs/cluster.md): loaded only
+        # here, so that `import polyproc` never imports Dask.
+        self._cluster = cluster
+        backend_name = self._backend_name if cluster is None else "dask"
+        self._backend: _backends.Backend = _backends.load(backend_name)(
             options, self._ctx, self._registry.abort_all, self._registry.instruments)
+        # With a cluster and no ``processes``, the backend counted its threads.
+        self._processes = self._backend.size
         self._transport: Transport = self._backend.transport
         self._registry.backend = self._backend
         self._terminate = util.Finalize(self, _terminate_pool, args=(self._registry,),
@@ -374,6 +393,15 @@ class Pool:
         can't be pickled)."""
         return function_blob(func, self._transport)
 
+    def _auto_chunksize(self, length: int, fn_blob: Any) -> int:
+        """``chunks.auto_chunksize`` for this pool: coarser on a cluster."""
+        seconds = self._backend.task_seconds(fn_blob)
+        if self._cluster is None:
+            return auto_chunksize(length, self._processes, seconds)
+        return auto_chunksize(length, self._processes, seconds,
+                              chunks_per_worker=CLUSTER_CHUNKS_PER_WORKER,
+                              min_chunk_seconds=CLUSTER_MIN_CHUNK_SECONDS)
+
     def _map_async(self, func, iterable, call, chunksize, callback, error_callback,
                    timeout, retries, progress) -> MapResult[Any]:
         self._check_running()
@@ -392,8 +420,7 @@ class Pool:
             fail_from_caller(result, None, exc)
             return result
         if chunksize is None:
-            chunksize = auto_chunksize(len(items), self._processes,
-                                       self._backend.task_seconds(fn_blob))
+            chunksize = self._auto_chunksize(len(items), fn_blob)
         result = MapResult(self._registry, len(items), callback, error_callback,
                            progress_bar(progress, len(items)))
         self._submit_slices(fn_blob, function_name(func), call, items, chunksize,
@@ -447,20 +474,26 @@ class Pool:
             return self._buffered_imap(fn_blob, fn_name, iterable, chunksize,
                                        buffersize, iterator_class, timeout,
                                        retries, progress)
+        if self._cluster is not None and not isinstance(iterable, _SLICEABLE):
+            # On a cluster the input is read only as results are consumed,
+            # so that an endless generator runs in bounded memory; unlike
+            # an explicit buffersize, close() does not end it.
+            return self._buffered_imap(fn_blob, fn_name, iterable, chunksize,
+                                       _CLUSTER_IMAP_CHUNKS * self._processes,
+                                       iterator_class, timeout, retries, progress,
+                                       until_terminated=True)
         if isinstance(iterable, _SLICEABLE):
             # Sized and sliceable: chunk now, in the caller's thread.
             length = len(iterable)
             if chunksize is None:
-                chunksize = auto_chunksize(length, self._processes,
-                                           self._backend.task_seconds(fn_blob))
+                chunksize = self._auto_chunksize(length, fn_blob)
             result = iterator_class(self._registry, length, progress_bar(progress, length))
             self._submit_slices(fn_blob, fn_name, call, iterable, chunksize, result,
                                 timeout, retries)
             return result
         total = len(iterable) if hasattr(iterable, "__len__") else None
         if chunksize is None and total is not None:
-            chunksize = auto_chunksize(total, self._processes,
-                                       self._backend.task_seconds(fn_blob))
+            chunksize = self._auto_chunksize(total, fn_blob)
         result = iterator_class(self._registry, None, progress_bar(progress, total))
         self._backend.add_feeder()
         feeder = threading.Thread(
@@ -471,9 +504,15 @@ class Pool:
         return result
 
     def _buffered_imap(self, fn_blob, fn_name, iterable, chunksize, buffersize,
-                       iterator_class, timeout, retries, progress) -> IMapIterator:
+                       iterator_class, timeout, retries, progress,
+                       until_terminated: bool = False) -> IMapIterator:
         """``imap`` with *buffersize*: a feeder that takes input only as
-        results are consumed (see ``Window``)."""
+        results are consumed (see ``Window``).  *until_terminated*: the
+        feeder stops at ``terminate()`` only, not at ``close()``."""
+        if chunksize is None and until_terminated:
+            # Tasks, not chunks, are counted when the chunks grow: room
+            # for chunks that amortise a cluster task's cost.
+            buffersize *= _CLUSTER_IMAP_TASKS_PER_CHUNK
         window = Window(buffersize * (chunksize or 1))
         total = len(iterable) if hasattr(iterable, "__len__") else None
         result = BUFFERED[iterator_class](self._registry, None,
@@ -486,7 +525,11 @@ class Pool:
             # throttled feeder stops, so close(); join() cannot wait for a
             # consumer that will never come.
             alive = pool()
-            return alive is None or alive._state != RUN
+            if alive is None:
+                return True
+            if until_terminated:
+                return alive._state == TERMINATE or alive._registry.terminated
+            return alive._state != RUN
 
         self._backend.add_feeder()
         threading.Thread(

@@ -10,9 +10,10 @@ engine is one new module under ``_backends/`` and its tests.
 Backends are loaded by name on first use (``load``), as anyio loads its
 event-loop backends: ``"process"`` (``_backends/process/``, local worker
 processes run by the ``ProcessScheduler`` thread) and ``"thread"``
-(``_backends/thread.py``, worker threads, for ``ThreadPool``).  A backend
-that is never used is never imported: a Dask backend would cost nothing to
-programs that do not use it.
+(``_backends/thread.py``, worker threads, for ``ThreadPool``) and
+``"dask"`` (``_backends/dask/``, a Dask cluster, for ``Pool(cluster=...)``).
+A backend that is never used is never imported: the Dask backend costs
+nothing to programs that do not pass ``cluster=``.
 
 Each backend module exposes ``backend_class``, built as
 ``backend_class(options, context, abort_all, instruments)``: the

@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import pickle
 from typing import Any, Callable, Iterable, Iterator
 
 from . import messages as m
@@ -38,6 +39,10 @@ CHUNKS_PER_WORKER = 32
 MIN_CHUNK_SECONDS = 0.002
 TARGET_CHUNK_SECONDS = 0.01
 MAX_GROWN_CHUNKSIZE = 65536
+# A Dask task costs 2 to 40 ms of scheduling and round trips (PEERS.md,
+# docs/cluster.md): chunks on a cluster are fewer and longer.
+CLUSTER_CHUNKS_PER_WORKER = 4
+CLUSTER_MIN_CHUNK_SECONDS = 0.05
 
 _chunk_ids = itertools.count(1)
 
@@ -52,16 +57,85 @@ class Transport(enum.Enum):
     #: Pickled into self-contained bytes (``dumps_in_band``): a segment's
     #: name means nothing on another machine.
     IN_BAND = "in band"
+    #: As ``IN_BAND``, over a link that is loopback or encrypted (TLS):
+    #: manager proxies among the arguments carry their authentication key,
+    #: as they do when pickled for a child being spawned (docs/cluster.md).
+    IN_BAND_TRUSTED = "in band, trusted link"
     #: Not serialized: the objects themselves (workers in this process).
     NONE = "none"
+
+
+class _CarryingAuthkeys:
+    """The pickling context of ``Transport.IN_BAND_TRUSTED``.
+
+    Manager proxies pickle their authkey only while a child is being
+    spawned (``multiprocessing.context.get_spawning_popen()`` is set, per
+    thread); this sets it for the duration, so they do the same for a
+    link that keeps the key secret.
+    """
+
+    def __enter__(self) -> None:
+        from multiprocessing import context
+        context.set_spawning_popen(self)  # type: ignore[arg-type]
+
+    def __exit__(self, *exc_info: Any) -> None:
+        from multiprocessing import context
+        context.set_spawning_popen(None)
 
 
 def _dumps_items(items: list, transport: Transport) -> bytes | None:
     if transport is Transport.SHARED_MEMORY:
         return _serialization.dumps(items, "task arguments")
     if transport is Transport.IN_BAND:
-        return _serialization.dumps_in_band(items, "task arguments")
+        return _dumps_leaving_out_large_buffers(items)
+    if transport is Transport.IN_BAND_TRUSTED:
+        with _CarryingAuthkeys():
+            return _dumps_leaving_out_large_buffers(items)
     return None
+
+
+class OutOfBandPayload(bytes):
+    """An in-band pickle (these bytes) whose large buffers were left out.
+
+    ``buffers``: the buffers of ``ZERO_COPY_THRESHOLD`` bytes or more
+    (NumPy arrays' data, large ``PickleBuffer``s), as views of the objects'
+    memory (no copy), in the order ``pickle.loads(self, buffers=...)``
+    wants them.  A cluster backend sends each distinct one to the workers
+    once (``client.scatter``) instead of inside every task; they are read
+    when they are sent, as the stdlib Pool's task handler thread reads a
+    task's arguments when it sends them, not when the call was made.
+    """
+
+    buffers: tuple[memoryview, ...] = ()
+
+
+def _dumps_leaving_out_large_buffers(items: list) -> bytes:
+    """``dumps_in_band``, with large buffers left out (``OutOfBandPayload``)."""
+    large: list[memoryview] = []
+
+    def leave_out(buffer: pickle.PickleBuffer) -> bool:
+        view = buffer.raw() if memoryview(buffer).contiguous else None
+        if view is None or view.nbytes < _serialization.ZERO_COPY_THRESHOLD:
+            return True   # in band
+        large.append(view)
+        return False
+
+    try:
+        stream = pickle.dumps(items, _serialization.PROTOCOL, buffer_callback=leave_out)
+    except Exception:
+        large.clear()
+        try:
+            import cloudpickle
+            stream = cloudpickle.dumps(items, protocol=_serialization.PROTOCOL,
+                                       buffer_callback=leave_out)
+        except Exception:
+            # What neither can pickle: the error that names it.
+            return _serialization.dumps_in_band(items, "task arguments")
+    if not large:
+        return stream
+    payload = OutOfBandPayload(stream)
+    payload.buffers = tuple(large)
+    return payload
 
 
 def function_blob(fn: Callable, transport: Transport) -> Any:
@@ -69,7 +143,15 @@ def function_blob(fn: Callable, transport: Transport) -> Any:
     can't be), or *fn* itself when nothing is serialized."""
     if transport is Transport.NONE:
         return fn
+    if transport in _IN_BAND and getattr(fn, "__module__", None) == "__main__":
+        # By value: another machine's ``__main__`` is not this program (a
+        # Dask worker's is Dask's), so a reference to it would not load.
+        import cloudpickle
+        return cloudpickle.dumps(fn, protocol=_serialization.PROTOCOL)
     return _serialization.dumps_function(fn)
+
+
+_IN_BAND = (Transport.IN_BAND, Transport.IN_BAND_TRUSTED)
 
 
 def function_name(fn: Callable) -> str:
@@ -159,17 +241,21 @@ def _short_repr(obj: Any, limit: int = 60) -> str:
 
 
 def auto_chunksize(length: int, workers: int,
-                   task_seconds: float | None = None) -> int:
+                   task_seconds: float | None = None, *,
+                   chunks_per_worker: int = CHUNKS_PER_WORKER,
+                   min_chunk_seconds: float = MIN_CHUNK_SECONDS) -> int:
     """The chunk size for a call of *length* tasks when the caller gave none.
 
     About ``CHUNKS_PER_WORKER`` chunks per worker; but when the function's
     time per task is known (the scheduler measures it), no chunk shorter
     than ``MIN_CHUNK_SECONDS``: a map of trivial tasks then travels in a few
     large chunks, as the stdlib's does, instead of in many small messages.
+    A cluster, where a chunk costs milliseconds, passes fewer and longer
+    chunks (``CLUSTER_CHUNKS_PER_WORKER``, ``CLUSTER_MIN_CHUNK_SECONDS``).
     """
-    size = math.ceil(length / (max(1, workers) * CHUNKS_PER_WORKER))
+    size = math.ceil(length / (max(1, workers) * chunks_per_worker))
     if task_seconds is not None:
-        size = max(size, math.ceil(MIN_CHUNK_SECONDS / max(task_seconds, 1e-8)))
+        size = max(size, math.ceil(min_chunk_seconds / max(task_seconds, 1e-8)))
         size = min(size, math.ceil(length / max(1, workers)))
     return max(1, size)
 

@@ -133,6 +133,8 @@ class Executor(_StdExecutor):
     ``insights()`` and ``timeline=``/``timeline()`` are the Pool's;
     ``stacks()`` and ``hang_report=`` show what stuck workers are running,
     as ``Pool``'s do.
+    ``cluster=`` runs the calls on a Dask cluster, as ``Pool(cluster=)``
+    does (docs/cluster.md); *max_workers* then defaults to its threads.
 
     Differences from ``ProcessPoolExecutor``, none of which changes what
     working stdlib code means: ``max_tasks_per_child`` works with the fork
@@ -148,20 +150,23 @@ class Executor(_StdExecutor):
                  instruments: Iterable[Instrument] = (), insights: bool = False,
                  timeline: TimelineOption = None,
                  timeline_events: int = DEFAULT_MAX_EVENTS,
-                 hang_report: float | None = None) -> None:
+                 hang_report: float | None = None, cluster: Any = None) -> None:
         options = WorkerOptions.for_executor(max_workers, initializer, initargs,
-                                             max_tasks_per_child, max_memory_per_child)
+                                             max_tasks_per_child, max_memory_per_child,
+                                             cluster)
         options = dataclasses.replace(options, hang_report=check_hang_report(hang_report))
         if mp_context is None:
             mp_context = default_context()
-        self._max_workers = options.workers
         self._mp_context = mp_context
         core = ExecutorCore(options.workers)
         self._instruments = Instruments(instruments)
         self._observers = Observers(self._instruments, insights, timeline, timeline_events)
         core.observers = self._observers
-        core.backend = _backends.load("process")(options, mp_context, core.abort_all,
-                                                 self._instruments)
+        # cluster=: the Dask backend (docs/cluster.md), imported only here.
+        core.backend = _backends.load("process" if cluster is None else "dask")(
+            options, mp_context, core.abort_all, self._instruments)
+        # With a cluster and no max_workers, the backend counted its threads.
+        self._max_workers = core.workers = core.backend.size
         self._core = core
         _live_cores.add(core)
         # Dropped without shutdown(): let its work finish, then stop its workers.

@@ -35,7 +35,11 @@ class WorkerOptions:
     ``max_memory``: bytes of resident memory after which a worker is
     replaced before its next task, or None; ``hang_report``: seconds
     without a finished task, while tasks are outstanding, after which the
-    workers' stacks are written to stderr, or None.
+    workers' stacks are written to stderr, or None;
+    ``cluster``: the Dask cluster
+    to run on (an address, a ``distributed.Client`` or ``"local"``), or
+    None for local workers.  With a cluster, ``workers`` 0 means the
+    cluster's total threads (the backend counts them).
     """
 
     workers: int
@@ -44,11 +48,12 @@ class WorkerOptions:
     max_tasks: int | None = None
     max_memory: int | None = None
     hang_report: float | None = None
+    cluster: Any = None
 
     @classmethod
     def for_pool(cls, processes: int | None, initializer: Callable[..., Any] | None,
                  initargs: Iterable, maxtasksperchild: int | None,
-                 max_memory_per_child: int | None) -> WorkerOptions:
+                 max_memory_per_child: int | None, cluster: Any = None) -> WorkerOptions:
         """``multiprocessing.pool.Pool``'s arguments, with its errors.
 
         Raises ``ValueError`` for fewer than one process, a
@@ -60,8 +65,8 @@ class WorkerOptions:
         """
         _refuse_while_importing_main()
         if processes is None:
-            processes = default_workers()
-        if processes < 1:
+            processes = default_workers() if cluster is None else 0
+        elif processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None:
             if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
@@ -69,13 +74,14 @@ class WorkerOptions:
         _check_initializer(initializer)
         _check_max_memory(max_memory_per_child)
         return cls(processes, initializer, tuple(initargs), maxtasksperchild,
-                   max_memory_per_child)
+                   max_memory_per_child, cluster)
 
     @classmethod
     def for_executor(cls, max_workers: int | None,
                      initializer: Callable[..., Any] | None, initargs: Iterable,
                      max_tasks_per_child: int | None,
-                     max_memory_per_child: int | None) -> WorkerOptions:
+                     max_memory_per_child: int | None,
+                     cluster: Any = None) -> WorkerOptions:
         """``ProcessPoolExecutor``'s arguments, with its errors.
 
         Raises ``ValueError`` for ``max_workers`` below one, a
@@ -86,7 +92,7 @@ class WorkerOptions:
         """
         _refuse_while_importing_main()
         if max_workers is None:
-            max_workers = default_workers()
+            max_workers = default_workers() if cluster is None else 0
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         _check_initializer(initializer)
@@ -97,7 +103,7 @@ class WorkerOptions:
                 raise ValueError("max_tasks_per_child must be >= 1")
         _check_max_memory(max_memory_per_child)
         return cls(max_workers, initializer, tuple(initargs), max_tasks_per_child,
-                   max_memory_per_child)
+                   max_memory_per_child, cluster)
 
 
 def default_workers() -> int:

@@ -75,10 +75,10 @@ __all__ = ["ENV_SIGNAL", "configured_signal", "install", "uninstall", "StackRequ
            "POLL_SECONDS"]
 
 ENV_SIGNAL = "POLYPROC_STACKS_SIGNAL"
-STACK_FILE_NAME = "polyproc-stacks"
-# What /proc/<pid>/fd/<fd> of a worker's stack file links to (Linux).
-STACK_FILE_LINK = f"/memfd:{STACK_FILE_NAME} (deleted)"
 POLL_SECONDS = 0.001
+# The name of the workers' stack files: what the parent checks before it
+# writes to a file it reached through /proc/<pid>/fd (_is_stack_file).
+MEMFD_NAME = "polyproc-stacks"
 
 
 def _default_signal() -> int:
@@ -135,7 +135,7 @@ def install(signum: int) -> int:
         return -1
     import fcntl
     import faulthandler
-    fd = os.memfd_create(STACK_FILE_NAME, os.MFD_CLOEXEC)
+    fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC)
     # Append-only: the parent empties the file before each request, and
     # the next dump must then start at its beginning.
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
@@ -256,17 +256,21 @@ def _refusal(pid: int, their_fd: int, fd: int, signum: int) -> str | None:
     is emptied and the signal sent, since both act on whatever *their_fd*
     and *pid* are now.
 
-    * The file must still be the worker's stack file: a task may have put
-      a file of its own at that number (``dup2``, or closed it and opened
-      another), and a pid reused by another process has other files; that
-      file must not be emptied, nor the signal sent (it would dump there).
+    * The file must still be the worker's stack file (``_is_stack_file``):
+      a task may have put a file of its own at that number (``dup2``, or
+      closed it and opened another), and a reused pid has other files (a
+      program loading a shared library holds one for a moment: emptying it
+      once truncated a system library); such a file must not be emptied,
+      nor the signal sent (the worker's handler would dump into it).  The
+      check is on the descriptor we hold, so no race can swap the file.
     * The worker must still catch the signal: a task may have given it its
       default action (for a real-time signal: to terminate the process) or
       ignored it (the request would wait out the timeout).
     """
-    if os.readlink(f"/proc/self/fd/{fd}") != STACK_FILE_LINK:
+    if not _is_stack_file(fd):
         return (f"no stack: worker {pid}'s fd {their_fd} is not its stack file any "
-                f"more (a task closed it or put another file there); left alone\n")
+                f"more (a task closed it or put another file there, or the pid is "
+                f"reused); that file is left alone\n")
     status = _status(pid)
     if status is None:
         raise ProcessLookupError(pid)
@@ -275,6 +279,17 @@ def _refusal(pid: int, their_fd: int, fd: int, signum: int) -> str | None:
                 f"any more (a task reset or ignored it); not sent, as it would kill "
                 f"the worker or be lost\n")
     return None
+
+
+def _is_stack_file(fd: int) -> bool:
+    """Whether our descriptor *fd* is a worker's stack file: an unlinked
+    in-memory file of ``MEMFD_NAME`` (``/proc`` names one ``/memfd:NAME
+    (deleted)``)."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+    return target.startswith(f"/memfd:{MEMFD_NAME} ") and os.fstat(fd).st_nlink == 0
 
 
 def _answer(pid: int, fd: int, signum: int) -> str | None:
