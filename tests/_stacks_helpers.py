@@ -128,6 +128,11 @@ def pending(signum: int, pid: int) -> bool:
     return bool(_sigset(pid, "SigPnd") & (1 << (signum - 1)))
 
 
+def blocks(signum: int, pid: int) -> bool:
+    """Whether process *pid*'s main thread blocks *signum* (``SigBlk``)."""
+    return bool(_sigset(pid, "SigBlk") & (1 << (signum - 1)))
+
+
 def _sigset(pid: int | str, key: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -171,4 +176,11 @@ def reset_signal(signum: int, action: int) -> int:
     """Give *signum* the default action, or ignore it, as a task may; this
     worker's pid."""
     signal.signal(signum, action)
+    return os.getpid()
+
+
+def blocked_until(release: str, started: str) -> int:
+    """Block until *release* exists; this worker's pid."""
+    _started(started)
+    wait_for_file(release, 60)
     return os.getpid()

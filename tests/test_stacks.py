@@ -316,6 +316,38 @@ def test_a_worker_whose_task_reset_the_signal_is_not_sent_it(ctx, action):
     assert f"no stack: worker {pid} does not catch signal" in texts[pid]
 
 
+def test_a_hang_report_does_not_wait_for_a_callers_long_stacks_call(tmp_path, capfd):
+    # The PoolScheduler thread writes the report, and delivers results: a
+    # caller's stacks(timeout=30) waiting on a worker that does not answer
+    # must not hold it for 30 s.
+    release = tmp_path / "release"
+    with polyproc.get_context("fork").Pool(2, hang_report=0.2) as pool:
+        pids = [p.pid for p in pool._pool]
+        _start_blocked(pool, helpers.deaf_to, tmp_path, "deaf", SIGNAL)
+        other = _start_blocked(pool, helpers.blocked_until, tmp_path, "other", str(release))
+        [deaf_pid] = [pid for pid in pids if helpers.blocks(SIGNAL, pid)]
+        asking = threading.Thread(target=pool.stacks, kwargs={"timeout": 30})
+        asking.start()
+        deadline = time.monotonic() + 10
+        while not helpers.pending(SIGNAL, deaf_pid):
+            assert time.monotonic() < deadline, "the caller's request never started"
+            time.sleep(0.001)
+        release.touch()
+        other.get(10)  # a task finished: the next stall begins, the caller still waits
+        capfd.readouterr()
+        report, deadline = "", time.monotonic() + 10
+        while "polyproc: no task of the pool has finished" not in report:
+            assert time.monotonic() < deadline, "no hang report while a caller waited"
+            time.sleep(0.01)
+            report += capfd.readouterr().err
+        assert pool.apply(os.getpid, timeout=5) in pids  # the scheduler runs on
+        assert asking.is_alive()
+        os.kill(deaf_pid, signal.SIGKILL)  # ends the caller's wait
+        asking.join(10)
+    assert "running deaf_to(" in report
+    assert "no stack: another stacks() call is asking the workers" in report
+
+
 def test_the_signal_can_be_chosen(monkeypatch, tmp_path):
     monkeypatch.setenv(_stacks.ENV_SIGNAL, "SIGUSR2")
     assert _stacks.configured_signal() == signal.SIGUSR2

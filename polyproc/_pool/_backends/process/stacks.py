@@ -384,11 +384,12 @@ def _signal_name(signum: int) -> str:
 
 # -- what each worker holds and runs --------------------------------------
 def worker_stacks(workers: list, table: Any, signum: int,
-                  timeout: float) -> dict[int, str]:
+                  timeout: float, ask: bool = True) -> dict[int, str]:
     """``{pid: text}`` of *workers* (the scheduler's ``WorkerHandle``s): the
     tasks each holds (``describe_work``, from the progress *table*), then
     its dump (``collect``) or why there is none.  Returns within about
-    *timeout* seconds."""
+    *timeout* seconds.  Without *ask*, no worker is asked (another call
+    is asking them) and the texts say so."""
     now = time.monotonic()
     texts: dict[int, str] = {}
     requests = []
@@ -397,7 +398,10 @@ def worker_stacks(workers: list, table: Any, signum: int,
         base = w.slot * m.SLOT_WIDTH
         texts[pid] = describe_work(_snapshot(w.assigned),
                                    list(table[base:base + m.SLOT_WIDTH]), now)
-        if w.stacks_fd >= 0:  # it has registered (StacksReady, WorkerReady)
+        if w.stacks_fd >= 0 and not ask:
+            texts[pid] += ("no stack: another stacks() call is asking the workers "
+                           "(not waited for)\n")
+        elif w.stacks_fd >= 0:  # it has registered (StacksReady, WorkerReady)
             requests.append(StackRequest(pid, w.stacks_fd))
         elif not w.ready:
             texts[pid] += "no stack: the worker is starting\n"
