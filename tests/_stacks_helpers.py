@@ -184,3 +184,17 @@ def blocked_until(release: str, started: str) -> int:
     _started(started)
     wait_for_file(release, 60)
     return os.getpid()
+
+
+def deaf_then_count_dumps(signum: int, release: str, started: str) -> int:
+    """Block *signum*, wait for *release*, unblock it: how many dumps the
+    signals that waited meanwhile wrote into this worker's stack file."""
+    from polyproc._pool._backends.process import stacks
+    assert stacks._installed is not None
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    _started(started)
+    wait_for_file(release, 60)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})  # they are handled here
+    fd = stacks._installed[1]
+    dump = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+    return dump.count("Current thread ")

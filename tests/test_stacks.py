@@ -348,6 +348,21 @@ def test_a_hang_report_does_not_wait_for_a_callers_long_stacks_call(tmp_path, ca
     assert "no stack: another stacks() call is asking the workers" in report
 
 
+def test_requests_to_a_worker_that_blocks_the_signal_do_not_pile_up(tmp_path):
+    # Real-time signals queue (against a per-user limit): a request while
+    # the last one still waits adds none, so the worker dumps once when it
+    # unblocks the signal, not once per request.
+    release = tmp_path / "release"
+    with polyproc.get_context("fork").Pool(1) as pool:
+        result = _start_blocked(pool, helpers.deaf_then_count_dumps, tmp_path, "deaf",
+                                SIGNAL, str(release))
+        for _ in range(10):
+            [text] = pool.stacks(timeout=0.01).values()
+            assert "did not answer signal" in text
+        release.touch()
+        assert result.get(10) == 1
+
+
 def test_the_signal_can_be_chosen(monkeypatch, tmp_path):
     monkeypatch.setenv(_stacks.ENV_SIGNAL, "SIGUSR2")
     assert _stacks.configured_signal() == signal.SIGUSR2

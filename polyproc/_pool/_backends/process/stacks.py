@@ -31,7 +31,8 @@ The parent's side (``collect``, called by the scheduler's ``stacks``):
   own at that number, and a reused pid has other files: neither is ever
   emptied or dumped into) and that the worker still catches the signal (a
   task that reset it to its default action would be killed by it), empties
-  it, sends the signal to the worker's main thread (``tgkill``: the thread that
+  it, sends the signal (unless an earlier request's still waits: the
+  worker blocks it) to the worker's main thread (``tgkill``: the thread that
   runs tasks, and only one handler at a time, so dumps never interleave)
   and polls, every millisecond and for at most *timeout* seconds for all
   workers together, until the dump is complete.
@@ -241,7 +242,8 @@ def _ask(request: StackRequest, signum: int) -> int | str:
             os.close(fd)
             return refusal
         os.ftruncate(fd, 0)
-        _signal_main_thread(pid, signum)
+        if not _still_pending(pid, signum):
+            _signal_main_thread(pid, signum)
     except ProcessLookupError:
         os.close(fd)
         return f"no stack: worker {pid} is gone (it died or exited)\n"
@@ -279,6 +281,16 @@ def _refusal(pid: int, their_fd: int, fd: int, signum: int) -> str | None:
                 f"any more (a task reset or ignored it); not sent, as it would kill "
                 f"the worker or be lost\n")
     return None
+
+
+def _still_pending(pid: int, signum: int) -> bool:
+    """Whether an earlier request's signal still waits for *pid*'s main
+    thread (it blocks the signal): then it will dump into the file just
+    emptied when it unblocks it, and another signal would only queue
+    behind (real-time signals queue, against a limit per user shared by
+    all their processes, and each would make one more dump)."""
+    status = _status(pid)
+    return status is not None and bool(_sigset(status, "SigPnd") & (1 << (signum - 1)))
 
 
 def _is_stack_file(fd: int) -> bool:
