@@ -232,8 +232,8 @@ def _ask(request: StackRequest, signum: int) -> int | str:
     except FileNotFoundError:
         if _status(pid) is None:
             return f"no stack: worker {pid} is gone (it died or exited)\n"
-        return (f"no stack: worker {pid}'s stack file (fd {their_fd}) is closed: "
-                f"a task closed it\n")
+        return (f"no stack: worker {pid}'s stack file (fd {their_fd}) is closed: the "
+                f"worker is leaving the pool, or a task closed it\n")
     except OSError as exc:
         return f"no stack: worker {pid}'s stack file cannot be opened: {exc}\n"
     try:
@@ -278,8 +278,8 @@ def _refusal(pid: int, their_fd: int, fd: int, signum: int) -> str | None:
         raise ProcessLookupError(pid)
     if not _sigset(status, "SigCgt") & (1 << (signum - 1)):
         return (f"no stack: worker {pid} does not catch signal {_signal_name(signum)} "
-                f"any more (a task reset or ignored it); not sent, as it would kill "
-                f"the worker or be lost\n")
+                f"any more: the worker is leaving the pool, or a task reset or ignored "
+                f"it (not sent: it would kill the worker, or be lost)\n")
     return None
 
 
@@ -310,7 +310,8 @@ def _answer(pid: int, fd: int, signum: int) -> str | None:
     status = _status(pid)
     if status is None or status.get("State", "").startswith(("Z", "X")):
         partial = os.pread(fd, size, 0).decode(errors="replace") if size else ""
-        return (f"no stack: worker {pid} died before it finished writing its stack\n"
+        return (f"no stack: worker {pid} died or exited before it finished writing "
+                f"its stack\n"
                 + partial)
     if not size:
         return None
