@@ -183,6 +183,51 @@ def test_hang_report_once_per_stall(method, front):
         assert f'hang_report.py", line {line} in stall_for' in report
 
 
+def _screen(output: str) -> list[str]:
+    """What a terminal shows of *output*: its lines once carriage returns,
+    line feeds (as a tty's ``onlcr`` makes them) and tqdm's cursor-up moves
+    (ESC [ A) are applied."""
+    lines, row, col, i = [""], 0, 0, 0
+    while i < len(output):
+        if output.startswith("\x1b[A", i):
+            row, i = max(0, row - 1), i + 3
+            continue
+        char, i = output[i], i + 1
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            row, col = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        else:
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + char + line[col + 1:]
+            col += 1
+    return [line.rstrip() for line in lines]
+
+
+def test_a_hang_report_is_not_drawn_over_by_progress_bars():
+    # The bars are cleared while the report is written, then drawn again
+    # below it: the report starts on a line of its own, and no bar is
+    # left among its lines.
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "hang_report_bars.py"), "fork"],
+                          capture_output=True, timeout=60)  # bytes: keep the \r
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0, stderr
+    assert proc.stdout == b"[0, 1, 2, 3]\n"
+    screen = _screen(stderr)
+    headers = [n for n, line in enumerate(screen) if "polyproc: no task of the pool" in line]
+    bars = [n for n, line in enumerate(screen) if "%|" in line]
+    assert headers and bars, stderr
+    reports = []  # (first row, last row) of each report (one, unless the machine is slow)
+    for header, after in zip(headers, headers[1:] + [len(screen)]):
+        assert screen[header].startswith("polyproc: no task of the pool"), screen[header]
+        end = max(n for n in range(header, after) if screen[n].startswith("  File "))
+        assert not [n for n in bars if header < n <= end], "\n".join(screen)
+        reports.append("\n".join(screen[header:end + 1]))
+    assert any("running loop(1) [task 1]" in report for report in reports)
+    assert bars[-1] > end  # drawn again below the last report
+
+
 def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 

@@ -81,6 +81,7 @@ from ...backend import CLOSE, RUN, TERMINATE
 from ...chunks import TaskChunk, Transport
 from ...instruments import Instruments
 from ...options import WorkerOptions
+from ...progress import bars_cleared
 from . import stacks as _stacks
 from .worker import WorkerConfig
 from .worker_handles import (WorkerHandle, clear_slot, sigint_shielded_start,
@@ -338,8 +339,9 @@ class ProcessScheduler:
         text = _stacks.hang_report_text(seconds, stall.seconds, queued + held, queued,
                                         self._hang_report_stacks())
         try:
-            sys.stderr.write(text)
-            sys.stderr.flush()
+            with bars_cleared(sys.stderr):  # progress bars: not drawn over it
+                sys.stderr.write(text)
+                sys.stderr.flush()
         except (OSError, ValueError):
             pass  # a closed or broken stderr: nobody to tell
 
