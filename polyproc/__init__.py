@@ -47,6 +47,7 @@ from ._exceptions import StdinUnavailableError as StdinUnavailableError
 from ._exceptions import TaskTimeoutError as TaskTimeoutError
 from ._exceptions import TimeoutError as TimeoutError
 from ._exceptions import WorkerLostError as WorkerLostError
+from ._pool.instruments import ChunkCancelled as ChunkCancelled
 from ._pool.instruments import ChunkDispatched as ChunkDispatched
 from ._pool.instruments import ChunkFailed as ChunkFailed
 from ._pool.instruments import ChunkFinished as ChunkFinished
@@ -141,7 +142,7 @@ __all__ += [  # polyproc's additions
     "patch", "unpatch",
     # Instruments that watch a pool work, and the records of their events.
     "Instrument", "ChunkQueued", "ChunkDispatched", "ResultsReceived",
-    "ChunkFinished", "ChunkFailed", "TaskRetried", "TaskTimedOut",
+    "ChunkFinished", "ChunkFailed", "ChunkCancelled", "TaskRetried", "TaskTimedOut",
     "WorkerStarted", "WorkerExited", "TaskProgress",
     # A task's own progress bar (nested under its call's, in the parent).
     "progress",

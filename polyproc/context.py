@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import multiprocessing.context as _std_context
 import sys
-from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal,
+from typing import (TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Literal, Mapping,
                     overload)
 
 from . import process as _process
@@ -77,8 +77,25 @@ AuthenticationError = _std_context.AuthenticationError
 # Keyword arguments that ``polyproc.patch(cluster=..., timeline=...)`` gives
 # every Pool and Executor made by a context's factory (``polyproc.Pool()``,
 # ``multiprocessing.Pool()`` once patched, ``get_context(m).Pool()``),
-# beneath the call's own.  Written by polyproc.monkey only.
+# beneath the call's own.  Written by polyproc.monkey only.  A value that
+# is a ``_PerPool`` is asked for a fresh value for each pool (the numbered
+# timeline files of a program with several pools).
 _factory_defaults: dict[str, dict[str, Any]] = {"Pool": {}, "Executor": {}}
+
+
+class _PerPool:
+    """A factory default whose value differs per pool: ``next_value()`` is
+    called once for each Pool or Executor that receives it."""
+
+    def next_value(self) -> Any:
+        raise NotImplementedError
+
+
+def _defaults_for(kind: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``_factory_defaults[kind]`` that the keywords *given* by the call
+    leave to apply, with each ``_PerPool`` replaced by its next value."""
+    return {name: value.next_value() if isinstance(value, _PerPool) else value
+            for name, value in _factory_defaults[kind].items() if name not in given}
 
 
 class _PolyFactories(_FactoriesBase):
@@ -102,7 +119,7 @@ class _PolyFactories(_FactoriesBase):
         from .pool import Pool
         return Pool(processes, initializer, initargs, maxtasksperchild,
                     context=self.get_context(),
-                    **{**_factory_defaults["Pool"], **extras})
+                    **{**_defaults_for("Pool", extras), **extras})
 
     # Lock, RLock, Semaphore, BoundedSemaphore: the stdlib's, with 3.14's
     # locked() on older Pythons (polyproc.synchronize).
@@ -165,7 +182,7 @@ class _PolyFactories(_FactoriesBase):
     def Executor(self, max_workers: int | None = None, **kwargs: Any) -> _Executor:
         """Returns a ``concurrent.futures.Executor`` on polyproc's scheduler."""
         from .executor import Executor
-        kwargs = {**_factory_defaults["Executor"], **kwargs}
+        kwargs = {**_defaults_for("Executor", kwargs), **kwargs}
         kwargs.setdefault("mp_context", self.get_context())
         return Executor(max_workers, **kwargs)
 

@@ -12,8 +12,9 @@ script starts)::
                                         make polyproc's objects)
     multiprocessing.pool.Pool, ThreadPool          -> polyproc.pool's
     concurrent.futures.ProcessPoolExecutor (and
-        concurrent.futures.process.ProcessPoolExecutor) -> polyproc.Executor
-        (same signature: max_workers, mp_context, initializer, initargs,
+        concurrent.futures.process.ProcessPoolExecutor) -> a subclass of
+        polyproc.Executor named ProcessPoolExecutor (same signature:
+        max_workers, mp_context, initializer, initargs,
         max_tasks_per_child; a dead worker fails one future with
         WorkerLostError, a BrokenProcessPool, instead of breaking them all)
 
@@ -57,8 +58,9 @@ which polyproc reuses, would start building polyproc's objects).
 
 ``patch(cluster=..., timeline=...)`` sets defaults that every Pool made
 through a patched name or a polyproc context factory receives, when its
-class accepts the keyword (a call's own keyword wins).  The cluster
-address is passed on to patched children; the timeline file is not (each
+class accepts the keyword (a call's own keyword wins); the timeline file
+is numbered per pool (``_TimelineFiles``: run.json, run-2.json, ...).  The
+cluster address is passed on to patched children; the timeline file is not (each
 child's Pools would overwrite the main program's file).  ``unpatch()``
 restores everything.
 """
@@ -69,6 +71,8 @@ import os
 import sys
 import threading
 from typing import Any
+
+from . import context as _context
 
 __all__ = ["patch", "unpatch", "is_patched"]
 
@@ -129,7 +133,6 @@ def patch(*, cluster: str | None = None,
     import multiprocessing
     import multiprocessing.spawn
 
-    from . import context as _context
 
     asked = {k: v for k, v in (("cluster", cluster), ("timeline", timeline))
              if v is not None}
@@ -140,6 +143,11 @@ def patch(*, cluster: str | None = None,
         from .executor import Executor
         pool_defaults = _accepted(_pool.Pool, asked, required=True)
         executor_defaults = _accepted(Executor, asked, required=False)
+        if timeline is not None:   # one numbering for Pools and Executors
+            files = _TimelineFiles(timeline)
+            for defaults in (pool_defaults, executor_defaults):
+                if "timeline" in defaults:
+                    defaults["timeline"] = files
     # The very objects the package exports (``multiprocessing.Pool is
     # polyproc.Pool``: a bound method made once), read from the package
     # already imported (importing it here would make an import cycle).
@@ -172,7 +180,6 @@ def unpatch() -> None:
     Children already started stay as they are.
     """
     global _patched
-    from . import context as _context
     with _lock:
         if _IMPORT_HOOK in sys.meta_path:
             sys.meta_path.remove(_IMPORT_HOOK)
@@ -226,16 +233,17 @@ def _patch_imported_targets() -> None:
 
 
 def _replacements(target: str) -> dict[str, Any]:
-    from . import context as _context
     if target == "multiprocessing.pool":
         from .pool import Pool, ThreadPool
         if "Pool" not in _classes:
-            _classes["Pool"] = _with_defaults(Pool, _context._factory_defaults["Pool"])
+            _classes["Pool"] = _with_defaults(Pool, "Pool")
         return {"Pool": _classes["Pool"], "ThreadPool": ThreadPool}
     from .executor import Executor
     if "Executor" not in _classes:
-        _classes["Executor"] = _with_defaults(Executor,
-                                              _context._factory_defaults["Executor"])
+        # Under the stdlib's name: a program that shows type(executor).__name__
+        # prints what it printed without polyproc.
+        _classes["Executor"] = _with_defaults(Executor, "Executor",
+                                              name="ProcessPoolExecutor")
     return {"ProcessPoolExecutor": _classes["Executor"]}
 
 
@@ -315,23 +323,58 @@ def _accepted(cls: type, asked: dict[str, Any], *, required: bool) -> dict[str, 
     return {k: v for k, v in asked.items() if k in parameters}
 
 
-def _with_defaults(cls: type, defaults: dict[str, Any]) -> type:
-    """*cls* itself, or with *defaults*, a subclass that adds them to each call.
+def _with_defaults(cls: type, kind: str, name: str | None = None) -> type:
+    """*cls* itself, or, when patch() set defaults for *kind* ("Pool" or
+    "Executor") or *name* is not *cls*'s, a subclass called *name* that adds
+    the defaults to each call.
 
     A subclass, not a function, so that ``isinstance`` and subclassing
     (``class MyPool(multiprocessing.pool.Pool)``) keep working.
     """
-    if not defaults:
+    name = name or cls.__name__
+    if not _context._factory_defaults[kind] and name == cls.__name__:
         return cls
 
     class WithDefaults(cls):
         __doc__ = cls.__doc__
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **{**defaults, **kwargs})
+            super().__init__(*args, **{**_context._defaults_for(kind, kwargs), **kwargs})
 
-    WithDefaults.__name__ = WithDefaults.__qualname__ = cls.__name__
+    WithDefaults.__name__ = WithDefaults.__qualname__ = name
+    WithDefaults.__module__ = cls.__module__
     return WithDefaults
+
+
+class _TimelineFiles(_context._PerPool):
+    """``patch(timeline=FILE)``: the file of each pool, in the order they are made.
+
+    The first Pool or Executor writes FILE itself, the next ones FILE with
+    ``-2``, ``-3``, ... before its extension (``run.json``, ``run-2.json``):
+    one file per pool, since each pool's trace is its own (times from its
+    start, its workers) and is written when that pool is done.  A
+    ``context._PerPool``: asked once per pool, from any thread.
+
+    Only in the process that called ``patch()``: a forked child (a
+    ``Process`` that makes a Pool) inherits this object, and its copy of
+    the count would give its pools the names of the parent's next ones;
+    its pools record no timeline, as a spawned child's (not given the file).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self._stem, self._extension = os.path.splitext(os.fspath(path))
+        self._made = 0
+        self._lock = threading.Lock()
+        self._owner = os.getpid()
+
+    def next_value(self) -> str | None:
+        if os.getpid() != self._owner:
+            return None   # timeline=None: record nothing
+        with self._lock:
+            self._made += 1
+            made = self._made
+        suffix = "" if made == 1 else f"-{made}"
+        return f"{self._stem}{suffix}{self._extension}"
 
 
 def _preparation_data(name: str) -> dict[str, Any]:

@@ -50,3 +50,9 @@ def lineage(_=None) -> tuple[int, int, int | None]:
 
 def state(_=None) -> tuple[str, int]:
     return STATE, os.getpid()
+
+
+def imported(name: str) -> bool:
+    """Whether module *name* is imported in this worker (before any task needs it)."""
+    import sys
+    return name in sys.modules

@@ -11,7 +11,13 @@ import signal
 import sys
 import threading
 import time
+import warnings
 import weakref
+
+# Python 3.12+'s warning when a process that runs other threads forks
+# (a regular expression for warnings.filterwarnings).
+MULTI_THREADED_FORK_WARNING = (r"This process .*is multi-threaded, "
+                               r"use of fork\(\) may lead to deadlocks")
 
 
 def square(x):
@@ -504,7 +510,12 @@ def report_of_fork_child(make_report) -> dict:
     import json
     from multiprocessing.connection import wait
     r, w = os.pipe()
-    child = os.fork()
+    with warnings.catch_warnings():
+        # The test forks this process on purpose while its pool's scheduler
+        # thread runs (a child inheriting a pool): Python 3.12+ warns about
+        # that fork, which is the test's, not polyproc's.
+        warnings.filterwarnings("ignore", MULTI_THREADED_FORK_WARNING, DeprecationWarning)
+        child = os.fork()
     if child == 0:  # never return into pytest from here
         code = 1
         try:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import ast
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +90,22 @@ def test_argv_main_module_and_path_are_the_programs(tmp_path):
                              "path0": str(SCRIPTS), "main_is_me": True}
 
 
+@pytest.mark.parametrize("program", [
+    ["stdlib_manager_queue.py"],   # Manager().Queue(), Processes, a Pool; exit 3
+    ["stdlib_futures.py"],         # ProcessPoolExecutor, as_completed, wait, map
+    ["stdlib_spawn_main.py"],      # set_start_method("spawn") under the main guard
+    ["-m", "stdlib_pkg", "a", "b"],   # python -m package, relative imports; exit 7
+])
+def test_real_programs_print_and_exit_as_without_polyproc(program):
+    command = program if program[0] == "-m" else [str(SCRIPTS / program[0])]
+    plain = subprocess.run([sys.executable, *command], capture_output=True, text=True,
+                           timeout=60, cwd=SCRIPTS)
+    patched = polyproc_cli("run", *command, cwd=SCRIPTS)
+    assert (patched.stdout, patched.stderr, patched.returncode) == (
+        plain.stdout, plain.stderr, plain.returncode)
+    assert plain.stdout   # (the programs ran)
+
+
 def test_exit_status_and_uncaught_exception_as_without_polyproc():
     script = str(SCRIPTS / "argv_and_exit.py")
     assert polyproc_cli("run", script, "exit", "3").returncode == 3
@@ -118,20 +137,142 @@ def test_a_missing_script_or_module_is_a_clear_error(tmp_path):
     assert result.stderr == "python -m polyproc run: No module named no_such_module\n"
 
 
+@pytest.mark.parametrize("method, kind", [("fork", "pool"), ("fork", "executor"),
+                                          ("spawn", "executor")])
+def test_ctrl_c_ends_the_program_as_without_polyproc(method, kind):
+    # SIGINT to the process group, as a terminal's Ctrl-C, once a task runs.
+    # polyproc's workers ignore SIGINT (the parent decides): leaving the
+    # executor's ``with`` by the interrupt must not wait for the calls.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "polyproc", "run", str(SCRIPTS / "stdlib_sigint.py"),
+         method, kind], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, env={**os.environ, "PYTHONPATH": path})
+    try:
+        assert proc.stdout.readline().startswith("task started")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+        # Python's own way to end on an uncaught KeyboardInterrupt: killed by SIGINT.
+        assert proc.returncode == -signal.SIGINT, err
+        assert err.rstrip().endswith("KeyboardInterrupt")
+        assert _wait_for_no_live_process(proc.pid, within=10) == []
+    finally:
+        _kill_group(proc.pid)
+        proc.wait()   # (reaped by communicate() when it returned)
+
+
+def _wait_for_no_live_process(group: int, within: float) -> list[int]:
+    """The processes of process group *group* still alive (not zombies)
+    after waiting up to *within* seconds for each to exit (a pidfd becomes
+    readable when its process has exited)."""
+    ps = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(group)],
+                        capture_output=True, text=True).stdout.splitlines()
+    deadline = time.monotonic() + within
+    live = []
+    for pid, stat in (line.split() for line in ps if line.strip()):
+        if "Z" in stat:
+            continue
+        try:
+            fd = os.pidfd_open(int(pid))
+        except ProcessLookupError:
+            continue   # gone since ps looked
+        with os.fdopen(fd) as pidfd:
+            ready, _, _ = select.select([pidfd], [], [],
+                                        max(0.0, deadline - time.monotonic()))
+        if not ready:
+            live.append(int(pid))
+    return live
+
+
+def _kill_group(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _trace(path: Path) -> tuple[dict[str, int], list[dict]]:
+    """The worker tracks (name -> pid) and the chunk events of a timeline file."""
+    events = json.loads(path.read_text())["traceEvents"]
+    workers = {e["args"]["name"]: e["pid"] for e in events
+               if e["ph"] == "M" and e["name"] == "process_name"
+               and e["args"]["name"].startswith("worker ")}
+    return workers, [e for e in events if e.get("cat") == "chunk"]
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_timeline_writes_one_file_per_pool(method, tmp_path):
+    result = polyproc_cli("run", "--timeline", "run.json",
+                          str(SCRIPTS / "stdlib_pools_timeline.py"), method, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2470", "506", "30", "5"]   # as without polyproc
+    assert result.stderr == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "run-2.json", "run-3.json", "run.json"]
+    # Made in that order: Pool(2) (4 chunks), Pool(3) (3), the Executor (5 tasks).
+    for name, workers, chunks in [("run.json", 2, 4), ("run-2.json", 3, 3)]:
+        tracks, chunk_events = _trace(tmp_path / name)
+        assert len(tracks) == workers, (name, tracks)
+        assert len(chunk_events) == chunks, name
+        assert {e["pid"] for e in chunk_events} <= set(tracks.values())
+    tracks, chunk_events = _trace(tmp_path / "run-3.json")
+    assert 1 <= len(tracks) <= 2   # the Executor starts workers as work comes
+    assert sum(e["args"]["tasks"] for e in chunk_events) == 5
+    assert {e["pid"] for e in chunk_events} <= set(tracks.values())
+
+
+def test_plot_draws_the_timeline_of_a_run(tmp_path):
+    run = polyproc_cli("run", "--timeline", "run.json",
+                       str(SCRIPTS / "stdlib_pools_timeline.py"), "fork", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    result = polyproc_cli("plot", "run-2.json", "-o", "run.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    png = (tmp_path / "run.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
 @pytest.mark.parametrize("option, value, what", [
     ("--cluster", "tcp://127.0.0.1:1", "the cluster backend"),
     ("--timeline", "run.json", "the timeline")])
-def test_an_option_this_pool_cannot_honour_is_a_clear_error(option, value, what, tmp_path):
-    # Until Pool takes cluster= (timeline=), the option cannot be honoured:
-    # say so, and run nothing.
-    if option[2:] in _pool_parameters():
-        pytest.skip(f"this polyproc's Pool takes {option[2:]}=")
-    result = polyproc_cli("run", option, value, str(SCRIPTS / "argv_and_exit.py"),
-                          cwd=tmp_path)
+def test_an_option_a_pool_cannot_honour_is_a_clear_error(option, value, what, tmp_path):
+    # A polyproc whose Pool does not take the keyword (as before the
+    # timeline, or the cluster backend, existed): run it with the keyword
+    # taken out of Pool's signature.  It must say so, and run nothing.
+    keyword = option[2:]
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_KEYWORD, keyword, "run", option, value,
+         str(SCRIPTS / "argv_and_exit.py")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2
     assert result.stdout == ""
     assert f"{what} is not available in this version of polyproc" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ``python -m polyproc ARGS`` with Pool's keyword sys.argv[1] taken out.
+_WITHOUT_KEYWORD = """
+import inspect, sys
+import polyproc.pool
+from polyproc.__main__ import main
+keyword = sys.argv.pop(1)
+signature = inspect.signature(polyproc.pool.Pool)
+polyproc.pool.Pool.__signature__ = signature.replace(parameters=[
+    p for p in signature.parameters.values() if p.name != keyword])
+sys.argv[0] = "polyproc"
+sys.exit(main())
+"""
+
+
+def test_cluster_is_honoured_exactly_when_pool_takes_it(tmp_path):
+    # Until Pool takes cluster=, --cluster is the error above; once it
+    # does, run must not claim it is unavailable.
+    result = polyproc_cli("run", "--cluster", "tcp://127.0.0.1:1",
+                          str(SCRIPTS / "argv_and_exit.py"), cwd=tmp_path)
+    unavailable = "the cluster backend is not available" in result.stderr
+    assert unavailable == ("cluster" not in _pool_parameters()), result.stderr
+    if unavailable:
+        assert result.returncode == 2 and result.stdout == ""
 
 
 def _pool_parameters() -> set[str]:

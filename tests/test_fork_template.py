@@ -2,9 +2,11 @@
 forked from a multi-threaded process."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -43,39 +45,56 @@ def _kill_and_wait(pid: int) -> None:
     assert _wait_gone([pid], 5)
 
 
+@contextlib.contextmanager
+def _locks_held_by_another_thread():
+    """A thread of this process holds USER_LOCK and logging's lock meanwhile."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_locks():
+        with fh.USER_LOCK, logging._lock:  # type: ignore[attr-defined]
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_locks, daemon=True)
+    holder.start()
+    try:
+        assert holding.wait(5)
+        yield
+    finally:
+        release.set()
+        holder.join(5)
+
+
 @pytest.mark.timeout(60)
-def test_replacement_worker_runs_while_parent_threads_hold_locks(ctx):
+@pytest.mark.parametrize("replaced", ["killed", "retired"])
+def test_replacement_worker_runs_while_parent_threads_hold_locks(ctx, replaced):
     # Forked from the scheduler thread, a replacement would inherit USER_LOCK
     # held (and the fork itself would wait for logging's lock, which
     # logging's fork hook takes): its task would hang.
-    with ctx.Pool(1) as pool:
+    maxtasks = 1 if replaced == "retired" else None
+    with ctx.Pool(1, maxtasksperchild=maxtasks) as pool:
         victim = pool.apply(h.pid_of)
-        holding, release = threading.Event(), threading.Event()
-
-        def hold_locks():
-            with fh.USER_LOCK, logging._lock:
-                holding.set()
-                release.wait(30)
-
-        holder = threading.Thread(target=hold_locks, daemon=True)
-        holder.start()
-        try:
-            assert holding.wait(5)
-            _kill_and_wait(victim)
-            took_lock, logged, pid = pool.apply_async(fh.take_lock_and_log).get(timeout=10)
-        finally:
-            release.set()
-            holder.join(5)
-    assert pid != victim
-    assert took_lock and logged == 1
+        with _locks_held_by_another_thread():
+            if replaced == "killed":
+                _kill_and_wait(victim)
+            # else: the worker retired after its one task; its replacement
+            # starts now or has started (either way the template forks it,
+            # not this process), and another after each task below.
+            outcomes = [pool.apply_async(fh.take_lock_and_log).get(timeout=10)
+                        for _ in range(2)]
+    pids = {pid for _, _, pid in outcomes}
+    assert victim not in pids
+    assert len(pids) == (2 if replaced == "retired" else 1)
+    assert all(took_lock and logged == 1 for took_lock, logged, _ in outcomes)
 
 
 @pytest.mark.timeout(60)
 def test_replacements_are_forked_by_a_single_threaded_template():
     with FORK.Pool(2, maxtasksperchild=1) as pool:
         # The first workers are forked by this thread in Pool(), as the
-        # stdlib's are; from here on every worker is a replacement, needed
-        # while this process runs the scheduler thread and one more.
+        # stdlib's are (before the scheduler thread starts); from here on
+        # every worker is a replacement, needed while this process runs the
+        # scheduler thread and one more.
         first = {w.pid for w in pool._pool}
         idle = threading.Event()
         extra = threading.Thread(target=idle.wait, args=(30,), daemon=True)
@@ -87,6 +106,7 @@ def test_replacements_are_forked_by_a_single_threaded_template():
                 lineages = pool.map(fh.lineage, range(6), chunksize=1)
                 _kill_and_wait(pool._pool[0].pid)
                 lineages += pool.map(fh.lineage, range(2), chunksize=1)
+            assert {ppid for pid, ppid, _ in lineages if pid in first} == {os.getpid()}
             replacements = [(pid, ppid) for pid, ppid, _ in lineages if pid not in first]
             assert len(replacements) >= 6
             parents = {ppid for _, ppid in replacements}
@@ -106,6 +126,55 @@ def test_replacements_are_forked_by_a_single_threaded_template():
         pool.join()
     assert not any(_running(pid) for pid, _, _ in lineages)
     assert not psutil.pid_exists(template.pid)  # exited, and reaped by the pool
+
+
+@contextlib.contextmanager
+def _another_thread_runs(kind: str):
+    """This process runs one more thread meanwhile: the caller's own, or
+    the PoolScheduler thread of another pool."""
+    if kind == "another pool":
+        with FORK.Pool(1) as other:
+            assert other.apply(h.square, (2,)) == 4
+            yield
+        return
+    idle = threading.Event()
+    thread = threading.Thread(target=idle.wait, args=(30,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        idle.set()
+        thread.join(5)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("other", ["a thread of the caller", "another pool"])
+def test_pool_made_while_another_thread_runs_does_not_fork_this_process(other):
+    # Pool() forked its template (and, before that, its first workers)
+    # from this thread while the other thread ran: a deadlock risk, and a
+    # DeprecationWarning on Python 3.12+.
+    with _another_thread_runs(other), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with FORK.Pool(2) as pool, _locks_held_by_another_thread():
+            lineages = pool.map(fh.lineage, range(4), chunksize=1)
+            _kill_and_wait(pool._pool[0].pid)
+            took_lock, logged, _ = pool.apply_async(fh.take_lock_and_log).get(timeout=10)
+            lineages += pool.map(fh.lineage, range(4), chunksize=1)
+            # A worker has the modules this process had imported (psutil: by
+            # this test module only), as a forked one would: the template
+            # imported them, not each worker at its first task.
+            assert pool.apply(fh.imported, ("psutil",))
+            template = psutil.Process(pool._backend._template.pid)
+            # Started by the fork server, not forked from this process; the
+            # template forks every worker.
+            assert template.ppid() != os.getpid()
+            assert {ppid for _, ppid, _ in lineages} == {template.pid}
+            assert {owner for _, _, owner in lineages} == {os.getpid()}
+    assert took_lock and logged == 1
+    forks_warned = [w for w in caught if "multi-threaded" in str(w.message)]
+    if sys.version_info >= (3, 12):  # the warning exists since 3.12
+        assert not forks_warned, [str(w.message) for w in forks_warned]
+    assert not _running(template.pid)
 
 
 @pytest.mark.timeout(60)
@@ -171,3 +240,69 @@ def test_progress_bar_leaves_no_thread_behind(capfd):
         pool.join()
     assert "20/20" in capfd.readouterr().err
     assert {t.ident for t in threading.enumerate()} <= before
+
+
+def _pool_while_a_thread_runs() -> list[int]:
+    """In a forked child: a fork pool made while another thread runs."""
+    idle = threading.Event()
+    thread = threading.Thread(target=idle.wait, args=(30,), daemon=True)
+    thread.start()
+    try:
+        with FORK.Pool(2) as pool:
+            return pool.map(h.square, range(4))
+    finally:
+        idle.set()
+        thread.join(5)
+
+
+@pytest.mark.timeout(60)
+def test_forked_child_of_a_fork_server_user_gets_its_own_fork_server():
+    # The child inherits this process's record of its fork server, which
+    # the stdlib's ensure_running() then waits for: ChildProcessError (a
+    # manager's server process making a Pool hit it).
+    with polyproc.get_context("forkserver").Pool(1) as pool:
+        assert pool.apply(h.square, (3,)) == 9  # the fork server runs
+    assert h.report_of_fork_child(_pool_while_a_thread_runs) == [0, 1, 4, 9]
+
+
+class _ResultsFrom(polyproc.Instrument):
+    """The pids of the workers whose results messages arrived."""
+
+    def __init__(self) -> None:
+        self.pids: set[int] = set()
+        self.changed = threading.Condition()
+
+    def results_received(self, info) -> None:
+        with self.changed:
+            self.pids.add(info.pid)
+            self.changed.notify_all()
+
+    def wait_for(self, pid: int, seconds: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: pid in self.pids, seconds)
+
+
+@pytest.mark.timeout(60)
+def test_results_of_a_worker_still_running_when_the_template_broke_the_pool_are_dropped():
+    # The template is gone, one worker dies: the pool breaks and fails the
+    # chunks every worker held.  The other worker, still running one, then
+    # sends its results: the scheduler must drop them, not crash (it did:
+    # IndexError, and every later call failed "scheduler crashed").
+    watch = _ResultsFrom()
+    with FORK.Pool(2, instruments=[watch]) as pool:
+        assert pool.map(h.square, range(4)) == [0, 1, 4, 9]  # both workers up
+        watch.pids.clear()  # no event comes meanwhile: no task runs
+        template = pool._backend._template.pid
+        os.kill(template, signal.SIGKILL)
+        assert _wait_gone([template], 5)
+        running = pool.apply_async(h.slow_pid, (0.5,))   # an idle worker takes it
+        dying = pool.apply_async(h.kill_self, (0,))      # the other one
+        with pytest.raises(ProcessError, match="template process"):
+            running.get(timeout=10)
+        with pytest.raises(ProcessError):
+            dying.get(timeout=10)
+        survivors = [w.pid for w in pool._pool if w.is_alive()]
+        assert len(survivors) == 1
+        assert watch.wait_for(survivors[0], 10)
+        with pytest.raises(ProcessError, match="template process"):
+            pool.apply_async(h.square, (3,)).get(timeout=10)

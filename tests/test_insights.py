@@ -92,6 +92,21 @@ def test_worker_that_exits_reports_its_exit_code():
     assert lost["exitcode"] == 7 and lost["signal"] is None
 
 
+def test_tasks_submitted_to_a_broken_pool_count_as_failed(ctx):
+    # Whether a map reaches the pool before or after its initializer broke
+    # it (a race the start method decides), its tasks failed: insights
+    # count them either way.
+    with ctx.Pool(1, initializer=h.failing_initializer, insights=True) as pool:
+        with pytest.raises(polyproc.InitializerError):
+            pool.map(h.square, range(4))
+        with pytest.raises(polyproc.InitializerError):  # the pool is broken by now
+            pool.map(h.square, range(5))
+        with pytest.raises(polyproc.InitializerError):
+            pool.apply_async(h.square, (1,)).get(10)
+        totals = pool.insights()["totals"]
+    assert totals["tasks_failed"] == 10 and totals["tasks_completed"] == 0
+
+
 def test_timeout_is_counted():
     with FORK.Pool(1, insights=True) as pool:
         with pytest.raises(TaskTimeoutError):
@@ -142,6 +157,26 @@ def test_thread_pool_reports_its_own_process():
     assert worker["pid"] == os.getpid() and worker["tasks_completed"] == 30
 
 
+@pytest.mark.parametrize("ending", ["terminate", "close and join"])
+def test_thread_pool_that_is_done_stops_its_clock(ending):
+    # A ThreadPool fires no worker events: without being told, its entry
+    # stayed "running" and its wall and waiting times grew for ever.
+    pool = ThreadPool(2, insights=True)
+    pool.map(h.square, range(10))
+    if ending == "terminate":
+        pool.terminate()
+    else:
+        pool.close()
+        pool.join()
+    first = pool.insights()
+    h.sleep_for(0.05)  # time passes: nothing may move
+    again = pool.insights()
+    assert again["totals"]["wall_time"] == first["totals"]["wall_time"]
+    (worker,) = again["workers"]
+    assert worker == first["workers"][0]
+    assert worker["status"] == ("terminated" if ending == "terminate" else "shut down")
+
+
 def test_executor_insights():
     with polyproc.Executor(2, mp_context=FORK, insights=True) as executor:
         futures = [executor.submit(h.square, x) for x in range(20)]
@@ -160,3 +195,19 @@ def test_insights_are_off_by_default():
     with polyproc.Executor(1, mp_context=FORK) as executor, \
             pytest.raises(ValueError, match="insights=True"):
         executor.insights()
+
+
+def test_a_pool_without_insights_or_timeline_attaches_no_instrument():
+    # What makes them free when off: no instrument, so the scheduler fires
+    # and builds no event at all (one truth test of an empty dict).
+    pools = [FORK.Pool(1), ThreadPool(1), FORK.Pool(1, insights=False, timeline=None)]
+    try:
+        for pool in pools:
+            assert pool.map(h.square, range(3)) == [0, 1, 4]
+            assert not pool._registry.instruments
+    finally:
+        for pool in pools:
+            pool.terminate()
+    with polyproc.Executor(1, mp_context=FORK) as executor:
+        assert executor.submit(h.square, 3).result(timeout=10) == 9
+        assert not executor._instruments

@@ -36,9 +36,15 @@ EXPECTED = {
     (multiprocessing, "get_context"): polyproc.get_context,
     (multiprocessing.pool, "Pool"): polyproc.pool.Pool,
     (multiprocessing.pool, "ThreadPool"): polyproc.pool.ThreadPool,
-    (concurrent.futures, "ProcessPoolExecutor"): polyproc.executor.Executor,
-    (concurrent.futures.process, "ProcessPoolExecutor"): polyproc.executor.Executor,
 }
+# Patched with a subclass of polyproc.executor.Executor under the stdlib's name.
+EXECUTOR_NAMES = [(concurrent.futures, "ProcessPoolExecutor"),
+                  (concurrent.futures.process, "ProcessPoolExecutor")]
+
+
+def _is_polyprocs_executor(cls: type) -> bool:
+    return (issubclass(cls, polyproc.executor.Executor)
+            and cls.__name__ == cls.__qualname__ == "ProcessPoolExecutor")
 
 
 @pytest.fixture
@@ -52,7 +58,8 @@ def patched():
 
 def _snapshot() -> dict:
     return {key: key[0].__dict__.get(key[1], "absent")
-            for key in [*EXPECTED, (multiprocessing.spawn, "get_preparation_data")]}
+            for key in [*EXPECTED, *EXECUTOR_NAMES,
+                        (multiprocessing.spawn, "get_preparation_data")]}
 
 
 def test_patch_makes_every_name_polyprocs_and_unpatch_restores_it():
@@ -68,7 +75,11 @@ def test_patch_makes_every_name_polyprocs_and_unpatch_restores_it():
         assert type(multiprocessing.get_context("spawn")) is type(polyproc.get_context("spawn"))
         assert issubclass(multiprocessing.Process, polyproc.process.PolyProcess)
         from concurrent.futures import ProcessPoolExecutor
-        assert ProcessPoolExecutor is polyproc.executor.Executor
+        assert _is_polyprocs_executor(ProcessPoolExecutor)
+        # one class under both names
+        assert concurrent.futures.process.ProcessPoolExecutor is ProcessPoolExecutor
+        with ProcessPoolExecutor(1) as executor:   # as the stdlib's: a program may show it
+            assert type(executor).__name__ == "ProcessPoolExecutor"
     finally:
         polyproc.unpatch()
     assert not monkey.is_patched()
@@ -95,32 +106,54 @@ def test_spawn_preparation_data_carries_the_patch_only_while_patched(patched):
     assert monkey.PREPARATION_KEY not in multiprocessing.spawn.get_preparation_data("x")
 
 
-def test_a_keyword_the_pool_does_not_take_is_refused_and_nothing_is_patched():
+@pytest.mark.parametrize("keyword", ["cluster", "timeline"])
+def test_a_keyword_the_pool_does_not_take_is_refused_and_nothing_is_patched(
+        keyword, monkeypatch):
+    # A polyproc whose Pool does not take the keyword (before the cluster
+    # backend or the timeline existed): the keyword out of Pool's signature.
+    signature = inspect.signature(polyproc.pool.Pool)
+    monkeypatch.setattr(polyproc.pool.Pool, "__signature__", signature.replace(
+        parameters=[p for p in signature.parameters.values() if p.name != keyword]),
+        raising=False)
     before = _snapshot()
-    for keyword in ("cluster", "timeline"):
-        if keyword in inspect.signature(polyproc.pool.Pool).parameters:
-            continue   # available in this polyproc: nothing to refuse
-        with pytest.raises(TypeError, match=f"polyproc.patch\\({keyword}=...\\): .* "
-                                            "is not available in this version"):
-            polyproc.patch(**{keyword: "x"})
-        assert _snapshot() == before and not monkey.is_patched()
+    with pytest.raises(TypeError, match=f"polyproc.patch\\({keyword}=...\\): .* "
+                                        "is not available in this version"):
+        polyproc.patch(**{keyword: "x"})
+    assert _snapshot() == before and not monkey.is_patched()
+
+
+def test_each_pool_gets_its_own_timeline_file(tmp_path):
+    # Numbered in the order pools are made, Pools and Executors alike; a
+    # pool given its own timeline= takes no number.
+    polyproc.patch(timeline=tmp_path / "run.json")
+    try:
+        with multiprocessing.Pool(1) as pool:
+            pool.apply(abs, (-1,))
+        with multiprocessing.Pool(1, timeline=tmp_path / "mine.json") as pool:
+            pool.apply(abs, (-1,))
+        with polyproc.Executor(1) as executor:
+            executor.submit(abs, -1).result()
+    finally:
+        polyproc.unpatch()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "mine.json", "run-2.json", "run.json"]
 
 
 def test_defaults_reach_pools_and_executors_made_by_every_patched_path(patched):
     # With a keyword every Pool and Executor takes (an invalid value, so
     # that it shows without starting a worker); patch() sets only cluster=
-    # and timeline=, which this Pool may not take yet.
+    # and timeline=, which this Pool may not take.
     bad = {"max_memory_per_child": 0}
-    pool_class = monkey._with_defaults(polyproc.pool.Pool, bad)
-    executor_class = monkey._with_defaults(polyproc.executor.Executor, bad)
+    _context._factory_defaults["Pool"] = dict(bad)
+    _context._factory_defaults["Executor"] = dict(bad)
+    pool_class = monkey._with_defaults(polyproc.pool.Pool, "Pool")
+    executor_class = monkey._with_defaults(polyproc.executor.Executor, "Executor")
     assert issubclass(pool_class, polyproc.pool.Pool)
     assert pool_class.__name__ == "Pool"
     with pytest.raises(ValueError, match="max_memory_per_child"):
         pool_class(1)
     with pytest.raises(ValueError, match="max_memory_per_child"):
         executor_class(1)
-    _context._factory_defaults["Pool"] = dict(bad)
-    _context._factory_defaults["Executor"] = dict(bad)
     try:
         with pytest.raises(ValueError, match="max_memory_per_child"):
             multiprocessing.Pool(1)
@@ -134,7 +167,7 @@ def test_defaults_reach_pools_and_executors_made_by_every_patched_path(patched):
     finally:
         polyproc.unpatch()
     assert _context._factory_defaults == {"Pool": {}, "Executor": {}}
-    assert monkey._with_defaults(polyproc.pool.Pool, {}) is polyproc.pool.Pool
+    assert monkey._with_defaults(polyproc.pool.Pool, "Pool") is polyproc.pool.Pool
 
 
 # -- modules imported after patch() (in a fresh interpreter) ---------------------
@@ -160,8 +193,9 @@ def test_patch_imports_nothing_heavy_and_patches_modules_imported_later():
         import concurrent.futures
         from concurrent.futures.process import ProcessPoolExecutor
         import polyproc.executor
-        assert concurrent.futures.ProcessPoolExecutor is polyproc.executor.Executor
-        assert ProcessPoolExecutor is polyproc.executor.Executor
+        assert ProcessPoolExecutor is concurrent.futures.ProcessPoolExecutor
+        assert issubclass(ProcessPoolExecutor, polyproc.executor.Executor)
+        assert ProcessPoolExecutor.__name__ == "ProcessPoolExecutor"
         from multiprocessing.pool import Pool, ThreadPool
         import polyproc.pool
         assert (Pool, ThreadPool) == (polyproc.pool.Pool, polyproc.pool.ThreadPool)
@@ -179,7 +213,7 @@ def test_a_module_polyproc_itself_imports_first_is_patched_too():
         polyproc.patch()
         polyproc.Executor(1).shutdown()
         import concurrent.futures, polyproc.executor
-        assert concurrent.futures.ProcessPoolExecutor is polyproc.executor.Executor
+        assert issubclass(concurrent.futures.ProcessPoolExecutor, polyproc.executor.Executor)
         polyproc.unpatch()
         from concurrent.futures.process import ProcessPoolExecutor
         assert concurrent.futures.ProcessPoolExecutor is ProcessPoolExecutor

@@ -798,6 +798,10 @@ def test_forked_child_using_the_parents_pool_raises_at_once(ctx_fs, tmp_path):
 
 
 @pytest.mark.timeout(40)
+# The test forks this process on purpose (Process.start under fork) while
+# its pools' scheduler threads run: Python 3.12+ warns about that fork,
+# which is the test's, not polyproc's.
+@pytest.mark.filterwarnings(f"ignore:{h.MULTI_THREADED_FORK_WARNING}:DeprecationWarning")
 def test_fork_process_using_the_parents_pool_raises_at_once(tmp_path):
     ctx = polyproc.get_context("fork")
     hold = tmp_path / "hold"

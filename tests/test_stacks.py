@@ -462,8 +462,8 @@ def test_a_reused_pid_s_file_is_never_written(tmp_path):
     victim.write_bytes(b"do not truncate me" * 100)
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import os, sys; fd = os.open(sys.argv[1], os.O_RDWR); print(fd, flush=True);"
-         " sys.stdin.read()", str(victim)],
+         ("import os, sys; fd = os.open(sys.argv[1], os.O_RDWR); print(fd, flush=True);"
+          " sys.stdin.read()"), str(victim)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         fd = int(holder.stdout.readline())

@@ -3,12 +3,15 @@ plot`` (polyproc/_cli/plot.py): Chrome Trace Event files from real pools with
 workers killed by real signals, and the PNG drawn from one."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -262,3 +265,240 @@ def test_plot_of_a_file_that_is_no_timeline_fails_clearly(tmp_path):
                               env=_env(), capture_output=True, text=True, timeout=60)
         assert done.returncode == 1
         assert "cannot read the timeline" in done.stderr and words in done.stderr
+
+
+def test_concurrent_timeline_writes_to_one_path_each_leave_a_whole_file(tmp_path):
+    # Threads writing the same file at once (a user's thread while the pool
+    # writes its own at terminate, or two of the user's): each write is
+    # atomic, so every read between them parses.
+    path = tmp_path / "run.json"
+    errors: list[BaseException] = []
+
+    def write_and_read() -> None:
+        for _ in range(15):
+            try:
+                pool.timeline(path)
+                _load(path)
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+    with FORK.Pool(1, timeline=True) as pool:
+        pool.map(h.square, range(2000), chunksize=1)  # a file of some size
+        threads = [threading.Thread(target=write_and_read) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_timeline_in_a_missing_folder_names_the_path_asked_for(tmp_path):
+    path = tmp_path / "no such folder" / "run.json"
+    with FORK.Pool(1, timeline=True) as pool:
+        with pytest.raises(FileNotFoundError) as raised:
+            pool.timeline(path)
+    assert raised.value.filename == str(path)
+    assert str(path) in str(raised.value) and ".tmp" not in str(raised.value)
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_a_call_cancelled_by_ctrl_c_leaves_nothing_counted_queued(kind, tmp_path):
+    # Its queued chunks never run: chunk_cancelled takes them off the
+    # counter (without it, "queued" stayed up for the rest of the run).
+    hold = tmp_path / "hold"
+    hold.touch()
+    fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
+    make = FORK.Pool if kind == "process" else ThreadPool
+    with make(1, timeline=True) as pool:
+        ctrl_c = h.CtrlC("_pool/results.py", (tmp_path / "started-0").exists)
+        with h.ctrl_c_raises(), pytest.raises(KeyboardInterrupt):
+            ctrl_c.start()
+            pool.map(fn, range(6), chunksize=1)
+        hold.unlink()
+        assert pool.map(h.square, range(3), chunksize=1) == [0, 1, 4]  # runs on
+        pool.timeline(tmp_path / "run.json")
+    trace = _load(tmp_path / "run.json")
+    assert _events(trace, "C")[-1]["args"] == {"queued": 0, "in flight": 0}
+    cancelled = _events(trace, "i", "cancelled")
+    assert sum(e["args"]["tasks"] for e in cancelled) >= 3  # tasks 2..5 at least
+    assert all(e["pid"] == trace["otherData"]["pool_pid"] for e in cancelled)
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_terminate_leaves_nothing_counted_queued(kind, tmp_path):
+    # Terminate fails what was queued without a chunk event: the file it
+    # writes must not end with a queue that never drains.
+    hold = tmp_path / "hold"
+    hold.touch()
+    fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
+    path = tmp_path / "run.json"
+    make = FORK.Pool if kind == "process" else ThreadPool
+    pool = make(1, timeline=str(path))
+    pool.map_async(fn, range(6), chunksize=1)
+    h._wait_for_file(str(tmp_path / "started-0"))
+    _wait_for_queued(pool, tmp_path / "now.json", 4)  # the rest is fed in a thread
+    if kind == "thread":
+        hold.unlink()  # a thread cannot be killed: let its task end
+    pool.terminate()
+    assert _events(_load(path), "C")[-1]["args"] == {"queued": 0, "in flight": 0}
+
+
+def _wait_for_queued(pool, path, tasks: int, limit: float = 10.0) -> None:
+    """Return once the pool's timeline counts *tasks* tasks queued."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        pool.timeline(path)
+        if _events(_load(path), "C")[-1]["args"]["queued"] >= tasks:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{tasks} tasks were not queued within {limit} s")
+
+
+def _trace_with_late_deaths(tmp_path) -> str:
+    """A real pool's timeline whose last events are two deaths: a worker
+    SIGKILLed at the very end, and a worker whose exit code no one could
+    read (``exitcode`` None, as for a fork template's orphan)."""
+    path = tmp_path / "run.json"
+    with FORK.Pool(2, timeline=True) as pool:
+        pool.map(h.square, range(8), chunksize=1)
+        with pytest.raises(WorkerLostError):
+            pool.apply(h.kill_self, (0,))
+        pool.timeline(path)
+    trace = _load(path)
+    (death,) = [e for e in _events(trace, "i", "worker") if e["args"]["reason"] == "lost"]
+    unknown = dict(death, pid=death["pid"] + 1_000_000, ts=death["ts"] - 1,
+                   args=dict(death["args"], exitcode=None, signal=None))
+    trace["traceEvents"].append(unknown)
+    trace["traceEvents"].append({"ph": "M", "name": "process_name", "pid": unknown["pid"],
+                                 "tid": unknown["pid"], "args": {"name": "orphan"}})
+    path.write_text(json.dumps(trace))
+    return str(path)
+
+
+def test_plot_labels_deaths_inside_the_picture_and_says_when_the_exit_code_is_unknown(
+        tmp_path):
+    pytest.importorskip("matplotlib")
+    from polyproc._cli import plot
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    figure = plot.figure_of(plot.load_trace(_trace_with_late_deaths(tmp_path)))
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    axes = figure.axes[0]
+    frame = axes.get_window_extent(renderer)
+    labels = [t for t in axes.texts if t.get_text().startswith("lost")]
+    assert sorted(t.get_text() for t in labels) == ["lost: SIGKILL",
+                                                    "lost: exit code unknown"]
+    for label in labels:
+        box = label.get_window_extent(renderer)
+        # Not over the legend, beside the axes on the right.
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1, label.get_text()
+        assert label.get_bbox_patch() is not None  # a backing: readable over bars
+
+
+def test_a_long_lived_worker_keeps_its_track_name_while_others_come_and_go(tmp_path):
+    # The names of tracks are bounded like the events: the names forgotten
+    # first must be those of workers gone, not that of a worker still
+    # running (its track showed as a bare pid).
+    hold = tmp_path / "hold"
+    hold.touch()
+    fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
+    with FORK.Pool(2, timeline=True, timeline_events=10) as pool:
+        held = pool.apply_async(fn, (0,))
+        h._wait_for_file(str(tmp_path / "started-0"))
+        for _ in range(12):  # the other worker dies, a new one comes: a new name
+            with pytest.raises(WorkerLostError):
+                pool.apply(h.kill_self, (0,))
+        hold.unlink()
+        assert held.get(timeout=10) == 0
+        pool.timeline(tmp_path / "run.json")
+    trace = _load(tmp_path / "run.json")
+    names = _track_names(trace)
+    (chunk,) = [e for e in _events(trace, "X", "chunk") if "square_unless_held" in e["name"]]
+    assert names.get(chunk["pid"], "").startswith("worker "), names
+    assert {e["pid"] for e in trace["traceEvents"]} <= set(names)
+
+
+class _CallableWithoutRepr:
+    """A callable object whose repr raises (as a half-built object's may)."""
+
+    def __call__(self, x):
+        return x + 1
+
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+
+def test_chunks_of_a_partial_or_a_callable_object_have_short_names(tmp_path):
+    # Named after what they call: a partial's repr held every bound
+    # argument (a path here, a whole data set elsewhere), made for each
+    # call; a callable object's repr may even raise.
+    big = "x" * 10_000
+    with FORK.Pool(1, timeline=True) as pool:
+        assert pool.map(functools.partial(h.add, 1), range(3)) == [1, 2, 3]
+        assert pool.map(functools.partial(h.add, big), ["y"]) == [big + "y"]
+        assert pool.map(_CallableWithoutRepr(), range(3)) == [1, 2, 3]
+        pool.timeline(tmp_path / "run.json")
+    names = {e["name"] for e in _events(_load(tmp_path / "run.json"), "X", "chunk")}
+    assert names == {"partial(add)", "_CallableWithoutRepr"}
+
+
+def test_plot_of_a_thread_pool_counts_threads_not_processes(tmp_path):
+    pytest.importorskip("matplotlib")
+    from polyproc._cli import plot
+    with ThreadPool(2, timeline=True) as pool:
+        pool.map(h.square, range(6), chunksize=1)
+        pool.timeline(tmp_path / "run.json")
+    trace = plot.load_trace(str(tmp_path / "run.json"))
+    title = plot.figure_of(trace)._suptitle.get_text()
+    rows = len(trace.worker_tracks())
+    assert title.startswith(f"{rows} thread{'s' if rows != 1 else ''}, 6 chunks")
+    assert "process" not in title
+
+
+def _many_deaths_trace(path, workers: int) -> str:
+    """A timeline file in polyproc's shape: *workers* workers, each running
+    a chunk until it is SIGKILLed (as under an OOM killer's rampage)."""
+    pool_pid = 1
+    events: list[dict] = [{"ph": "M", "name": "process_name", "pid": pool_pid,
+                           "tid": pool_pid, "args": {"name": "pool (pid 1)"}}]
+    for n in range(workers):
+        pid = 1000 + n
+        events += [
+            {"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
+             "args": {"name": f"worker {n % 8} (pid {pid})"}},
+            {"ph": "M", "name": "process_sort_index", "pid": pid, "tid": pid,
+             "args": {"sort_index": n}},
+            {"ph": "X", "cat": "chunk", "name": "work", "pid": pid, "tid": pid,
+             "ts": n * 1e4, "dur": 5e3, "args": {"tasks": 1, "lost": True}},
+            {"ph": "i", "s": "p", "cat": "worker", "name": "worker lost (SIGKILL)",
+             "pid": pid, "tid": pid, "ts": n * 1e4 + 5e3,
+             "args": {"reason": "lost", "exitcode": -9, "signal": "SIGKILL"}},
+            {"ph": "C", "name": "tasks", "pid": pool_pid, "tid": pool_pid, "ts": n * 1e4,
+             "args": {"queued": workers - n, "in flight": 1}},
+        ]
+    with open(path, "w", encoding="utf-8") as file:
+        json.dump({"traceEvents": events, "otherData": {"pool_pid": pool_pid}}, file)
+    return str(path)
+
+
+def test_plot_of_hundreds_of_workers_stays_readable(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from polyproc._cli import plot
+    figure = plot.figure_of(plot.load_trace(_many_deaths_trace(tmp_path / "run.json", 300)))
+    FigureCanvasAgg(figure).draw()
+    rows_axes, counter_axes = figure.axes[:2]
+    # The counters keep a panel of their own, not a sliver under 300 rows.
+    assert counter_axes.get_position().height * figure.get_figheight() >= 1.0
+    # Row names and death labels that would pile on each other are thinned
+    # out: at most one name per 0.12 inch of rows, no text per death.
+    named = [t for t in rows_axes.get_yticklabels() if t.get_text()]
+    rows_inches = rows_axes.get_position().height * figure.get_figheight()
+    assert 10 <= len(named) <= rows_inches / 0.12
+    assert not [t for t in rows_axes.texts if t.get_text().startswith("lost")]
+    # Every death still has its marker.
+    markers = [line for line in rows_axes.get_lines() if line.get_marker() == "X"]
+    assert len(markers) == 300

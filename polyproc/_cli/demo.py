@@ -6,24 +6,39 @@ answers agree, and prints one table row per section: times and speed-ups,
 or what happened when something went wrong.
 
 Each section is a function returning a ``Row``; ``SECTIONS`` lists them in
-order, so a later feature is shown by adding one function.  The whole demo
-stays under about 15 s on a 2-core machine, and imports nothing beyond
-the stdlib and polyproc.
+order, so a later feature is shown by adding one function.
+
+Then polyproc's own view of a run (``observed_run``): the primes map once
+more, on a ``Pool(insights=True, timeline=FILE)`` whose worker is SIGKILLed
+in the middle of one task (retried with ``retries=1``), and a summary of
+its ``insights()``: tasks, workers with their working, waiting and start-up
+times and how they ended, the slowest tasks; and where the timeline was
+written (``--timeline FILE``, by default in the temporary directory), with
+the command that draws it.  A run of its own, not one of the timed maps:
+the timed pools must not pay for recording, and a pool that sat idle while
+the stdlib's ran would show that idle time as waiting.
+
+The whole demo stays under about 15 s on a 2-core machine, and imports
+nothing beyond the stdlib and polyproc (drawing the timeline needs
+matplotlib, an optional extra; the demo only writes the file).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, TextIO
 
 import polyproc
 
-__all__ = ["Row", "SECTIONS", "add_arguments", "main", "count_primes"]
+__all__ = ["Row", "SECTIONS", "add_arguments", "main", "count_primes", "observed_run",
+           "print_insights"]
 
 
 @dataclass
@@ -65,6 +80,31 @@ def task_that_kills_its_worker(i: int, victim: int = 3) -> int:
     if i == victim:
         os.kill(os.getpid(), signal.SIGKILL)
     return i * i
+
+
+# Set in each worker of observed_run's pool by its initializer: the file
+# whose creation claims the one kill, and the task (its upper bound) to die in.
+_kill_once: tuple[str, int] | None = None
+
+
+def arm_kill_once(claim: str, victim: int) -> None:
+    """Pool initializer: ``count_primes_dying_once`` kills one worker, once."""
+    global _kill_once
+    _kill_once = (claim, victim)
+
+
+def count_primes_dying_once(bounds: tuple[int, int]) -> int:
+    """``count_primes``; but the first worker to run the victim task SIGKILLs
+    itself (the OOM killer's way).  Creating the claim file is the atomic
+    "once" across processes: the retry, on a replacement worker, counts."""
+    if _kill_once is not None and bounds[1] == _kill_once[1]:
+        try:
+            os.close(os.open(_kill_once[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            pass   # killed already: this is the retry
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return count_primes(bounds)
 
 
 # --- the sections -------------------------------------------------------
@@ -160,6 +200,69 @@ SECTIONS: list[Callable[[int], Row]] = [
 ]
 
 
+# --- polyproc's own view of a run -------------------------------------------
+
+# A file in the temporary directory, the same each run: the demo leaves
+# nothing in the working directory (``make demo`` runs in a checkout).
+DEFAULT_TIMELINE = os.path.join(tempfile.gettempdir(), "polyproc-demo-timeline.json")
+SLOWEST_SHOWN = 3
+
+
+def observed_run(processes: int, timeline: str) -> tuple[int, dict[str, Any]]:
+    """The primes map on a ``Pool(insights=True, timeline=timeline)``, one
+    worker SIGKILLed in the middle of a task and that task retried; returns
+    the number of primes and ``pool.insights()``.  The file is written when
+    the pool is done."""
+    n = PRIMES_BELOW
+    chunks = [(i * n // PRIMES_CHUNKS, (i + 1) * n // PRIMES_CHUNKS)
+              for i in range(PRIMES_CHUNKS)]
+    victim = chunks[len(chunks) // 3][1]   # a task in the middle of the run
+    with tempfile.TemporaryDirectory(prefix="polyproc-demo-") as scratch, \
+            polyproc.Pool(processes, initializer=arm_kill_once,
+                          initargs=(os.path.join(scratch, "killed"), victim),
+                          insights=True, timeline=timeline) as pool:
+        total = sum(pool.map(count_primes_dying_once, chunks, chunksize=1, retries=1))
+        insights = pool.insights()
+    return total, insights
+
+
+def print_insights(primes: int, insights: dict[str, Any], timeline: str,
+                   out: TextIO = sys.stdout) -> None:
+    """A short summary of ``insights()``, and where the timeline is."""
+    totals = insights["totals"]
+    print(f"{primes:,} primes; tasks: {totals['tasks_completed']} completed, "
+          f"{totals['tasks_failed']} failed, {totals['retries']} retried; workers: "
+          f"{totals['workers_started']} started, {totals['workers_lost']} lost; "
+          f"wall time {totals['wall_time']:.2f} s", file=out)
+    header = ("worker", "pid", "tasks", "working", "waiting", "start-up", "ended")
+    lines = [header] + [
+        (str(w["slot"]), str(w["pid"]), str(w["tasks_completed"]),
+         f"{w['working_time']:.2f} s", f"{w['waiting_time']:.2f} s",
+         f"{w['start_up_time']:.3f} s" if w["start_up_time"] is not None else "-",
+         _how_it_ended(w))
+        for w in insights["workers"]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  " + "  ".join(c.ljust(w) if i in (0, 6) else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(line, widths))).rstrip(),
+              file=out)
+    print("slowest tasks:", file=out)
+    for task in insights["slowest_tasks"][:SLOWEST_SHOWN]:
+        print(f"  {task['duration']:.2f} s  {task['task']}", file=out)
+    print(f"timeline: {timeline}", file=out)
+    hint = f"draw it: python -m polyproc plot {timeline} -o timeline.png"
+    if importlib.util.find_spec("matplotlib") is None:
+        hint += " (needs matplotlib: pip install 'polyproc[plot]')"
+    print(f"  {hint}; or open it in https://ui.perfetto.dev", file=out)
+
+
+def _how_it_ended(worker: dict[str, Any]) -> str:
+    if worker["status"] != "lost":
+        return str(worker["status"])
+    cause = worker["signal"] or f"exit code {worker['exitcode']}"
+    return f"lost ({cause})"
+
+
 # --- the table ---------------------------------------------------------------
 
 def _seconds(value: float | str | None) -> str:
@@ -200,7 +303,10 @@ def print_table(rows: list[Row], out=sys.stdout) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo takes no options (``python -m polyproc demo --help``)."""
+    """``--timeline FILE``: where the observed run's timeline goes."""
+    parser.add_argument("--timeline", metavar="FILE", default=DEFAULT_TIMELINE,
+                        help="write the timeline of polyproc's observed run to FILE "
+                             f"(default: {DEFAULT_TIMELINE})")
 
 
 def main(args: argparse.Namespace | None = None) -> int:
@@ -217,4 +323,9 @@ def main(args: argparse.Namespace | None = None) -> int:
     for section in SECTIONS:
         rows.append(section(processes))
     print_table(rows)
+    timeline = os.path.abspath(args.timeline if args is not None else DEFAULT_TIMELINE)
+    print("\npolyproc's own view of the primes map, run once more with "
+          "Pool(insights=True, timeline=...), a worker SIGKILLed mid-task and "
+          "retries=1:", flush=True)
+    print_insights(*observed_run(processes, timeline), timeline)
     return 0

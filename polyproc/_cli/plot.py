@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["add_arguments", "main", "Trace", "load_trace", "draw"]
+__all__ = ["add_arguments", "main", "Trace", "load_trace", "draw", "figure_of"]
+
+ROW_INCHES = 0.45      # height of a worker's row, while they fit
+MAX_INCHES = 30.0      # height of the picture at most
+LABEL_INCHES = 0.15    # rows closer than this: names thinned out, deaths unlabelled
 
 # Worker exits drawn as a death (red cross), by WorkerExited.reason.
 DEATHS = ("lost", "timed out", "cancelled")
@@ -127,26 +132,39 @@ def draw(trace: Trace, output: str, width: float = 12.0, title: str = "") -> Non
     Raises ``ImportError`` without matplotlib, ``OSError`` if *output*
     cannot be written.
     """
+    figure_of(trace, width, title).savefig(output, format="png")
+
+
+def figure_of(trace: Trace, width: float = 12.0, title: str = "") -> Any:
+    """The picture of *trace*: a matplotlib ``Figure`` (Agg backend, no display).
+
+    Raises ``ImportError`` without matplotlib.
+    """
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     rows = trace.worker_tracks()
-    height = min(2.0 + 0.45 * max(1, len(rows)) + 1.6, 30.0)
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    # Rows of 0.45 inch, up to a picture 30 inches high: the counters keep
+    # their 1.4 inches however many rows there are.
+    rows_height = min(max(2.0, ROW_INCHES * len(rows)), MAX_INCHES - 2.0 - 1.6)
+    figure = Figure(figsize=(width, 2.0 + rows_height + 1.6), dpi=100,
+                    layout="constrained")
     timeline_axes, counter_axes = figure.subplots(
-        2, 1, sharex=True, height_ratios=[max(2.0, 0.45 * len(rows)), 1.4])
+        2, 1, sharex=True, height_ratios=[rows_height, 1.4])
     _draw_rows(timeline_axes, trace, rows)
     _draw_counters(counter_axes, trace)
     lost = sum(1 for i in trace.instants if i["cat"] == "worker"
                and i["args"].get("reason") in DEATHS)
     finished = sum(1 for c in trace.chunks if not c["args"].get("lost"))
-    summary = (f"{len(rows)} worker processes, {finished} chunks, "
-               f"{lost} worker{'s' if lost != 1 else ''} lost or killed")
+    # A ThreadPool's rows are its threads (named "thread ..." by the timeline).
+    threads = bool(rows) and all(trace.names.get(t, "").startswith("thread ") for t in rows)
+    summary = (f"{_count(len(rows), 'thread' if threads else 'worker process')}, "
+               f"{_count(finished, 'chunk')}, {_count(lost, 'worker')} lost or killed")
     if trace.dropped:
         summary += f"; the {trace.dropped} oldest events were dropped (timeline_events=)"
     figure.suptitle(f"{title}: {summary}" if title else summary)
-    figure.savefig(output, format="png")
+    return figure
 
 
 def _draw_rows(axes: Any, trace: Trace, rows: list[int]) -> None:
@@ -170,8 +188,15 @@ def _draw_rows(axes: Any, trace: Trace, rows: list[int]) -> None:
                          edgecolors="red" if lost else ("black" if failed else colour),
                          linewidth=1.2 if lost else 0.4,
                          hatch="////" if failed or lost else None)
-    _draw_instants(axes, trace, y_of)
-    axes.set_yticks(range(len(rows)), [trace.names.get(t, str(t)) for t in rows])
+    # Too many rows for a name each: every step-th row is named, and deaths
+    # get no text of their own (their red crosses remain).
+    row_inches = min(ROW_INCHES, (MAX_INCHES - 3.6) / max(1, len(rows)))
+    step = max(1, math.ceil(LABEL_INCHES / row_inches))
+    _draw_instants(axes, trace, y_of, label_deaths=step == 1)
+    axes.set_yticks(range(len(rows)), [trace.names.get(t, str(t)) if y % step == 0 else ""
+                                       for y, t in enumerate(rows)])
+    if step > 1:
+        axes.tick_params(axis="y", length=0)
     axes.set_ylim(len(rows) - 0.4, -0.6)
     axes.grid(axis="x", alpha=0.3)
     handles: list[Any] = [Patch(facecolor=c, label=name)
@@ -191,7 +216,11 @@ def _draw_rows(axes: Any, trace: Trace, rows: list[int]) -> None:
                 fontsize="small")
 
 
-def _draw_instants(axes: Any, trace: Trace, y_of: dict[int, int]) -> None:
+def _draw_instants(axes: Any, trace: Trace, y_of: dict[int, int],
+                   label_deaths: bool = True) -> None:
+    times = [c["start"] + c["seconds"] for c in trace.chunks + trace.start_ups] + \
+        [i["time"] for i in trace.instants]
+    first, last = (min(times), max(times)) if times else (0.0, 0.0)
     for instant in trace.instants:
         y = y_of.get(instant["pid"])
         if y is None:
@@ -200,15 +229,40 @@ def _draw_instants(axes: Any, trace: Trace, y_of: dict[int, int]) -> None:
         if cat == "worker" and args.get("reason") in DEATHS:
             axes.plot(instant["time"], y, marker="X", markersize=14, color="red",
                       markeredgecolor="black", zorder=5)
-            cause = args.get("signal") or f"exit code {args.get('exitcode')}"
-            axes.annotate(f"{args.get('reason')}: {cause}", (instant["time"], y),
-                          xytext=(8, -10), textcoords="offset points", color="darkred",
-                          fontsize="small", fontweight="bold", zorder=6)
+            if not label_deaths:
+                continue
+            # Deaths late in the run are labelled on their left: on the
+            # right the label would run out of the axes, over the legend.
+            late = instant["time"] > first + 0.6 * (last - first)
+            axes.annotate(f"{args.get('reason')}: {_cause(args)}", (instant["time"], y),
+                          xytext=(-10 if late else 8, -10), textcoords="offset points",
+                          horizontalalignment="right" if late else "left",
+                          color="darkred", fontsize="small", fontweight="bold", zorder=6,
+                          # Readable over the bars it may cross.
+                          bbox={"boxstyle": "round,pad=0.15", "facecolor": "white",
+                                "edgecolor": "none", "alpha": 0.8})
         elif cat == "worker":
             axes.plot(instant["time"], y, marker="|", markersize=14, color="0.4", zorder=4)
         elif cat in ("retry", "timeout"):
             axes.plot(instant["time"], y - 0.45, marker="v", markersize=9,
                       color="orange" if cat == "retry" else "purple", zorder=5)
+
+
+def _count(number: int, thing: str) -> str:
+    """``"1 chunk"``, ``"2 chunks"``, ``"2 worker processes"``."""
+    if number == 1:
+        return f"1 {thing}"
+    return f"{number} {thing}{'es' if thing.endswith('ss') else 's'}"
+
+
+def _cause(args: dict[str, Any]) -> str:
+    """What ended a worker, from its exit instant's args: its signal or exit code."""
+    if args.get("signal"):
+        return str(args["signal"])
+    code = args.get("exitcode")
+    # None: nobody could read it (a fork template's worker orphaned by the
+    # template's death).
+    return "exit code unknown" if code is None else f"exit code {code}"
 
 
 def _draw_counters(axes: Any, trace: Trace) -> None:

@@ -174,6 +174,22 @@ class Insights(Instrument):
                     all(w.ended is not None for w in self._workers.values()):
                 self._ended = info.time
 
+    def pool_stopped(self, reason: str) -> None:
+        """The pool is done (*reason*: ``"shut down"`` or ``"terminated"``): stop its clock.
+
+        A process pool's clock stopped already, at its last worker's exit.
+        A ThreadPool fires no worker events: its one entry (its own process,
+        without a slot) ends here, else it would stay "running" for ever.
+        """
+        with self._lock:
+            now = time.monotonic()
+            for worker in self._workers.values():
+                if worker.slot is None and worker.ended is None:
+                    worker.ended, worker.status = now, reason
+            if self._ended is None and \
+                    all(w.ended is not None for w in self._workers.values()):
+                self._ended = now
+
     # -- helpers (called with the lock held) -------------------------------
     def _add_worker(self, worker: _Worker) -> _Worker:
         workers = self._workers

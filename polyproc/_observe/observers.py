@@ -66,6 +66,15 @@ class Observers:
                              "timeline='run.json' (written when the pool is done)")
         self._timeline.write(path)
 
+    def pool_stopped(self, reason: str) -> None:
+        """The pool is done (join after close: ``"shut down"``, or
+        ``"terminated"``): its insights stop counting time, its timeline's
+        counter of tasks queued and in flight drops to zero."""
+        if self._insights is not None:
+            self._insights.pool_stopped(reason)
+        if self._timeline is not None:
+            self._timeline.pool_stopped()
+
     def write_on_close(self) -> None:
         """Write the ``timeline=`` file, if one was given; warn if that fails.
 

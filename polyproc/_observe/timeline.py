@@ -28,14 +28,17 @@ What is in it (``ts`` and ``dur`` in microseconds since the pool was made):
   ``args`` reason, exitcode and signal; named ``"worker lost (SIGKILL)"``
   and the like), a task retried after its worker died (``"retry"``) or
   killed for its timeout (``"timeout"``); on the pool's track, tasks that
-  failed without a worker's outcome (``"tasks failed"``).
+  failed without a worker's outcome (``"tasks failed"``) and queued chunks
+  of a call cancelled by Ctrl-C (``"cancelled"``).
 * a counter (``C``) ``"tasks"`` on the pool's track: tasks ``queued`` and
   ``in flight`` (sent to a worker, outcome not back).
 
 Bounded.  Events are kept in a ring of the last ``max_events`` (the
 ``timeline_events=`` of Pool and Executor); older ones are dropped, and
 ``otherData`` says how many were recorded and dropped.  The bookkeeping
-of chunks in progress and of worker names is bounded by the same number.
+of chunks in progress and of worker names is bounded by the same number
+(past it, the names of workers that exited are forgotten first, never
+a live worker's).
 
 An instrument: events arrive in the scheduler thread (a ThreadPool's worker
 threads), ``write()`` may be called from any thread, so both take a lock.
@@ -49,9 +52,9 @@ import threading
 import time
 from typing import Any
 
-from .._pool.instruments import (ChunkDispatched, ChunkFailed, ChunkFinished,
-                                 ChunkQueued, Instrument, ResultsReceived, TaskRetried,
-                                 TaskTimedOut, WorkerExited, WorkerStarted)
+from .._pool.instruments import (ChunkCancelled, ChunkDispatched, ChunkFailed,
+                                 ChunkFinished, ChunkQueued, Instrument, ResultsReceived,
+                                 TaskRetried, TaskTimedOut, WorkerExited, WorkerStarted)
 
 __all__ = ["Timeline", "DEFAULT_MAX_EVENTS", "check_max_events"]
 
@@ -86,6 +89,7 @@ class Timeline(Instrument):
         #              dispatched at]
         self._chunks: dict[int, list[Any]] = {}
         self._tracks: dict[int, str] = {}    # pid (or thread id) -> its name
+        self._ended_tracks: set[int] = set()  # those of workers that exited
         self._idle_since: dict[int, float] = {}  # worker pid -> end of its last chunk
         self._queued = 0
         self._in_flight = 0
@@ -102,8 +106,22 @@ class Timeline(Instrument):
         tracks = self._tracks
         tracks.pop(track, None)
         tracks[track] = name
+        self._ended_tracks.discard(track)
         if len(tracks) > self._max_events:
-            del tracks[next(iter(tracks))]
+            self._forget_an_ended_track()
+
+    def _forget_an_ended_track(self) -> None:
+        """Forget the name of the oldest track whose worker exited.
+
+        Never a live worker's: its events keep coming, and a track without
+        a name shows as a bare pid.  Live workers are as many as the pool's
+        processes (or threads), so the names stay bounded.
+        """
+        for track in self._tracks:
+            if track in self._ended_tracks:
+                del self._tracks[track]
+                self._ended_tracks.discard(track)
+                return
 
     def _track_of(self, pid: int) -> int:
         """The track of an event from worker *pid*: a ThreadPool's are its threads."""
@@ -202,6 +220,14 @@ class Timeline(Instrument):
                            "tasks": info.tasks, "error": _short(repr(info.error))})
             self._count(info.time)
 
+    def chunk_cancelled(self, info: ChunkCancelled) -> None:
+        with self._lock:
+            self._settle(info.chunk_id)
+            self._instant("cancelled", "cancelled", self._pid, info.time,
+                          {"call": info.call_id, "first_task": info.start,
+                           "tasks": info.tasks})
+            self._count(info.time)
+
     def task_retried(self, info: TaskRetried) -> None:
         with self._lock:
             self._instant("retry", "retry", info.pid, info.time,
@@ -228,6 +254,7 @@ class Timeline(Instrument):
         with self._lock:
             if info.pid not in self._tracks:  # died before it was ready
                 self._name_track(info.pid, f"worker {info.slot} (pid {info.pid})")
+            self._ended_tracks.add(info.pid)
             idle_since = self._idle_since.pop(info.pid, None)
             for index, chunk_id in enumerate(info.chunk_ids):
                 entry = self._settle(chunk_id)
@@ -253,6 +280,17 @@ class Timeline(Instrument):
         self._complete(entry[_FUNCTION], "chunk", info.pid, start, info.time - start,
                        {"chunk": chunk_id, "tasks": entry[_TASKS], "lost": True,
                         "reason": info.reason, "started_at_most": True})
+
+    def pool_stopped(self) -> None:
+        """The pool is done (joined or terminated): nothing is queued or in
+        flight any more.  ``terminate`` fails what was, without a chunk event:
+        settle it, so that the counter ends at zero."""
+        with self._lock:
+            if not self._chunks and not self._queued and not self._in_flight:
+                return
+            self._chunks.clear()
+            self._queued = self._in_flight = 0
+            self._count(time.monotonic())
 
     # -- the file ---------------------------------------------------------
     def trace(self) -> dict[str, Any]:
@@ -291,20 +329,26 @@ class Timeline(Instrument):
         """Write the trace to *path* (JSON), replacing it whole.
 
         Written to a temporary file beside it, then renamed: a reader never
-        sees half a file.  Raises ``OSError`` if it cannot be written.
+        sees half a file.  The temporary file is this thread's own, so
+        threads writing the same *path* at once (a user's thread while the
+        pool writes its ``timeline=`` file) each replace it whole.  Raises
+        ``OSError`` if it cannot be written, naming *path*.
         """
         path = os.fspath(path)
         trace = self.trace()
-        temporary = f"{path}.{os.getpid()}.tmp"
+        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             with open(temporary, "w", encoding="utf-8") as file:
                 json.dump(trace, file, separators=(",", ":"))
             os.replace(temporary, path)
-        except BaseException:
+        except BaseException as error:
             try:
                 os.unlink(temporary)
             except OSError:
                 pass
+            if isinstance(error, OSError) and error.filename == temporary:
+                # The user asked for *path*: the temporary name would puzzle.
+                raise type(error)(error.errno, error.strerror, path) from None
             raise
 
 

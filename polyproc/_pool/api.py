@@ -372,6 +372,7 @@ class Pool:
         self._state = TERMINATE
         if self._owned():
             self._terminate()
+            self._observers.pool_stopped("terminated")
             self._write_timeline()
 
     def join(self) -> None:
@@ -385,6 +386,7 @@ class Pool:
             raise ValueError("In unknown state")
         if self._owned():
             self._backend.join()
+            self._observers.pool_stopped("shut down")
             self._write_timeline()
 
     # -- building chunks ----------------------------------------------------

@@ -27,6 +27,7 @@ passed as they are (threads).
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import math
 import pickle
@@ -155,7 +156,17 @@ _IN_BAND = (Transport.IN_BAND, Transport.IN_BAND_TRUSTED)
 
 
 def function_name(fn: Callable) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    """A short name for *fn*, in messages and instrument events: its qualified name.
+
+    Never its repr: a ``functools.partial``'s holds every bound argument
+    (it would be made for each call), a callable object's may raise.  A
+    partial is ``partial(<its function's name>)``, a callable object its
+    class's name.
+    """
+    if isinstance(fn, functools.partial):
+        return f"partial({function_name(fn.func)})"
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or \
+        type(fn).__qualname__
 
 
 class TaskChunk:

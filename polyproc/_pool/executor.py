@@ -373,6 +373,22 @@ class Executor(_StdExecutor):
             self._core.backend.join()
             self._observers.write_on_close()
 
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> bool | None:
+        """``shutdown(wait=True)``, as the stdlib's; but on Ctrl-C, ``terminate_workers()``.
+
+        Leaving ``with`` by a ``KeyboardInterrupt`` must not wait for the
+        submitted calls: the stdlib's workers die of the terminal's SIGINT
+        (they are in its process group), which breaks the executor and lets
+        the program end; polyproc's workers ignore SIGINT (the parent
+        decides), so waiting here would run every pending call before
+        Ctrl-C took effect.  Running calls fail with ``BrokenProcessPool``,
+        pending ones are cancelled, and the interrupt propagates.
+        """
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.terminate_workers()
+            return None
+        return super().__exit__(exc_type, exc_val, exc_tb)
+
     def terminate_workers(self) -> None:
         """Stop every worker now with SIGTERM (Python 3.14's method, on every Python).
 

@@ -30,9 +30,10 @@ spent pickling it, its size), ``task_progress`` (a task's own
 ``polyproc.progress`` loop reported, task_progress.py), ``task_retried``, ``task_timed_out``,
 ``worker_started`` (with the worker's start-up times, and the pid of the
 worker it replaced) and ``worker_exited`` (why: lost, timed out, retired...).
-A chunk that was queued may get no further event: its call was cancelled
-(Ctrl-C), or the pool terminated (``worker_exited`` then says so for the
-chunks the workers held).  A chunk that retires with its worker half-way
+A chunk of a call cancelled by Ctrl-C that was still queued gets
+``chunk_cancelled``.  A chunk that was queued may get no further event if
+the pool is terminated (``worker_exited`` then says so for the chunks the
+workers held).  A chunk that retires with its worker half-way
 (``maxtasksperchild``) finishes with fewer tasks than it was queued with,
 and the rest is queued again as a new chunk.
 
@@ -51,7 +52,8 @@ differences of the worker's readings.
 Threads.  Events are called in the PoolScheduler thread, one at a time, so
 an instrument of one pool sees them in order without a lock.  Exceptions:
 ``chunk_failed`` for tasks that failed before they reached the scheduler
-(an argument that cannot be pickled, an ``imap`` input that raised) is
+(an argument that cannot be pickled, an ``imap`` input that raised, a
+submission to a pool already broken) is
 called in the thread that found it, and a ``ThreadPool`` calls everything
 in its worker threads.  An instrument shared by several pools, or read by
 another thread (a caller asking for totals), must lock what it shares.
@@ -80,7 +82,7 @@ from typing import Any, Callable, Iterable, Literal, NamedTuple
 
 __all__ = [
     "Instrument", "ChunkQueued", "ChunkDispatched", "ResultsReceived",
-    "ChunkFinished", "ChunkFailed", "TaskRetried", "TaskTimedOut",
+    "ChunkFinished", "ChunkFailed", "ChunkCancelled", "TaskRetried", "TaskTimedOut",
     "WorkerStarted", "WorkerExited", "TaskProgress",
 ]
 
@@ -97,7 +99,8 @@ class ChunkQueued(NamedTuple):
                           # call's result object (AsyncResult, iterator, Future)
     start: int            # position in its call of the chunk's first task
     tasks: int            # number of tasks
-    function: str         # the function's qualified name
+    function: str         # the function's qualified name (a partial's:
+                          # "partial(f)"; a callable object's: its class's)
     payload_bytes: int    # size of the pickled arguments that go through the
                           # worker's pipe (buffers sent through shared memory
                           # count by their name only; 0 in a ThreadPool)
@@ -197,6 +200,17 @@ class TaskProgress(NamedTuple):
     desc: str | None      # the loop's label
     closed: bool          # the loop ended
     time: float           # when the scheduler received it
+
+
+class ChunkCancelled(NamedTuple):
+    """A queued chunk will never run: its call was cancelled (Ctrl-C in the
+    caller).  The chunks a worker held for it end with ``worker_exited``
+    (the worker is killed, ``"cancelled"``) or, in a ThreadPool, finish."""
+    chunk_id: int
+    call_id: int
+    start: int            # position in its call of the chunk's first task
+    tasks: int
+    time: float
 
 
 class TaskRetried(NamedTuple):
@@ -300,6 +314,9 @@ class Instrument:
 
     def task_progress(self, info: TaskProgress) -> None:
         """A task's ``polyproc.progress`` loop reported how far it has gone."""
+
+    def chunk_cancelled(self, info: ChunkCancelled) -> None:
+        """A queued chunk will never run: its call was cancelled."""
 
     def task_retried(self, info: TaskRetried) -> None:
         """A task blamed for its worker's death runs again."""
@@ -448,6 +465,13 @@ class Instruments(dict):
             self.call("task_progress", TaskProgress(
                 pid, chunk.chunk_id, id(chunk.sink), position, report.bar, report.n,
                 report.total, report.desc, report.closed, now))
+
+    def chunks_cancelled(self, chunks: Iterable, now: float) -> None:
+        if "chunk_cancelled" not in self:
+            return
+        for c in chunks:
+            self.call("chunk_cancelled", ChunkCancelled(c.chunk_id, id(c.sink), c.start,
+                                                        c.count, now))
 
     def task_blamed(self, pid: int, chunk: Any, task: int, error: BaseException | None,
                     retry: Any, now: float) -> None:

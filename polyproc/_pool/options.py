@@ -74,7 +74,7 @@ class WorkerOptions:
         _check_initializer(initializer)
         _check_max_memory(max_memory_per_child)
         return cls(processes, initializer, tuple(initargs), maxtasksperchild,
-                   max_memory_per_child, cluster)
+                   max_memory_per_child, cluster=cluster)
 
     @classmethod
     def for_executor(cls, max_workers: int | None,
@@ -103,7 +103,7 @@ class WorkerOptions:
                 raise ValueError("max_tasks_per_child must be >= 1")
         _check_max_memory(max_memory_per_child)
         return cls(max_workers, initializer, tuple(initargs), max_tasks_per_child,
-                   max_memory_per_child, cluster)
+                   max_memory_per_child, cluster=cluster)
 
 
 def default_workers() -> int:

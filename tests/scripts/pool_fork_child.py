@@ -8,6 +8,7 @@ the child, then "parent: workers unchanged ok".
 import gc
 import os
 import sys
+import warnings
 
 import polyproc
 
@@ -31,6 +32,10 @@ if __name__ == "__main__":
     assert pool.map(square, range(4)) == [0, 1, 4, 9]
     assert ex.submit(square, 3).result(timeout=20) == 9
     workers = sorted(p.pid for p in pool._pool) + sorted(ex._processes)
+    # Forking on purpose while the pools' scheduler threads run (a child
+    # inheriting a pool): Python 3.12+ warns about this fork, the script's.
+    warnings.filterwarnings("ignore", r"This process .*is multi-threaded",
+                            DeprecationWarning)
     child = os.fork()
     if child == 0:
         print("child:", error_name(lambda: pool.apply_async(square, (2,))),

@@ -140,6 +140,8 @@ class ThreadBackend:
             if chunk is _STOP or self._terminated:
                 return
             if chunk.sink.cancelled:
+                if self._instruments:
+                    self._instruments.chunks_cancelled([chunk], time.monotonic())
                 continue
             ident = threading.get_ident()
             self._running[ident] = chunk

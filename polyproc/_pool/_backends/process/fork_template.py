@@ -14,16 +14,16 @@ process is multi-threaded, use of fork() may lead to deadlocks in the
 child``), and 3.14 moved the default start method off fork for this reason.
 
 The design.  ``Pool()`` (in the caller's thread, where the stdlib forks its
-workers) forks one *template* process, then the first workers, as the
-stdlib does.  The template runs no thread and no user code: it waits for
-requests from the scheduler and forks every later worker from its one
-thread, so no worker is ever forked from a multi-threaded process by
-polyproc::
+workers, before the PoolScheduler thread starts) forks the first workers,
+as the stdlib does, then one *template* process.  The template runs no
+thread and no user code: it waits for requests from the scheduler and
+forks every later worker from its one thread, so no worker is ever forked
+from a multi-threaded process by polyproc::
 
   caller's process                               | template (one thread)    | workers
                                                  |                          |
-  Pool(): ForkTemplate(): fork ------------------+-> template_main          |
-          first workers: ctx.Process.start() ----+--------------------------+-> worker_main
+  Pool(): first workers: ctx.Process.start() ----+--------------------------+-> worker_main
+          ForkTemplate(): fork ------------------+-> template_main          |
   PoolScheduler thread, _spawn_worker            |                          |
    -> ForkTemplate.spawn: SpawnRequest ----------+-> Pipe(), Popen: fork ---+-> worker_main
                                       <----------+-- Spawned + 2 fds        |   (its end of the
@@ -59,12 +59,20 @@ polyproc::
   workers still running, not the replacements, and not the template (it is
   forked with ``os.fork``, not as a ``Process``: see ``_TemplateChild``).
   ``parent_process()`` in every worker is the caller, as under forkserver.
+* A caller that runs other threads (another pool's scheduler, its own):
+  ``Pool()`` forks nothing (``template_start_method``).  The stdlib's fork
+  server starts the template (``_ForkServerTemplateChild``), which forks
+  every worker, the first ones too: ``Pool()`` sends their requests
+  (``request``) and the PoolScheduler thread ``collect``s them.  The
+  template then has the fork server's state (the main module imported
+  again), not the caller's: forkserver semantics for that pool.
 
-Why the first workers are not forked by the template too: the caller would
-then wait for the template's start-up and a round trip per worker; measured
-on the 2-core development machine, ``Pool(2)`` took 3.5 ms longer that way.
-What remains is the template's own fork and exit, about 2.5 ms of CPU per
-pool (docs/pool.md has the measurements).
+Why the first workers are not forked by the template when the caller can
+fork them: the first result would wait for the template to run, fork and
+answer (two process hand-offs more); measured on the 2-core development
+machine, a ``Pool(2)`` start + first result + close fell from 0.7-0.8x the
+stdlib to 0.55x that way.  What remains is the template's own fork and
+exit, about 1.5 ms of the caller's time per pool (docs/pool.md).
 
 Rejected alternatives (see docs/pool.md): forking replacements from the
 scheduler thread (the bug); from a caller's thread (a worker dies while no
@@ -86,21 +94,22 @@ import os
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
 import weakref
 from multiprocessing import connection as mp_connection
 from multiprocessing import popen_fork, util
-from multiprocessing.process import current_process
-from typing import Any, Callable, NamedTuple
+from multiprocessing.process import current_process, parent_process
+from typing import Any, Callable, NamedTuple, Sequence
 
 from ...._exceptions import ProcessError
 from .worker import worker_main
 
-__all__ = ["ForkTemplate", "TemplateWorker", "template_main"]
+__all__ = ["ForkTemplate", "TemplateWorker", "template_main", "template_start_method"]
 
 PARENT_POLL_SECONDS = 0.1   # how often the template checks that its parent lives
-REAP_POLL_SECONDS = 0.002   # between a sentinel's EOF and the exit status
+REAP_POLL_SECONDS = 0.0005  # between a sentinel's EOF and the exit status
 SEND_TIMEOUT_SECONDS = 5.0  # a parent that reads nothing for this long is gone
 CLOSE_TIMEOUT_SECONDS = 1.0
 
@@ -190,11 +199,14 @@ def _receive(sock: socket.socket) -> tuple[Any, list[int]] | None:
 # --- the template process ---------------------------------------------------
 
 def template_main(sock: socket.socket, parent_sentinel: int, parent: tuple[int, str],
-                  ctx: Any, table: Any, config: Any, name_format: str) -> None:
+                  ctx: Any, table: Any, config: Any, name_format: str,
+                  caller_is_os_parent: bool = True) -> None:
     """The template's whole life, in the child of the fork in ``ForkTemplate``.
 
     *parent_sentinel* reaches EOF when the caller is gone; *parent* is the
-    caller's pid and process name.  *ctx* makes the worker Process objects
+    caller's pid and process name; *caller_is_os_parent* is False when the
+    fork server started the template (then ``os.getppid()`` is the fork
+    server, and only the sentinel tells).  *ctx* makes the worker Process objects
     (polyproc's, or the stdlib's when an Executor was given a stdlib
     context); *table* and *config* are the pool's progress table and
     ``WorkerConfig``, inherited by the fork.
@@ -204,15 +216,18 @@ def template_main(sock: socket.socket, parent_sentinel: int, parent: tuple[int, 
     # inherit both and install their own handler (worker_main).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock.settimeout(SEND_TIMEOUT_SECONDS)
-    _Template(sock, parent_sentinel, parent, ctx, table, config, name_format).serve()
+    _Template(sock, parent_sentinel, parent, ctx, table, config, name_format,
+              caller_is_os_parent).serve()
 
 
 class _Template:
     """The template's loop: fork on request, reap, report, watch the parent."""
 
     def __init__(self, sock: socket.socket, parent_sentinel: int, parent: tuple[int, str],
-                 ctx: Any, table: Any, config: Any, name_format: str):
+                 ctx: Any, table: Any, config: Any, name_format: str,
+                 caller_is_os_parent: bool = True):
         self.sock = sock
+        self.caller_is_os_parent = caller_is_os_parent
         self.parent_sentinel = parent_sentinel
         self.parent_pid, self.parent_name = parent
         self.ctx = ctx
@@ -243,7 +258,9 @@ class _Template:
         # The sentinel reaches EOF when the caller is gone, unless a process
         # the caller forked later holds a copy of its write end: getppid
         # covers that case (as in the workers' watchdog).
-        return os.getppid() != self.parent_pid or self.parent_sentinel in ready
+        if self.parent_sentinel in ready:
+            return True
+        return self.caller_is_os_parent and os.getppid() != self.parent_pid
 
     def handle_request(self) -> bool:
         """Serve one request; False when the template must exit at once."""
@@ -398,6 +415,102 @@ class _TemplateChild:
                 pass
 
 
+def template_start_method() -> str:
+    """How to start a pool's template now: ``"fork"`` or ``"forkserver"``.
+
+    ``"fork"`` only while this process runs no other Python thread (another
+    pool's PoolScheduler, a stdlib pool's handlers, the caller's own): a
+    fork then copies no lock that another thread holds.  Threads outside
+    Python (a BLAS library's) are not counted: they are the library's to
+    make fork-safe (OpenBLAS stops its threads in its own fork handler).
+    """
+    return "fork" if threading.active_count() == 1 else "forkserver"
+
+
+def _template_from_forkserver(sock: socket.socket, caller: tuple[int, str], ctx: Any,
+                              table: Any, config: Any, name_format: str,
+                              modules: list[str]) -> None:
+    """The template's entry point when the fork server started it.
+
+    First imports *modules*, those the caller had imported at ``Pool()``:
+    a forked worker has them already, and a worker of this template should
+    not pay for importing them (NumPy: a tenth of a second) at its first
+    task, again after each replacement.
+    """
+    _import_quietly(modules)
+    parent = parent_process()
+    assert parent is not None  # a child of the fork server always has one
+    template_main(sock, parent.sentinel, caller, ctx, table, config, name_format,
+                  caller_is_os_parent=False)
+
+
+def _import_quietly(modules: list[str]) -> None:
+    """Import each of *modules* not imported yet; one that fails is skipped
+    (it may need the caller's state: its worker imports it when it needs it)."""
+    import importlib
+    for name in modules:
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except BaseException:  # whatever a module's import raises
+            pass
+
+
+def _modules_to_preload() -> list[str]:
+    """The modules this process has imported, in import order, but the main
+    module (the fork server imports it on its own, under its guard)."""
+    return [name for name in list(sys.modules)
+            if name not in ("__main__", "__mp_main__") and not name.startswith("__")]
+
+
+class _ForkServerTemplateChild:
+    """The template, started by the stdlib's fork server: the same
+    interface as ``_TemplateChild``.
+
+    For a caller that runs other threads: the fork server is a
+    single-threaded process that execs Python and imports the main module,
+    and forks the template; this process only sends it the arguments
+    (pickled, with their descriptors).  The stdlib's ``Process`` rather
+    than polyproc's: polyproc's starts a watchdog thread in a daemon child,
+    and the template must run one thread.
+    """
+
+    def __init__(self, args: tuple):
+        """Start the template with ``_template_from_forkserver(*args)``.
+
+        Raises what ``Process.start()`` raises.
+        """
+        import multiprocessing  # the stdlib's: see above
+        process = multiprocessing.get_context("forkserver").Process(
+            target=_template_from_forkserver, args=args,
+            name="PolyPoolTemplate", daemon=True)
+        process.start()
+        self._process = process
+        self.pid: int = process.pid  # type: ignore[assignment]  # started
+        self.sentinel: int = process.sentinel
+
+    @property
+    def reaped(self) -> bool:
+        return self._process.exitcode is not None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._process.exitcode
+
+    def join(self, timeout: float | None) -> None:
+        self._process.join(timeout)
+
+    def kill(self) -> None:
+        if not self.reaped:
+            self._process.kill()
+
+    def close(self) -> None:
+        """Release the process's resources (after join)."""
+        if self.reaped:
+            self._process.close()
+
+
 class ForkTemplate:
     """The caller's handle on a pool's template process.
 
@@ -406,10 +519,18 @@ class ForkTemplate:
     """
 
     def __init__(self, ctx: Any, table: Any, config: Any,
-                 name_format: str = "PolyPoolWorker-{}"):
-        """Fork the template from the calling thread.
+                 name_format: str = "PolyPoolWorker-{}", start_method: str = "fork",
+                 inherited_fds: Sequence[int] = ()):
+        """Start the template: forked from the calling thread (*start_method*
+        ``"fork"``: call it only while this process runs no other thread,
+        see ``template_start_method``), or started by the stdlib's fork
+        server (``"forkserver"``).
 
-        Raises ``OSError`` when fork fails.
+        *inherited_fds* are closed in a forked template: this process's
+        ends of the pipes of workers it forked itself.
+
+        Raises ``OSError`` when fork fails, what ``Process.start()`` raises
+        under the fork server.
         """
         self._lock = threading.Lock()
         # Workers not known to have exited, by pid: an exit report sets the
@@ -420,15 +541,29 @@ class ForkTemplate:
         self._gone: str | None = None  # why no more workers can be started
         self._stopped = False
         self._closed = False
+        # Replies to requests not collected yet, by slot: the first workers
+        # are requested together (``request``) and collected later, and a
+        # thread waiting for an exit report may read them first.
+        self._replies: dict[int, tuple[Any, list[int]]] = {}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         caller = (os.getpid(), current_process().name)
-
-        def run_template(caller_sentinel: int) -> None:  # in the child
-            ours.close()  # only the caller holds the caller's end
-            template_main(theirs, caller_sentinel, caller, ctx, table, config, name_format)
+        self.start_method = start_method
+        if start_method == "fork":
+            def run_template(caller_sentinel: int) -> None:  # in the child
+                ours.close()  # only the caller holds the caller's end
+                for fd in inherited_fds:
+                    os.close(fd)
+                template_main(theirs, caller_sentinel, caller, ctx, table, config,
+                              name_format)
 
         try:
-            self._process = _TemplateChild(run_template)
+            if start_method == "fork":
+                self._process: _TemplateChild | _ForkServerTemplateChild = \
+                    _TemplateChild(run_template)
+            else:
+                self._process = _ForkServerTemplateChild(
+                    (theirs, caller, ctx, table, config, name_format,
+                     _modules_to_preload()))
         except BaseException:
             ours.close()
             raise
@@ -442,11 +577,20 @@ class ForkTemplate:
         return self._process.pid
 
     def spawn(self, slot: int, number: int) -> tuple[TemplateWorker, mp_connection.Connection]:
-        """Have the template fork worker *number* for *slot*.
+        """Have the template fork worker *number* for *slot*: ``request``, then ``collect``.
 
         Returns the worker and the caller's end of its duplex pipe.  Blocks
         for one fork in the template.  Raises ``ProcessError`` if the
         template is gone, ``OSError`` if its fork failed.
+        """
+        self.request(slot, number)
+        return self.collect(slot, number)
+
+    def request(self, slot: int, number: int) -> None:
+        """Ask the template to fork worker *number* for *slot*; does not wait.
+
+        ``collect(slot, number)`` gets the worker.  Raises ``ProcessError``
+        if the template is gone.
         """
         with self._lock:
             if self._stopped:
@@ -457,23 +601,30 @@ class ForkTemplate:
             except OSError as exc:
                 self._mark_gone(_gone_words(self._process, exc))
                 self._check_usable()
-            while True:
-                received = self._next_record(None)
-                if received is None:
+
+    def collect(self, slot: int, number: int) -> tuple[TemplateWorker, mp_connection.Connection]:
+        """Wait for the worker requested for *slot* (``request``).
+
+        Returns it and the caller's end of its duplex pipe.  Blocks until
+        the template has forked it.  Raises ``ProcessError`` if the
+        template is gone, ``OSError`` if its fork failed.
+        """
+        with self._lock:
+            while slot not in self._replies:
+                if self._next_record(None) is None:
                     self._check_usable()
-                    continue
-                message, fds = received
-                if isinstance(message, Spawned) and message.slot == slot and len(fds) == 2:
-                    worker = TemplateWorker(self, message.pid,
-                                            self._name_format.format(number), fds[1])
-                    self._running[worker.pid] = worker
-                    return worker, mp_connection.Connection(fds[0])
-                for fd in fds:
-                    os.close(fd)
-                if isinstance(message, SpawnFailed) and message.slot == slot:
-                    raise OSError(message.errno,
-                                  f"the pool's template process (pid {self.pid}) could "
-                                  f"not fork a worker: {os.strerror(message.errno)}")
+            message, fds = self._replies.pop(slot)
+            if isinstance(message, Spawned) and len(fds) == 2:
+                worker = TemplateWorker(self, message.pid,
+                                        self._name_format.format(number), fds[1])
+                self._running[worker.pid] = worker
+                return worker, mp_connection.Connection(fds[0])
+            for fd in fds:
+                os.close(fd)
+            errno = message.errno if isinstance(message, SpawnFailed) else 0
+            raise OSError(errno,
+                          f"the pool's template process (pid {self.pid}) could "
+                          f"not fork a worker: {os.strerror(errno)}")
 
     def wait_exit(self, worker: TemplateWorker, timeout: float | None) -> None:
         """Wait up to *timeout* s for the template to report *worker*'s exit.
@@ -515,6 +666,10 @@ class ForkTemplate:
                 return
             self._closed = True
             self._mark_gone("the pool was closed")
+            for _, fds in self._replies.values():
+                for fd in fds:
+                    os.close(fd)
+            self._replies.clear()
             self._sock.close()
             self._process.join(CLOSE_TIMEOUT_SECONDS)
             if not self._process.reaped:
@@ -524,7 +679,10 @@ class ForkTemplate:
 
     # -- under the lock --------------------------------------------------------
     def _next_record(self, timeout: float | None) -> tuple[Any, list[int]] | None:
-        """Read one record (storing an exit report) or mark the template gone.
+        """Read one record or mark the template gone.
+
+        An exit report sets its worker's exit code; a reply to ``request``
+        waits in ``_replies`` for ``collect``.
 
         Returns None on timeout or when the template is gone.
         """
@@ -544,11 +702,16 @@ class ForkTemplate:
         if received is None:
             self._mark_gone(_gone_words(self._process))
             return None
-        message, _fds = received
+        message, fds = received
         if isinstance(message, WorkerExited):
             worker = self._running.pop(message.pid, None)
             if worker is not None:
                 worker._exitcode = message.exitcode
+        elif isinstance(message, (Spawned, SpawnFailed)):
+            self._replies[message.slot] = received  # for collect()
+        else:
+            for fd in fds:
+                os.close(fd)
         return received
 
     def _mark_gone(self, why: str) -> None:

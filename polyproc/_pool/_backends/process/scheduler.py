@@ -75,7 +75,7 @@ from ...._exceptions import (InitializerError, ProcessError, SerializationError,
                           UnloadableError)
 from .blame import Death, StartupRecord, recover_lost_chunks
 from .timing import MAX_TIMING_KEY_BYTES, TaskTimes, timing_key
-from .fork_template import ForkTemplate
+from .fork_template import ForkTemplate, template_start_method
 from ...._transport.remote_errors import rebuild_exception
 from ...backend import CLOSE, RUN, TERMINATE
 from ...chunks import TaskChunk, Transport
@@ -149,14 +149,12 @@ class ProcessScheduler:
         self._feeders_lock = threading.Lock()
         self._startup = StartupRecord()
         self._worker_counter = 0
-        self._template = self._start_template()
-        try:
-            for slot in range(processes):
-                self._spawn_worker(slot, in_caller_thread=True)
-        except BaseException:
-            if self._template is not None:
-                self._template.close()
-            raise
+        # Set once the first workers are known: at once, unless the template
+        # forks them (_start_workers_and_template).
+        self._first_workers_known = threading.Event()
+        self._first_requests: list[tuple[int, int, float]] = []  # slot, number, time
+        self._template: ForkTemplate | None = None
+        self._start_workers_and_template(processes)
         self._thread = threading.Thread(target=self._run, name="PoolScheduler",
                                         daemon=True)
         self._thread.start()
@@ -167,8 +165,10 @@ class ProcessScheduler:
     def submit(self, chunks: list[TaskChunk]) -> None:
         """Queue chunks for dispatch (never blocks)."""
         if self.broken is not None:
+            # chunk_failed (in this thread) as for chunks queued before the
+            # break: whether a call came before or after it is a race.
             for chunk in chunks:
-                _fail_chunk(chunk, self.broken)
+                _fail_chunk(chunk, self.broken, self._instruments)
             return
         if self._instruments:  # before the chunks can be dispatched
             self._queued_at.append((time.monotonic(), chunks))
@@ -197,7 +197,13 @@ class ProcessScheduler:
         self._wake(force=True)
 
     def worker_processes(self) -> list:
-        """The worker processes now (a replaced worker is not among them)."""
+        """The worker processes now (a replaced worker is not among them).
+
+        Right after ``__init__`` under fork, waits until the template has
+        forked the first workers.
+        """
+        if threading.current_thread() is not self._thread:
+            self._first_workers_known.wait()
         return [w.process for w in list(self._workers.values())]
 
     def stacks(self, timeout: float = 1.0) -> dict[int, str]:
@@ -271,6 +277,7 @@ class ProcessScheduler:
     # ------------------------------------------------------------------
     def _run(self) -> None:
         try:
+            self._collect_first_workers()
             while self.state != TERMINATE:
                 self._wakeup_armed = False
                 self._apply_cancels()
@@ -570,6 +577,10 @@ class ProcessScheduler:
 
     def _on_results(self, w: WorkerHandle, results: m.Results) -> None:
         """Deliver each finished chunk's outcomes; results come in dispatch order."""
+        if self.broken is not None:
+            # The pool broke while *w* ran these chunks: ``_break`` failed
+            # and forgot them (w.assigned is empty); their outcomes are late.
+            return
         assigned, dispatch_ends = w.assigned, w.dispatch_ends
         all_errors = results.errors
         timing_func: bytes | None = None
@@ -660,8 +671,12 @@ class ProcessScheduler:
         sinks = set()
         while self._cancel_requests:
             sinks.add(self._cancel_requests.popleft())
-        _drop_chunks_of(self._pending, sinks)
-        _drop_chunks_of(self._requeued, sinks)
+        if self._queued_at:  # chunk_queued before their chunk_cancelled
+            self._announce_queued()
+        dropped = _drop_chunks_of(self._pending, sinks) + \
+            _drop_chunks_of(self._requeued, sinks)
+        if self._instruments and dropped:
+            self._instruments.chunks_cancelled(dropped, time.monotonic())
         for w in self._workers.values():
             if not any(c.sink in sinks for c in w.assigned):
                 continue
@@ -737,31 +752,95 @@ class ProcessScheduler:
                     pass
 
     # -- worker processes -------------------------------------------------
-    def _start_template(self) -> ForkTemplate | None:
-        """Under fork, the process that forks replacement workers
-        (``fork_template.py`` beside this module).
+    def _start_workers_and_template(self, processes: int) -> None:
+        """Start the first workers and, under fork, the template
+        (``fork_template.py`` beside this module), from the caller's thread.
 
-        Forked here, in the caller's thread, before the first workers, as
-        the stdlib forks those; the scheduler thread never forks.  None
-        under spawn and forkserver, which never fork this process.
+        Under fork, while this process runs no other thread
+        (``template_start_method``), this thread forks the first workers,
+        as the stdlib does, then the template; the PoolScheduler thread,
+        started after, never forks.  While it runs other threads, nothing
+        is forked here: the fork server starts the template, which forks
+        every worker, the first ones included (asked for here, collected
+        by the PoolScheduler thread).  Under spawn and forkserver there is
+        no template.  Raises what ``Process.start()`` raises.
         """
-        if self._ctx.get_start_method() != "fork":
-            return None
-        with sigint_shielded_start("fork"):
-            return ForkTemplate(self._ctx, self._table, self._config)
+        method = (template_start_method() if self._ctx.get_start_method() == "fork"
+                  else None)
+        try:
+            if method != "forkserver":
+                for slot in range(processes):
+                    self._spawn_worker(slot)
+            if method is not None:
+                # The template must not hold the caller's ends of the first
+                # workers' pipes: a worker sees EOF when the scheduler closes its end.
+                ends = [w.conn.fileno() for w in self._workers.values()]
+                with sigint_shielded_start(method):
+                    self._template = ForkTemplate(self._ctx, self._table, self._config,
+                                                  start_method=method, inherited_fds=ends)
+            if method == "forkserver":
+                for slot in range(processes):
+                    self._request_first_worker(slot)
+        except BaseException:
+            if self._template is not None:
+                self._template.close()
+            stop_processes([w.process for w in self._workers.values()], 0.0)
+            for w in self._workers.values():
+                w.conn.close()
+            raise
+        if not self._first_requests:
+            self._first_workers_known.set()
 
-    def _spawn_worker(self, slot: int, in_caller_thread: bool = False) -> None:
-        """Start a worker for *slot*.
+    def _request_first_worker(self, slot: int) -> None:
+        """Ask the template for the first worker of *slot* (collected by
+        ``_collect_first_workers``).  Raises ``ProcessError`` if the
+        template is gone."""
+        assert self._template is not None
+        clear_slot(self._table, slot)
+        self._worker_counter += 1
+        self._template.request(slot, self._worker_counter)
+        self._first_requests.append((slot, self._worker_counter, time.monotonic()))
 
-        Under fork, only the caller's thread forks this process (the first
-        workers, in ``__init__``); later workers are forked by the template.
+    def _collect_first_workers(self) -> None:
+        """Take the first workers that the template forked (in the
+        PoolScheduler thread); a failed fork breaks the pool."""
+        if not self._first_requests:
+            return
+        assert self._template is not None
+        error: BaseException | None = None
+        try:
+            for slot, number, spawned in self._first_requests:
+                try:
+                    process, conn = self._template.collect(slot, number)
+                except ProcessError as exc:  # the template is gone
+                    error = error or exc
+                    continue
+                except OSError as exc:  # its fork failed
+                    error = error or ProcessError(
+                        f"the pool's template process could not fork worker "
+                        f"{number}: {exc}.  Too many processes, or too little memory?")
+                    continue
+                self._workers[slot] = WorkerHandle(process, conn, slot, spawned)
+                self._slot_pids[slot] = process.pid
+        finally:
+            self._first_requests.clear()
+            self._first_workers_known.set()
+        if error is not None:
+            self._break(error)
+
+    def _spawn_worker(self, slot: int) -> None:
+        """Start a worker for *slot*: the template forks it once there is
+        one (under fork, after ``__init__``), else this thread starts it
+        with the pool's context (the first workers, or any worker under
+        spawn and forkserver).
+
         Raises ``ProcessError`` if the template is gone, and what
         ``Process.start()`` raises.
         """
         clear_slot(self._table, slot)
         self._worker_counter += 1
         spawned, replaces = time.monotonic(), self._slot_pids.get(slot)
-        if self._template is not None and not in_caller_thread:
+        if self._template is not None:
             process, parent_conn = self._template.spawn(slot, self._worker_counter)
             self._workers[slot] = WorkerHandle(process, parent_conn, slot, spawned, replaces)
             self._slot_pids[slot] = process.pid
@@ -829,21 +908,24 @@ class ProcessScheduler:
         self._wakeup_r = self._wakeup_w = -1
 
 
-def _drop_chunks_of(queue: collections.deque, sinks: set) -> None:
-    """Remove (and release) the chunks of *sinks* from *queue*, keeping the order.
+def _drop_chunks_of(queue: collections.deque, sinks: set) -> list[TaskChunk]:
+    """Remove (and release) the chunks of *sinks* from *queue*, keeping the
+    order of the others; return those removed.
 
     Caller threads may append to the queue meanwhile (``submit``): it is
     emptied from the left, their appends included, and what stays goes
     back in front of anything appended since.
     """
-    kept = []
+    kept, dropped = [], []
     while queue:
         chunk = queue.popleft()
         if chunk.sink in sinks:
             chunk.release()
+            dropped.append(chunk)
         else:
             kept.append(chunk)
     queue.extendleft(reversed(kept))
+    return dropped
 
 
 def _deliver(chunk: TaskChunk, offset: int, values: list, errors: dict) -> None:

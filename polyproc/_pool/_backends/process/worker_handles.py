@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -123,6 +124,7 @@ def sigint_shielded_start(start_method: str) -> Iterator[None]:
     """
     if start_method == "forkserver":
         from multiprocessing import forkserver
+        _forget_inherited_fork_server(forkserver._forkserver)
         forkserver.ensure_running()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     # A handler installed outside Python reads as None and could not be put
@@ -138,3 +140,31 @@ def sigint_shielded_start(start_method: str) -> Iterator[None]:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _forget_inherited_fork_server(server: Any) -> None:
+    """Let this process start its own fork server if its record is inherited.
+
+    A process forked from one that had started the stdlib's fork server (a
+    manager's server process, a forked child) inherits the record of that
+    server; ``ensure_running`` then fails with ``ChildProcessError`` (it
+    waits for a process that is not its child).  The record is forgotten
+    (this process's copy of the server's "alive" descriptor closed), so
+    that ``ensure_running`` starts a server of this process.
+    """
+    with server._lock:
+        pid = server._forkserver_pid
+        if pid is None:
+            return
+        try:  # WNOWAIT: a server of ours that exited is left for ensure_running
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            return
+        except ChildProcessError:
+            pass
+        try:
+            os.close(server._forkserver_alive_fd)
+        except (OSError, TypeError):
+            pass
+        server._forkserver_alive_fd = None
+        server._forkserver_address = None
+        server._forkserver_pid = None
