@@ -128,6 +128,11 @@ def pending(signum: int, pid: int) -> bool:
     return bool(_sigset(pid, "SigPnd") & (1 << (signum - 1)))
 
 
+def blocks(signum: int, pid: int) -> bool:
+    """Whether process *pid*'s main thread blocks *signum* (``SigBlk``)."""
+    return bool(_sigset(pid, "SigBlk") & (1 << (signum - 1)))
+
+
 def _sigset(pid: int | str, key: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -148,3 +153,48 @@ def wait_for_file(path: str, seconds: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} was not created within {seconds} s")
         time.sleep(0.005)
+
+
+def write_over_stack_file(path: str, started: str, release: str) -> str:
+    """Put a file of the task's own at the fd number of this worker's stack
+    file (``dup2``, as code that redirects a descriptor does), write to it,
+    and wait for *release* to exist: what the file then holds."""
+    from polyproc._pool._backends.process import stacks
+    assert stacks._installed is not None
+    stack_fd = stacks._installed[1]
+    with open(path, "w") as f:
+        f.write("the task's own data\n")
+        f.flush()
+        os.dup2(f.fileno(), stack_fd)
+    _started(started)
+    wait_for_file(release)
+    os.close(stack_fd)
+    return Path(path).read_text()
+
+
+def reset_signal(signum: int, action: int) -> int:
+    """Give *signum* the default action, or ignore it, as a task may; this
+    worker's pid."""
+    signal.signal(signum, action)
+    return os.getpid()
+
+
+def blocked_until(release: str, started: str) -> int:
+    """Block until *release* exists; this worker's pid."""
+    _started(started)
+    wait_for_file(release, 60)
+    return os.getpid()
+
+
+def deaf_then_count_dumps(signum: int, release: str, started: str) -> int:
+    """Block *signum*, wait for *release*, unblock it: how many dumps the
+    signals that waited meanwhile wrote into this worker's stack file."""
+    from polyproc._pool._backends.process import stacks
+    assert stacks._installed is not None
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    _started(started)
+    wait_for_file(release, 60)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})  # they are handled here
+    fd = stacks._installed[1]
+    dump = os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+    return dump.count("Current thread ")

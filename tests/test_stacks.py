@@ -183,6 +183,51 @@ def test_hang_report_once_per_stall(method, front):
         assert f'hang_report.py", line {line} in stall_for' in report
 
 
+def _screen(output: str) -> list[str]:
+    """What a terminal shows of *output*: its lines once carriage returns,
+    line feeds (as a tty's ``onlcr`` makes them) and tqdm's cursor-up moves
+    (ESC [ A) are applied."""
+    lines, row, col, i = [""], 0, 0, 0
+    while i < len(output):
+        if output.startswith("\x1b[A", i):
+            row, i = max(0, row - 1), i + 3
+            continue
+        char, i = output[i], i + 1
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            row, col = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        else:
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + char + line[col + 1:]
+            col += 1
+    return [line.rstrip() for line in lines]
+
+
+def test_a_hang_report_is_not_drawn_over_by_progress_bars():
+    # The bars are cleared while the report is written, then drawn again
+    # below it: the report starts on a line of its own, and no bar is
+    # left among its lines.
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "hang_report_bars.py"), "fork"],
+                          capture_output=True, timeout=60)  # bytes: keep the \r
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0, stderr
+    assert proc.stdout == b"[0, 1, 2, 3]\n"
+    screen = _screen(stderr)
+    headers = [n for n, line in enumerate(screen) if "polyproc: no task of the pool" in line]
+    bars = [n for n, line in enumerate(screen) if "%|" in line]
+    assert headers and bars, stderr
+    reports = []  # (first row, last row) of each report (one, unless the machine is slow)
+    for header, after in zip(headers, headers[1:] + [len(screen)]):
+        assert screen[header].startswith("polyproc: no task of the pool"), screen[header]
+        end = max(n for n in range(header, after) if screen[n].startswith("  File "))
+        assert not [n for n in bars if header < n <= end], "\n".join(screen)
+        reports.append("\n".join(screen[header:end + 1]))
+    assert any("running loop(1) [task 1]" in report for report in reports)
+    assert bars[-1] > end  # drawn again below the last report
+
+
 def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
@@ -282,6 +327,85 @@ def test_a_worker_killed_between_the_signal_and_the_read(ctx, tmp_path):
     assert " in serve\n" in text and " in worker_main\n" in text
     assert f"no stack: worker {pid} died" in texts[pid] or \
         f"no stack: worker {pid} is gone" in texts[pid]
+
+
+def test_a_file_a_task_put_at_the_stack_files_number_is_left_alone(ctx, tmp_path):
+    # A worker's stack file is reached through its fd number: once a task
+    # puts a file of its own there, the request must neither empty nor
+    # dump into it (a pid reused by another process: the same).
+    path, release = tmp_path / "own.txt", tmp_path / "release"
+    with ctx.Pool(1) as pool:
+        started = str(tmp_path / "started")
+        result = pool.apply_async(helpers.write_over_stack_file,
+                                  (str(path), started, str(release)))
+        helpers.wait_for_file(started)
+        [(pid, text)] = pool.stacks(timeout=0.5).items()
+        release.touch()
+        assert result.get(10) == "the task's own data\n"
+    assert f"no stack: worker {pid}'s fd" in text and "not its stack file" in text
+
+
+@pytest.mark.parametrize("action", [signal.SIG_DFL, signal.SIG_IGN],
+                         ids=["default", "ignored"])
+def test_a_worker_whose_task_reset_the_signal_is_not_sent_it(ctx, action):
+    # By default a real-time signal terminates its process: a request must
+    # not kill a worker whose task took the handler away, nor wait for
+    # one that ignores it.
+    with ctx.Pool(1) as pool:
+        pid = pool.apply(helpers.reset_signal, (SIGNAL, action))
+        began = time.monotonic()
+        texts = pool.stacks(timeout=5)
+        took = time.monotonic() - began
+        assert pool.apply(os.getpid) == pid  # alive, still the pool's worker
+    assert took < 2.5
+    assert f"no stack: worker {pid} does not catch signal" in texts[pid]
+
+
+def test_a_hang_report_does_not_wait_for_a_callers_long_stacks_call(tmp_path, capfd):
+    # The PoolScheduler thread writes the report, and delivers results: a
+    # caller's stacks(timeout=30) waiting on a worker that does not answer
+    # must not hold it for 30 s.
+    release = tmp_path / "release"
+    with polyproc.get_context("fork").Pool(2, hang_report=0.2) as pool:
+        pids = [p.pid for p in pool._pool]
+        _start_blocked(pool, helpers.deaf_to, tmp_path, "deaf", SIGNAL)
+        other = _start_blocked(pool, helpers.blocked_until, tmp_path, "other", str(release))
+        [deaf_pid] = [pid for pid in pids if helpers.blocks(SIGNAL, pid)]
+        asking = threading.Thread(target=pool.stacks, kwargs={"timeout": 30})
+        asking.start()
+        deadline = time.monotonic() + 10
+        while not helpers.pending(SIGNAL, deaf_pid):
+            assert time.monotonic() < deadline, "the caller's request never started"
+            time.sleep(0.001)
+        release.touch()
+        other.get(10)  # a task finished: the next stall begins, the caller still waits
+        capfd.readouterr()
+        report, deadline = "", time.monotonic() + 10
+        while "polyproc: no task of the pool has finished" not in report:
+            assert time.monotonic() < deadline, "no hang report while a caller waited"
+            time.sleep(0.01)
+            report += capfd.readouterr().err
+        assert pool.apply(os.getpid, timeout=5) in pids  # the scheduler runs on
+        assert asking.is_alive()
+        os.kill(deaf_pid, signal.SIGKILL)  # ends the caller's wait
+        asking.join(10)
+    assert "running deaf_to(" in report
+    assert "no stack: another stacks() call is asking the workers" in report
+
+
+def test_requests_to_a_worker_that_blocks_the_signal_do_not_pile_up(tmp_path):
+    # Real-time signals queue (against a per-user limit): a request while
+    # the last one still waits adds none, so the worker dumps once when it
+    # unblocks the signal, not once per request.
+    release = tmp_path / "release"
+    with polyproc.get_context("fork").Pool(1) as pool:
+        result = _start_blocked(pool, helpers.deaf_then_count_dumps, tmp_path, "deaf",
+                                SIGNAL, str(release))
+        for _ in range(10):
+            [text] = pool.stacks(timeout=0.01).values()
+            assert "did not answer signal" in text
+        release.touch()
+        assert result.get(10) == 1
 
 
 def test_the_signal_can_be_chosen(monkeypatch, tmp_path):

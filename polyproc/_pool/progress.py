@@ -31,15 +31,16 @@ tqdm is imported only when a bar is asked for.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator, TextIO
 
 from .instruments import (ChunkFailed, ChunkFinished, Instrument, TaskProgress,
                           WorkerExited)
 
-__all__ = ["ProgressBar", "progress_bar", "plain_bar"]
+__all__ = ["ProgressBar", "progress_bar", "plain_bar", "bars_cleared"]
 
 
 class _Nested:
@@ -218,6 +219,22 @@ def plain_bar(iterable: Iterable, total: int | None, desc: str | None) -> Any:
     """A tqdm bar over *iterable* in this process (``polyproc.progress``
     outside a pool worker)."""
     return _progress_bar_class()(iterable, total=total, desc=desc, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def bars_cleared(file: TextIO) -> Iterator[None]:
+    """While other text is written to *file* (a hang report): the bars on
+    the terminal are erased, then drawn again below it (tqdm's
+    ``external_write_mode``), so that neither is drawn over the other.
+
+    Nothing to do, and tqdm is not imported, if it has not been: then there
+    is no bar.
+    """
+    if "tqdm" not in sys.modules:
+        yield
+        return
+    with _progress_bar_class().external_write_mode(file=file):
+        yield
 
 
 @functools.cache

@@ -81,6 +81,7 @@ from ...backend import CLOSE, RUN, TERMINATE
 from ...chunks import TaskChunk, Transport
 from ...instruments import Instruments
 from ...options import WorkerOptions
+from ...progress import bars_cleared
 from . import stacks as _stacks
 from .worker import WorkerConfig
 from .worker_handles import (WorkerHandle, clear_slot, sigint_shielded_start,
@@ -218,6 +219,23 @@ class ProcessScheduler:
             return _stacks.worker_stacks(list(self._workers.values()), self._table,
                                          self._stacks_signal, timeout)
 
+    def _hang_report_stacks(self) -> dict[int, str]:
+        """``stacks()`` for a hang report, from the PoolScheduler thread.
+
+        This thread delivers results and enforces timeouts: it waits for a
+        caller's ``stacks()`` in progress (whose *timeout* may be long) no
+        longer than it would wait for the workers; past that, the report
+        has the tasks each worker holds, without their stacks.
+        """
+        if not self._stacks_lock.acquire(timeout=STACKS_TIMEOUT_SECONDS):
+            return _stacks.worker_stacks(list(self._workers.values()), self._table,
+                                         self._stacks_signal, 0, ask=False)
+        try:
+            return _stacks.worker_stacks(list(self._workers.values()), self._table,
+                                         self._stacks_signal, STACKS_TIMEOUT_SECONDS)
+        finally:
+            self._stacks_lock.release()
+
     def close(self) -> None:
         if self.state == RUN:
             self.state = CLOSE
@@ -315,8 +333,8 @@ class ProcessScheduler:
     def _check_hang(self, stall: _stacks.StallWatch) -> None:
         """Write the workers' stacks to stderr once per stall (``hang_report=``).
 
-        Blocks this thread for up to ``STACKS_TIMEOUT_SECONDS`` when it
-        does (all workers are asked at once), while nothing finishes anyway.
+        Blocks this thread for up to twice ``STACKS_TIMEOUT_SECONDS`` when
+        it does (``_hang_report_stacks``), while nothing finishes anyway.
         """
         busy = bool(self._pending or self._requeued
                     or any(w.assigned for w in self._workers.values()))
@@ -326,10 +344,11 @@ class ProcessScheduler:
         queued = sum(c.count for c in itertools.chain(self._pending, self._requeued))
         held = sum(c.count for w in self._workers.values() for c in w.assigned)
         text = _stacks.hang_report_text(seconds, stall.seconds, queued + held, queued,
-                                        self.stacks(STACKS_TIMEOUT_SECONDS))
+                                        self._hang_report_stacks())
         try:
-            sys.stderr.write(text)
-            sys.stderr.flush()
+            with bars_cleared(sys.stderr):  # progress bars: not drawn over it
+                sys.stderr.write(text)
+                sys.stderr.flush()
         except (OSError, ValueError):
             pass  # a closed or broken stderr: nobody to tell
 

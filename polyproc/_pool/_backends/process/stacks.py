@@ -26,8 +26,13 @@ The worker's side (``install``, ``uninstall``, from ``worker_main``):
 
 The parent's side (``collect``, called by the scheduler's ``stacks``):
 
-* it opens the worker's file through ``/proc/<pid>/fd/<fd>``, empties it,
-  sends the signal to the worker's main thread (``tgkill``: the thread that
+* it opens the worker's file through ``/proc/<pid>/fd/<fd>``, checks that
+  it is still the worker's stack file (a task may have put a file of its
+  own at that number, and a reused pid has other files: neither is ever
+  emptied or dumped into) and that the worker still catches the signal (a
+  task that reset it to its default action would be killed by it), empties
+  it, sends the signal (unless an earlier request's still waits: the
+  worker blocks it) to the worker's main thread (``tgkill``: the thread that
   runs tasks, and only one handler at a time, so dumps never interleave)
   and polls, every millisecond and for at most *timeout* seconds for all
   workers together, until the dump is complete.
@@ -225,22 +230,20 @@ def _ask(request: StackRequest, signum: int) -> int | str:
     try:
         fd = os.open(f"/proc/{pid}/fd/{their_fd}", os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        return f"no stack: worker {pid} is gone (it died or exited)\n"
+        if _status(pid) is None:
+            return f"no stack: worker {pid} is gone (it died or exited)\n"
+        return (f"no stack: worker {pid}'s stack file (fd {their_fd}) is closed: the "
+                f"worker is leaving the pool, or a task closed it\n")
     except OSError as exc:
         return f"no stack: worker {pid}'s stack file cannot be opened: {exc}\n"
-    if not _is_stack_file(fd):
-        # The worker exited and its pid (or the fd number) now belongs to
-        # something else: a process of another program whose fd
-        # *their_fd* may be any file, a system library being loaded
-        # included.  Emptying it would destroy that file (as root, for
-        # good), so nothing is written to a file that is not a worker's
-        # stack memfd; the check is on the object we hold, not on a name
-        # looked up before, so no race can swap it.
-        os.close(fd)
-        return f"no stack: worker {pid} is gone (its pid is reused)\n"
     try:
+        refusal = _refusal(pid, their_fd, fd, signum)
+        if refusal is not None:
+            os.close(fd)
+            return refusal
         os.ftruncate(fd, 0)
-        _signal_main_thread(pid, signum)
+        if not _still_pending(pid, signum):
+            _signal_main_thread(pid, signum)
     except ProcessLookupError:
         os.close(fd)
         return f"no stack: worker {pid} is gone (it died or exited)\n"
@@ -248,6 +251,46 @@ def _ask(request: StackRequest, signum: int) -> int | str:
         os.close(fd)
         return f"no stack: worker {pid} cannot be asked: {exc}\n"
     return fd
+
+
+def _refusal(pid: int, their_fd: int, fd: int, signum: int) -> str | None:
+    """Why the worker must not be asked, or None: checked before the file
+    is emptied and the signal sent, since both act on whatever *their_fd*
+    and *pid* are now.
+
+    * The file must still be the worker's stack file (``_is_stack_file``):
+      a task may have put a file of its own at that number (``dup2``, or
+      closed it and opened another), and a reused pid has other files (a
+      program loading a shared library holds one for a moment: emptying it
+      once truncated a system library); such a file must not be emptied,
+      nor the signal sent (the worker's handler would dump into it).  The
+      check is on the descriptor we hold, so no race can swap the file.
+    * The worker must still catch the signal: a task may have given it its
+      default action (for a real-time signal: to terminate the process) or
+      ignored it (the request would wait out the timeout).
+    """
+    if not _is_stack_file(fd):
+        return (f"no stack: worker {pid}'s fd {their_fd} is not its stack file any "
+                f"more (a task closed it or put another file there, or the pid is "
+                f"reused); that file is left alone\n")
+    status = _status(pid)
+    if status is None:
+        raise ProcessLookupError(pid)
+    if not _sigset(status, "SigCgt") & (1 << (signum - 1)):
+        return (f"no stack: worker {pid} does not catch signal {_signal_name(signum)} "
+                f"any more: the worker is leaving the pool, or a task reset or ignored "
+                f"it (not sent: it would kill the worker, or be lost)\n")
+    return None
+
+
+def _still_pending(pid: int, signum: int) -> bool:
+    """Whether an earlier request's signal still waits for *pid*'s main
+    thread (it blocks the signal): then it will dump into the file just
+    emptied when it unblocks it, and another signal would only queue
+    behind (real-time signals queue, against a limit per user shared by
+    all their processes, and each would make one more dump)."""
+    status = _status(pid)
+    return status is not None and bool(_sigset(status, "SigPnd") & (1 << (signum - 1)))
 
 
 def _is_stack_file(fd: int) -> bool:
@@ -267,7 +310,8 @@ def _answer(pid: int, fd: int, signum: int) -> str | None:
     status = _status(pid)
     if status is None or status.get("State", "").startswith(("Z", "X")):
         partial = os.pread(fd, size, 0).decode(errors="replace") if size else ""
-        return (f"no stack: worker {pid} died before it finished writing its stack\n"
+        return (f"no stack: worker {pid} died or exited before it finished writing "
+                f"its stack\n"
                 + partial)
     if not size:
         return None
@@ -299,7 +343,8 @@ def _silent(pid: int, fd: int, signum: int, timeout: float) -> str:
     size = os.fstat(fd).st_size
     partial = os.pread(fd, size, 0).decode(errors="replace") if size else ""
     return (f"no stack: worker {pid} did not answer signal {_signal_name(signum)} "
-            f"within {timeout:g} s (it blocks the signal, or is stopped)\n" + partial)
+            f"within {timeout:g} s (it blocks the signal, is stopped, or a task "
+            f"installed its own handler for it)\n" + partial)
 
 
 def _status(pid: int) -> dict[str, str] | None:
@@ -352,11 +397,12 @@ def _signal_name(signum: int) -> str:
 
 # -- what each worker holds and runs --------------------------------------
 def worker_stacks(workers: list, table: Any, signum: int,
-                  timeout: float) -> dict[int, str]:
+                  timeout: float, ask: bool = True) -> dict[int, str]:
     """``{pid: text}`` of *workers* (the scheduler's ``WorkerHandle``s): the
     tasks each holds (``describe_work``, from the progress *table*), then
     its dump (``collect``) or why there is none.  Returns within about
-    *timeout* seconds."""
+    *timeout* seconds.  Without *ask*, no worker is asked (another call
+    is asking them) and the texts say so."""
     now = time.monotonic()
     texts: dict[int, str] = {}
     requests = []
@@ -365,7 +411,10 @@ def worker_stacks(workers: list, table: Any, signum: int,
         base = w.slot * m.SLOT_WIDTH
         texts[pid] = describe_work(_snapshot(w.assigned),
                                    list(table[base:base + m.SLOT_WIDTH]), now)
-        if w.stacks_fd >= 0:  # it has registered (StacksReady, WorkerReady)
+        if w.stacks_fd >= 0 and not ask:
+            texts[pid] += ("no stack: another stacks() call is asking the workers "
+                           "(not waited for)\n")
+        elif w.stacks_fd >= 0:  # it has registered (StacksReady, WorkerReady)
             requests.append(StackRequest(pid, w.stacks_fd))
         elif not w.ready:
             texts[pid] += "no stack: the worker is starting\n"
