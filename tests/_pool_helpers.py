@@ -536,3 +536,12 @@ def report_of_fork_child(make_report) -> dict:
         _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     return report
+
+
+def sigint_handler_after_loading(config_bytes: bytes, queue) -> None:
+    """In a child: unpickle a worker's config, then report what SIGINT does."""
+    import pickle
+    import signal
+    pickle.loads(config_bytes)
+    handler = signal.getsignal(signal.SIGINT)
+    queue.put("raises" if handler is signal.default_int_handler else "harmless")

@@ -875,3 +875,27 @@ def test_a_pool_does_not_leave_the_fork_server_deaf_to_ctrl_c():
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1", (proc.stdout, proc.stderr[-2000:])
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_config_unpickled_in_a_fork_server_child_makes_sigint_harmless():
+    # A fork server's child gets Python's SIGINT handler back; a pool
+    # worker's config, unpickled with its process object before any of the
+    # worker's code runs, must make a terminal's Ctrl-C harmless from there
+    # on (test_ctrl_c_from_the_terminal_then_the_pool_runs_on[forkserver]
+    # failed about one run in eight on a loaded machine without it).  In
+    # the process that pickled it, nothing changes.
+    import pickle
+
+    from polyproc._pool._backends.process.worker import WorkerConfig
+    config = pickle.dumps(WorkerConfig(None, pickle.dumps(()), None, None))
+    assert pickle.loads(config) == WorkerConfig(None, pickle.dumps(()), None, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ctx = polyproc.get_context("forkserver")
+    queue = ctx.SimpleQueue()
+    child = ctx.Process(target=h.sigint_handler_after_loading, args=(config, queue))
+    child.start()
+    try:
+        assert queue.get() == "harmless"
+    finally:
+        child.join(10)

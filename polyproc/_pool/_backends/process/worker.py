@@ -26,6 +26,7 @@ import itertools
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -46,6 +47,24 @@ class WorkerConfig(NamedTuple):
     maxtasks: int | None        # chunks before the worker retires
     max_memory: int | None      # bytes of RSS after which it retires
     stacks_signal: int = 0      # the signal to dump stacks on (stacks.py), 0: none
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # A worker started by the fork server inherits no SIGINT shield
+        # (worker_handles.sigint_shielded_start): the server's child gets
+        # Python's default handler back, and a terminal's Ctrl-C landing
+        # while it starts would print a KeyboardInterrupt traceback from a
+        # worker that then dies.  Its config is unpickled with the process
+        # object, before the worker's own code runs: the handler is made
+        # harmless there, as early as anything of polyproc's runs.
+        return _config_in_worker, (os.getpid(), tuple(self))
+
+
+def _config_in_worker(pickled_by: int, fields: tuple) -> WorkerConfig:
+    """Unpickle a ``WorkerConfig``; in another process than the one that
+    pickled it (a worker starting), SIGINT no longer raises from here on."""
+    if os.getpid() != pickled_by and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _noop_signal_handler)
+    return WorkerConfig(*fields)
 
 
 def _noop_signal_handler(signum, frame):
