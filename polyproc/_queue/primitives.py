@@ -90,7 +90,12 @@ def _timespec(seconds: float) -> _Timespec:
 
 if AVAILABLE:
     _libc = ctypes.CDLL(None, use_errno=True)      # releases the GIL
-    _plibc = ctypes.PyDLL(None, use_errno=True)    # keeps it (non-blocking calls)
+    # Keeps the GIL (non-blocking calls).  Without use_errno: every call of
+    # it reports failure in its return value (the pthread calls return the
+    # error number; futex_wake ignores failure), and use_errno costs each
+    # call two errno swaps through the thread state's dict, about 10% of a
+    # lock/unlock pair.
+    _plibc = ctypes.PyDLL(None)
     _vp = ctypes.c_void_p
 
     def _fn(lib, name, argtypes, restype=ctypes.c_int):

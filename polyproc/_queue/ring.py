@@ -410,11 +410,13 @@ class Ring:
                 count = room
         # Only a PUT_LOCK holder grows the ring, so the capacity cannot
         # change under us from here on (except by our own _grow).
-        m = self._m
-        if m[0] != h[_CAP]:
+        cap, data, dq = self._m
+        if cap != h[_CAP]:
             self._map_data()
-            m = self._m
-        cap, data, dq = m
+            cap, data, dq = self._m
+        # Everything below runs once per item put: locals only, and one
+        # read of shared memory (TAIL) for the whole batch.
+        mask = cap - 1
         tail = h[_TAIL]
         for payload in payloads:
             n = len(payload)
@@ -424,9 +426,10 @@ class Ring:
                 if tail + size - self._head_seen > cap:
                     self._grow(tail, size)
                     cap, data, dq = self._m
-            pos = tail & (cap - 1)
+                    mask = cap - 1
+            pos = tail & mask
             dq[pos >> 3] = n
-            start = (pos + 8) & (cap - 1)
+            start = (pos + 8) & mask
             if start + n <= cap:
                 data[start:start + n] = payload
             else:                       # runs past the end: continues at 0
@@ -495,6 +498,9 @@ class Ring:
     def get_one(self, block: bool, timeout: float | None):
         """``get(1, block, timeout)[0]``, minus its waiting set-up when an item is there."""
         h = self._h
+        if h[_TAIL] == h[_HEAD]:
+            # Empty (or a commit in flight): no lock round trip, go and wait.
+            return self.get(1, block, timeout)[0]
         lock = self._get_lock
         rc = _trylock(lock)
         if rc and not _locked_after_death(rc, lock, self._repair_get):
@@ -558,19 +564,20 @@ class Ring:
         The one place where records are read and their removal committed.
         """
         h = self._h
-        head, tail = h[_HEAD], h[_TAIL]
-        items: list[bytes] = []
+        head = h[_HEAD]
+        tail = h[_TAIL]
         if head == tail:
-            return items
-        m = self._m
-        if m[0] != h[_CAP]:
+            return []
+        cap, data, dq = self._m
+        if cap != h[_CAP]:
             self._map_data()
-            m = self._m
-        cap, data, dq = m
+            cap, data, dq = self._m
+        mask = cap - 1
+        items: list[bytes] = []
         while True:
-            pos = head & (cap - 1)
+            pos = head & mask
             n = dq[pos >> 3]
-            start = (pos + 8) & (cap - 1)
+            start = (pos + 8) & mask
             if start + n <= cap:
                 items.append(data[start:start + n])
             else:                       # runs past the end: continues at 0
