@@ -106,7 +106,6 @@ def die_mid_commit(q) -> None:
     new_tail = tail + 8 + ((len(payload) + 7) & ~7)
     h[_queue_ring._P_TAIL] = new_tail
     h[_queue_ring._P_NPUT] = h[_queue_ring._NPUT] + 1
-    h[_queue_ring._P_FLAG] = 1
     h[_queue_ring._TAIL] = new_tail
     os.kill(os.getpid(), signal.SIGKILL)
 

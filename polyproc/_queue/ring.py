@@ -53,11 +53,20 @@ Design decisions and their trade-offs
 * **A redo record for every commit.**  A commit changes two counters
   (``TAIL`` and ``NPUT``, or ``HEAD`` and ``NGOT``).  A process killed
   between the two stores would leave ``qsize()`` wrong forever, so the new
-  values are first written to the side's redo slots and a flag is raised;
-  whoever next locks that side and is told the owner died
-  (``EOWNERDEAD``) finishes the commit from the redo slots.  An item is
-  therefore either fully taken by a killed consumer or still in the queue
-  for the others.
+  values are first written to the side's redo slots, in this order::
+
+      P_TAIL = tail;  P_NPUT = nput;  TAIL = tail  (the commit point);  NPUT = nput
+
+  and whoever next locks that side and is told the owner died
+  (``EOWNERDEAD``) finishes the commit when ``TAIL == P_TAIL`` and
+  ``NPUT != P_NPUT``.  That test needs no flag: a commit always moves
+  ``TAIL`` forward, so ``TAIL`` equals ``P_TAIL`` only once this commit
+  has stored it, and ``P_NPUT`` was stored before it (stores are seen in
+  program order); a commit cut before its ``TAIL`` store left ``P_TAIL``
+  ahead of ``TAIL`` and is simply not in the queue.  (A flag raised and
+  lowered around the two stores said the same thing for two more stores
+  per commit: 5% of a put.)  An item is therefore either fully taken by a
+  killed consumer or still in the queue for the others.
 
 * **Unbounded means the ring grows.**  With ``maxsize=0`` (and for items
   bigger than the free space of a bounded queue) ``put`` never waits for a
@@ -124,8 +133,8 @@ __all__ = ["QueueGone", "Ring", "Timeout"]
 # line of their own (128 bytes apart, beyond the adjacent-line prefetcher), so
 # that a producer's commit does not evict the line a consumer is writing.
 _MAGIC, _CAP, _MAXSIZE = 0, 1, 2                       # read-mostly
-_TAIL, _NPUT, _P_FLAG, _P_TAIL, _P_NPUT = 16, 17, 18, 19, 20   # put side
-_HEAD, _NGOT, _G_FLAG, _G_HEAD, _G_NGOT = 32, 33, 34, 35, 36   # get side
+_TAIL, _NPUT, _P_TAIL, _P_NPUT = 16, 17, 19, 20     # put side (18: unused)
+_HEAD, _NGOT, _G_HEAD, _G_NGOT = 32, 33, 35, 36     # get side (34: unused)
 # 48-51: waiter counts and the FIFO switch; 160-211: the waiter registry
 # (both waiters.py's).  Rarely written.
 _GET_WAITERS, _PUT_WAITERS = _waiting.GET_WAITERS, _waiting.PUT_WAITERS
@@ -311,8 +320,8 @@ class Ring:
         # committing: count those, so the answer does not depend on whether
         # the repair has happened yet.
         h = self._h
-        ngot = h[_G_NGOT] if h[_G_FLAG] else h[_NGOT]
-        nput = h[_P_NPUT] if h[_P_FLAG] else h[_NPUT]
+        ngot = h[_G_NGOT] if h[_HEAD] == h[_G_HEAD] else h[_NGOT]
+        nput = h[_P_NPUT] if h[_TAIL] == h[_P_TAIL] else h[_NPUT]
         return nput, ngot
 
     def qsize(self) -> int:
@@ -435,17 +444,16 @@ class Ring:
             else:                       # runs past the end: continues at 0
                 self._put_bytes(tail + 8, payload)
             tail += size
-        # The commit, through the redo record (see module docstring): a
-        # kill between the stores of TAIL and NPUT is finished by the next
-        # locker, an exception by _repair_put before the lock is released.
-        # Storing TAIL also changes the consumers' futex word (_NOT_EMPTY).
+        # The commit, through the redo record, in this order (see module
+        # docstring): a kill between the stores of TAIL and NPUT is
+        # finished by the next locker, an exception by _repair_put before
+        # the lock is released.  Storing TAIL also changes the consumers'
+        # futex word (_NOT_EMPTY).
         nput = h[_NPUT] + count
         h[_P_TAIL] = tail
         h[_P_NPUT] = nput
-        h[_P_FLAG] = 1
         h[_TAIL] = tail
         h[_NPUT] = nput
-        h[_P_FLAG] = 0
         if h[_WAITABLE]:
             self._fifo.signal()
         return count
@@ -454,15 +462,14 @@ class Ring:
         """Finish a commit that was cut short (PUT_LOCK held).
 
         Called by whoever locks after a holder died (``EOWNERDEAD``), and by
-        a holder whose own commit an exception (Ctrl-C) interrupted.  With
-        the flag down there is nothing to finish: an uncommitted record is
-        simply not in the queue.
+        a holder whose own commit an exception (Ctrl-C) interrupted.  Only
+        a commit cut between its TAIL and NPUT stores needs finishing; one
+        cut before its TAIL store left a record that is simply not in the
+        queue.
         """
         h = self._h
-        if h[_P_FLAG]:
-            h[_TAIL] = h[_P_TAIL]
+        if h[_TAIL] == h[_P_TAIL] and h[_NPUT] != h[_P_NPUT]:
             h[_NPUT] = h[_P_NPUT]
-            h[_P_FLAG] = 0
             if h[_WAITABLE]:
                 self._fifo.signal()
 
@@ -585,23 +592,19 @@ class Ring:
             head += 8 + ((n + 7) & ~7)
             if head == tail or len(items) == max_items:
                 break
-        # The commit, through the redo record (see _append).
+        # The commit, through the redo record, in this order (see _append).
         ngot = h[_NGOT] + len(items)
         h[_G_HEAD] = head
         h[_G_NGOT] = ngot
-        h[_G_FLAG] = 1
         h[_HEAD] = head
         h[_NGOT] = ngot
-        h[_G_FLAG] = 0
         return items
 
     def _repair_get(self) -> None:
         """Finish a commit that was cut short (GET_LOCK held); see ``_repair_put``."""
         h = self._h
-        if h[_G_FLAG]:
-            h[_HEAD] = h[_G_HEAD]
+        if h[_HEAD] == h[_G_HEAD] and h[_NGOT] != h[_G_NGOT]:
             h[_NGOT] = h[_G_NGOT]
-            h[_G_FLAG] = 0
 
     def _wake_putters(self) -> None:
         self._waiters.wake(self._not_full, _PUT_WAITERS, self._put_lock, self._repair_put)
