@@ -284,7 +284,10 @@ class Queue(_RingQueue[_T]):
         """
         if self._closed:
             self._check_closed()
-        payload = _encode(obj)
+        if obj.__class__ is bytes and len(obj) < _RAW_LIMIT:
+            payload = _RAW_BYTES + obj      # _encode's first case, minus a call
+        else:
+            payload = _encode(obj)
         try:
             self._ring.put_one(payload, block, timeout)
         except Timeout:
@@ -307,6 +310,8 @@ class Queue(_RingQueue[_T]):
             payload = self._ring.get_one(block, timeout)
         except Timeout:
             raise Empty from None
+        if payload[0] == 0:
+            return payload[1:]              # _decode's first case, minus a call
         return _decode(payload)
 
     def put_nowait(self, obj: _T) -> None:

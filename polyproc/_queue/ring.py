@@ -505,9 +505,6 @@ class Ring:
     def get_one(self, block: bool, timeout: float | None):
         """``get(1, block, timeout)[0]``, minus its waiting set-up when an item is there."""
         h = self._h
-        if h[_TAIL] == h[_HEAD]:
-            # Empty (or a commit in flight): no lock round trip, go and wait.
-            return self.get(1, block, timeout)[0]
         lock = self._get_lock
         rc = _trylock(lock)
         if rc and not _locked_after_death(rc, lock, self._repair_get):
