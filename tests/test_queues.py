@@ -252,6 +252,34 @@ def test_a_put_that_times_out_frees_the_shared_memory_of_its_item():
 
 # ------------------------------------------------------------ pickling errors
 
+@pytest.mark.parametrize("kind", ["Queue", "SimpleQueue"])
+@pytest.mark.timeout(30)
+def test_bytes_and_str_items_come_back_exactly_from_another_process(ctx, kind):
+    # bytes and str skip pickle (a tag byte and the raw bytes): every item,
+    # including look-alikes of the tags and subclasses, comes back equal and
+    # of its own type.
+    q = getattr(ctx, kind)()
+    producer = ctx.Process(target=helpers.put_raw_payload_items, args=(q,))
+    producer.start()
+    expected = helpers.raw_payload_items()
+    got = [q.get() for _ in expected]
+    producer.join(20)
+    assert producer.exitcode == 0
+    assert [type(x) for x in got] == [type(x) for x in expected]
+    assert got == expected
+
+
+def test_small_bytes_and_str_are_stored_without_pickling():
+    # The fast path's contract: a tag byte, then the item's own bytes.
+    q = queues.Queue()
+    q.put(b"abc")
+    q.put("h\u00e9")
+    q.put(helpers.Bytes(b"abc"))
+    assert q._ring.get_one(False, None) == b"\x00abc"
+    assert q._ring.get_one(False, None) == b"\x01h\xc3\xa9"
+    assert pickle.loads(q._ring.get_one(False, None)) == helpers.Bytes(b"abc")
+
+
 def test_unpicklable_put_raises_at_the_call():
     q = polyproc.Queue()
     with pytest.raises(SerializationError, match="refuses to be pickled"):
