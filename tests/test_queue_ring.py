@@ -340,10 +340,30 @@ def test_the_registry_forgets_dead_waiters(ring):
     dead = _a_pid_nobody_has()
     slot = _queue_waiters.SLOTS_BASE + 5
     ring._h[slot] = dead
-    token = waiters.add(H._GET_WAITERS)
+    token = waiters.add(H._GET_WAITERS, ring._f[H._NOT_EMPTY])
     assert ring._h[H._GET_WAITERS] == 1             # ourselves, not the dead pid
     assert ring._h[slot] == 0
     waiters.drop(H._GET_WAITERS, token)
+    assert ring._h[H._GET_WAITERS] == 0
+
+
+def test_a_waker_retires_only_the_waiters_whose_word_has_changed(ring):
+    waiters = ring._waiters
+    stale = waiters.add(H._GET_WAITERS, ring._f[H._NOT_EMPTY])
+    ring.put_one(b"x", True, None)
+    # Its word moved on with that put: the put's waker retired it (it either
+    # slept and is woken, or will find the word changed and not sleep).
+    assert ring._h[H._GET_WAITERS] == 0 and ring._h[stale[0]] == 0
+    fresh = waiters.add(H._GET_WAITERS, ring._f[H._NOT_EMPTY])
+    ring._wake_getters()
+    # This one read the current word, so it may be about to sleep on it:
+    # kept, for the next put to wake.
+    assert ring._h[H._GET_WAITERS] == 1 and ring._h[fresh[0]] == fresh[1]
+    waiters.drop(H._GET_WAITERS, stale)             # a retired token touches nothing
+    assert ring._h[fresh[0]] == fresh[1]
+    ring.put_one(b"y", True, None)
+    assert ring._h[H._GET_WAITERS] == 0
+    waiters.drop(H._GET_WAITERS, fresh)
     assert ring._h[H._GET_WAITERS] == 0
 
 

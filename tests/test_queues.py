@@ -505,9 +505,32 @@ def test_waiter_killed_in_its_sleep_stops_costing_the_producers(ctx_fs):
         p.join(10)
     assert _waiters(q) == 2          # what they left behind
     for i in range(200):
-        q.put(i)                     # nobody answers the wake-ups: recount
+        q.put(i)                     # the first one's waker retires them
     assert _waiters(q) == 0
     assert q.get_many() == list(range(200))
+
+
+@pytest.mark.timeout(30)
+def test_a_woken_consumer_that_has_not_run_yet_costs_no_more_wake_ups(ctx_fs):
+    # A woken consumer takes its registration back only once it runs (here:
+    # never, it is stopped).  The producer that woke it retires it, so the
+    # puts after that do not each pay a wake-up call that finds nobody.
+    q = ctx_fs.Queue()
+    ready = ctx_fs.Event()
+    consumer = ctx_fs.Process(target=helpers.sleep_in_get, args=(q, ready))
+    consumer.start()
+    try:
+        deadline = time.monotonic() + 20
+        while _waiters(q) < 1:
+            assert time.monotonic() < deadline, "the consumer never went to sleep"
+        os.kill(consumer.pid, signal.SIGSTOP)
+        q.put("first")
+        assert _waiters(q) == 0
+    finally:
+        os.kill(consumer.pid, signal.SIGCONT)
+    consumer.join(20)
+    assert consumer.exitcode == 0                   # it got "first"
+    assert q.empty()
 
 
 @pytest.mark.timeout(30)

@@ -225,7 +225,7 @@ class Ring:
         # value only underestimates the free space; the producer re-reads it
         # (a cache miss: consumers write that line) only when short of room.
         self._head_seen = 0
-        self._waiters = Waiters(self._h)
+        self._waiters = Waiters(self._h, self._f)
         self._fifo = Fifo(name)
         self._map_data()
         weakref.finalize(self, os.close, data_fd)
@@ -363,7 +363,7 @@ class Ring:
         h = self._h
         done = 0
         deadline = _waiting.deadline(block, timeout)
-        registered: int | None = None
+        registered: tuple[int, int] | None = None
         try:
             while done < len(payloads):
                 seq = self._f[_NOT_FULL]
@@ -378,7 +378,7 @@ class Ring:
                     if not added:                       # bounded and full
                         if not block or _waiting.expired(deadline):
                             raise Timeout
-                        registered = self._waiters.add(_PUT_WAITERS)
+                        registered = self._waiters.add(_PUT_WAITERS, seq)
                 except BaseException:
                     self._repair_put()
                     raise
@@ -498,7 +498,8 @@ class Ring:
             _release(self._get_lock)
 
     def _wake_getters(self) -> None:
-        self._waiters.wake(self._not_empty, _GET_WAITERS, self._get_lock, self._repair_get)
+        self._waiters.wake(self._not_empty, _NOT_EMPTY, _GET_WAITERS, self._get_lock,
+                           self._repair_get)
 
     # ------------------------------------------------------------ get side
 
@@ -528,7 +529,7 @@ class Ring:
         """Take 1 to *max_items* payloads in order; raise ``Timeout`` if none came."""
         h = self._h
         deadline = _waiting.deadline(block, timeout)
-        registered: int | None = None
+        registered: tuple[int, int] | None = None
         spun = not block
         try:
             while True:
@@ -546,7 +547,7 @@ class Ring:
                     if not items:
                         if not block or _waiting.expired(deadline):
                             raise Timeout
-                        registered = self._waiters.add(_GET_WAITERS)
+                        registered = self._waiters.add(_GET_WAITERS, seq)
                 except BaseException:
                     self._repair_get()
                     raise
@@ -604,7 +605,8 @@ class Ring:
             h[_NGOT] = h[_G_NGOT]
 
     def _wake_putters(self) -> None:
-        self._waiters.wake(self._not_full, _PUT_WAITERS, self._put_lock, self._repair_put)
+        self._waiters.wake(self._not_full, _NOT_FULL, _PUT_WAITERS, self._put_lock,
+                           self._repair_put)
 
     # ------------------------------------------------------------ joinable
 
@@ -627,7 +629,7 @@ class Ring:
     def join(self, timeout: float | None = None) -> bool:
         h = self._h
         deadline = _waiting.deadline(True, timeout)
-        registered: int | None = None
+        registered: tuple[int, int] | None = None
         try:
             while True:
                 seq = self._f[_ALL_DONE]
@@ -640,7 +642,7 @@ class Ring:
                         return True
                     if _waiting.expired(deadline):
                         return False
-                    registered = self._waiters.add(_JOIN_WAITERS)
+                    registered = self._waiters.add(_JOIN_WAITERS, seq)
                 finally:
                     _release(self._done_lock)
                 primitives.futex_wait(self._all_done, seq, _waiting.wait_slice(deadline))
