@@ -90,7 +90,9 @@ Design decisions and their trade-offs
   follows within microseconds when the queue is busy, and a futex
   sleep/wake pair costs far more), then registers as a waiter and sleeps
   on the ``NOT_EMPTY`` futex word, which every put's commit changes.
-  Producers make the wake-up system call only when a waiter is registered.
+  Producers make the wake-up system call only when a waiter is registered,
+  and retire the waiters they wake (``waiters.Waiters.wake``), so that one
+  sleep costs one wake-up call, not one per put until the woken process runs.
   Producers of a full bounded queue sleep on ``NOT_FULL`` the same way.
   Waits are cut into slices of ``WAIT_SLICE`` so Ctrl-C is seen promptly
   and a waiter counter left high by a killed process costs only spare
