@@ -284,10 +284,11 @@ class Queue(_RingQueue[_T]):
         """
         if self._closed:
             self._check_closed()
-        if obj.__class__ is bytes and len(obj) < _RAW_LIMIT:
-            payload = _RAW_BYTES + obj      # _encode's first case, minus a call
+        item: Any = obj                     # (type checkers do not narrow a _T)
+        if item.__class__ is bytes and len(item) < _RAW_LIMIT:
+            payload = _RAW_BYTES + item     # _encode's first case, minus a call
         else:
-            payload = _encode(obj)
+            payload = _encode(item)
         try:
             self._ring.put_one(payload, block, timeout)
         except Timeout:
