@@ -106,7 +106,6 @@ def die_mid_commit(q) -> None:
     new_tail = tail + 8 + ((len(payload) + 7) & ~7)
     h[_queue_ring._P_TAIL] = new_tail
     h[_queue_ring._P_NPUT] = h[_queue_ring._NPUT] + 1
-    h[_queue_ring._P_FLAG] = 1
     h[_queue_ring._TAIL] = new_tail
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -183,3 +182,26 @@ def die_mid_grow(q) -> None:
 def sleep_in_get(q, ready) -> None:
     ready.set()
     q.get(timeout=60)
+
+
+class Bytes(bytes):
+    """A bytes subclass: must come back as itself, not as plain bytes."""
+
+
+class Str(str):
+    """A str subclass: must come back as itself, not as plain str."""
+
+
+def raw_payload_items() -> list:
+    """Items around the bytes/str fast path: look-alikes of its tags and of
+    pickles, empty ones, non-ASCII and a lone surrogate, subclasses, and a
+    bytes too big for the fast path (it takes the zero-copy path)."""
+    return [b"", b"\x00", b"\x01tag", b"\x80\x05K\x07.", b"\xffPPZ",
+            "", "\x00", "\x01", "h\u00e9llo \U0001f600", "lone \ud800 surrogate",
+            Bytes(b"sub"), Str("sub"), 7, (b"in", "a tuple"), bytearray(b"ba"),
+            b"x" * (1 << 20)]
+
+
+def put_raw_payload_items(q) -> None:
+    for obj in raw_payload_items():
+        q.put(obj)

@@ -179,8 +179,13 @@ def test_a_bounded_ring_takes_what_fits_and_no_more():
 
 # ------------------------------------------------------------ repair
 
-def _write_record_and_die_mid_commit(ring: Ring, item: bytes):
-    """The put side of a commit cut between its TAIL and NPUT stores."""
+# A commit's stores, in the order _append and _take make them.
+PUT_COMMIT = ("_P_TAIL", "_P_NPUT", "_TAIL", "_NPUT")
+GET_COMMIT = ("_G_HEAD", "_G_NGOT", "_HEAD", "_NGOT")
+
+
+def _write_record_and_die_mid_commit(ring: Ring, item: bytes, stores: int = 3):
+    """The put side of a commit cut after its first *stores* stores (3: TAIL, not NPUT)."""
     def work():
         h = ring._h
         tail = h[H._TAIL]
@@ -188,10 +193,9 @@ def _write_record_and_die_mid_commit(ring: Ring, item: bytes):
         dq[(tail & (cap - 1)) >> 3] = len(item)
         ring._put_bytes(tail + 8, item)
         new_tail = tail + 8 + ((len(item) + 7) & ~7)
-        h[H._P_TAIL] = new_tail
-        h[H._P_NPUT] = h[H._NPUT] + 1
-        h[H._P_FLAG] = 1
-        h[H._TAIL] = new_tail
+        values = (new_tail, h[H._NPUT] + 1, new_tail, h[H._NPUT] + 1)
+        for slot, value in list(zip(PUT_COMMIT, values))[:stores]:
+            h[getattr(H, slot)] = value
     die_holding(ring._put_lock, work)
 
 
@@ -203,9 +207,35 @@ def test_commit_cut_short_by_a_dead_producer_is_finished_by_the_next_one(ring, e
         ring.put_one(b"eight", False, None)
     else:
         assert ring.put([b"eight"], False, None) == 1
-    assert ring._h[H._P_FLAG] == 0
     assert ring._h[H._NPUT] == 2 and ring.qsize() == 2
     assert ring.get(2, False, None) == [b"seven", b"eight"]
+
+
+@pytest.mark.parametrize("stores", [1, 2])
+def test_commit_cut_before_its_tail_store_leaves_nothing_in_the_queue(ring, stores):
+    # The redo slots are written, TAIL is not: the record was never put, and
+    # the next producer must neither count it nor move TAIL to it.
+    ring.put_one(b"one", True, None)
+    _write_record_and_die_mid_commit(ring, b"lost", stores)
+    assert ring.qsize() == 1
+    ring.put_one(b"two", False, None)
+    assert ring._h[H._NPUT] == 2 and ring.qsize() == 2
+    assert ring.get(5, False, None) == [b"one", b"two"]
+
+
+@pytest.mark.parametrize("stores", [1, 2])
+def test_a_stale_redo_record_is_not_taken_for_a_later_commit(ring, stores):
+    # A commit cut before its TAIL store leaves P_TAIL ahead of TAIL.  The
+    # next commit ends at that same TAIL, with two items instead of one: it
+    # must count its own, and a later repair must use its own.
+    _write_record_and_die_mid_commit(ring, b"lost", stores)     # one 16-byte record
+    assert ring.put([b"", b""], False, None) == 2                 # two 8-byte records
+    assert ring.qsize() == 2
+    _write_record_and_die_mid_commit(ring, b"cut!")              # TAIL stored, not NPUT
+    assert ring.qsize() == 3
+    ring.put_one(b"next", False, None)                            # finds it, repairs
+    assert ring._h[H._NPUT] == 4
+    assert ring.get(9, False, None) == [b"", b"", b"cut!", b"next"]
 
 
 @pytest.mark.parametrize("entry", ["get_one", "get"])
@@ -218,14 +248,28 @@ def test_commit_cut_short_by_a_dead_consumer_is_finished_by_the_next_one(ring, e
         new_head = head + 8 + 8
         h[H._G_HEAD] = new_head
         h[H._G_NGOT] = h[H._NGOT] + 1
-        h[H._G_FLAG] = 1
         h[H._HEAD] = new_head
     die_holding(ring._get_lock, work)
     assert ring.qsize() == 1
     got = ring.get_one(False, None) if entry == "get_one" else ring.get(5, False, None)[0]
     assert got == b"two"
-    assert ring._h[H._G_FLAG] == 0
     assert ring._h[H._NGOT] == 2 and ring.qsize() == 0
+
+
+@pytest.mark.parametrize("stores", [1, 2])
+def test_get_commit_cut_before_its_head_store_leaves_the_item_in_the_queue(ring, stores):
+    ring.put([b"one", b"two"], True, None)
+
+    def work():                                     # would take b"one"
+        h = ring._h
+        new_head = h[H._HEAD] + 8 + 8
+        values = (new_head, h[H._NGOT] + 1)
+        for slot, value in list(zip(GET_COMMIT, values))[:stores]:
+            h[getattr(H, slot)] = value
+    die_holding(ring._get_lock, work)
+    assert ring.qsize() == 2
+    assert ring.get_one(False, None) == b"one"
+    assert ring._h[H._NGOT] == 1 and ring.qsize() == 1
 
 
 def test_a_dead_holder_without_a_commit_leaves_nothing_to_repair(ring):
@@ -296,10 +340,30 @@ def test_the_registry_forgets_dead_waiters(ring):
     dead = _a_pid_nobody_has()
     slot = _queue_waiters.SLOTS_BASE + 5
     ring._h[slot] = dead
-    token = waiters.add(H._GET_WAITERS)
+    token = waiters.add(H._GET_WAITERS, ring._f[H._NOT_EMPTY])
     assert ring._h[H._GET_WAITERS] == 1             # ourselves, not the dead pid
     assert ring._h[slot] == 0
     waiters.drop(H._GET_WAITERS, token)
+    assert ring._h[H._GET_WAITERS] == 0
+
+
+def test_a_waker_retires_only_the_waiters_whose_word_has_changed(ring):
+    waiters = ring._waiters
+    stale = waiters.add(H._GET_WAITERS, ring._f[H._NOT_EMPTY])
+    ring.put_one(b"x", True, None)
+    # Its word moved on with that put: the put's waker retired it (it either
+    # slept and is woken, or will find the word changed and not sleep).
+    assert ring._h[H._GET_WAITERS] == 0 and ring._h[stale[0]] == 0
+    fresh = waiters.add(H._GET_WAITERS, ring._f[H._NOT_EMPTY])
+    ring._wake_getters()
+    # This one read the current word, so it may be about to sleep on it:
+    # kept, for the next put to wake.
+    assert ring._h[H._GET_WAITERS] == 1 and ring._h[fresh[0]] == fresh[1]
+    waiters.drop(H._GET_WAITERS, stale)             # a retired token touches nothing
+    assert ring._h[fresh[0]] == fresh[1]
+    ring.put_one(b"y", True, None)
+    assert ring._h[H._GET_WAITERS] == 0
+    waiters.drop(H._GET_WAITERS, fresh)
     assert ring._h[H._GET_WAITERS] == 0
 
 

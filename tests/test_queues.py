@@ -252,6 +252,34 @@ def test_a_put_that_times_out_frees_the_shared_memory_of_its_item():
 
 # ------------------------------------------------------------ pickling errors
 
+@pytest.mark.parametrize("kind", ["Queue", "SimpleQueue"])
+@pytest.mark.timeout(30)
+def test_bytes_and_str_items_come_back_exactly_from_another_process(ctx, kind):
+    # bytes and str skip pickle (a tag byte and the raw bytes): every item,
+    # including look-alikes of the tags and subclasses, comes back equal and
+    # of its own type.
+    q = getattr(ctx, kind)()
+    producer = ctx.Process(target=helpers.put_raw_payload_items, args=(q,))
+    producer.start()
+    expected = helpers.raw_payload_items()
+    got = [q.get() for _ in expected]
+    producer.join(20)
+    assert producer.exitcode == 0
+    assert [type(x) for x in got] == [type(x) for x in expected]
+    assert got == expected
+
+
+def test_small_bytes_and_str_are_stored_without_pickling():
+    # The fast path's contract: a tag byte, then the item's own bytes.
+    q = queues.Queue()
+    q.put(b"abc")
+    q.put("h\u00e9")
+    q.put(helpers.Bytes(b"abc"))
+    assert q._ring.get_one(False, None) == b"\x00abc"
+    assert q._ring.get_one(False, None) == b"\x01h\xc3\xa9"
+    assert pickle.loads(q._ring.get_one(False, None)) == helpers.Bytes(b"abc")
+
+
 def test_unpicklable_put_raises_at_the_call():
     q = polyproc.Queue()
     with pytest.raises(SerializationError, match="refuses to be pickled"):
@@ -477,9 +505,32 @@ def test_waiter_killed_in_its_sleep_stops_costing_the_producers(ctx_fs):
         p.join(10)
     assert _waiters(q) == 2          # what they left behind
     for i in range(200):
-        q.put(i)                     # nobody answers the wake-ups: recount
+        q.put(i)                     # the first one's waker retires them
     assert _waiters(q) == 0
     assert q.get_many() == list(range(200))
+
+
+@pytest.mark.timeout(30)
+def test_a_woken_consumer_that_has_not_run_yet_costs_no_more_wake_ups(ctx_fs):
+    # A woken consumer takes its registration back only once it runs (here:
+    # never, it is stopped).  The producer that woke it retires it, so the
+    # puts after that do not each pay a wake-up call that finds nobody.
+    q = ctx_fs.Queue()
+    ready = ctx_fs.Event()
+    consumer = ctx_fs.Process(target=helpers.sleep_in_get, args=(q, ready))
+    consumer.start()
+    try:
+        deadline = time.monotonic() + 20
+        while _waiters(q) < 1:
+            assert time.monotonic() < deadline, "the consumer never went to sleep"
+        os.kill(consumer.pid, signal.SIGSTOP)
+        q.put("first")
+        assert _waiters(q) == 0
+    finally:
+        os.kill(consumer.pid, signal.SIGCONT)
+    consumer.join(20)
+    assert consumer.exitcode == 0                   # it got "first"
+    assert q.empty()
 
 
 @pytest.mark.timeout(30)

@@ -90,7 +90,12 @@ def _timespec(seconds: float) -> _Timespec:
 
 if AVAILABLE:
     _libc = ctypes.CDLL(None, use_errno=True)      # releases the GIL
-    _plibc = ctypes.PyDLL(None, use_errno=True)    # keeps it (non-blocking calls)
+    # Keeps the GIL (non-blocking calls).  Without use_errno: every call of
+    # it reports failure in its return value (the pthread calls return the
+    # error number; futex_wake ignores failure), and use_errno costs each
+    # call two errno swaps through the thread state's dict, about 10% of a
+    # lock/unlock pair.
+    _plibc = ctypes.PyDLL(None)
     _vp = ctypes.c_void_p
 
     def _fn(lib, name, argtypes, restype=ctypes.c_int):
@@ -99,14 +104,29 @@ if AVAILABLE:
         f.restype = restype
         return f
 
+    class _IntFunction(ctypes._CFuncPtr):  # type: ignore[name-defined]
+        """A GIL-keeping C function returning a C int, converted the cheap way.
+
+        A function of ``PyDLL`` has the restype ``c_int``, and ctypes
+        converts that result through a linear search of its type table on
+        every call (about 250 instructions, 10% of a call).  A function
+        type with no ``_restype_`` at all gets the built-in int conversion.
+        """
+        _flags_ = ctypes._FUNCFLAG_CDECL | ctypes._FUNCFLAG_PYTHONAPI  # type: ignore[attr-defined]
+
+    def _int_fn(name: str) -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+        f = _IntFunction((name, _plibc))
+        f.argtypes = [_vp]
+        return f
+
     _mutexattr_init = _fn(_libc, "pthread_mutexattr_init", [_vp])
     _mutexattr_setpshared = _fn(_libc, "pthread_mutexattr_setpshared", [_vp, ctypes.c_int])
     _mutexattr_setrobust = _fn(_libc, "pthread_mutexattr_setrobust", [_vp, ctypes.c_int])
     _mutex_init = _fn(_libc, "pthread_mutex_init", [_vp, _vp])
-    _mutex_trylock = _fn(_plibc, "pthread_mutex_trylock", [_vp])
+    _mutex_trylock = _int_fn("pthread_mutex_trylock")
     _mutex_timedlock = _fn(_libc, "pthread_mutex_timedlock", [_vp, ctypes.POINTER(_Timespec)])
-    _mutex_unlock = _fn(_plibc, "pthread_mutex_unlock", [_vp])
-    _mutex_consistent = _fn(_plibc, "pthread_mutex_consistent", [_vp])
+    _mutex_unlock = _int_fn("pthread_mutex_unlock")
+    _mutex_consistent = _int_fn("pthread_mutex_consistent")
     _futex_sleep = _fn(_libc, "syscall", [ctypes.c_long, _vp, ctypes.c_int, ctypes.c_uint,
                                           ctypes.POINTER(_Timespec), _vp, ctypes.c_int],
                        ctypes.c_long)

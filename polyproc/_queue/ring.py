@@ -53,11 +53,20 @@ Design decisions and their trade-offs
 * **A redo record for every commit.**  A commit changes two counters
   (``TAIL`` and ``NPUT``, or ``HEAD`` and ``NGOT``).  A process killed
   between the two stores would leave ``qsize()`` wrong forever, so the new
-  values are first written to the side's redo slots and a flag is raised;
-  whoever next locks that side and is told the owner died
-  (``EOWNERDEAD``) finishes the commit from the redo slots.  An item is
-  therefore either fully taken by a killed consumer or still in the queue
-  for the others.
+  values are first written to the side's redo slots, in this order::
+
+      P_TAIL = tail;  P_NPUT = nput;  TAIL = tail  (the commit point);  NPUT = nput
+
+  and whoever next locks that side and is told the owner died
+  (``EOWNERDEAD``) finishes the commit when ``TAIL == P_TAIL`` and
+  ``NPUT != P_NPUT``.  That test needs no flag: a commit always moves
+  ``TAIL`` forward, so ``TAIL`` equals ``P_TAIL`` only once this commit
+  has stored it, and ``P_NPUT`` was stored before it (stores are seen in
+  program order); a commit cut before its ``TAIL`` store left ``P_TAIL``
+  ahead of ``TAIL`` and is simply not in the queue.  (A flag raised and
+  lowered around the two stores said the same thing for two more stores
+  per commit: 5% of a put.)  An item is therefore either fully taken by a
+  killed consumer or still in the queue for the others.
 
 * **Unbounded means the ring grows.**  With ``maxsize=0`` (and for items
   bigger than the free space of a bounded queue) ``put`` never waits for a
@@ -81,7 +90,9 @@ Design decisions and their trade-offs
   follows within microseconds when the queue is busy, and a futex
   sleep/wake pair costs far more), then registers as a waiter and sleeps
   on the ``NOT_EMPTY`` futex word, which every put's commit changes.
-  Producers make the wake-up system call only when a waiter is registered.
+  Producers make the wake-up system call only when a waiter is registered,
+  and retire the waiters they wake (``waiters.Waiters.wake``), so that one
+  sleep costs one wake-up call, not one per put until the woken process runs.
   Producers of a full bounded queue sleep on ``NOT_FULL`` the same way.
   Waits are cut into slices of ``WAIT_SLICE`` so Ctrl-C is seen promptly
   and a waiter counter left high by a killed process costs only spare
@@ -124,8 +135,8 @@ __all__ = ["QueueGone", "Ring", "Timeout"]
 # line of their own (128 bytes apart, beyond the adjacent-line prefetcher), so
 # that a producer's commit does not evict the line a consumer is writing.
 _MAGIC, _CAP, _MAXSIZE = 0, 1, 2                       # read-mostly
-_TAIL, _NPUT, _P_FLAG, _P_TAIL, _P_NPUT = 16, 17, 18, 19, 20   # put side
-_HEAD, _NGOT, _G_FLAG, _G_HEAD, _G_NGOT = 32, 33, 34, 35, 36   # get side
+_TAIL, _NPUT, _P_TAIL, _P_NPUT = 16, 17, 19, 20     # put side (18: unused)
+_HEAD, _NGOT, _G_HEAD, _G_NGOT = 32, 33, 35, 36     # get side (34: unused)
 # 48-51: waiter counts and the FIFO switch; 160-211: the waiter registry
 # (both waiters.py's).  Rarely written.
 _GET_WAITERS, _PUT_WAITERS = _waiting.GET_WAITERS, _waiting.PUT_WAITERS
@@ -216,7 +227,7 @@ class Ring:
         # value only underestimates the free space; the producer re-reads it
         # (a cache miss: consumers write that line) only when short of room.
         self._head_seen = 0
-        self._waiters = Waiters(self._h)
+        self._waiters = Waiters(self._h, self._f)
         self._fifo = Fifo(name)
         self._map_data()
         weakref.finalize(self, os.close, data_fd)
@@ -311,8 +322,8 @@ class Ring:
         # committing: count those, so the answer does not depend on whether
         # the repair has happened yet.
         h = self._h
-        ngot = h[_G_NGOT] if h[_G_FLAG] else h[_NGOT]
-        nput = h[_P_NPUT] if h[_P_FLAG] else h[_NPUT]
+        ngot = h[_G_NGOT] if h[_HEAD] == h[_G_HEAD] else h[_NGOT]
+        nput = h[_P_NPUT] if h[_TAIL] == h[_P_TAIL] else h[_NPUT]
         return nput, ngot
 
     def qsize(self) -> int:
@@ -354,7 +365,7 @@ class Ring:
         h = self._h
         done = 0
         deadline = _waiting.deadline(block, timeout)
-        registered: int | None = None
+        registered: tuple[int, int] | None = None
         try:
             while done < len(payloads):
                 seq = self._f[_NOT_FULL]
@@ -369,7 +380,7 @@ class Ring:
                     if not added:                       # bounded and full
                         if not block or _waiting.expired(deadline):
                             raise Timeout
-                        registered = self._waiters.add(_PUT_WAITERS)
+                        registered = self._waiters.add(_PUT_WAITERS, seq)
                 except BaseException:
                     self._repair_put()
                     raise
@@ -410,11 +421,13 @@ class Ring:
                 count = room
         # Only a PUT_LOCK holder grows the ring, so the capacity cannot
         # change under us from here on (except by our own _grow).
-        m = self._m
-        if m[0] != h[_CAP]:
+        cap, data, dq = self._m
+        if cap != h[_CAP]:
             self._map_data()
-            m = self._m
-        cap, data, dq = m
+            cap, data, dq = self._m
+        # Everything below runs once per item put: locals only, and one
+        # read of shared memory (TAIL) for the whole batch.
+        mask = cap - 1
         tail = h[_TAIL]
         for payload in payloads:
             n = len(payload)
@@ -424,25 +437,25 @@ class Ring:
                 if tail + size - self._head_seen > cap:
                     self._grow(tail, size)
                     cap, data, dq = self._m
-            pos = tail & (cap - 1)
+                    mask = cap - 1
+            pos = tail & mask
             dq[pos >> 3] = n
-            start = (pos + 8) & (cap - 1)
+            start = (pos + 8) & mask
             if start + n <= cap:
                 data[start:start + n] = payload
             else:                       # runs past the end: continues at 0
                 self._put_bytes(tail + 8, payload)
             tail += size
-        # The commit, through the redo record (see module docstring): a
-        # kill between the stores of TAIL and NPUT is finished by the next
-        # locker, an exception by _repair_put before the lock is released.
-        # Storing TAIL also changes the consumers' futex word (_NOT_EMPTY).
+        # The commit, through the redo record, in this order (see module
+        # docstring): a kill between the stores of TAIL and NPUT is
+        # finished by the next locker, an exception by _repair_put before
+        # the lock is released.  Storing TAIL also changes the consumers'
+        # futex word (_NOT_EMPTY).
         nput = h[_NPUT] + count
         h[_P_TAIL] = tail
         h[_P_NPUT] = nput
-        h[_P_FLAG] = 1
         h[_TAIL] = tail
         h[_NPUT] = nput
-        h[_P_FLAG] = 0
         if h[_WAITABLE]:
             self._fifo.signal()
         return count
@@ -451,15 +464,14 @@ class Ring:
         """Finish a commit that was cut short (PUT_LOCK held).
 
         Called by whoever locks after a holder died (``EOWNERDEAD``), and by
-        a holder whose own commit an exception (Ctrl-C) interrupted.  With
-        the flag down there is nothing to finish: an uncommitted record is
-        simply not in the queue.
+        a holder whose own commit an exception (Ctrl-C) interrupted.  Only
+        a commit cut between its TAIL and NPUT stores needs finishing; one
+        cut before its TAIL store left a record that is simply not in the
+        queue.
         """
         h = self._h
-        if h[_P_FLAG]:
-            h[_TAIL] = h[_P_TAIL]
+        if h[_TAIL] == h[_P_TAIL] and h[_NPUT] != h[_P_NPUT]:
             h[_NPUT] = h[_P_NPUT]
-            h[_P_FLAG] = 0
             if h[_WAITABLE]:
                 self._fifo.signal()
 
@@ -488,7 +500,8 @@ class Ring:
             _release(self._get_lock)
 
     def _wake_getters(self) -> None:
-        self._waiters.wake(self._not_empty, _GET_WAITERS, self._get_lock, self._repair_get)
+        self._waiters.wake(self._not_empty, _NOT_EMPTY, _GET_WAITERS, self._get_lock,
+                           self._repair_get)
 
     # ------------------------------------------------------------ get side
 
@@ -518,7 +531,7 @@ class Ring:
         """Take 1 to *max_items* payloads in order; raise ``Timeout`` if none came."""
         h = self._h
         deadline = _waiting.deadline(block, timeout)
-        registered: int | None = None
+        registered: tuple[int, int] | None = None
         spun = not block
         try:
             while True:
@@ -536,7 +549,7 @@ class Ring:
                     if not items:
                         if not block or _waiting.expired(deadline):
                             raise Timeout
-                        registered = self._waiters.add(_GET_WAITERS)
+                        registered = self._waiters.add(_GET_WAITERS, seq)
                 except BaseException:
                     self._repair_get()
                     raise
@@ -558,19 +571,20 @@ class Ring:
         The one place where records are read and their removal committed.
         """
         h = self._h
-        head, tail = h[_HEAD], h[_TAIL]
-        items: list[bytes] = []
+        head = h[_HEAD]
+        tail = h[_TAIL]
         if head == tail:
-            return items
-        m = self._m
-        if m[0] != h[_CAP]:
+            return []
+        cap, data, dq = self._m
+        if cap != h[_CAP]:
             self._map_data()
-            m = self._m
-        cap, data, dq = m
+            cap, data, dq = self._m
+        mask = cap - 1
+        items: list[bytes] = []
         while True:
-            pos = head & (cap - 1)
+            pos = head & mask
             n = dq[pos >> 3]
-            start = (pos + 8) & (cap - 1)
+            start = (pos + 8) & mask
             if start + n <= cap:
                 items.append(data[start:start + n])
             else:                       # runs past the end: continues at 0
@@ -578,26 +592,23 @@ class Ring:
             head += 8 + ((n + 7) & ~7)
             if head == tail or len(items) == max_items:
                 break
-        # The commit, through the redo record (see _append).
+        # The commit, through the redo record, in this order (see _append).
         ngot = h[_NGOT] + len(items)
         h[_G_HEAD] = head
         h[_G_NGOT] = ngot
-        h[_G_FLAG] = 1
         h[_HEAD] = head
         h[_NGOT] = ngot
-        h[_G_FLAG] = 0
         return items
 
     def _repair_get(self) -> None:
         """Finish a commit that was cut short (GET_LOCK held); see ``_repair_put``."""
         h = self._h
-        if h[_G_FLAG]:
-            h[_HEAD] = h[_G_HEAD]
+        if h[_HEAD] == h[_G_HEAD] and h[_NGOT] != h[_G_NGOT]:
             h[_NGOT] = h[_G_NGOT]
-            h[_G_FLAG] = 0
 
     def _wake_putters(self) -> None:
-        self._waiters.wake(self._not_full, _PUT_WAITERS, self._put_lock, self._repair_put)
+        self._waiters.wake(self._not_full, _NOT_FULL, _PUT_WAITERS, self._put_lock,
+                           self._repair_put)
 
     # ------------------------------------------------------------ joinable
 
@@ -620,7 +631,7 @@ class Ring:
     def join(self, timeout: float | None = None) -> bool:
         h = self._h
         deadline = _waiting.deadline(True, timeout)
-        registered: int | None = None
+        registered: tuple[int, int] | None = None
         try:
             while True:
                 seq = self._f[_ALL_DONE]
@@ -633,7 +644,7 @@ class Ring:
                         return True
                     if _waiting.expired(deadline):
                         return False
-                    registered = self._waiters.add(_JOIN_WAITERS)
+                    registered = self._waiters.add(_JOIN_WAITERS, seq)
                 finally:
                     _release(self._done_lock)
                 primitives.futex_wait(self._all_done, seq, _waiting.wait_slice(deadline))
