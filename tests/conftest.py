@@ -34,3 +34,18 @@ def dask_cluster(tmp_path_factory):
     cluster = start_cluster(tmp_path_factory.mktemp("dask"))
     yield cluster.address
     stop_cluster(cluster)
+
+
+def _uses_a_cluster(item: pytest.Item) -> bool:
+    return (item.path.name.startswith("test_cluster")
+            or "dask_cluster" in getattr(item, "fixturenames", ()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The cluster tests run last.  A process that has used a Dask client
+    # keeps distributed's threads (its IO loop) for good, and a fork Pool
+    # made in a process running other threads starts its fork template
+    # through the fork server (docs/pool.md): every later test would run
+    # on that path only, and the tests of the single-threaded path could
+    # not run at all.  Their relative order is kept.
+    items.sort(key=_uses_a_cluster)

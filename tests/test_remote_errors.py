@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
 import sys
+import textwrap
 import threading
 import types
 
@@ -170,3 +172,36 @@ def test_message_fields_are_plain_strings_and_bytes():
     assert fields.type_name == "FileNotFoundError"  # OSError(2, ...) picks it
     assert isinstance(fields.pickled, bytes)
     assert type(rebuild_exception(payload)) is FileNotFoundError
+
+
+def test_exceptions_travel_as_their_class_defines_after_import_distributed():
+    # `import distributed` installs tblib's reducers for every exception
+    # class in the process (and a forked worker inherits them): SystemExit
+    # lost its code, and an exception that cannot be rebuilt looked as if
+    # it could.  Checked in a fresh interpreter, as a user's program.
+    program = textwrap.dedent("""
+        import pickle, sys
+        import distributed  # installs tblib.pickling_support
+        import polyproc
+        from polyproc._transport.remote_errors import pickle_exception, transportable
+
+        class TwoArgError(Exception):
+            def __init__(self, a, b):
+                super().__init__(f"{a}/{b}")
+
+        def exit_5(_):
+            raise SystemExit(5)
+
+        assert pickle.loads(pickle_exception(SystemExit(5))).code == 5
+        assert isinstance(transportable(TwoArgError("x", "y")), polyproc.RemoteError)
+        if __name__ == "__main__":
+            with polyproc.get_context("fork").Pool(1) as pool:
+                try:
+                    pool.map(exit_5, [0])
+                except SystemExit as exc:
+                    print("code", exc.code)
+        """)
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "code 5\n", result.stderr

@@ -52,10 +52,12 @@ travel as a ``RemoteError``.
 """
 from __future__ import annotations
 
+import copyreg
 import io
 import pickle
 import traceback
-from typing import NamedTuple
+import types
+from typing import Any, NamedTuple
 
 from .._exceptions import RemoteError, RemoteTraceback
 
@@ -114,10 +116,35 @@ def _remote_tb(tb: str) -> RemoteTraceback:
     return RemoteTraceback(f'\n"""\n{tb}"""')
 
 
+def _own_reductions() -> dict:
+    """``copyreg.dispatch_table`` without what was registered for exceptions
+    and tracebacks.
+
+    ``import distributed`` (Dask) runs ``tblib.pickling_support.install()``,
+    which registers a reducer for every exception class in the process, and
+    a forked worker inherits it.  Its form loses what a class's own
+    ``__init__`` sets (``SystemExit(5).code`` arrives as None) and makes
+    exceptions that cannot be rebuilt look as if they could.  An exception
+    polyproc sends travels as its class defines it, whatever the process
+    imported.
+    """
+    return {cls: reducer for cls, reducer in copyreg.dispatch_table.items()
+            if not (isinstance(cls, type)
+                    and (issubclass(cls, BaseException) or cls is types.TracebackType))}
+
+
+def _dumps(obj: Any, pickler_class: type[pickle.Pickler] = pickle.Pickler) -> bytes:
+    file = io.BytesIO()
+    pickler = pickler_class(file, _PROTOCOL)
+    pickler.dispatch_table = _own_reductions()
+    pickler.dump(obj)
+    return file.getvalue()
+
+
 def _round_trips(exc: BaseException) -> bytes | None:
     """Pickled *exc* if it pickles and unpickles to the same type, else None."""
     try:
-        data = pickle.dumps(exc, _PROTOCOL)
+        data = _dumps(exc)
         back = pickle.loads(data)
     except BaseException:  # user code: a __reduce__ may even raise SystemExit
         return None
@@ -138,9 +165,7 @@ def pickle_exception(exc: BaseException) -> bytes | None:
     if data is not None:
         return data
     try:
-        file = io.BytesIO()
-        _WithoutInitPickler(file).dump(exc)
-        data = file.getvalue()
+        data = _dumps(exc, _WithoutInitPickler)
         back = pickle.loads(data)
     except BaseException:  # user code again, as in _round_trips
         return None
@@ -154,9 +179,6 @@ class _WithoutInitPickler(pickle.Pickler):
     (the default ``BaseException.__reduce__``) so that it is rebuilt
     without calling ``__init__``; nested ones (in ``args`` or attributes)
     too."""
-
-    def __init__(self, file):
-        super().__init__(file, _PROTOCOL)
 
     def reducer_override(self, obj):
         if not (isinstance(obj, BaseException) and _reduces_by_default(type(obj))):
