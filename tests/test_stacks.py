@@ -43,12 +43,17 @@ def _start_blocked(pool, func, tmp_path: Path, name: str, *args):
     return result
 
 
-def _wait_until_ready(pool) -> dict[int, str]:
-    """The stacks of *pool*'s workers once every one of them is ready."""
+def _wait_until_serving(pool) -> dict[int, str]:
+    """The stacks of *pool*'s workers once every one of them waits in serve().
+
+    The scheduler counts a worker ready when its WorkerReady message
+    arrives; the worker may then still be on its way out of the send that
+    carried it, so readiness alone does not put it in serve() yet.
+    """
     deadline = time.monotonic() + 30
     while True:
         texts = pool.stacks()
-        if texts and not any("the worker is starting" in t for t in texts.values()):
+        if texts and all(" in serve\n" in t for t in texts.values()):
             return texts
         assert time.monotonic() < deadline, texts
         time.sleep(0.01)
@@ -319,7 +324,7 @@ def test_a_worker_killed_between_the_signal_and_the_read(ctx, tmp_path):
             result.get(10)
         # Its replacement (under fork, a child of the fork template, not of
         # this process) answers.
-        replacement = _wait_until_ready(pool)
+        replacement = _wait_until_serving(pool)
     [texts] = answers
     [(new_pid, text)] = replacement.items()
     assert new_pid != pid
