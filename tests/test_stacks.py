@@ -43,6 +43,24 @@ def _start_blocked(pool, func, tmp_path: Path, name: str, *args):
     return result
 
 
+def _wait_until_blocked(pool, kind: str, func) -> None:
+    """Return once a worker of *pool* dumps a stack blocked on *func*'s
+    ``# BLOCKS: kind`` line.
+
+    The task creates its *started* file just before that line: a request
+    sent as soon as the file exists can find the worker still on its way
+    there (in ``_started``), its dump then showing the line before.
+    """
+    line = _frame_line(kind, func)
+    deadline = time.monotonic() + 10
+    while True:
+        texts = pool.stacks()
+        if any(line in text for text in texts.values()):
+            return
+        assert time.monotonic() < deadline, texts
+        time.sleep(0.01)
+
+
 def _wait_until_serving(pool) -> dict[int, str]:
     """The stacks of *pool*'s workers once every one of them waits in serve().
 
@@ -69,6 +87,8 @@ def test_stacks_show_tasks_blocked_in_c(ctx, tmp_path):
     with ctx.Pool(3) as pool:
         for kind, func in BLOCKERS.items():
             _start_blocked(pool, func, tmp_path, kind)
+        for kind, func in BLOCKERS.items():
+            _wait_until_blocked(pool, kind, func)
         began = time.monotonic()
         texts = pool.stacks()
         took = time.monotonic() - began
@@ -418,6 +438,7 @@ def test_the_signal_can_be_chosen(monkeypatch, tmp_path):
     assert _stacks.configured_signal() == signal.SIGUSR2
     with polyproc.get_context("spawn").Pool(1) as pool:
         _start_blocked(pool, helpers.blocked_in_sleep, tmp_path, "sleep")
+        _wait_until_blocked(pool, "sleep", helpers.blocked_in_sleep)
         [(pid, text)] = pool.stacks().items()
         assert helpers.caught(signal.SIGUSR2, pid)
         assert not helpers.caught(SIGNAL, pid)
