@@ -109,7 +109,25 @@ def _announce(path: str) -> None:
     tmp.rename(path)
 
 
-def hold_the_gil(path: str, n: int) -> int:
-    """Write this worker's pid to *path*, then sum ``range(n)`` in C, never releasing the GIL."""
-    _announce(path)
-    return sum(range(n))
+def hold_the_gil(path: str, release: str) -> int:
+    """Write this worker's pid to *path*, then wait in C, holding the GIL,
+    until a byte can be read from the FIFO *release*: the byte count.
+
+    A wait rather than a computation sized in advance, so that it lasts as
+    long as the test needs on any machine.  ``ctypes.PyDLL`` calls keep
+    the GIL (``CDLL`` calls release it).
+    """
+    import ctypes
+    reader = os.open(release, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(release, os.O_WRONLY)  # ours: read() waits, not ends at EOF
+    os.set_blocking(reader, True)
+    libc = ctypes.PyDLL(None)
+    libc.read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    libc.read.restype = ctypes.c_ssize_t
+    buffer = ctypes.create_string_buffer(1)
+    try:
+        _announce(path)
+        return libc.read(reader, buffer, 1)
+    finally:
+        os.close(writer)
+        os.close(reader)

@@ -33,6 +33,23 @@ def wait_for_segments(expected: list[str], timeout: float,
         time.sleep(0.05)
 
 
+def wait_for_no_new_segments(before: list[str], timeout: float) -> None:
+    """Wait until none of this session's segments is missing from *before*; bounded.
+
+    For a check after each test of what the test itself left: segments
+    that earlier tests left to the tracker (a killed worker's) may go away
+    meanwhile, on its sweep, so an exact comparison with *before* fails
+    by chance.  A new segment must be gone within *timeout* (the tracker
+    sweeps those of senders that died every second).
+    """
+    import time
+    deadline = time.monotonic() + timeout
+    while not set(our_segments()) <= set(before):
+        if time.monotonic() > deadline:
+            assert sorted(set(our_segments()) - set(before)) == [], "segments left"
+        time.sleep(0.05)
+
+
 def pattern(nbytes: int, seed: int = 0) -> np.ndarray:
     """A uint8 array whose content depends on *seed* (cheap to make and check)."""
     return (np.arange(nbytes, dtype=np.uint64) * 2654435761 + seed).astype(np.uint8)

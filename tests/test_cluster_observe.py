@@ -8,6 +8,7 @@ cluster (Dask cannot stop a running task).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import socket
@@ -148,19 +149,22 @@ def test_a_killed_dask_worker_shows_as_lost_and_its_retry_is_counted(dask_cluste
 
 def test_a_worker_that_cannot_answer_gets_a_no_stack_text(dask_cluster, tmp_path):
     # A task holding the GIL in C keeps its worker's event loop from
-    # answering; the others answer, and the call keeps its bound.
-    started = time.perf_counter()
-    sum(range(10**7))
-    n = int(10**7 * 3.0 / (time.perf_counter() - started))   # about 3 s of C here
+    # answering; the others answer, and the call keeps its bound.  The task
+    # holds it until released (a wait, not a computation sized by a
+    # measurement here: the worker may run slower or faster than that).
+    release = tmp_path / "release"
+    os.mkfifo(release)
     wait_for_workers(dask_cluster, 2, WAIT)
     with polyproc.Pool(cluster=dask_cluster) as pool:
         known = set(pool.stacks(timeout=WAIT))   # the pool learns the workers' pids
-        hog = pool.apply_async(h.hold_the_gil, (str(tmp_path / "hog"), n))
+        hog = pool.apply_async(h.hold_the_gil, (str(tmp_path / "hog"), str(release)))
         pid = int(_wait_for_file(tmp_path / "hog"))
         asked = time.monotonic()
         texts = pool.stacks(timeout=0.5)
         elapsed = time.monotonic() - asked
-        hog.get(WAIT)
+        with open(release, "wb") as writer:   # the task holds the FIFO open
+            writer.write(b"x")
+        assert hog.get(WAIT) == 1
     assert pid in known
     assert texts[pid].splitlines()[1] == (
         "no stack: the worker did not answer within 0.5 s (a task holding the GIL in "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -23,6 +24,15 @@ WORKER_KEYS = ("pid", "host", "tasks_completed", "working_time", "waiting_time",
 def _round_trip(insights: dict) -> dict:
     """The insights through JSON: they must be plain data."""
     return json.loads(json.dumps(insights))
+
+
+def _wait_workers_started(observed, count: int, limit: float = 20.0) -> None:
+    """Return once *observed* (a pool or an executor made with insights=True)
+    has counted *count* workers ready."""
+    deadline = time.monotonic() + limit
+    while observed.insights()["totals"]["workers_started"] < count:
+        assert time.monotonic() < deadline, f"{count} workers not ready within {limit} s"
+        time.sleep(0.005)
 
 
 def test_counts_tasks_workers_and_times(ctx):
@@ -183,6 +193,9 @@ def test_executor_insights():
         assert [f.result(10) for f in futures] == [x * x for x in range(20)]
         assert list(executor.map(h.square, range(10), chunksize=5)) == \
             [x * x for x in range(10)]
+        # A worker is listed once it is ready; the other one may have run
+        # all 30 quick tasks before that (a loaded machine).
+        _wait_workers_started(executor, 2)
         insights = _round_trip(executor.insights())
     assert insights["totals"]["tasks_completed"] == 30
     assert insights["totals"]["chunks_completed"] == 22

@@ -682,14 +682,18 @@ def test_ctrl_c_in_imap_get_or_submission_cancels_the_call(ctx_fs, tmp_path, wai
 
 
 @pytest.mark.timeout(40)
-@pytest.mark.parametrize("call", ["map", "starmap", "apply"])
+@pytest.mark.parametrize("call", ["map", "starmap", "apply", "imap"])
 def test_ctrl_c_between_submitting_and_waiting_cancels_the_call(tmp_path, call):
     # The instant after a blocking call's tasks went in and before it waits
     # for them: neither the submission's nor the result's handler covers it.
+    # imap: inside imap() still, as its feeder thread's start() returns (on
+    # a loaded machine the feeder submits and the workers start its tasks
+    # before the caller's thread gets out of start()).
     hold = tmp_path / "hold"
     hold.touch()
     fn = functools.partial(h.square_unless_held, hold_dir=str(tmp_path))
-    submits = {"map": "_map_async", "starmap": "_map_async", "apply": "apply_async"}
+    submits = {"map": "_map_async", "starmap": "_map_async", "apply": "apply_async",
+               "imap": "start"}
     with polyproc.get_context("fork").Pool(1) as pool:
         with h.ctrl_c_raises(), pytest.raises(KeyboardInterrupt), \
                 h.interrupt_when_returning(submits[call], str(tmp_path / "started-0")):
@@ -697,6 +701,8 @@ def test_ctrl_c_between_submitting_and_waiting_cancels_the_call(tmp_path, call):
                 pool.map(fn, range(4), chunksize=1)
             elif call == "starmap":
                 pool.starmap(fn, [(x,) for x in range(4)], chunksize=1)
+            elif call == "imap":
+                list(pool.imap(fn, iter(range(4)), chunksize=1))
             else:
                 pool.apply(fn, (0,))
         # The one worker ran the interrupted task: it was stopped, replaced.

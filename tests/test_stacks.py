@@ -43,12 +43,35 @@ def _start_blocked(pool, func, tmp_path: Path, name: str, *args):
     return result
 
 
-def _wait_until_ready(pool) -> dict[int, str]:
-    """The stacks of *pool*'s workers once every one of them is ready."""
+def _wait_until_blocked(pool, kind: str, func) -> None:
+    """Return once a worker of *pool* dumps a stack blocked on *func*'s
+    ``# BLOCKS: kind`` line.
+
+    The task creates its *started* file just before that line: a request
+    sent as soon as the file exists can find the worker still on its way
+    there (in ``_started``), its dump then showing the line before.
+    """
+    line = _frame_line(kind, func)
+    deadline = time.monotonic() + 10
+    while True:
+        texts = pool.stacks()
+        if any(line in text for text in texts.values()):
+            return
+        assert time.monotonic() < deadline, texts
+        time.sleep(0.01)
+
+
+def _wait_until_serving(pool) -> dict[int, str]:
+    """The stacks of *pool*'s workers once every one of them waits in serve().
+
+    The scheduler counts a worker ready when its WorkerReady message
+    arrives; the worker may then still be on its way out of the send that
+    carried it, so readiness alone does not put it in serve() yet.
+    """
     deadline = time.monotonic() + 30
     while True:
         texts = pool.stacks()
-        if texts and not any("the worker is starting" in t for t in texts.values()):
+        if texts and all(" in serve\n" in t for t in texts.values()):
             return texts
         assert time.monotonic() < deadline, texts
         time.sleep(0.01)
@@ -64,6 +87,8 @@ def test_stacks_show_tasks_blocked_in_c(ctx, tmp_path):
     with ctx.Pool(3) as pool:
         for kind, func in BLOCKERS.items():
             _start_blocked(pool, func, tmp_path, kind)
+        for kind, func in BLOCKERS.items():
+            _wait_until_blocked(pool, kind, func)
         began = time.monotonic()
         texts = pool.stacks()
         took = time.monotonic() - began
@@ -319,7 +344,7 @@ def test_a_worker_killed_between_the_signal_and_the_read(ctx, tmp_path):
             result.get(10)
         # Its replacement (under fork, a child of the fork template, not of
         # this process) answers.
-        replacement = _wait_until_ready(pool)
+        replacement = _wait_until_serving(pool)
     [texts] = answers
     [(new_pid, text)] = replacement.items()
     assert new_pid != pid
@@ -413,6 +438,7 @@ def test_the_signal_can_be_chosen(monkeypatch, tmp_path):
     assert _stacks.configured_signal() == signal.SIGUSR2
     with polyproc.get_context("spawn").Pool(1) as pool:
         _start_blocked(pool, helpers.blocked_in_sleep, tmp_path, "sleep")
+        _wait_until_blocked(pool, "sleep", helpers.blocked_in_sleep)
         [(pid, text)] = pool.stacks().items()
         assert helpers.caught(signal.SIGUSR2, pid)
         assert not helpers.caught(SIGNAL, pid)

@@ -344,16 +344,20 @@ class Pool:
         tasks already taken.  Raises ``TypeError`` if it is not an int,
         ``ValueError`` if below 1.
         """
-        return self._imap(func, iterable, chunksize, IMapIterator, timeout,
-                          retries, progress, buffersize)
+        # Ctrl-C before imap() returns (its feeder may be submitting
+        # already) cancels the call: the caller never gets its iterator.
+        with CancelOnInterrupt(self._registry):
+            return self._imap(func, iterable, chunksize, IMapIterator, timeout,
+                              retries, progress, buffersize)
 
     def imap_unordered(self, func: Callable[[_S], _T], iterable: Iterable[_S],
                        chunksize: int | None = None, buffersize: int | None = None,
                        *, timeout: float | None = None, retries: int = 0,
                        progress: bool = False) -> IMapIterator[_T]:
         """Like ``imap()`` but results come in the order they complete."""
-        return self._imap(func, iterable, chunksize, IMapUnorderedIterator, timeout,
-                          retries, progress, buffersize)
+        with CancelOnInterrupt(self._registry):  # as in imap()
+            return self._imap(func, iterable, chunksize, IMapUnorderedIterator,
+                              timeout, retries, progress, buffersize)
 
     def close(self) -> None:
         """Prevent further submissions; workers exit once all work is done.

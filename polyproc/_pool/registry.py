@@ -77,7 +77,8 @@ class SinkRegistry:
 
 
 class CancelOnInterrupt:
-    """``with`` around a blocking call (map, starmap, apply): Ctrl-C anywhere
+    """``with`` around a blocking call (map, starmap, apply), and around
+    imap (whose feeder submits before imap returns): Ctrl-C anywhere
     inside it cancels what it submitted.
 
     The result objects cancel on an interrupt *while waiting*, and
