@@ -482,6 +482,12 @@ class _ForkServerTemplateChild:
         Raises what ``Process.start()`` raises.
         """
         import multiprocessing  # the stdlib's: see above
+
+        from .worker_handles import start_fork_server
+        # A server this starts imports what the template would import
+        # first (_template_from_forkserver): then every later template
+        # forked from it starts with those modules loaded.
+        start_fork_server(also_preload=args[-1])
         process = multiprocessing.get_context("forkserver").Process(
             target=_template_from_forkserver, args=args,
             name="PolyPoolTemplate", daemon=True)
