@@ -155,7 +155,7 @@ def start_fork_server(also_preload: Iterable[str] = ()) -> None:
     is left as it is; ``__main__`` and what the program asked to preload
     stay first)."""
     from multiprocessing import forkserver
-    server = forkserver._forkserver
+    server: Any = forkserver._forkserver  # its private state: see below
     _forget_inherited_fork_server(server)
     with server._lock:
         starting = server._forkserver_pid is None
