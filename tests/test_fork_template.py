@@ -149,10 +149,12 @@ def _another_thread_runs(kind: str):
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("other", ["a thread of the caller", "another pool"])
-def test_pool_made_while_another_thread_runs_does_not_fork_this_process(other):
-    # Pool() forked its template (and, before that, its first workers)
-    # from this thread while the other thread ran: a deadlock risk, and a
-    # DeprecationWarning on Python 3.12+.
+def test_pool_made_while_another_thread_runs_does_not_fork_this_process(other,
+                                                                      monkeypatch):
+    # Asked for (POLYPROC_THREADED_FORK=forkserver): Pool() forks nothing
+    # from this process while the other thread runs (a deadlock risk, and
+    # a DeprecationWarning on Python 3.12+).
+    monkeypatch.setenv("POLYPROC_THREADED_FORK", "forkserver")
     with _another_thread_runs(other), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with FORK.Pool(2) as pool, _locks_held_by_another_thread():
@@ -175,6 +177,31 @@ def test_pool_made_while_another_thread_runs_does_not_fork_this_process(other):
     if sys.version_info >= (3, 12):  # the warning exists since 3.12
         assert not forks_warned, [str(w.message) for w in forks_warned]
     assert not _running(template.pid)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("other", ["a thread of the caller", "another pool"])
+def test_a_fork_pool_made_while_another_thread_runs_keeps_fork_semantics(other,
+                                                                         monkeypatch):
+    # By default a fork pool's workers see the caller's memory at Pool(),
+    # threads or not, as the stdlib's do: a global the program set at run
+    # time is there in every worker, the first ones and the replacements
+    # (a pool that switched to the fork server here broke such programs).
+    monkeypatch.delenv("POLYPROC_THREADED_FORK", raising=False)
+    monkeypatch.setattr(fh, "STATE", "set at run time")
+    with _another_thread_runs(other), FORK.Pool(2) as pool:
+        states = {pool.apply(fh.state)[0] for _ in range(4)}
+        _kill_and_wait(pool._pool[0].pid)
+        states |= {pool.apply_async(fh.state).get(timeout=10)[0] for _ in range(4)}
+    assert states == {"set at run time"}
+
+
+def test_threaded_fork_accepts_only_fork_or_forkserver(monkeypatch):
+    monkeypatch.setenv("POLYPROC_THREADED_FORK", "spawn")
+    with _another_thread_runs("a thread of the caller"), \
+            pytest.raises(ValueError, match="POLYPROC_THREADED_FORK must be 'fork' or "
+                                            "'forkserver', not 'spawn'"):
+        FORK.Pool(1)
 
 
 @pytest.mark.timeout(60)

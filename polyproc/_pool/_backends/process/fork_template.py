@@ -59,7 +59,9 @@ from a multi-threaded process by polyproc::
   workers still running, not the replacements, and not the template (it is
   forked with ``os.fork``, not as a ``Process``: see ``_TemplateChild``).
   ``parent_process()`` in every worker is the caller, as under forkserver.
-* A caller that runs other threads (another pool's scheduler, its own):
+* A caller that runs other threads (another pool's scheduler, its own)
+  and asked for it (``POLYPROC_THREADED_FORK=forkserver``; by default it
+  forks as above, keeping fork semantics, as the stdlib does):
   ``Pool()`` forks nothing (``template_start_method``).  The stdlib's fork
   server starts the template (``_ForkServerTemplateChild``), which forks
   every worker, the first ones too: ``Pool()`` sends their requests
@@ -415,16 +417,35 @@ class _TemplateChild:
                 pass
 
 
+# Where a fork pool made while other threads run gets its workers
+# (docs/pool.md, "Workers of a fork pool"): "fork" (the default) forks
+# them from the caller as the stdlib does; "forkserver" has the fork
+# server start the template, which forks them all.
+THREADED_FORK_VARIABLE = "POLYPROC_THREADED_FORK"
+
+
 def template_start_method() -> str:
     """How to start a pool's template now: ``"fork"`` or ``"forkserver"``.
 
-    ``"fork"`` only while this process runs no other Python thread (another
-    pool's PoolScheduler, a stdlib pool's handlers, the caller's own): a
-    fork then copies no lock that another thread holds.  Threads outside
-    Python (a BLAS library's) are not counted: they are the library's to
-    make fork-safe (OpenBLAS stops its threads in its own fork handler).
+    ``"fork"`` while this process runs no other Python thread, and by
+    default also while it does: a fork pool's workers must see the
+    caller's memory at ``Pool()`` (the globals a program set before it),
+    as the stdlib's do; a pool whose workers silently lost them would
+    break working programs.  ``"forkserver"`` there only when the program
+    asked for it (``POLYPROC_THREADED_FORK=forkserver``): then nothing is
+    forked from a process whose other threads may hold locks, at the price
+    of forkserver semantics and start-up cost for that pool.  Threads
+    outside Python (a BLAS library's) are not counted: they are the
+    library's to make fork-safe.
+
+    Raises ``ValueError`` naming the variable for a value other than
+    ``fork`` or ``forkserver``.
     """
-    return "fork" if threading.active_count() == 1 else "forkserver"
+    wanted = os.environ.get(THREADED_FORK_VARIABLE, "fork")
+    if wanted not in ("fork", "forkserver"):
+        raise ValueError(f"{THREADED_FORK_VARIABLE} must be 'fork' or 'forkserver', "
+                         f"not {wanted!r}")
+    return "fork" if threading.active_count() == 1 else wanted
 
 
 def _template_from_forkserver(sock: socket.socket, caller: tuple[int, str], ctx: Any,

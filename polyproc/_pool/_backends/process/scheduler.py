@@ -756,13 +756,13 @@ class ProcessScheduler:
         """Start the first workers and, under fork, the template
         (``fork_template.py`` beside this module), from the caller's thread.
 
-        Under fork, while this process runs no other thread
-        (``template_start_method``), this thread forks the first workers,
-        as the stdlib does, then the template; the PoolScheduler thread,
-        started after, never forks.  While it runs other threads, nothing
-        is forked here: the fork server starts the template, which forks
-        every worker, the first ones included (asked for here, collected
-        by the PoolScheduler thread).  Under spawn and forkserver there is
+        Under fork (``template_start_method``: by default), this thread
+        forks the first workers, as the stdlib does, then the template; the
+        PoolScheduler thread, started after, never forks.  With
+        ``POLYPROC_THREADED_FORK=forkserver`` and other threads running,
+        nothing is forked here: the fork server starts the template, which
+        forks every worker, the first ones included (asked for here,
+        collected by the PoolScheduler thread).  Under spawn and forkserver there is
         no template.  Raises what ``Process.start()`` raises.
         """
         method = (template_start_method() if self._ctx.get_start_method() == "fork"
