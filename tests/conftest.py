@@ -43,9 +43,9 @@ def _uses_a_cluster(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # The cluster tests run last.  A process that has used a Dask client
-    # keeps distributed's threads (its IO loop) for good, and a fork Pool
-    # made in a process running other threads starts its fork template
-    # through the fork server (docs/pool.md): every later test would run
-    # on that path only, and the tests of the single-threaded path could
-    # not run at all.  Their relative order is kept.
+    # keeps distributed's threads (its IO loop) and tblib's exception
+    # reducers for good: every later fork Pool would be made in a
+    # multi-threaded process (Python 3.12+ warns) and the tests of the
+    # single-threaded path could not run as such.  Their relative order is
+    # kept.
     items.sort(key=_uses_a_cluster)
