@@ -37,8 +37,11 @@ def dask_cluster(tmp_path_factory):
 
 
 def _uses_a_cluster(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
     return (item.path.name.startswith("test_cluster")
-            or "dask_cluster" in getattr(item, "fixturenames", ()))
+            or "dask_cluster" in getattr(item, "fixturenames", ())
+            # a parameter that asks for the cluster by getfixturevalue
+            or (callspec is not None and "dask" in callspec.params.values()))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
