@@ -41,7 +41,9 @@ def _uses_a_cluster(item: pytest.Item) -> bool:
     return (item.path.name.startswith("test_cluster")
             or "dask_cluster" in getattr(item, "fixturenames", ())
             # a parameter that asks for the cluster by getfixturevalue
-            or (callspec is not None and "dask" in callspec.params.values()))
+            or (callspec is not None
+                and any(isinstance(value, str) and value == "dask"
+                        for value in callspec.params.values())))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
