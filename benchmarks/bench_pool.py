@@ -12,6 +12,8 @@ import time
 
 import polyproc
 
+from polyproc._cli.bench import with_pool
+
 from ._harness import Scenario
 
 WORKERS = 2
@@ -44,17 +46,9 @@ def _calibrate_burn() -> int:
 
 
 def _with_pool(make_pool, body):
-    def contender() -> float:
-        pool = make_pool()
-        try:
-            pool.map(trivial, range(WORKERS * 4))  # workers up and warm
-            start = time.perf_counter()
-            body(pool)
-            return time.perf_counter() - start
-        finally:
-            pool.terminate()
-            pool.join()
-    return contender
+    """A contender (``polyproc._cli.bench.with_pool``, shared with the
+    shipped scenarios): warmed with four trivial tasks per worker."""
+    return with_pool(make_pool, body, WORKERS * 4)
 
 
 def _std_pool():

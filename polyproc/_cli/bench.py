@@ -138,9 +138,10 @@ class Setup:
         return polyproc.get_context(self.method)
 
 
-def _with_pool(make: Callable[[], Any], body: Callable[[Any], object],
+def with_pool(make: Callable[[], Any], body: Callable[[Any], object],
                warm: int) -> Callable[[], float]:
-    """A contender: start a pool (untimed), warm its workers, time *body*."""
+    """A contender: start a pool (untimed), warm its workers with *warm*
+    trivial tasks, time *body* (benchmarks/bench_pool.py uses it too)."""
     def contender() -> float:
         pool = make()
         try:
@@ -164,12 +165,12 @@ def _pair(setup: Setup, name: str, body: Callable[[Any], object], kind: str = "P
     else:
         makers = {"stdlib": lambda: _StdExecutorAsPool(setup),
                   "polyproc": lambda: _PolyExecutorAsPool(setup)}
-    return Scenario(name, {k: _with_pool(make, body, warm) for k, make in makers.items()},
+    return Scenario(name, {k: with_pool(make, body, warm) for k, make in makers.items()},
                     work=work)
 
 
 class _ExecutorAsPool:
-    """An executor with the two calls ``_with_pool`` makes of a pool."""
+    """An executor with the two calls ``with_pool`` makes of a pool."""
 
     executor: concurrent.futures.Executor
 
