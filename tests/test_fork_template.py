@@ -148,14 +148,14 @@ def _another_thread_runs(kind: str):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("other", ["a thread of the caller", "another pool"])
-def test_pool_made_while_another_thread_runs_does_not_fork_this_process(other,
-                                                                      monkeypatch):
+def test_pool_made_while_another_thread_runs_does_not_fork_this_process(monkeypatch):
     # Asked for (POLYPROC_THREADED_FORK=forkserver): Pool() forks nothing
-    # from this process while the other thread runs (a deadlock risk, and
-    # a DeprecationWarning on Python 3.12+).
+    # from this process while the caller's other thread runs (a deadlock
+    # risk, and a DeprecationWarning on Python 3.12+).  (Another pool's
+    # thread is paused instead: test_forks_while_only_polyproc_threads_run...)
     monkeypatch.setenv("POLYPROC_THREADED_FORK", "forkserver")
-    with _another_thread_runs(other), warnings.catch_warnings(record=True) as caught:
+    with _another_thread_runs("a thread of the caller"), \
+            warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with FORK.Pool(2) as pool, _locks_held_by_another_thread():
             lineages = pool.map(fh.lineage, range(4), chunksize=1)
@@ -189,11 +189,134 @@ def test_a_fork_pool_made_while_another_thread_runs_keeps_fork_semantics(other,
     # (a pool that switched to the fork server here broke such programs).
     monkeypatch.delenv("POLYPROC_THREADED_FORK", raising=False)
     monkeypatch.setattr(fh, "STATE", "set at run time")
-    with _another_thread_runs(other), FORK.Pool(2) as pool:
+    # Python 3.12+ warns about the caller's own thread, as it does for the
+    # stdlib's pool; another pool's thread is paused (fork_pause): no warning.
+    warns = other == "a thread of the caller" and sys.version_info >= (3, 12)
+    with _another_thread_runs(other), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pool = FORK.Pool(2)
+    forks_warned = [w for w in caught if "multi-threaded" in str(w.message)]
+    assert bool(forks_warned) == warns, [str(w.message) for w in forks_warned]
+    with pool:
         states = {pool.apply(fh.state)[0] for _ in range(4)}
         _kill_and_wait(pool._pool[0].pid)
         states |= {pool.apply_async(fh.state).get(timeout=10)[0] for _ in range(4)}
     assert states == {"set at run time"}
+
+
+@contextlib.contextmanager
+def _threads_at_each_fork(monkeypatch):
+    """A list of the thread names alive at each os.fork() of this process
+    meanwhile, and every multi-threaded-fork warning (Python 3.12+)."""
+    forks: list[list[str]] = []
+    me, real_fork = os.getpid(), os.fork
+
+    def recording_fork():
+        if os.getpid() == me:
+            forks.append(sorted(t.name for t in threading.enumerate()))
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", recording_fork)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield forks
+    monkeypatch.setattr(os, "fork", real_fork)
+    assert not [str(w.message) for w in caught if "multi-threaded" in str(w.message)]
+
+
+def _start_a_process():
+    process = FORK.Process(target=h.square, args=(3,))
+    process.start()
+    return process
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("make", ["Pool", "Executor", "Process"])
+def test_forks_while_only_polyproc_threads_run_see_one_thread(make, monkeypatch):
+    # Two pools run (two PoolScheduler threads), one with a call in flight:
+    # a fork Pool, Executor or Process made now pauses both threads for its
+    # forks (fork_pause), so no fork sees another thread, and the two pools
+    # go on as if nothing happened.
+    got = []
+    callback_ran = threading.Event()
+    with FORK.Pool(2) as first, FORK.Pool(1) as second:
+        in_flight = first.map_async(h.square, range(200), chunksize=1)
+        with _threads_at_each_fork(monkeypatch) as forks:
+            if make == "Pool":
+                made = FORK.Pool(2)
+                assert made.map(h.square, range(4)) == [0, 1, 4, 9]
+                made.close()
+            elif make == "Executor":
+                made = polyproc.Executor(2, mp_context=FORK)
+                assert made.submit(h.square, 5).result(timeout=10) == 25
+                made.shutdown()
+            else:
+                made = _start_a_process()
+                made.join(10)
+                assert made.exitcode == 0
+        assert len(forks) >= (3 if make != "Process" else 1)  # workers, template
+        assert all(names == ["MainThread"] for names in forks), forks
+        assert in_flight.get(timeout=10) == [i * i for i in range(200)]
+        second.apply_async(h.square, (4,), callback=got.append,
+                           error_callback=got.append)
+        second.apply_async(h.square, (5,), callback=lambda v: callback_ran.set())
+        assert callback_ran.wait(10) and got == [16]
+        names = sorted(t.name for t in threading.enumerate())
+        assert names.count("PoolScheduler") >= 2
+    assert "PoolScheduler" not in {t.name for t in threading.enumerate()}
+
+
+@pytest.mark.timeout(60)
+def test_a_program_thread_means_nothing_is_paused(monkeypatch):
+    # Pausing the pool's thread while the program's own runs would cost
+    # and leave the fork multi-threaded anyway: nothing is paused, and
+    # Python 3.12+ warns as it would for the stdlib's pool.
+    with FORK.Pool(1) as first, _another_thread_runs("a thread of the caller"):
+        forks: list[list[str]] = []
+        real_fork = os.fork
+        monkeypatch.setattr(os, "fork", lambda: forks.append(
+            sorted(t.name for t in threading.enumerate())) or real_fork())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            process = _start_a_process()
+        monkeypatch.setattr(os, "fork", real_fork)
+        process.join(10)
+        assert forks[0].count("PoolScheduler") == 1 and len(forks[0]) == 3
+        if sys.version_info >= (3, 12):
+            assert [w for w in caught if "multi-threaded" in str(w.message)]
+        assert first.apply(h.square, (6,)) == 36
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("end", ["close", "terminate"])
+def test_join_waits_for_a_paused_scheduler(end):
+    # A pool's thread paused for another fork has not ended: join() (and
+    # terminate(), which joins) wait for it to be resumed and to end.
+    pool = FORK.Pool(1)
+    scheduler = pool._backend
+    assert pool.apply(h.square, (2,)) == 4
+    scheduler.request_pause()
+    assert scheduler.wait_paused(10)
+    result = pool.apply_async(h.square, (3,))  # accepted while paused
+    returned = threading.Event()
+
+    def end_the_pool():
+        if end == "close":
+            pool.close()
+        else:
+            pool.terminate()
+        pool.join()
+        returned.set()
+
+    ender = threading.Thread(target=end_the_pool, daemon=True)
+    ender.start()
+    assert not returned.wait(0.3)  # still paused: nothing may have ended
+    scheduler.resume()
+    assert returned.wait(10)
+    ender.join(5)
+    if end == "close":
+        assert result.get(timeout=1) == 9
+    assert not scheduler.running_thread()
 
 
 def test_threaded_fork_accepts_only_fork_or_forkserver(monkeypatch):

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 # per process start under fork (see benchmarks/bench_process.py).
 from .. import _public
 from . import child as _child
+from .fork_pause import own_threads_paused
 from .._exceptions import MainGuardError
 from .._transport.remote_errors import rebuild_exception
 
@@ -218,7 +219,8 @@ class ForkProcess(PolyProcess):
     @staticmethod
     def _Popen(process_obj: BaseProcess) -> Any:
         from multiprocessing.popen_fork import Popen
-        return Popen(process_obj)
+        with own_threads_paused():  # no pool's thread runs during the fork
+            return Popen(process_obj)
 
 
 class SpawnProcess(PolyProcess):

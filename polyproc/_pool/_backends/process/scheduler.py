@@ -77,6 +77,7 @@ from .blame import Death, StartupRecord, recover_lost_chunks
 from .timing import MAX_TIMING_KEY_BYTES, TaskTimes, timing_key
 from .fork_template import ForkTemplate, template_start_method
 from ...._transport.remote_errors import rebuild_exception
+from ...._process import fork_pause
 from ...backend import CLOSE, RUN, TERMINATE
 from ...chunks import TaskChunk, Transport
 from ...instruments import Instruments
@@ -154,10 +155,15 @@ class ProcessScheduler:
         self._first_workers_known = threading.Event()
         self._first_requests: list[tuple[int, int, float]] = []  # slot, number, time
         self._template: ForkTemplate | None = None
+        # A fork elsewhere in this process (another Pool(), a Process)
+        # may pause this pool's thread at the top of its loop (fork_pause):
+        # _pause_requested asks, _paused says it did, resume() restarts it.
+        self._pause_cond = threading.Condition(threading.Lock())
+        self._pause_requested = False
+        self._paused = False
         self._start_workers_and_template(processes)
-        self._thread = threading.Thread(target=self._run, name="PoolScheduler",
-                                        daemon=True)
-        self._thread.start()
+        self._thread = self._start_thread(resumed=False)
+        fork_pause.register(self)
 
     # ------------------------------------------------------------------
     # Called from caller threads
@@ -253,12 +259,60 @@ class ProcessScheduler:
                 except (OSError, ValueError):
                     pass
         self._wake(force=True)
-        if threading.current_thread() is not self._thread:
-            self._thread.join()
+        self.join()
 
     def join(self, timeout: float | None = None) -> None:
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        """Wait up to *timeout* s for the PoolScheduler thread to end for
+        good: a thread paused for a fork (``fork_pause``) has not."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while threading.current_thread() is not self._thread:
+            thread = self._thread
+            thread.join(_remaining(deadline))
+            if thread.is_alive():
+                return
+            with self._pause_cond:
+                while self._paused:
+                    if not self._pause_cond.wait(_remaining(deadline)):
+                        return
+                if self._thread is thread:
+                    return
+
+    # -- fork_pause.PausableThread: a fork in this process pauses this thread
+    def running_thread(self) -> threading.Thread | None:
+        thread = self._thread
+        return thread if thread.is_alive() else None
+
+    def request_pause(self) -> None:
+        with self._pause_cond:
+            self._pause_requested = True
+        self._wake(force=True)
+
+    def wait_paused(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def resume(self) -> None:
+        with self._pause_cond:
+            self._pause_requested = False
+            if self._paused:
+                self._paused = False
+                self._thread = self._start_thread(resumed=True)
+                self._pause_cond.notify_all()
+
+    def _start_thread(self, resumed: bool) -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(resumed,),
+                                  name="PoolScheduler", daemon=True)
+        thread.start()
+        return thread
+
+    def _pause_here(self) -> bool:
+        """At the top of the loop, where no state is half-changed: end this
+        thread if a fork asked for it (``resume`` starts another)."""
+        with self._pause_cond:
+            if self._pause_requested:
+                self._paused = True
+                return True
+            return False
 
     def _wake(self, force: bool = False) -> None:
         # One byte per sleep of the scheduler, not one per submission: the
@@ -275,10 +329,15 @@ class ProcessScheduler:
     # ------------------------------------------------------------------
     # The PoolScheduler thread
     # ------------------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, resumed: bool) -> None:
+        paused = False
         try:
-            self._collect_first_workers()
+            if not resumed:
+                self._collect_first_workers()
             while self.state != TERMINATE:
+                if self._pause_requested and self._pause_here():
+                    paused = True
+                    return
                 self._wakeup_armed = False
                 self._apply_cancels()
                 self._dispatch_chunks()
@@ -296,10 +355,11 @@ class ProcessScheduler:
             self._abort_all(self.broken)
             raise
         finally:
-            if self.state == TERMINATE or self.broken is not None:
-                self._kill_workers()
-                self._abort_all(ProcessError("the pool was terminated"))
-            self._close_resources()
+            if not paused:
+                if self.state == TERMINATE or self.broken is not None:
+                    self._kill_workers()
+                    self._abort_all(ProcessError("the pool was terminated"))
+                self._close_resources()
 
     def _all_done(self) -> bool:
         return (not self._pending and not self._requeued and self._feeders == 0
@@ -765,8 +825,17 @@ class ProcessScheduler:
         collected by the PoolScheduler thread).  Under spawn and forkserver there is
         no template.  Raises what ``Process.start()`` raises.
         """
-        method = (template_start_method() if self._ctx.get_start_method() == "fork"
-                  else None)
+        if self._ctx.get_start_method() != "fork":
+            self._start_workers_and_template_as(None, processes)
+            return
+        # Other pools' PoolScheduler threads end until the forks are done
+        # (fork_pause): then template_start_method() sees one thread.
+        with fork_pause.own_threads_paused():
+            self._start_workers_and_template_as(template_start_method(), processes)
+
+    def _start_workers_and_template_as(self, method: str | None, processes: int) -> None:
+        """``_start_workers_and_template`` once *method* is known: how the
+        template starts (``template_start_method``), None for no template."""
         try:
             if method != "forkserver":
                 for slot in range(processes):
@@ -906,6 +975,10 @@ class ProcessScheduler:
             except OSError:
                 pass
         self._wakeup_r = self._wakeup_w = -1
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _drop_chunks_of(queue: collections.deque, sinks: set) -> list[TaskChunk]:

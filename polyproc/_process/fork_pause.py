@@ -1,0 +1,132 @@
+"""Pause polyproc's own threads around a fork, so that it forks a single-threaded process.
+
+Why.  A child forked from a multi-threaded process inherits every lock as
+it was at the fork; one that another thread held stays held for ever in
+the child (Python 3.12+ warns: ``This process is multi-threaded, use of
+fork() may lead to deadlocks in the child``).  Under the fork start method
+polyproc forks from the caller's thread at ``Pool()``, ``Executor()`` and
+``Process.start()``, as the stdlib does.  Often the only other threads
+alive then are polyproc's own: the ``PoolScheduler`` thread of each pool
+or executor the program already holds.  Those threads keep all their state
+in their scheduler object, and their loop has a point where that state is
+whole (the top of the loop), so they can end there and be started again:
+no lock of theirs is held, and no thread of theirs exists, while the fork
+runs.  The fork then happens in a single-threaded process, as if the
+program had made that pool first.
+
+What it does not cover.  A thread polyproc cannot end and restart (the
+program's own, a ``ThreadPool``'s, a library's, a Dask client's) stays:
+then nothing is paused, the fork happens as the stdlib's would, and
+Python's warning, which is about the program's own threads, stands
+(docs/pool.md, "Workers of a fork pool").  A scheduler busy for longer
+than ``PAUSE_TIMEOUT_SECONDS`` (a long callback of the program's runs on
+it; a closing pool waits for its workers) is not waited for either.
+
+The protocol (``PausableThread``): ``request_pause()`` never blocks; the
+thread ends at its next safe point; ``wait_paused(timeout)`` waits for
+that; ``resume()`` cancels a request not yet acted on, or starts the
+thread again.  A thread that ended for good meanwhile (its pool was done)
+is not started again.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import weakref
+from typing import Iterator, Protocol
+
+__all__ = ["PausableThread", "register", "own_threads_paused", "PAUSE_TIMEOUT_SECONDS"]
+
+# How long a fork waits for polyproc's threads to reach their safe point:
+# a PoolScheduler at rest wakes in microseconds.
+PAUSE_TIMEOUT_SECONDS = 0.2
+
+
+class PausableThread(Protocol):
+    """An object that runs one thread which can end at a safe point and restart."""
+
+    def running_thread(self) -> threading.Thread | None:
+        """The thread now running for this object, or None."""
+
+    def request_pause(self) -> None:
+        """Ask the thread to end at its next safe point; never blocks."""
+
+    def wait_paused(self, timeout: float) -> bool:
+        """Wait up to *timeout* s for the thread to end; True once it has."""
+
+    def resume(self) -> None:
+        """Cancel the request, or start the thread again if it paused."""
+
+
+_registry: weakref.WeakSet = weakref.WeakSet()
+_lock = threading.RLock()   # one pause at a time; re-entered by nested forks
+_depth = 0                  # nesting of own_threads_paused in the thread holding _lock
+
+
+def register(owner: PausableThread) -> None:
+    """Let forks in this process pause *owner*'s thread (held weakly)."""
+    with _lock:
+        _registry.add(owner)
+
+
+@contextlib.contextmanager
+def own_threads_paused() -> Iterator[None]:
+    """Run the body (a fork) with polyproc's own threads paused, when they
+    are this process's only other threads; otherwise run it as it is.
+
+    Blocks up to ``PAUSE_TIMEOUT_SECONDS`` for the threads to pause, and
+    while another thread's pause runs.  Re-entrant: a nested call runs its
+    body at once.
+    """
+    global _depth
+    with _lock:
+        if _depth:
+            yield
+            return
+        owners = _owners_to_pause()
+        for owner in owners:
+            owner.request_pause()
+        _depth += 1
+        try:
+            deadline = time.monotonic() + PAUSE_TIMEOUT_SECONDS
+            for owner in owners:
+                owner.wait_paused(max(0.0, deadline - time.monotonic()))
+            yield
+        finally:
+            _depth -= 1
+            for owner in owners:
+                owner.resume()
+
+
+def _owners_to_pause() -> list[PausableThread]:
+    """The registered owners whose threads are all the other threads now,
+    or none: pausing only some would leave the process multi-threaded at
+    the fork, for a cost and no gain."""
+    current = threading.current_thread()
+    others = {t for t in threading.enumerate() if t is not current}
+    if not others:
+        return []
+    owners = {}
+    for owner in list(_registry):
+        thread = owner.running_thread()
+        if thread is current:  # a fork from a scheduler's own thread (a callback)
+            return []
+        if thread is not None:
+            owners[thread] = owner
+    if not others <= owners.keys():
+        return []
+    return [owners[t] for t in others]
+
+
+def _after_fork_in_child() -> None:
+    # The forking thread held _lock: a child starts with a fresh one, and
+    # with no owner (their threads are not in the child).
+    global _lock, _depth
+    _lock = threading.RLock()
+    _depth = 0
+    _registry.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
