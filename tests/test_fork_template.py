@@ -288,6 +288,71 @@ def test_a_program_thread_means_nothing_is_paused(monkeypatch):
 
 
 @pytest.mark.timeout(60)
+def test_a_paused_pool_collected_during_the_fork_does_not_deadlock(monkeypatch):
+    # A dropped pool (kept only by a reference cycle) is collected while
+    # another Pool() forks with its thread paused: its finalizer terminates
+    # it from the forking thread, which must not wait for the thread it
+    # paused itself.  The pool ends once resumed.
+    import gc
+    dropped = FORK.Pool(1)
+    assert dropped.apply(h.square, (2,)) == 4
+    worker = dropped._pool[0].pid
+    dropped.cycle = dropped
+    del dropped
+    real_fork = os.fork
+    collected = []
+
+    def collecting_fork():
+        if not collected:
+            collected.append(gc.collect())
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", collecting_fork)
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # "unclosed pool": on purpose
+        pool = FORK.Pool(1)
+    # A deadlock would wait for ever (ended only by the test's timeout,
+    # whose exception the finalizer swallows): bound it well below that.
+    assert time.monotonic() - started < 10
+    monkeypatch.setattr(os, "fork", real_fork)
+    with pool:
+        assert collected and pool.apply(h.square, (3,)) == 9
+        assert _wait_gone([worker], 10)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("when", ["during the fork", "while resuming"])
+def test_ctrl_c_while_pools_are_paused_leaves_them_running(when, monkeypatch):
+    # Ctrl-C lands while Pool() has paused two other pools: Pool() raises
+    # KeyboardInterrupt, and both pools run on (a pool left paused would
+    # never deliver another result).
+    from polyproc._pool._backends.process.scheduler import ProcessScheduler
+    sent = []
+
+    def interrupt_once():
+        if not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with FORK.Pool(1) as first, FORK.Pool(1) as second:
+        assert first.apply(h.square, (1,)) == second.apply(h.square, (1,)) == 1
+        if when == "during the fork":
+            real_fork = os.fork
+            monkeypatch.setattr(os, "fork", lambda: interrupt_once() or real_fork())
+        else:
+            real_resume = ProcessScheduler.resume
+            monkeypatch.setattr(ProcessScheduler, "resume",
+                                lambda self: interrupt_once() or real_resume(self))
+        with pytest.raises(KeyboardInterrupt):
+            FORK.Pool(1)
+        monkeypatch.undo()
+        assert sent
+        assert first.apply_async(h.square, (3,)).get(timeout=10) == 9
+        assert second.apply_async(h.square, (4,)).get(timeout=10) == 16
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("end", ["close", "terminate"])
 def test_join_waits_for_a_paused_scheduler(end):
     # A pool's thread paused for another fork has not ended: join() (and

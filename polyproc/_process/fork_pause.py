@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import threading
 import time
 import weakref
@@ -63,12 +64,20 @@ class PausableThread(Protocol):
 _registry: weakref.WeakSet = weakref.WeakSet()
 _lock = threading.RLock()   # one pause at a time; re-entered by nested forks
 _depth = 0                  # nesting of own_threads_paused in the thread holding _lock
+_pausing: int | None = None  # that thread's ident while owners are paused
 
 
 def register(owner: PausableThread) -> None:
     """Let forks in this process pause *owner*'s thread (held weakly)."""
     with _lock:
         _registry.add(owner)
+
+
+def pausing_in_this_thread() -> bool:
+    """True in the thread whose fork has paused owners, until it resumes
+    them: a wait there for a paused thread to end would never end (a
+    pool's finalizer, run by the garbage collector during the fork)."""
+    return _pausing == threading.get_ident()
 
 
 @contextlib.contextmanager
@@ -86,18 +95,68 @@ def own_threads_paused() -> Iterator[None]:
             yield
             return
         owners = _owners_to_pause()
-        for owner in owners:
-            owner.request_pause()
-        _depth += 1
+        if not owners:
+            yield
+            return
         try:
-            deadline = time.monotonic() + PAUSE_TIMEOUT_SECONDS
-            for owner in owners:
-                owner.wait_paused(max(0.0, deadline - time.monotonic()))
+            _depth = 1
+            _pause(owners)
             yield
         finally:
-            _depth -= 1
-            for owner in owners:
-                owner.resume()
+            _depth = 0
+            _resume(owners)
+
+
+def _pause(owners: list[PausableThread]) -> None:
+    """Ask each owner to pause, then wait for them (bounded).  Ctrl-C
+    cannot land between the requests: an owner asked and never resumed
+    would stop its pool for good."""
+    global _pausing
+    with _sigint_deferred():
+        _pausing = threading.get_ident()
+        for owner in owners:
+            owner.request_pause()
+    deadline = time.monotonic() + PAUSE_TIMEOUT_SECONDS
+    for owner in owners:
+        owner.wait_paused(max(0.0, deadline - time.monotonic()))
+
+
+def _resume(owners: list[PausableThread]) -> None:
+    """Resume every owner, even when a Ctrl-C came meanwhile: it is raised
+    once they all run again."""
+    global _pausing
+    interrupted = None
+    with _sigint_deferred(raise_pending=False):
+        try:
+            _let_pending_signals_run()
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+        for owner in owners:
+            owner.resume()
+        _pausing = None
+    if interrupted is not None:
+        raise interrupted
+
+
+@contextlib.contextmanager
+def _sigint_deferred(raise_pending: bool = True) -> Iterator[None]:
+    """SIGINT blocked meanwhile (a Ctrl-C waits, it is not lost); one that
+    arrived before is raised at the start (*raise_pending*), before
+    anything changed.  Not around the fork itself: a child inherits the
+    signal mask."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        if raise_pending:
+            _let_pending_signals_run()
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _let_pending_signals_run() -> None:
+    # A Python function call: the interpreter runs the handlers of signals
+    # already received (KeyboardInterrupt for SIGINT) at its start.
+    pass
 
 
 def _owners_to_pause() -> list[PausableThread]:
@@ -123,9 +182,10 @@ def _owners_to_pause() -> list[PausableThread]:
 def _after_fork_in_child() -> None:
     # The forking thread held _lock: a child starts with a fresh one, and
     # with no owner (their threads are not in the child).
-    global _lock, _depth
+    global _lock, _depth, _pausing
     _lock = threading.RLock()
     _depth = 0
+    _pausing = None
     _registry.clear()
 
 

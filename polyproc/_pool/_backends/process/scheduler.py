@@ -272,6 +272,8 @@ class ProcessScheduler:
                 return
             with self._pause_cond:
                 while self._paused:
+                    if fork_pause.pausing_in_this_thread():
+                        return  # it resumes once this thread's fork is done
                     if not self._pause_cond.wait(_remaining(deadline)):
                         return
                 if self._thread is thread:
