@@ -11,7 +11,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 import weakref
 
 # Python 3.12+'s warning when a process that runs other threads forks
@@ -500,30 +499,23 @@ def report_inherited_outcomes(pool, pool_result, executor, future, conn):
     conn.close()
 
 
-def report_of_fork_child(make_report) -> dict:
+def report_of_fork_child(make_report, around_fork=contextlib.nullcontext) -> dict:
     """Fork with ``os.fork()``; in the child, send back ``make_report()`` as JSON.
 
     The child never returns into the caller (``os._exit``).  The parent
     reads the report within a bound, reaps the child, and checks that it
-    exited cleanly; a child that hangs is killed.
+    exited cleanly; a child that hangs is killed.  The fork runs inside
+    ``around_fork()`` (which the child never leaves: it exits in it):
+    ``conftest.expect_fork_warning`` where the test forks on purpose while
+    a pool's scheduler thread runs (Python 3.12+ warns).
     """
     import json
     from multiprocessing.connection import wait
     r, w = os.pipe()
-    with warnings.catch_warnings():
-        # The test forks this process on purpose while its pool's scheduler
-        # thread runs (a child inheriting a pool): Python 3.12+ warns about
-        # that fork, which is the test's, not polyproc's.
-        warnings.filterwarnings("ignore", MULTI_THREADED_FORK_WARNING, DeprecationWarning)
+    with around_fork():
         child = os.fork()
-    if child == 0:  # never return into pytest from here
-        code = 1
-        try:
-            os.close(r)
-            os.write(w, json.dumps(make_report()).encode())
-            code = 0
-        finally:
-            os._exit(code)
+        if child == 0:  # never return into pytest from here, nor leave the with
+            _send_report_and_exit(make_report, r, w)
     os.close(w)
     try:
         with os.fdopen(r, "r") as f:
@@ -536,6 +528,17 @@ def report_of_fork_child(make_report) -> dict:
         _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     return report
+
+
+def _send_report_and_exit(make_report, r: int, w: int) -> None:
+    import json
+    code = 1
+    try:
+        os.close(r)
+        os.write(w, json.dumps(make_report()).encode())
+        code = 0
+    finally:
+        os._exit(code)
 
 
 def sigint_handler_after_loading(config_bytes: bytes, queue) -> None:

@@ -25,18 +25,23 @@ import polyproc.pool  # binds multiprocessing.pool, as a stdlib program uses it
 WAIT = 30  # bound on any single result wait, far above what each takes
 
 
-@pytest.fixture(scope="module", params=START_METHODS)
+# Function scope, not module scope: two module-scoped fixtures kept a pool
+# of one kind (its PoolScheduler thread) alive while the other made its fork
+# pool, which forked a multi-threaded process (Python 3.12+ warns; the
+# child may deadlock).  A pool per test costs about 2 s for the module.
+@pytest.fixture(params=START_METHODS)
 def pool(request):
-    """One Pool per start method for the whole module: none of these tests
-    breaks it, and each checks that it goes on."""
+    """A Pool per test and start method; each test checks that it goes on
+    after the error."""
     p = multiprocessing.get_context(request.param).Pool(2)
     yield p
     p.terminate()
     p.join()
 
 
-@pytest.fixture(scope="module", params=START_METHODS)
+@pytest.fixture(params=START_METHODS)
 def executor(request):
+    """An Executor per test and start method (function scope: see pool)."""
     ex = multiprocessing.Executor(2, mp_context=multiprocessing.get_context(request.param))
     yield ex
     ex.shutdown(wait=True, cancel_futures=True)

@@ -213,14 +213,17 @@ def test_insights_are_off_by_default():
 def test_a_pool_without_insights_or_timeline_attaches_no_instrument():
     # What makes them free when off: no instrument, so the scheduler fires
     # and builds no event at all (one truth test of an empty dict).
-    pools = [FORK.Pool(1), ThreadPool(1), FORK.Pool(1, insights=False, timeline=None)]
-    try:
-        for pool in pools:
+    # One pool at a time: a fork pool made while another's threads run
+    # would fork a multi-threaded process (Python 3.12+ warns).
+    for make_pool in (lambda: FORK.Pool(1), lambda: ThreadPool(1),
+                      lambda: FORK.Pool(1, insights=False, timeline=None)):
+        pool = make_pool()
+        try:
             assert pool.map(h.square, range(3)) == [0, 1, 4]
             assert not pool._registry.instruments
-    finally:
-        for pool in pools:
+        finally:
             pool.terminate()
+            pool.join()
     with polyproc.Executor(1, mp_context=FORK) as executor:
         assert executor.submit(h.square, 3).result(timeout=10) == 9
         assert not executor._instruments

@@ -1,6 +1,7 @@
 """polyproc.Pool: the stdlib's API, and the failures the stdlib hangs on."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -22,6 +23,7 @@ from polyproc import (InitializerError, RemoteError, RemoteTraceback,
                       SerializationError, TaskTimeoutError, WorkerLostError)
 
 import _pool_helpers as h
+from conftest import expect_fork_warning
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -791,8 +793,11 @@ def test_forked_child_using_the_parents_pool_raises_at_once(ctx_fs, tmp_path):
     try:
         pids = sorted(p.pid for p in pool._pool)
         unfinished = pool.apply_async(h.square_unless_held, (3, str(tmp_path)))
+        # A child that inherits a live pool: the fork is made while the
+        # pool's scheduler thread runs, on purpose.
         _assert_inherited_pool_outcomes(h.report_of_fork_child(
-            lambda: h.inherited_pool_outcomes(pool, unfinished)))
+            lambda: h.inherited_pool_outcomes(pool, unfinished),
+            around_fork=expect_fork_warning))
         # The parent's pool, its workers and its pending result are untouched.
         assert sorted(p.pid for p in pool._pool) == pids
         hold.unlink()
@@ -804,22 +809,25 @@ def test_forked_child_using_the_parents_pool_raises_at_once(ctx_fs, tmp_path):
 
 
 @pytest.mark.timeout(40)
-# The test forks this process on purpose (Process.start under fork) while
-# its pools' scheduler threads run: Python 3.12+ warns about that fork,
-# which is the test's, not polyproc's.
-@pytest.mark.filterwarnings(f"ignore:{h.MULTI_THREADED_FORK_WARNING}:DeprecationWarning")
 def test_fork_process_using_the_parents_pool_raises_at_once(tmp_path):
     ctx = polyproc.get_context("fork")
     hold = tmp_path / "hold"
     hold.touch()
-    with ctx.Pool(2) as pool, ctx.Executor(1) as ex:
+    # The child must inherit a live pool and a live executor: the second
+    # one forks its workers while the first's scheduler thread runs (by
+    # default), and the child's Process.start() below forks so, on purpose.
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(ctx.Pool(2))
+        with expect_fork_warning(required=False):
+            ex = stack.enter_context(ctx.Executor(1))
         pids = sorted(p.pid for p in pool._pool)
         result = pool.apply_async(h.square_unless_held, (3, str(tmp_path)))
         future = ex.submit(h.square_unless_held, 4, str(tmp_path))
         reader, writer = ctx.Pipe(duplex=False)
         p = ctx.Process(target=h.report_inherited_outcomes,
                         args=(pool, result, ex, future, writer))
-        p.start()
+        with expect_fork_warning():
+            p.start()
         writer.close()
         try:
             assert reader.poll(20), "the child hangs"

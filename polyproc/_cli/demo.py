@@ -129,16 +129,18 @@ def cpu_bound_map(processes: int) -> Row:
     chunks = [(i * n // PRIMES_CHUNKS, (i + 1) * n // PRIMES_CHUNKS)
               for i in range(PRIMES_CHUNKS)]
     serial_s, serial = _timed(lambda: sum(map(count_primes, chunks)))
-    # Both pools stay up while their maps alternate, best of ROUNDS: the
-    # machine's noise then hits both alike.
-    with multiprocessing.Pool(processes) as std_pool, \
-            polyproc.Pool(processes) as poly_pool:
-        std_times, poly_times = [], []
-        for _ in range(ROUNDS):
+    # The two maps alternate, best of ROUNDS: the machine's noise then hits
+    # both alike.  One pool at a time, each closed and joined before the
+    # next is made: a pool made while the other's threads run would fork a
+    # multi-threaded process (Python 3.12+ warns: the child may deadlock).
+    std_times, poly_times = [], []
+    for _ in range(ROUNDS):
+        with multiprocessing.Pool(processes) as std_pool:
             seconds, stdlib = _timed(lambda: sum(std_pool.map(count_primes, chunks)))
-            std_times.append(seconds)
+        std_times.append(seconds)
+        with polyproc.Pool(processes) as poly_pool:
             seconds, poly = _timed(lambda: sum(poly_pool.map(count_primes, chunks)))
-            poly_times.append(seconds)
+        poly_times.append(seconds)
     stdlib_s, poly_s = min(std_times), min(poly_times)
     if not serial == stdlib == poly:
         raise SystemExit(f"demo: the answers differ: serial {serial}, "
@@ -166,7 +168,13 @@ def many_tiny_tasks(processes: int) -> Row:
 def worker_killed_mid_map(processes: int) -> Row:
     """One task SIGKILLs its worker: what each pool does about it."""
     tasks = range(KILL_TASKS)
-    with multiprocessing.Pool(processes) as pool:
+    # The stdlib's pool forks the killed worker's replacement from its
+    # worker-handler thread: under fork, a fork of a multi-threaded process
+    # (Python 3.12+ warns: the child may deadlock).  Its forkserver (the
+    # default from Python 3.14) loses the map the same way.
+    std_ctx = multiprocessing.get_context(
+        "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None)
+    with std_ctx.Pool(processes) as pool:
         start = time.perf_counter()
         try:
             pool.map_async(task_that_kills_its_worker, tasks).get(STDLIB_PATIENCE_S)
