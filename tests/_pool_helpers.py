@@ -13,12 +13,6 @@ import threading
 import time
 import weakref
 
-# Python 3.12+'s warning when a process that runs other threads forks
-# (a regular expression for warnings.filterwarnings).
-MULTI_THREADED_FORK_WARNING = (r"This process .*is multi-threaded, "
-                               r"use of fork\(\) may lead to deadlocks")
-
-
 def square(x):
     return x * x
 

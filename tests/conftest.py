@@ -85,10 +85,10 @@ def expect_fork_warning(required: bool = True) -> Iterator[None]:
     which does not warn.  A child forked in the block must exit in it
     (``os._exit``): leaving it would run the parent's check in the child.
 
-    ``required=False`` where whether the block forks is polyproc's choice,
-    not the test's (a fork Pool made while another pool runs forks from
-    this process unless ``POLYPROC_THREADED_FORK=forkserver``): the warning
-    is kept from the guard, and its absence is no failure.
+    ``required=False`` where whether the block forks is not the test's
+    choice (a program's ``Manager()`` forks only under the fork start
+    method): the warning is kept from the guard, and its absence is no
+    failure.
     """
     if sys.version_info < (3, 12):
         yield
