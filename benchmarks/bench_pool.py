@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+import warnings
 
 import polyproc
 
@@ -142,6 +143,20 @@ def _start_first_result_close(make_pool):
     return contender
 
 
+def _start_while_another_runs(make_pool):
+    """Start + first result + close of a pool made while another pool of
+    the same library runs: polyproc pauses the other's PoolScheduler thread
+    for the forks (_process/fork_pause.py), the stdlib forks with its
+    threads running (Python 3.12+ warns; filtered here, on purpose)."""
+    def contender() -> float:
+        with make_pool() as other:
+            assert other.apply(trivial, (0,)) == 0
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", ".*is multi-threaded", DeprecationWarning)
+                return _start_first_result_close(make_pool)()
+    return contender
+
+
 def scenarios() -> list[Scenario]:
     _calibrate_burn()
     return [
@@ -185,6 +200,12 @@ def scenarios() -> list[Scenario]:
             {"stdlib": _start_first_result_close(_std_pool),
              "polyproc": _start_first_result_close(_poly_pool)},
             target="polyproc no slower than stdlib (ratio >= 1)"),
+        Scenario(
+            "pool start + first result + close (fork) while another pool runs",
+            {"stdlib": _start_while_another_runs(_std_pool),
+             "polyproc": _start_while_another_runs(_poly_pool)},
+            notes=[("polyproc pauses the other pool's thread for its forks; "
+                    "the stdlib forks a multi-threaded process")]),
         Scenario(
             "pool start + first result + close (spawn)",
             {"stdlib": _start_first_result_close(
