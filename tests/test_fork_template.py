@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 import polyproc
+import polyproc.pool
 from polyproc import ProcessError
 
 import _fork_template_helpers as fh
@@ -350,6 +351,30 @@ def test_ctrl_c_while_pools_are_paused_leaves_them_running(when, monkeypatch):
         assert sent
         assert first.apply_async(h.square, (3,)).get(timeout=10) == 9
         assert second.apply_async(h.square, (4,)).get(timeout=10) == 16
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["Pool", "ThreadPool"])
+def test_a_joined_pool_leaves_no_system_thread(kind):
+    # On Python 3.12 Thread.join() returns before the system thread has
+    # exited; a fork right after (the program's next Pool()) counted it and
+    # warned.  join() returns once the system threads are gone.
+    for round_ in range(60):
+        if kind == "Pool":
+            pool = FORK.Pool(1)
+            threads = [pool._backend._thread]
+        else:
+            pool = polyproc.pool.ThreadPool(2)
+            threads = list(pool._backend._threads)
+        assert pool.apply(h.square, (round_,)) == round_ * round_
+        if round_ % 2:
+            pool.close()
+        else:
+            pool.terminate()
+        pool.join()
+        left = [t.native_id for t in threads
+                if os.path.exists(f"/proc/self/task/{t.native_id}")]
+        assert not left, f"round {round_}: system threads still there: {left}"
 
 
 @pytest.mark.timeout(60)

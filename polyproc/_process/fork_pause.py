@@ -38,7 +38,8 @@ import time
 import weakref
 from typing import Iterator, Protocol
 
-__all__ = ["PausableThread", "register", "own_threads_paused", "PAUSE_TIMEOUT_SECONDS"]
+__all__ = ["PausableThread", "register", "own_threads_paused", "join_os_thread",
+           "PAUSE_TIMEOUT_SECONDS"]
 
 # How long a fork waits for polyproc's threads to reach their safe point:
 # a PoolScheduler at rest wakes in microseconds.
@@ -65,6 +66,33 @@ _registry: weakref.WeakSet = weakref.WeakSet()
 _lock = threading.RLock()   # one pause at a time; re-entered by nested forks
 _depth = 0                  # nesting of own_threads_paused in the thread holding _lock
 _pausing: int | None = None  # that thread's ident while owners are paused
+
+
+# How long join_os_thread waits for an ended thread's system thread to go:
+# microseconds, normally.
+OS_EXIT_WAIT_SECONDS = 0.05
+
+
+def join_os_thread(thread: threading.Thread, timeout: float | None = None) -> None:
+    """``thread.join(timeout)``; once the thread has ended, also wait (at
+    most ``OS_EXIT_WAIT_SECONDS``) until its system thread is gone.
+
+    Why: on Python 3.12 ``join()`` returns once the thread's Python part
+    has ended, and its system thread exits a moment later.  A fork in that
+    moment counts it: Python 3.12+ warns that the process is
+    multi-threaded (it reads the count of the system's threads), and the
+    child is forked beside a thread that may still hold a C library lock.
+    ``/proc/self/task`` lists this process's system threads (Linux); where
+    it is absent, this is ``join()``.
+    """
+    thread.join(timeout)
+    native_id = thread.native_id
+    if thread.is_alive() or native_id is None:
+        return
+    task = f"/proc/self/task/{native_id}"
+    deadline = time.monotonic() + OS_EXIT_WAIT_SECONDS
+    while os.path.exists(task) and time.monotonic() < deadline:
+        time.sleep(0.0001)
 
 
 def register(owner: PausableThread) -> None:

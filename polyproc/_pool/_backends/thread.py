@@ -23,6 +23,7 @@ import time
 import traceback
 from typing import Any, Callable
 
+from ..._process.fork_pause import join_os_thread
 from ..chunks import TaskChunk, Transport, item_caller
 from ..instruments import Instruments
 from ..options import WorkerOptions
@@ -126,7 +127,7 @@ class ThreadBackend:
     def join(self, timeout: float | None = None) -> None:
         for t in self._threads:
             if t is not threading.current_thread():
-                t.join(timeout)
+                join_os_thread(t, timeout)
 
     def _stop_threads(self) -> None:
         for _ in self._threads:

@@ -267,7 +267,7 @@ class ProcessScheduler:
         deadline = None if timeout is None else time.monotonic() + timeout
         while threading.current_thread() is not self._thread:
             thread = self._thread
-            thread.join(_remaining(deadline))
+            fork_pause.join_os_thread(thread, _remaining(deadline))
             if thread.is_alive():
                 return
             with self._pause_cond:
@@ -290,7 +290,7 @@ class ProcessScheduler:
         self._wake(force=True)
 
     def wait_paused(self, timeout: float) -> bool:
-        self._thread.join(timeout)
+        fork_pause.join_os_thread(self._thread, timeout)
         return not self._thread.is_alive()
 
     def resume(self) -> None:
