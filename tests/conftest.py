@@ -10,8 +10,11 @@ fork Pool warn.  Any such warning that a test does not expect (with
 from __future__ import annotations
 
 import contextlib
-import warnings
+import os
 import sys
+import threading
+import time
+import warnings
 from collections.abc import Iterator
 from multiprocessing import resource_sharer
 
@@ -115,6 +118,31 @@ def _stop_the_stdlib_resource_sharer() -> Iterator[None]:
     sharer = resource_sharer._resource_sharer
     if sharer._thread is not None:
         resource_sharer.stop(timeout=10)
+
+
+def _system_threads() -> set[int]:
+    try:
+        return {int(tid) for tid in os.listdir("/proc/self/task")}
+    except OSError:  # not Linux
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def _ended_threads_have_left_the_system() -> Iterator[None]:
+    # Python 3.12+ counts the system's threads when it decides to warn at a
+    # fork.  A thread a test started and did not join (or one joined on
+    # 3.12, whose join() returns first) may still be exiting when the next
+    # test forks: wait, bounded, until every system thread that appeared
+    # during the test belongs to a live Python thread.  (polyproc's own
+    # join() waits so itself: fork_pause.join_os_thread.)
+    before = _system_threads()
+    yield
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        live = {t.native_id for t in threading.enumerate()}
+        if not _system_threads() - before - live:
+            return
+        time.sleep(0.001)
 
 
 _unexpected_fork_warnings: list[str] = []

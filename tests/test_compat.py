@@ -307,8 +307,10 @@ def test_pool_imap_buffersize_errors_and_close(fork_ctx):
     assert next(results) == 0
     pool.close()
     done = threading.Event()
-    threading.Thread(target=lambda: (pool.join(), done.set()), daemon=True).start()
+    joiner = threading.Thread(target=lambda: (pool.join(), done.set()), daemon=True)
+    joiner.start()
     assert done.wait(WAIT)
+    joiner.join(WAIT)
     assert len(list(results)) <= 2       # what was taken before close()
 
 
