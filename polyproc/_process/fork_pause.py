@@ -18,7 +18,7 @@ What it does not cover.  A thread polyproc cannot end and restart (the
 program's own, a ``ThreadPool``'s, a library's, a Dask client's) stays:
 then nothing is paused, the fork happens as the stdlib's would, and
 Python's warning, which is about the program's own threads, stands
-(docs/pool.md, "Workers of a fork pool").  A scheduler busy for longer
+(docs/pool.md, "Which forks can see other threads").  A scheduler busy for longer
 than ``PAUSE_TIMEOUT_SECONDS`` (a long callback of the program's runs on
 it; a closing pool waits for its workers) is not waited for either.
 

@@ -59,7 +59,8 @@ from a multi-threaded process by polyproc::
   workers still running, not the replacements, and not the template (it is
   forked with ``os.fork``, not as a ``Process``: see ``_TemplateChild``).
   ``parent_process()`` in every worker is the caller, as under forkserver.
-* A caller that runs other threads (another pool's scheduler, its own)
+* A caller that runs other threads (its own, a ThreadPool's: another
+  pool's scheduler thread is paused instead, ``_process/fork_pause.py``)
   and asked for it (``POLYPROC_THREADED_FORK=forkserver``; by default it
   forks as above, keeping fork semantics, as the stdlib does):
   ``Pool()`` forks nothing (``template_start_method``).  The stdlib's fork
@@ -418,7 +419,7 @@ class _TemplateChild:
 
 
 # Where a fork pool made while other threads run gets its workers
-# (docs/pool.md, "Workers of a fork pool"): "fork" (the default) forks
+# (docs/pool.md, "Which forks can see other threads"): "fork" (the default) forks
 # them from the caller as the stdlib does; "forkserver" has the fork
 # server start the template, which forks them all.
 THREADED_FORK_VARIABLE = "POLYPROC_THREADED_FORK"
