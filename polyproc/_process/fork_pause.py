@@ -64,7 +64,7 @@ class PausableThread(Protocol):
 
 _registry: weakref.WeakSet = weakref.WeakSet()
 _lock = threading.RLock()   # one pause at a time; re-entered by nested forks
-_depth = 0                  # nesting of own_threads_paused in the thread holding _lock
+_depth = 0                  # 1 inside the body of own_threads_paused (thread holding _lock)
 _pausing: int | None = None  # that thread's ident while owners are paused
 
 
@@ -123,16 +123,15 @@ def own_threads_paused() -> Iterator[None]:
             yield
             return
         owners = _owners_to_pause()
-        if not owners:
-            yield
-            return
         try:
-            _depth = 1
-            _pause(owners)
+            _depth = 1  # the forks nested in the body do not look again
+            if owners:
+                _pause(owners)
             yield
         finally:
             _depth = 0
-            _resume(owners)
+            if owners:
+                _resume(owners)
 
 
 def _pause(owners: list[PausableThread]) -> None:
