@@ -409,9 +409,30 @@ def _retiring(worker: Any, job: RemoteChunk) -> bool:
         return False
     if not _retire_requested.get(job.pool):
         _retire_requested[job.pool] = True
-        worker.loop.add_callback(worker.close_gracefully, restart=True,
-                                 reason="polyproc maxtasksperchild")
+        worker.loop.add_callback(_retire, worker)
     return True
+
+
+async def _retire(worker: Any) -> None:
+    """Close *worker* gracefully and have its nanny start a new one.
+
+    Dask's ``close_gracefully(restart=True)`` first has the scheduler
+    remove the worker, then closes it without its nanny.  A heartbeat that
+    reaches the scheduler in between is answered "missing", and the worker
+    then closes *with* its nanny (``Worker.heartbeat``): the worker was
+    gone for good, and the cluster had one worker fewer (seen once in CI:
+    "Only 1/2 workers arrived").  So no heartbeat is sent from here on,
+    and any close of this worker keeps the nanny, which starts the next.
+    """
+    worker.periodic_callbacks["heartbeat"].stop()
+    close = worker.close
+
+    def close_keeping_the_nanny(*args: Any, **kwargs: Any) -> Any:
+        kwargs["nanny"] = False
+        return close(*args, **kwargs)
+
+    worker.close = close_keeping_the_nanny
+    await worker.close_gracefully(restart=True, reason="polyproc maxtasksperchild")
 
 
 _retire_requested: dict[str, bool] = {}
