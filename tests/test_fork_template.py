@@ -252,6 +252,7 @@ def test_forks_while_only_polyproc_threads_run_see_one_thread(make, monkeypatch)
                 made = FORK.Pool(2)
                 assert made.map(h.square, range(4)) == [0, 1, 4, 9]
                 made.close()
+                made.join()
             elif make == "Executor":
                 made = polyproc.Executor(2, mp_context=FORK)
                 assert made.submit(h.square, 5).result(timeout=10) == 25
